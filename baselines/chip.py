@@ -1,0 +1,44 @@
+"""CHIP (Sui et al., 2021): channel independence of the producer's output feature maps.
+
+For one sample's maps A: (C, L), CI_c = ‖A‖_* − ‖A with row c zeroed‖_*; scores are averaged
+over samples and the least independent channels are pruned; weights unchanged (the original
+fine-tunes afterwards, which one-shot comparisons omit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from osscar.groups import top_groups
+from osscar.methods import PruningMethod, register_method
+from osscar.problem import LayerProblem
+
+
+def channel_independence(A: Tensor, chunk: int = 64) -> Tensor:
+    """Mean over samples of CI_c. A: (N, C, L) -> (C,) float64."""
+    A = A.double()
+    N, C, _ = A.shape
+    total = torch.linalg.matrix_norm(A, ord="nuc")  # (N,)
+    ci = torch.zeros(C, dtype=torch.float64)
+    for start in range(0, C, chunk):
+        cs = torch.arange(start, min(start + chunk, C))
+        masked = A[:, None].repeat(1, len(cs), 1, 1)  # (N, c, C, L)
+        masked[:, torch.arange(len(cs)), cs] = 0
+        ci[cs] = (total[:, None] - torch.linalg.matrix_norm(masked, ord="nuc")).mean(dim=0)
+    return ci
+
+
+@register_method("chip")
+@dataclass(frozen=True)
+class CHIP(PruningMethod):
+    """Keep the k channels with the highest channel independence; weights unchanged."""
+
+    needs_activations = True
+
+    def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        kept = top_groups(channel_independence(problem.activations), problem.k)
+        return kept, problem.W_dense, {}

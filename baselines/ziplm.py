@@ -1,0 +1,32 @@
+"""ZipLM's layer-wise core (Kurtic et al., 2023): structured OBS, one group at a time.
+
+Every removal picks the group with the smallest OBS cost, updates the remaining weights and
+downdates the inverse; the support is then refit. This is OSSCAR's Stage A with p̂ = 1 and no
+local search. ZipLM's runtime-aware per-layer allocation lives in the model-level targets,
+available to every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from osscar.methods import PruningMethod, register_method
+from osscar.obs import SupportState, refit
+from osscar.problem import LayerProblem
+from osscar.solver import gradual_removal
+
+
+@register_method("ziplm")
+@dataclass(frozen=True)
+class ZipLM(PruningMethod):
+    """One-at-a-time structured OBS removal, then refit."""
+
+    def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        state = SupportState(problem)
+        stages = gradual_removal(state, problem.k, p_hat=1)
+        kept = torch.nonzero(state.kept).flatten()
+        return kept, refit(problem, kept), {"stages": stages}

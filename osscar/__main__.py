@@ -1,0 +1,3 @@
+from osscar.cli import main
+
+raise SystemExit(main())

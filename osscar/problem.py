@@ -1,0 +1,212 @@
+"""The layer-wise pruning problem shared by OSSCAR and every baseline.
+
+A consumer layer with dense weights ``W_dense: (p, m)`` (PyTorch's ``weight.T``) reads
+``p`` input features that are partitioned into ``n_groups = p // group_size`` contiguous
+groups. Pruning keeps ``k`` groups and re-optimises the kept rows to minimise
+
+    Q(W) = ½ tr(Wᵀ H W) − tr(Gᵀ W)
+
+with the damped Gram matrix ``H = XᵀX + λ·mean(diag XᵀX)·I`` and ``G = H W_dense`` (language
+models) or ``G = X̃ᵀ X_d W_dense`` (vision, two calibration streams). ``Q`` plus the constant
+½ tr(Ŵᵀ XᵀX Ŵ) is the reconstruction error ½‖X Ŵ − X W‖²_F.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+SOLVER_DTYPE = torch.float64
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
+
+
+def _check_matrix(name: str, t: Tensor, rows: int | None = None, cols: int | None = None) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+    if rows is not None and t.shape[0] != rows:
+        raise ValueError(f"{name} must have {rows} rows (one per input feature), got shape {tuple(t.shape)}")
+    if cols is not None and t.shape[1] != cols:
+        raise ValueError(f"{name} must have {cols} columns, got shape {tuple(t.shape)}")
+
+
+def _check_square_symmetric(name: str, H: Tensor) -> None:
+    _check_matrix(name, H)
+    if H.shape[0] != H.shape[1]:
+        raise ValueError(f"{name} must be square (p, p), got shape {tuple(H.shape)}")
+    _check_finite(name, H)
+    scale = float(H.abs().max()) if H.numel() else 0.0
+    asym = float((H - H.T).abs().max()) if H.numel() else 0.0
+    if asym > 1e-6 * max(scale, 1e-300):
+        raise ValueError(f"{name} must be symmetric: max |{name} - {name}ᵀ| = {asym:.3g} (scale {scale:.3g})")
+
+
+def check_group_size(p: int, group_size: int) -> int:
+    """Validate ``group_size`` against ``p`` features; return the number of groups."""
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if p % group_size != 0:
+        raise ValueError(
+            f"group_size={group_size} must divide the number of input features p={p} "
+            f"(allowed: divisors of {p})"
+        )
+    return p // group_size
+
+
+def check_keep(k: int, n_groups: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= n_groups:
+        raise ValueError(f"k (groups to keep) must be an integer in [0, {n_groups}], got {k!r}")
+
+
+@dataclass(frozen=True)
+class LayerProblem:
+    """One consumer layer to prune. Build it with :meth:`from_calibration` in most cases.
+
+    Attributes:
+        H: (p, p) float64, damped, symmetric positive definite.
+        G: (p, m) float64, the linear term (``H @ W_dense`` for language models).
+        W_dense: (p, m) float64, the dense weights Ŵ (dead features' rows zeroed).
+        group_size: features per group; groups are contiguous blocks of rows.
+        k: number of groups to keep, 0 ≤ k ≤ n_groups.
+        damping: λ used to build ``H`` (recorded, already applied).
+        activations: optional (N, n_groups, L) producer output maps per sample (CHIP).
+        producer_weight: optional (n_groups, d) producer filters, one row per group (FPGM).
+        name: a label for progress and records, e.g. ``"model.layers.3.mlp.down_proj"``.
+        G_is_HW: True when ``G == H @ W_dense`` (then H⁻¹G = Ŵ needs no solve).
+    """
+
+    H: Tensor
+    G: Tensor
+    W_dense: Tensor
+    group_size: int
+    k: int
+    damping: float = 0.0
+    activations: Tensor | None = field(default=None, repr=False)
+    producer_weight: Tensor | None = field(default=None, repr=False)
+    name: str = ""
+    G_is_HW: bool = False
+
+    def __post_init__(self) -> None:
+        _check_square_symmetric("H", self.H)
+        p = self.H.shape[0]
+        _check_matrix("W_dense", self.W_dense, rows=p)
+        _check_finite("W_dense", self.W_dense)
+        _check_matrix("G", self.G, rows=p, cols=self.W_dense.shape[1])
+        _check_finite("G", self.G)
+        n_groups = check_group_size(p, self.group_size)
+        check_keep(self.k, n_groups)
+        if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
+        if self.activations is not None:
+            if self.activations.ndim != 3 or self.activations.shape[1] != n_groups:
+                raise ValueError(
+                    f"activations must have shape (N, n_groups={n_groups}, L), got {tuple(self.activations.shape)}"
+                )
+            _check_finite("activations", self.activations)
+        if self.producer_weight is not None:
+            if self.producer_weight.ndim != 2 or self.producer_weight.shape[0] != n_groups:
+                raise ValueError(
+                    f"producer_weight must have shape (n_groups={n_groups}, d), got {tuple(self.producer_weight.shape)}"
+                )
+            _check_finite("producer_weight", self.producer_weight)
+        for name in ("H", "G", "W_dense"):
+            if getattr(self, name).dtype != SOLVER_DTYPE:
+                object.__setattr__(self, name, getattr(self, name).to(SOLVER_DTYPE))
+
+    # -- derived sizes ---------------------------------------------------------------
+    @property
+    def p(self) -> int:
+        return self.H.shape[0]
+
+    @property
+    def m(self) -> int:
+        return self.W_dense.shape[1]
+
+    @property
+    def n_groups(self) -> int:
+        return self.p // self.group_size
+
+    def rows_of(self, groups: Tensor) -> Tensor:
+        """Feature (row) indices of ``groups``: (len(groups) * group_size,) long, group-major."""
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        offs = torch.arange(self.group_size, dtype=torch.long)
+        return (groups[:, None] * self.group_size + offs[None, :]).reshape(-1)
+
+    # -- objective ---------------------------------------------------------------------
+    def objective(self, W: Tensor) -> float:
+        """Q(W) = ½ tr(WᵀHW) − tr(GᵀW), computed directly in float64. W: (p, m)."""
+        W = W.to(SOLVER_DTYPE)
+        live = W.abs().sum(dim=1) != 0
+        Ws, Hs, Gs = W[live], self.H[live][:, live], self.G[live]
+        return float(0.5 * (Ws * (Hs @ Ws)).sum() - (Gs * Ws).sum())
+
+    def dense_objective(self) -> float:
+        """Q at the unconstrained optimum H⁻¹G (the value with every group kept)."""
+        return self.objective(torch.cholesky_solve(self.G, torch.linalg.cholesky(self.H)))
+
+    # -- construction from calibration statistics ----------------------------------------
+    @classmethod
+    def from_calibration(
+        cls,
+        H_raw: Tensor,
+        W_dense: Tensor,
+        group_size: int,
+        k: int,
+        damping: float = 0.01,
+        cross: Tensor | None = None,
+        activations: Tensor | None = None,
+        producer_weight: Tensor | None = None,
+        name: str = "",
+    ) -> "LayerProblem":
+        """Build a problem from raw second moments.
+
+        Args:
+            H_raw: (p, p) XᵀX of the (partially pruned) model's inputs to this layer.
+            W_dense: (p, m) dense weights Ŵ (``layer.weight.T``; for convs the unfolded weight).
+            group_size: features per group (1 per neuron, head_dim per head, k² per conv channel).
+            k: groups to keep.
+            damping: λ ≥ 0; H = H_raw + λ·mean(diag H_raw)·I.
+            cross: optional (p, p) X̃ᵀX_d between pruned-model and dense-model inputs;
+                then G = cross @ Ŵ (vision protocol) instead of H @ Ŵ.
+        """
+        _check_square_symmetric("H_raw", H_raw)
+        p = H_raw.shape[0]
+        _check_matrix("W_dense", W_dense, rows=p)
+        _check_finite("W_dense", W_dense)
+        check_group_size(p, group_size)
+        check_keep(k, p // group_size)
+        if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
+            raise ValueError(f"damping must be a finite number ≥ 0, got {damping!r}")
+        if cross is not None:
+            _check_matrix("cross", cross, rows=p, cols=p)
+            _check_finite("cross", cross)
+        H = H_raw.to(SOLVER_DTYPE).clone()
+        H = 0.5 * (H + H.T)
+        W = W_dense.to(SOLVER_DTYPE).clone()
+        dead = torch.diagonal(H) == 0
+        if dead.any():  # features that never fire: their weights cannot matter; pin them
+            H[dead, :] = 0
+            H[:, dead] = 0
+            H[dead, dead] = 1
+            W[dead] = 0
+        diag_mean = float(torch.diagonal(H).mean()) if p else 0.0
+        if damping > 0:
+            H.diagonal().add_(damping * diag_mean)
+        if cross is None:
+            G = H @ W
+        else:
+            C = cross.to(SOLVER_DTYPE).clone()
+            C[dead, :] = 0
+            C[:, dead] = 0
+            G = C @ W
+        return cls(H=H, G=G, W_dense=W, group_size=group_size, k=k, damping=float(damping),
+                   activations=activations, producer_weight=producer_weight, name=name,
+                   G_is_HW=cross is None)
