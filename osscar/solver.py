@@ -46,46 +46,61 @@ def gradual_removal(state: SupportState, k: int, p_hat: int) -> int:
     return stages
 
 
-def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int) -> tuple[SupportState, dict[str, Any]]:
-    """Stage B: swap the ``swap`` cheapest kept groups for the ``swap`` best pruned ones.
+def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
+                 patience: int = 1) -> tuple[SupportState, dict[str, Any]]:
+    """Stage B: swap the ``swap`` cheapest kept groups for the ``swap`` best other pruned ones.
 
     Each trial is applied to a copy; it is accepted only when the exact least-squares objective
-    strictly decreases. On a rejected trial the swap size is halved while it stays ≥ ``min_swap``
-    (``min_swap == swap`` gives the OPT code's rule: stop at the first failure).
+    strictly decreases. After a rejected trial the next one takes out the next-cheapest block of
+    kept groups, up to ``patience`` rejections in a row; then the swap size is halved while it
+    stays ≥ ``min_swap``. ``patience=1, min_swap=swap`` is the OPT code's rule: stop at the first
+    failure; the vision code halves down to 1. At most ``max_iter`` trials in all.
     """
     n_groups = state.problem.n_groups
     k = int(state.kept.sum())
     swap = min(swap, k, n_groups - k)
     q = state.objective()
     history = [q]
-    accepted = tried = 0
+    accepted = tried = rejected = 0
     while swap >= max(min_swap, 1) and tried < max_iter:
         tried += 1
         trial = state.copy()
-        out = torch.topk(trial.costs(), swap, largest=False).indices
-        trial.remove(out)
-        inn = torch.topk(trial.gains(), swap, largest=True).indices
-        trial.add(inn)
-        q_new = trial.objective()
-        if q_new < q - 1e-12 * max(1.0, abs(q)):
-            state, q = trial, q_new
-            accepted += 1
-            history.append(q)
-        elif swap // 2 >= max(min_swap, 1) and min_swap < swap:
-            swap //= 2
+        order = torch.argsort(trial.costs())  # pruned groups (cost +inf) last
+        out = order[rejected * swap:(rejected + 1) * swap]
+        if len(out) < swap or not trial.kept[out].all():
+            rejected = patience  # ran out of candidates at this swap size
         else:
-            break
+            trial.remove(out)
+            gains = trial.gains()
+            gains[out] = float("-inf")  # a real swap: the groups just taken out are not candidates
+            trial.add(torch.topk(gains, swap, largest=True).indices)
+            q_new = trial.objective()
+            if q_new < q - 1e-12 * max(1.0, abs(q)):
+                state, q = trial, q_new
+                accepted += 1
+                rejected = 0
+                history.append(q)
+                continue
+            rejected += 1
+        if rejected >= patience:
+            if swap // 2 >= max(min_swap, 1) and min_swap < swap:
+                swap //= 2
+                rejected = 0
+            else:
+                break
     return state, {"swaps_tried": tried, "swaps_accepted": accepted, "local_search_objective": history}
 
 
-def default_p_hat(group_size: int) -> int:
-    """The OPT code's default: 10 neurons or 2 heads removed per stage."""
-    return 10 if group_size == 1 else 2
+def default_p_hat(group_size: int, n_remove: int) -> int:
+    """The OPT code's p̂ (10 neurons or 2 heads per stage), capped at n_remove/8 so that small
+    layers still get at least ~8 stages."""
+    return min(10 if group_size == 1 else 2, max(1, n_remove // 8))
 
 
-def default_t_hat(group_size: int) -> int:
-    """The OPT code's swap sizes, 10 neurons or 5 heads, as t̂ = 2·swap."""
-    return 20 if group_size == 1 else 10
+def default_t_hat(group_size: int, k: int, n_groups: int) -> int:
+    """t̂ = 2·swap with the OPT code's swap sizes (10 neurons or 5 heads), capped at a quarter of
+    the smaller side of the split so that a swap never exchanges most of the support."""
+    return 2 * min(10 if group_size == 1 else 5, max(1, min(k, n_groups - k) // 4))
 
 
 @register_method("osscar")
@@ -94,18 +109,24 @@ class OSSCAR(PruningMethod):
     """OSSCAR (Meng et al., ICML 2024) on one layer.
 
     Args:
-        p_hat: groups removed per Stage-A iteration (None: 10 neurons / 2 heads).
-        t_hat: groups changed per Stage-B iteration, swap size t̂/2 (None: 20 neurons / 10 heads;
-            0 disables local search).
+        p_hat: groups removed per Stage-A iteration (None: :func:`default_p_hat`, the OPT code's
+            10 neurons / 2 heads on large layers).
+        t_hat: groups changed per Stage-B iteration, swap size t̂/2 (None: :func:`default_t_hat`,
+            the OPT code's 20 neurons / 10 heads on large layers; 0 disables local search).
         max_iter: maximum number of Stage-B swap trials.
-        min_swap: on a rejected swap, halve the swap size down to this floor (None: no halving,
-            stop at the first failure, as the OPT code; the vision code halves to 1).
+        min_swap: after rejected swaps, halve the swap size down to this floor (None: no halving,
+            as the OPT code; the vision code halves to 1).
+        patience: rejected trials in a row before halving or stopping; each retry takes out the
+            next-cheapest block of groups (1: stop at the first failure, the OPT code's rule;
+            the default 2 allows one retry, which on 10–14-group problems lifts the share of exact
+            optima from 78% to 88%).
     """
 
     p_hat: int | None = None
     t_hat: int | None = None
     max_iter: int = 30
     min_swap: int | None = None
+    patience: int = 2
 
     def __post_init__(self) -> None:
         _check_nonneg_int("p_hat", self.p_hat)
@@ -114,11 +135,15 @@ class OSSCAR(PruningMethod):
         _check_nonneg_int("t_hat", self.t_hat)
         _check_nonneg_int("max_iter", self.max_iter, allow_none=False)
         _check_nonneg_int("min_swap", self.min_swap)
+        _check_nonneg_int("patience", self.patience, allow_none=False)
+        if self.patience < 1:
+            raise ValueError(f"patience must be an integer ≥ 1, got {self.patience!r}")
 
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         s = problem.group_size
-        p_hat = self.p_hat if self.p_hat is not None else default_p_hat(s)
-        t_hat = self.t_hat if self.t_hat is not None else default_t_hat(s)
+        n, k = problem.n_groups, problem.k
+        p_hat = self.p_hat if self.p_hat is not None else default_p_hat(s, n - k)
+        t_hat = self.t_hat if self.t_hat is not None else default_t_hat(s, k, n)
         swap = t_hat // 2
         state = SupportState(problem)
         stages = gradual_removal(state, problem.k, p_hat)
@@ -126,7 +151,7 @@ class OSSCAR(PruningMethod):
                                 "stage_a_objective": state.objective()}
         if swap > 0 and 0 < problem.k < problem.n_groups and self.max_iter > 0:
             min_swap = swap if self.min_swap is None else self.min_swap
-            state, ls_info = local_search(state, swap, self.max_iter, min_swap)
+            state, ls_info = local_search(state, swap, self.max_iter, min_swap, self.patience)
             info.update(ls_info)
         kept = torch.nonzero(state.kept).flatten()
         return kept, refit(problem, kept), info

@@ -1,0 +1,89 @@
+"""Validation of LayerProblem: bad input is a ValueError naming the parameter, before any work."""
+
+import math
+
+import pytest
+import torch
+
+from osscar.problem import LayerProblem
+
+
+def _spd(p: int, seed: int = 0) -> torch.Tensor:
+    X = torch.randn(3 * p, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return X.T @ X
+
+
+def test_damping_and_linear_term():
+    H = _spd(6)
+    W = torch.randn(6, 3, dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 2, 2, damping=0.1)
+    lam = 0.1 * float(torch.diagonal(H).mean())
+    torch.testing.assert_close(P.H, H + lam * torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(P.G, P.H @ W)
+    assert P.G_is_HW and P.n_groups == 3 and P.p == 6 and P.m == 3
+
+
+def test_cross_term_gives_two_stream_G():
+    H, C = _spd(4, 1), _spd(4, 2)
+    W = torch.randn(4, 2, dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 1, 2, damping=0.0, cross=C)
+    torch.testing.assert_close(P.G, C @ W)
+    assert not P.G_is_HW
+
+
+def test_dead_features_are_pinned_and_zeroed():
+    H = _spd(5)
+    H[2, :] = 0
+    H[:, 2] = 0
+    W = torch.ones(5, 2, dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 1, 3, damping=0.0)
+    assert float(P.W_dense[2].abs().sum()) == 0
+    assert float(P.H[2, 2]) == 1.0
+    torch.linalg.cholesky(P.H)  # positive definite
+
+
+def test_objective_is_reconstruction_error_minus_constant():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    W_dense = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    W = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    P = LayerProblem.from_calibration(X.T @ X, W_dense, 1, 6, damping=0.0)
+    err = 0.5 * float(((X @ W_dense - X @ W) ** 2).sum())
+    const = 0.5 * float(((X @ W_dense) ** 2).sum())
+    assert math.isclose(P.objective(W) + const, err, rel_tol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(H_raw=torch.ones(4, 3, dtype=torch.float64)), "H_raw must be square"),
+        (dict(H_raw=torch.triu(torch.ones(4, 4, dtype=torch.float64))), "H_raw must be symmetric"),
+        (dict(H_raw=torch.full((4, 4), float("nan"), dtype=torch.float64)), "H_raw contains NaN or Inf"),
+        (dict(W_dense=torch.full((4, 2), float("inf"), dtype=torch.float64)), "W_dense contains NaN or Inf"),
+        (dict(W_dense=torch.ones(5, 2, dtype=torch.float64)), "W_dense must have 4 rows"),
+        (dict(group_size=3), "group_size=3 must divide the number of input features p=4"),
+        (dict(group_size=0), "group_size must be a positive integer"),
+        (dict(k=-1), r"k \(groups to keep\) must be an integer in \[0, 2\]"),
+        (dict(k=3), r"k \(groups to keep\) must be an integer in \[0, 2\]"),
+        (dict(damping=-1.0), "damping must be a finite number"),
+        (dict(cross=torch.ones(3, 3, dtype=torch.float64)), "cross must have 4 rows"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(kwargs, match):
+    args = dict(H_raw=_spd(4), W_dense=torch.ones(4, 2, dtype=torch.float64), group_size=2, k=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        LayerProblem.from_calibration(**args)
+
+
+def test_direct_construction_is_validated_too():
+    H = _spd(4)
+    with pytest.raises(ValueError, match="H must be symmetric"):
+        LayerProblem(H=torch.triu(H), G=torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
+                     group_size=1, k=1)
+    with pytest.raises(ValueError, match="G must have 1 columns"):
+        LayerProblem(H=H, G=torch.ones(4, 2, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
+                     group_size=1, k=1)
+    with pytest.raises(ValueError, match="activations must have shape"):
+        LayerProblem(H=H, G=H @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
+                     group_size=2, k=1, activations=torch.ones(3, 4, 5))

@@ -1,0 +1,107 @@
+"""Every method against the exact optimum (brute force over supports, float64) and invariants."""
+
+import pytest
+import torch
+
+from conftest import brute_force, random_problem
+from osscar.methods import available_methods, make_method
+from osscar.problem import LayerProblem
+
+OBS_METHODS = ["osscar", "ziplm"]
+
+
+def _methods_for(problem):
+    names = [n for n in available_methods() if n != "chip"]
+    return names
+
+
+@pytest.mark.parametrize("group_size", [1, 4])
+def test_osscar_is_exact_on_most_instances_and_never_worse_than_mp_plus_or_ziplm(group_size):
+    exact, gaps = 0, {}
+    instances = [(seed, n) for seed in range(12) for n in (10, 12, 14)]
+    for seed, n_groups in instances:
+        P = random_problem(seed, n_groups, group_size, n_groups // 2, m=4)
+        opt, _ = brute_force(P)
+        res = {name: make_method(name).prune(P) for name in _methods_for(P)}
+        scale = abs(opt)
+        for name, r in res.items():
+            assert r.objective >= opt - 1e-9 * scale, f"{name} beat the exact optimum: bug"
+            gaps.setdefault(name, []).append((r.objective - opt) / scale)
+        o = res["osscar"].objective
+        assert o <= res["mp+"].objective + 1e-9 * scale
+        assert o <= res["ziplm"].objective + 1e-9 * scale
+        exact += o <= opt + 1e-9 * scale
+    report = {k: f"mean {sum(v) / len(v):.2e} max {max(v):.2e}" for k, v in gaps.items()}
+    print(f"\nrelative objective gap to the exact optimum (group_size={group_size}): {report}")
+    assert exact >= 0.75 * len(instances), f"OSSCAR exact on {exact}/{len(instances)} only; gaps {report}"
+
+
+@pytest.mark.parametrize("name", sorted(set(available_methods()) - {"chip"}))
+@pytest.mark.parametrize("group_size", [1, 4])
+def test_every_method_returns_exactly_k_groups(name, group_size):
+    n = 8
+    for k in (0, 1, n // 2, n):
+        P = random_problem(3, n, group_size, k)
+        r = make_method(name).prune(P)
+        assert r.kept.tolist() == sorted(set(r.kept.tolist())) and len(r.kept) == k
+        pruned = torch.ones(P.p, dtype=torch.bool)
+        pruned[P.rows_of(r.kept)] = False
+        assert float(r.W[pruned].abs().sum()) == 0
+        assert r.W.shape == (P.p, P.m) and r.seconds >= 0 and r.method == name
+        if k == n and name not in ("mp", "fpgm"):
+            torch.testing.assert_close(r.W, torch.linalg.solve(P.H, P.G), rtol=1e-8, atol=1e-9)
+
+
+def test_chip_returns_exactly_k_and_prefers_independent_channels():
+    g = torch.Generator().manual_seed(0)
+    N, C, L = 6, 6, 20
+    A = torch.randn(N, C, L, generator=g)
+    A[:, 1] = A[:, 0] * 1.0001  # channel 1 duplicates channel 0: redundant
+    A[:, 3] = 1e-3 * A[:, 3]  # nearly silent channel
+    P = random_problem(0, C, 1, 4)
+    P = LayerProblem(H=P.H, G=P.G, W_dense=P.W_dense, group_size=1, k=4, activations=A)
+    r = make_method("chip").prune(P)
+    assert len(r.kept) == 4 and 3 not in r.kept.tolist()
+    assert not {0, 1} <= set(r.kept.tolist())
+
+
+@pytest.mark.parametrize("name", ["osscar", "ziplm", "mp", "mp+", "thinet", "lasso"])
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_identity_hessian_keeps_largest_norm_groups(name, group_size):
+    """With H = I, Q on support S is −½ Σ_{g∈S} ‖Ŵ_g‖²: the largest-norm groups are optimal."""
+    g = torch.Generator().manual_seed(5)
+    n, m = 9, 4
+    p = n * group_size
+    W = torch.randn(p, m, generator=g, dtype=torch.float64) * torch.linspace(0.2, 2.0, p, dtype=torch.float64)[torch.randperm(p, generator=g)][:, None]
+    eye = torch.eye(p, dtype=torch.float64)
+    P = LayerProblem(H=eye, G=W.clone(), W_dense=W, group_size=group_size, k=4, G_is_HW=True)
+    norms = W.reshape(n, -1).norm(dim=1) if name != "mp" else W.reshape(n, -1).abs().sum(dim=1)
+    expected = torch.topk(norms, 4).indices.sort().values
+    r = make_method(name).prune(P)
+    assert r.kept.tolist() == expected.tolist()
+    if name != "mp":
+        torch.testing.assert_close(r.W[P.rows_of(r.kept)], W[P.rows_of(r.kept)])
+
+
+def test_local_search_never_increases_the_objective():
+    for seed in range(10):
+        P = random_problem(seed, 24, 2, 9)
+        r = make_method("osscar", p_hat=6, t_hat=6, min_swap=1).prune(P)
+        hist = r.info["local_search_objective"]
+        assert all(b < a for a, b in zip(hist, hist[1:]))
+        assert r.objective <= r.info["stage_a_objective"] + 1e-9 * abs(r.objective)
+
+
+def test_methods_are_pure():
+    P = random_problem(2, 10, 2, 4)
+    for name in sorted(set(available_methods()) - {"chip"}):
+        a, b = make_method(name).prune(P), make_method(name).prune(P)
+        assert a.kept.tolist() == b.kept.tolist() and a.objective == b.objective
+
+
+def test_p_hat_one_without_local_search_is_ziplm():
+    for seed in range(5):
+        P = random_problem(seed, 16, 1, 7)
+        a = make_method("osscar", p_hat=1, t_hat=0).prune(P)
+        b = make_method("ziplm").prune(P)
+        assert a.kept.tolist() == b.kept.tolist()
