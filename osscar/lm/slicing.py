@@ -1,0 +1,140 @@
+"""Physical removal of pruned heads / KV groups and neurons, saving and reloading.
+
+After :func:`osscar.lm.calibration.prune_model_sequential` the consumers' pruned columns are
+zero. :func:`slice_model` deletes them together with the producers' rows (q/k/v + biases for an
+OPT head; q rows and the k/v head for a Llama KV group; fc1 / gate+up rows for a neuron) and
+writes the new widths into the config. Widths are uniform across blocks, so:
+
+* **Llama-style**: the saved folder is a plain HF checkpoint (``num_attention_heads``,
+  ``num_key_value_heads``, ``intermediate_size`` updated, ``head_dim`` explicit) that reloads with
+  ``AutoModelForCausalLM.from_pretrained``.
+* **OPT**: HF's ``OPTAttention`` computes ``head_dim = hidden_size // num_attention_heads``, so no
+  OPT config can describe fewer heads of the original width. The folder keeps the original
+  ``num_attention_heads`` (``ffn_dim`` is updated) and ``osscar_pruned.json`` records the kept
+  head count; :func:`load_pruned` rebuilds the model (plain ``from_pretrained`` refuses it with a
+  shape-mismatch error rather than loading something wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from osscar.lm.adapters import get_adapter
+
+MANIFEST = "osscar_pruned.json"
+
+
+def kept_from_zero_columns(model: nn.Module) -> dict[int, dict[str, Tensor]]:
+    """Kept groups read off the consumers' nonzero columns (for a pruned, unsliced model)."""
+    adapter = get_adapter(model)
+    out = {}
+    for i, layer in enumerate(adapter.layers(model)):
+        out[i] = {}
+        for part in ("attn", "mlp"):
+            W = adapter.consumer(layer, part).weight.data  # (m, p)
+            s = adapter.group_size(part)
+            live = W.abs().sum(0).reshape(-1, s).sum(1) != 0
+            out[i][part] = torch.nonzero(live).flatten()
+    return out
+
+
+@torch.no_grad()
+def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
+    """Slice ``model`` in place. ``kept[block]["attn" | "mlp"]``: kept group indices.
+
+    Blocks absent from ``kept`` (or parts absent) keep all their groups. Every block must end
+    with the same widths. Returns the manifest (also stored as ``model.config.osscar_pruned``).
+    """
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
+    widths = set()
+    for i in range(len(layers)):
+        k = kept.get(i, {})
+        widths.add((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
+    if len(widths) != 1:
+        raise ValueError(f"per-block widths must be uniform to give a valid config, got {sorted(widths)}")
+    (ka, km), = widths
+    if ka < 1 or km < 1:
+        raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {ka}, {km}")
+    original = {"attn_groups": n_attn, "ffn_dim": n_mlp, "num_attention_heads": adapter.n_heads,
+                "head_dim": adapter.head_dim}
+    for i, layer in enumerate(layers):
+        k = kept.get(i, {})
+        if "attn" in k and len(k["attn"]) < n_attn:
+            adapter.slice_attention(layer, k["attn"])
+        if "mlp" in k and len(k["mlp"]) < n_mlp:
+            adapter.slice_mlp(layer, k["mlp"])
+    manifest = adapter.update_config(model.config, ka, km)
+    manifest.update({"model_type": model.config.model_type, "original": original,
+                     "kept_attn_groups": ka, "kept_neurons": km})
+    model.config.osscar_pruned = manifest
+    return manifest
+
+
+def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike) -> Path:
+    """Save a sliced model (and tokenizer) atomically: temporary folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        manifest = getattr(model.config, "osscar_pruned", None) or {}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _load_state_dict(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        sd: dict[str, Tensor] = {}
+        for f in files:
+            sd.update(load_file(str(path / f)))
+        return sd
+    return load_file(str(path / "model.safetensors"))
+
+
+def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load a folder written by :func:`save_pruned` (any family; required for sliced OPT)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else {}
+    if not manifest.get("needs_load_pruned"):
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    config = AutoConfig.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    adapter = get_adapter(model)
+    ka = int(manifest["kept_attn_groups"])
+    keep = torch.arange(ka)
+    for layer in adapter.layers(model):  # shapes only; the weights come from the state dict
+        if ka < adapter.n_attn_groups:
+            adapter.slice_attention(layer, keep)
+    sd = _load_state_dict(path)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"load_pruned({path}): missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
+    if tied:
+        model.tie_weights()
+    model.config.osscar_pruned = manifest
+    return model.eval()
