@@ -1,0 +1,161 @@
+"""The embedded default model: ResNet20 trained once on real Fashion-MNIST, cached.
+
+``default_checkpoint()`` returns the cached checkpoint path, training it first when the cache holds
+none for this training configuration. The cache folder is ``$OSSCAR_CACHE/vision`` when
+``OSSCAR_CACHE`` is set, else ``~/.cache/osscar/vision``; the file name carries a hash of the
+training configuration, so a changed recipe never reuses a stale model. The checkpoint is written
+atomically and records its test accuracy, training time and configuration.
+
+Deterministic for a seed on a given machine/torch build: one explicit generator drives the
+shuffling and augmentation, data loading is in-process, and the thread count is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from osscar.vision.data import DEFAULT_FMNIST_ROOT, ImageSet, dataset_meta, load_split
+from osscar.vision.models import ResNet20, save_checkpoint, sha256_file
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("OSSCAR_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "osscar") / "vision"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe of the embedded default (SGD + Nesterov, one-cycle LR, crop/flip augmentation)."""
+
+    dataset: str = "fashion-mnist"
+    root: str = DEFAULT_FMNIST_ROOT
+    seed: int = 0
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    threads: int = 1
+    train_limit: int | None = None  # use only the first N (shuffled) training images — tests only
+    shortcut: str = "A"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
+            raise ValueError("epochs, batch_size and threads must be ≥ 1")
+        if self.train_limit is not None and self.train_limit < self.batch_size:
+            raise ValueError(f"train_limit must be ≥ batch_size={self.batch_size}, got {self.train_limit}")
+
+    def key(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("root")  # the data's identity is recorded by hash in the checkpoint, not its location
+        d.pop("threads")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluate(model: nn.Module, data: ImageSet, limit: int | None = None, batch_size: int = 500,
+             progress: bool = False) -> dict[str, float]:
+    """Top-1 accuracy of ``model`` on the first ``limit`` images of ``data`` (all when None)."""
+    from tqdm.auto import tqdm
+
+    n = len(data) if limit is None else min(limit, len(data))
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
+            idx = torch.arange(start, min(start + batch_size, n))
+            x, y = data.batch(idx)
+            correct += int((model(x).argmax(1) == y).sum())
+    return {"top1": correct / n, "n": n}
+
+
+def train_resnet20(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ResNet20 on ``cfg.dataset``; returns (model in eval mode, training record)."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train = load_split(cfg.dataset, cfg.root, "train")
+    test = load_split(cfg.dataset, cfg.root, "test")
+    meta = dataset_meta(cfg.dataset)
+    model = ResNet20(num_classes=meta["num_classes"], in_channels=meta["in_channels"], shortcut=cfg.shortcut)
+    model = model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    n_train = len(train) if cfg.train_limit is None else min(cfg.train_limit, len(train))
+    steps_per_epoch = n_train // cfg.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.25)
+    subset = torch.randperm(len(train), generator=gen)[:n_train]
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train resnet20", disable=not progress)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = subset[torch.randperm(n_train, generator=gen)]
+        for step in range(steps_per_epoch):
+            x, y = train.batch(order[step * cfg.batch_size:(step + 1) * cfg.batch_size], augment=True, generator=gen)
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+            if not math.isfinite(float(loss.detach())):
+                raise RuntimeError(f"training diverged at epoch {epoch + 1} step {step}")
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    acc = evaluate(model, test, progress=progress)
+    record = {
+        "train_config": dataclasses.asdict(cfg),
+        "train_seconds": train_seconds,
+        "test_top1": acc["top1"],
+        "test_n": acc["n"],
+        "dataset_sha256": {"train_images": _first_file_sha(cfg, "train")},
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    return model, record
+
+
+def _first_file_sha(cfg: TrainConfig, split: str) -> str | None:
+    if cfg.dataset != "fashion-mnist":
+        return None
+    from osscar.vision.data import FMNIST_FILES, find_fmnist_file
+
+    return sha256_file(find_fmnist_file(Path(cfg.root), FMNIST_FILES[split][0]))
+
+
+def default_checkpoint_path(cfg: TrainConfig = TrainConfig()) -> Path:
+    return cache_dir() / f"resnet20_{cfg.dataset}_{cfg.key()}.pt"
+
+
+def default_checkpoint(cfg: TrainConfig = TrainConfig(), progress: bool = True, retrain: bool = False) -> Path:
+    """Path of the cached default ResNet20 for ``cfg``; trains and caches it when missing."""
+    path = default_checkpoint_path(cfg)
+    if path.is_file() and not retrain:
+        return path
+    model, record = train_resnet20(cfg, progress=progress)
+    meta = dataset_meta(cfg.dataset)
+    save_checkpoint(path, model, "resnet20",
+                    {"num_classes": meta["num_classes"], "in_channels": meta["in_channels"], "shortcut": cfg.shortcut},
+                    meta={"dataset": cfg.dataset, **record})
+    if progress:
+        print(f"cached {path}: test top-1 {record['test_top1']:.4f} after {record['train_seconds']:.0f}s of training")
+    return path
