@@ -1,0 +1,59 @@
+"""Fixtures for the solver benchmarks: OPT-shaped layer problems and a side-by-side summary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from osscar.problem import LayerProblem
+
+# name -> (n_groups, group_size, m): OPT-125m / OPT-2.7B-like FFN (fc2) and attention (out_proj),
+# and the embedded SmolLM2-135M's (down_proj 1536 -> 576; o_proj 9 heads of 64)
+SHAPES = {
+    "ffn-1536": (1536, 1, 576),
+    "heads-9x64": (9, 64, 576),
+    "ffn-3072": (3072, 1, 768),
+    "ffn-8192": (8192, 1, 2048),
+    "heads-12x64": (12, 64, 768),
+    "heads-32x64": (32, 64, 2048),
+}
+
+
+def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0) -> LayerProblem:
+    """Calibration-like inputs: n = p + 512 correlated rows with a decaying spectrum."""
+    n_groups, s, m = SHAPES[shape]
+    p = n_groups * s
+    g = torch.Generator().manual_seed(seed)
+    n = p + 512
+    scale = torch.logspace(0, -2, p, dtype=torch.float64)[torch.randperm(p, generator=g)]
+    X = torch.randn(n, p, generator=g, dtype=torch.float64) * scale
+    X += 0.3 * torch.randn(n, 1, generator=g, dtype=torch.float64) * torch.randn(1, p, generator=g, dtype=torch.float64)
+    W = torch.randn(p, m, generator=g, dtype=torch.float64) / p**0.5
+    return LayerProblem.from_calibration(X.T @ X, W, s, int(keep * n_groups), damping=0.01)
+
+
+@pytest.fixture(scope="session")
+def summary(request):
+    """Rows {shape, what, seconds, objective}; printed as one table when the session ends."""
+    rows: list[dict] = []
+
+    def show():
+        if not rows:
+            return
+        by_shape: dict[str, dict[str, dict]] = {}
+        for r in rows:
+            by_shape.setdefault(r["shape"], {})[r["what"]] = r
+        lines = ["", "solver benchmark (one run, same machine):",
+                 f"{'shape':<12} {'what':<8} {'seconds':>9} {'objective':>16} {'vs inverse':>10} {'ziplm/x':>8}"]
+        for shape, d in by_shape.items():
+            inv = d.get("inverse", {}).get("seconds")
+            zip_s = d.get("ziplm", {}).get("seconds")
+            for what, r in d.items():
+                obj = "" if r["objective"] is None else f"{r['objective']:.6e}"
+                rel = f"{r['seconds'] / inv:.2f}x" if inv else ""
+                spd = f"{zip_s / r['seconds']:.1f}x" if zip_s and what != "inverse" else ""
+                lines.append(f"{shape:<12} {what:<8} {r['seconds']:>9.3f} {obj:>16} {rel:>10} {spd:>8}")
+        print("\n".join(lines))
+
+    request.addfinalizer(show)
+    return rows

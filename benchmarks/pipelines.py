@@ -1,0 +1,51 @@
+"""The pipelines a sweep can run, by name: where each one's config class and run function live.
+
+Imports are lazy so that listing pipelines or validating a sweep never loads a model library
+it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A runnable pipeline: ``config`` and ``run`` are 'module:attribute' paths.
+
+    ``volatile`` names config fields that do not change results (output folders, progress),
+    left out of a run's key.
+    """
+
+    name: str
+    config: str
+    run: str
+    volatile: tuple[str, ...] = ()
+
+    def _load(self, path: str) -> Any:
+        module, attr = path.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def config_class(self) -> type:
+        return self._load(self.config)
+
+    def run_function(self) -> Callable[..., dict[str, Any]]:
+        return self._load(self.run)
+
+
+PIPELINES = MappingProxyType({
+    "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
+                   volatile=("output_dir", "save_model", "cache_dir")),
+    "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
+                       volatile=("output_dir", "save_model")),
+    "solver": Pipeline("solver", "benchmarks.solver_pipeline:SolverRunConfig", "benchmarks.solver_pipeline:run_solver"),
+})
+
+
+def get_pipeline(name: str) -> Pipeline:
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; allowed: {', '.join(PIPELINES)}")
+    return PIPELINES[name]

@@ -1,0 +1,82 @@
+"""Run sweeps into the result store; finished runs are skipped, so a killed sweep resumes.
+
+    python -m benchmarks.run benchmarks/sweeps/vision_accuracy.toml [...] [--profile cpu]
+    python -m benchmarks.run --all            # every sweep in benchmarks/sweeps/
+
+All sweeps named are expanded and validated before the first run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.pipelines import get_pipeline
+from benchmarks.sweep import PROFILES, RunSpec, load_sweep, sweep_files
+from results.provenance import provenance
+from results.store import ResultStore, RunRecord, config_key
+
+DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "records"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(spec: RunSpec, store: ResultStore) -> tuple[RunRecord, bool]:
+    """Run one spec unless its record exists. Returns (record, ran)."""
+    key = config_key(spec.pipeline, spec.key_config)
+    if store.has(spec.experiment, key):
+        return store.get(spec.experiment, key), False
+    started = _now()
+    t0 = time.perf_counter()
+    metrics = get_pipeline(spec.pipeline).run_function()(spec.config)
+    metrics = dict(metrics)
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    record = RunRecord(experiment=spec.experiment, pipeline=spec.pipeline, config=spec.key_config,
+                       metrics=metrics, provenance=provenance(), started=started, finished=_now(), key=key)
+    store.put(record)
+    return record, True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweeps", nargs="*", help="sweep files (TOML)")
+    parser.add_argument("--all", action="store_true", help="run every sweep in benchmarks/sweeps/")
+    parser.add_argument("--profile", default="cpu", choices=PROFILES,
+                        help="cpu: scaled-down, offline, this machine (default); paper: the full grid")
+    parser.add_argument("--store", default=str(DEFAULT_STORE), help="result store root (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+    args = parser.parse_args(argv)
+    files = [Path(p) for p in args.sweeps] + (sweep_files() if args.all else [])
+    if not files:
+        parser.error("give sweep files or --all")
+    sweeps = [load_sweep(f, args.profile) for f in files]
+    plan = [spec for sw in sweeps for spec in sw.runs()]  # validates everything first
+    store = ResultStore(args.store)
+    todo = [s for s in plan if not store.has(s.experiment, config_key(s.pipeline, s.key_config))]
+    print(f"{len(plan)} runs in {len(sweeps)} sweep(s) [{args.profile}]: {len(plan) - len(todo)} done, {len(todo)} to run",
+          flush=True)
+    if args.dry_run:
+        for s in plan:
+            print(f"  {s.experiment}/{config_key(s.pipeline, s.key_config)}  {s.key_config}")
+        return 0
+    t0 = time.perf_counter()
+    for i, spec in enumerate(todo, 1):
+        short = {k: v for k, v in spec.key_config.items() if k in ("method", "model", "arch", "shape", "head_fraction",
+                                                                     "neuron_fraction", "flops_fraction", "n_calib",
+                                                                     "n_samples", "method_params", "p_hat", "t_hat")}
+        print(f"[{i}/{len(todo)}] {spec.experiment}: {short}", flush=True)
+        r0 = time.perf_counter()
+        execute(spec, store)
+        print(f"    done in {time.perf_counter() - r0:.1f}s", flush=True)
+    print(f"finished {len(todo)} run(s) in {time.perf_counter() - t0:.1f}s; store: {store.root}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

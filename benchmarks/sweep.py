@@ -1,0 +1,143 @@
+"""Declarative sweeps: one TOML file per paper experiment, expanded into validated run configs.
+
+A sweep file::
+
+    name = "lm_perplexity"                 # experiment name (folder in the result store)
+    pipeline = "lm"                        # lm | vision | solver
+    description = "..."
+
+    [profiles.cpu.base]                    # fields shared by every run of the profile
+    n_samples = 16
+    [profiles.cpu.grid]                    # cartesian product over these axes
+    method = ["mp", "mp+", "ziplm", "osscar"]
+    target = [{head_fraction = 0.3, neuron_fraction = 0.3}, {head_fraction = 0.5, neuron_fraction = 0.5}]
+
+An axis whose values are tables (``target`` above) merges each table into the config, so coupled
+fields move together. Every key must be a field of the pipeline's config class; every run's
+config is built (and so validated) before any run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.pipelines import get_pipeline
+
+PROFILES = ("cpu", "paper")
+
+
+def _tupleize(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupleize(v) for v in value)
+    return value
+
+
+def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """TOML arrays -> tuples for the config fields typed as tuples."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        hint = str(hints.get(key, ""))
+        out[key] = _tupleize(value) if "tuple" in hint and isinstance(value, list) else value
+    return out
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its pipeline, its validated config object and its key fields."""
+
+    experiment: str
+    pipeline: str
+    config: Any
+    key_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    pipeline: str
+    description: str
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    source: str = ""
+
+    def points(self) -> list[dict[str, Any]]:
+        """The raw config dicts of the grid, base merged in, in a stable order."""
+        axes = list(self.grid.items())
+        out = []
+        for combo in itertools.product(*(values for _, values in axes)):
+            point = dict(self.base)
+            for (axis, _), value in zip(axes, combo):
+                if isinstance(value, dict):
+                    point.update(value)
+                else:
+                    point[axis] = value
+            out.append(point)
+        return out
+
+    def runs(self) -> list[RunSpec]:
+        """Build every run's config; unknown keys or invalid values raise before any run."""
+        from results.store import canonical_json
+
+        pipeline = get_pipeline(self.pipeline)
+        cls = pipeline.config_class()
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        specs, seen = [], set()
+        for point in self.points():
+            unknown = sorted(set(point) - allowed)
+            if unknown:
+                raise ValueError(f"sweep {self.name!r} ({self.source}): unknown key(s) {', '.join(unknown)} for "
+                                 f"pipeline {self.pipeline!r}; allowed: {', '.join(sorted(allowed))}")
+            try:
+                config = cls(**_coerce(cls, point))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"sweep {self.name!r} ({self.source}): invalid run {point}: {e}") from e
+            key_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in pipeline.volatile}
+            ident = canonical_json(key_config)
+            if ident not in seen:
+                seen.add(ident)
+                specs.append(RunSpec(self.name, self.pipeline, config, key_config))
+        return specs
+
+
+def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
+    """Read a sweep file and pick one profile (``cpu`` or ``paper``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep file {str(path)!r} does not exist")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    data = tomllib.loads(path.read_text())
+    top = {"name", "pipeline", "description", "profiles"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise ValueError(f"sweep file {path}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(top))}")
+    for key in ("name", "pipeline"):
+        if key not in data:
+            raise ValueError(f"sweep file {path}: missing required key {key!r}")
+    get_pipeline(data["pipeline"])
+    profiles = data.get("profiles", {})
+    if profile not in profiles:
+        raise ValueError(f"sweep file {path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
+    prof = profiles[profile]
+    unknown = sorted(set(prof) - {"base", "grid"})
+    if unknown:
+        raise ValueError(f"sweep file {path}: profile {profile!r} has unknown section(s) {', '.join(unknown)}; "
+                         "allowed: base, grid")
+    grid = prof.get("grid", {})
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"sweep file {path}: grid axis {axis!r} must be a non-empty array")
+    return Sweep(name=data["name"], pipeline=data["pipeline"], description=data.get("description", ""),
+                 base=dict(prof.get("base", {})), grid=dict(grid), source=str(path))
+
+
+def sweep_files(folder: str | Path | None = None) -> list[Path]:
+    folder = Path(folder) if folder else Path(__file__).parent / "sweeps"
+    return sorted(folder.glob("*.toml"))

@@ -1,0 +1,43 @@
+"""OSSCAR vs ZipLM vs MP+ on OPT-shaped layer problems, beside one p×p float64 inverse.
+
+Run: ``nox -s bench`` (or ``pytest benchmarks -p no:cacheprovider --benchmark-only -s``).
+Not part of the default test run. Timings are single rounds: the large shapes take minutes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from benchmarks.conftest import SHAPES, opt_like_problem
+from osscar.methods import make_method
+
+METHODS = ["osscar", "ziplm", "mp+"]
+
+
+@pytest.fixture(scope="module", params=[s for s in SHAPES if not s.startswith(("ffn-1536", "heads-9x"))])
+def problem(request):
+    return request.param, opt_like_problem(request.param)
+
+
+def test_inverse(benchmark, problem, summary):
+    shape, P = problem
+
+    def inverse():
+        return torch.cholesky_inverse(torch.linalg.cholesky(P.H))
+
+    start = time.perf_counter()
+    benchmark.pedantic(inverse, rounds=1, iterations=1)
+    summary.append({"shape": shape, "what": "inverse", "seconds": time.perf_counter() - start, "objective": None})
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method(benchmark, problem, summary, name):
+    shape, P = problem
+    method = make_method(name)
+    result = benchmark.pedantic(method.prune, args=(P,), rounds=1, iterations=1)
+    benchmark.extra_info.update({"objective": result.objective, "k": P.k, "p": P.p, "m": P.m,
+                                 "info": {k: v for k, v in result.info.items() if k != "local_search_objective"}})
+    summary.append({"shape": shape, "what": name, "seconds": result.seconds, "objective": result.objective})

