@@ -145,11 +145,11 @@ def prune_model(dense: nn.Module, units: list[PruneUnit], images: Tensor, method
         set_conv_weight_matrix(conv, res.W)
         kept_all[u.name] = res.kept.clone()
         # ½‖X̃W − X_dŴ‖² = Q(W) + ½‖X_dŴ‖² (Q with the damped H: includes the ridge term)
-        err = res.objective + 0.5 * stats.energy
+        err = res.objective + 0.5 * stats.dense_energy
         records.append({
             "unit": u.name, "channels": c, "kept": k, "group_size": problem.group_size, "rows": stats.rows,
-            "objective": res.objective, "dense_energy": 0.5 * stats.energy,
-            "relative_error": err / max(0.5 * stats.energy, 1e-300),
+            "objective": res.objective, "dense_energy": 0.5 * stats.dense_energy,
+            "relative_error": err / max(0.5 * stats.dense_energy, 1e-300),
             "calib_seconds": t_cal, "solve_seconds": res.seconds,
             "info": {k_: v for k_, v in res.info.items() if isinstance(v, (int, float, str))},
         })

@@ -159,3 +159,8 @@ def default_checkpoint(cfg: TrainConfig = TrainConfig(), progress: bool = True, 
     if progress:
         print(f"cached {path}: test top-1 {record['test_top1']:.4f} after {record['train_seconds']:.0f}s of training")
     return path
+
+
+def load_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta`` record stored in an osscar-vision checkpoint."""
+    return dict(torch.load(path, map_location="cpu", weights_only=True).get("meta", {}))

@@ -1,0 +1,294 @@
+"""One vision run: load → calibrate and prune (block-sequential, two streams) → slice → evaluate.
+
+>>> from osscar.vision.pipeline import VisionRunConfig, run_vision
+>>> metrics = run_vision(VisionRunConfig(method="osscar", flops_fraction=0.5))   # doctest: +SKIP
+
+``checkpoint="default"`` is the embedded ResNet20 trained on real Fashion-MNIST (trained once and
+cached, see :mod:`osscar.vision.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
+from osscar.vision.models import ARCHS, is_pretrained_name, load_model
+
+DEFAULT_DAMPING = 1e-2
+
+
+def _methods() -> dict[str, Any]:
+    from osscar.methods import available_methods
+
+    return available_methods()
+
+
+@dataclass(frozen=True)
+class VisionRunConfig:
+    """Everything one run depends on; validated on construction, before any work.
+
+    Attributes:
+        arch: one of ``ARCHS`` (resnet20, mobilenetv1, resnet50).
+        checkpoint: ``"default"`` (embedded ResNet20 on Fashion-MNIST), a checkpoint path, or
+            ``timm:<name>`` / ``torchvision:<WEIGHTS>`` (needs hub access). None only with random_init.
+        dataset, data_root: a dataset of ``DATASETS`` and the folder holding its files.
+        method: a registered pruning method; method_params: its parameters (dict).
+        p_hat, t_hat: OSSCAR's p̂ (groups removed per Stage-A step) and t̂ (groups changed per
+            local-search step, swap size t̂/2); None: per-layer defaults (2% / 2·5% of the channels).
+        flops_fraction: fraction of the whole network's MACs to remove, in (0, 1).
+        n_calib: calibration images (training set, training augmentation), seeded.
+        damping: λ, H + λ·mean(diag H)·I (on H only; G = X̃ᵀX_dŴ).
+        eval_limit: evaluate on the first N test images (None: the full test set).
+        output_dir: where the metrics JSON and the sliced model go (None: nothing written).
+        random_init: random weights (tests only; excludes checkpoint).
+    """
+
+    arch: str = "resnet20"
+    checkpoint: str | None = "default"
+    dataset: str = "fashion-mnist"
+    data_root: str = DEFAULT_FMNIST_ROOT
+    method: str = "osscar"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    p_hat: int | None = None
+    t_hat: int | None = None
+    flops_fraction: float = 0.5
+    n_calib: int = 1024
+    calib_batch_size: int = 128
+    seed: int = 0
+    threads: int = 1
+    damping: float = DEFAULT_DAMPING
+    eval_limit: int | None = None
+    eval_batch_size: int = 500
+    chip_samples: int = 64
+    chip_positions: int = 256
+    latency: bool = True
+    latency_batch: int = 64
+    latency_repeats: int = 20
+    output_dir: str | None = None
+    save_model: bool = True
+    random_init: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch: unknown architecture {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        methods = _methods()
+        if self.method not in methods:
+            raise ValueError(f"method: unknown method {self.method!r}; allowed: {', '.join(methods)}")
+        if not isinstance(self.method_params, dict):
+            raise ValueError(f"method_params must be a dict, got {type(self.method_params).__name__}")
+        object.__setattr__(self, "method_params", dict(self.method_params))
+        for name in ("p_hat", "t_hat"):
+            v = getattr(self, name)
+            if v is not None:
+                if self.method != "osscar":
+                    raise ValueError(f"{name} is an OSSCAR parameter; method is {self.method!r}")
+                if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "p_hat" else 0):
+                    raise ValueError(f"{name} must be an integer ≥ {1 if name == 'p_hat' else 0}, got {v!r}")
+        from osscar.methods import make_method
+
+        make_method(self.method, **self.all_method_params())  # unknown/invalid parameters fail now
+        f = self.flops_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 < f < 1):
+            raise ValueError(f"flops_fraction must be in (0, 1), got {f!r}")
+        for name in ("n_calib", "calib_batch_size", "threads", "eval_batch_size", "latency_batch", "latency_repeats"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
+        for name in ("chip_samples", "chip_positions", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an integer ≥ 0, got {v!r}")
+        if self.method == "chip" and (self.chip_samples < 1 or self.chip_positions < 1):
+            raise ValueError("chip needs chip_samples ≥ 1 and chip_positions ≥ 1")
+        if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
+        if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
+            raise ValueError(f"eval_limit must be None or an integer ≥ 1, got {self.eval_limit!r}")
+        if self.random_init and self.checkpoint is not None:
+            raise ValueError("random_init=True excludes a checkpoint: pass checkpoint=None")
+        if not self.random_init:
+            if self.checkpoint is None:
+                raise ValueError("checkpoint: no weights given; use 'default', a path or a timm:/torchvision: "
+                                 "name (random weights only with random_init=True, for tests)")
+            if self.checkpoint == "default":
+                if self.arch != "resnet20" or self.dataset != "fashion-mnist":
+                    raise ValueError("checkpoint='default' is the embedded ResNet20 on Fashion-MNIST; for "
+                                     f"arch={self.arch!r}/dataset={self.dataset!r} pass a checkpoint path or name")
+            elif not is_pretrained_name(self.checkpoint) and not Path(self.checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint: file not found: {self.checkpoint}")
+        check_dataset_root(self.dataset, self.data_root)
+
+    def all_method_params(self) -> dict[str, Any]:
+        params = dict(self.method_params)
+        if self.p_hat is not None:
+            params["p_hat"] = self.p_hat
+        if self.t_hat is not None:
+            params["t_hat"] = self.t_hat
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def input_shape(dataset: str) -> tuple[int, int, int]:
+    return {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}[dataset]
+
+
+def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms per forward of each model on ``x``, interleaved in one process at the current thread count."""
+    times: dict[str, list[float]] = {n: [] for n in models}
+    with torch.inference_mode():
+        for m in models.values():
+            for _ in range(warmup):
+                m(x)
+        for _ in range(repeats):
+            for n, m in models.items():
+                t = time.perf_counter()
+                m(x)
+                times[n].append(time.perf_counter() - t)
+    return {n: 1e3 * sorted(v)[len(v) // 2] for n, v in times.items()}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()}
+    for mod in ("torchvision", "timm", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional
+            pass
+    import osscar
+
+    out["osscar"] = osscar.__version__
+    return out
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run_name(cfg: VisionRunConfig) -> str:
+    return f"{cfg.arch}_{cfg.dataset}_{cfg.method}_f{cfg.flops_fraction:g}_n{cfg.n_calib}_s{cfg.seed}"
+
+
+def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]:
+    """Run one pruning experiment; returns metrics + provenance (and writes them when output_dir is set)."""
+    from osscar.vision.adapters import prune_units
+    from osscar.vision.flops import count_params, layer_shapes, macs, solve_keep_counts
+    from osscar.vision.prune import prune_model
+    from osscar.vision.slicing import save_sliced, slice_model
+    from osscar.vision.train import TrainConfig, default_checkpoint, evaluate
+
+    cfg = config
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        t = time.perf_counter()
+        train = load_split(cfg.dataset, cfg.data_root, "train")
+        test = load_split(cfg.dataset, cfg.data_root, "test")
+        meta_ds = dataset_meta(cfg.dataset)
+        ckpt = cfg.checkpoint
+        if ckpt == "default":
+            ckpt = str(default_checkpoint(TrainConfig(root=cfg.data_root, threads=cfg.threads), progress=progress))
+        if cfg.random_init:
+            dense, provenance = load_model(cfg.arch, None, random_init=True, **meta_ds)
+        else:
+            dense, provenance = load_model(cfg.arch, ckpt)
+        timings["load"] = time.perf_counter() - t
+
+        # calibration images: n_calib training images, training augmentation, one seeded generator
+        gen = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(len(train), generator=gen)[: cfg.n_calib]
+        calib, _ = train.batch(idx, augment=True, generator=gen)
+
+        shape = input_shape(cfg.dataset)
+        units = prune_units(dense, cfg.arch)
+        shapes = layer_shapes(dense, shape)
+        channels = {u.name: u.channels(dense) for u in units}
+        keep, layer_fraction, target_reduction = solve_keep_counts(shapes, units, channels, cfg.flops_fraction)
+
+        t = time.perf_counter()
+        pruned, kept, layers = prune_model(
+            dense, units, calib, cfg.method, keep, cfg.all_method_params(), damping=cfg.damping,
+            batch_size=cfg.calib_batch_size, chip_samples=cfg.chip_samples, chip_positions=cfg.chip_positions,
+            seed=cfg.seed, progress=progress)
+        timings["prune"] = time.perf_counter() - t
+        sliced = slice_model(pruned, units, kept).eval()
+
+        # exactness of slicing on real test images
+        xs, _ = test.batch(torch.arange(min(64, len(test))))
+        with torch.inference_mode():
+            slice_diff = float((sliced(xs) - pruned(xs)).abs().max())
+
+        t = time.perf_counter()
+        acc_dense = evaluate(dense, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+        acc_pruned = evaluate(sliced, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+        timings["eval"] = time.perf_counter() - t
+
+        macs_dense, macs_sliced = macs(shapes), macs(layer_shapes(sliced, shape))
+        lat: dict[str, float] = {}
+        if cfg.latency:
+            t = time.perf_counter()
+            xl = torch.randn(cfg.latency_batch, *shape, generator=torch.Generator().manual_seed(cfg.seed))
+            lat = measure_latency({"dense": dense, "sliced": sliced}, xl, cfg.latency_repeats)
+            timings["latency"] = time.perf_counter() - t
+
+        out_files: dict[str, str] = {}
+        if cfg.output_dir is not None and cfg.save_model:
+            p = save_sliced(Path(cfg.output_dir) / f"{run_name(cfg)}.pt", sliced, cfg.arch,
+                            provenance.get("arch_kwargs", meta_ds), kept,
+                            meta={"config": cfg.to_dict(), "top1": acc_pruned["top1"]})
+            out_files["sliced_model"] = str(p)
+        timings["total"] = time.perf_counter() - t_start
+        prov = {k: v for k, v in provenance.items() if k != "state_dict"}
+        result: dict[str, Any] = {
+            "config": cfg.to_dict(),
+            "method_params": cfg.all_method_params(),
+            "dense": {"top1": acc_dense["top1"], "macs": macs_dense, "params": count_params(dense),
+                      "latency_ms": lat.get("dense")},
+            "pruned": {"top1": acc_pruned["top1"], "macs": macs_sliced, "params": count_params(sliced),
+                       "latency_ms": lat.get("sliced")},
+            "eval_n": acc_pruned["n"],
+            "flops_reduction": 1 - macs_sliced / macs_dense,
+            "flops_reduction_planned": target_reduction,
+            "channel_fraction_removed": layer_fraction,
+            "params_reduction": 1 - count_params(sliced) / count_params(dense),
+            "latency_speedup": (lat["dense"] / lat["sliced"]) if lat else None,
+            "latency_setup": {"threads": cfg.threads, "batch": cfg.latency_batch, "repeats": cfg.latency_repeats,
+                              "warmup": 3, "statistic": "median"} if lat else None,
+            "slice_max_abs_diff": slice_diff,
+            "layers": layers,
+            "kept": {k: v.tolist() for k, v in kept.items()},
+            "provenance": {"checkpoint": ckpt, "checkpoint_sha256": prov.get("sha256"), "checkpoint_meta": prov,
+                           "dataset": cfg.dataset, "data_root": cfg.data_root, "seed": cfg.seed,
+                           "versions": versions()},
+            "timings": timings,
+            "files": out_files,
+        }
+        if cfg.output_dir is not None:
+            path = Path(cfg.output_dir) / f"{run_name(cfg)}.json"
+            result["files"]["metrics"] = str(path)
+            atomic_write_json(path, result)
+        return result
+    finally:
+        torch.set_num_threads(prev_threads)
