@@ -55,3 +55,47 @@ def lint(session: nox.Session) -> None:
     """ruff on the code."""
     session.install("ruff")
     session.run("ruff", "check", "osscar", "baselines", "benchmarks", "results", "reports", "tests", "noxfile.py")
+
+
+def _sweep(session: nox.Session, *sweeps: str) -> None:
+    profile = "paper" if "--profile" in session.posargs and "paper" in session.posargs else "cpu"
+    extra = [a for a in session.posargs if a not in ("--profile", "paper", "cpu")]
+    targets = [f"benchmarks/sweeps/{s}.toml" for s in sweeps] if sweeps else ["--all"]
+    session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, *extra, env=_env())
+
+
+def _report(session: nox.Session) -> None:
+    session.run("python", "-m", "reports", "--store", "results/records", "--out", "reports/output", env=_env())
+
+
+@nox.session(python=PYTHON)
+def reproduce(session: nox.Session) -> None:
+    """Every sweep of benchmarks/sweeps/ (cpu profile: embedded models, offline), then the report.
+
+    ``nox -s reproduce -- --profile paper`` runs the full OPT/ImageNet grid (GPU and hub access).
+    Finished runs are skipped, so an interrupted reproduce resumes where it stopped.
+    """
+    _install(session)
+    _sweep(session)
+    _report(session)
+
+
+@nox.session(python=PYTHON)
+def ablation_calibration(session: nox.Session) -> None:
+    """Calibration-size ablation (cpu profile unless ``-- --profile paper``)."""
+    _install(session)
+    _sweep(session, "ablation_calibration")
+
+
+@nox.session(python=PYTHON)
+def ablation_tp(session: nox.Session) -> None:
+    """t̂/p̂ ablation of OSSCAR (cpu profile unless ``-- --profile paper``)."""
+    _install(session)
+    _sweep(session, "ablation_tp")
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Tables and figures from whatever records exist; missing experiments are listed."""
+    _install(session)
+    _report(session)
