@@ -1,0 +1,132 @@
+"""``python -m osscar lm``: prune a causal LM with one method, evaluate it, write metrics JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from osscar.lm.data import CORPORA
+from osscar.lm.evaluate import ZERO_SHOT_TASKS
+from osscar.lm.models import EMBEDDED_MODELS
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        val = json.loads(v)
+    except json.JSONDecodeError:
+        val = v
+    return k, val
+
+
+def _point(text: str) -> tuple[int, int]:
+    try:
+        b, s = text.lower().split("x")
+        return int(b), int(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected BATCHxSEQLEN like 1x512, got {text!r}") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="osscar lm",
+        description="Prune a Hugging Face causal LM (OPT, Llama/GQA) layer-wise with OSSCAR or a baseline, "
+                    "slice it physically, and evaluate perplexity / zero-shot accuracy / latency.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="smollm2-135m",
+                   help=f"embedded model ({', '.join(EMBEDDED_MODELS)}), local folder, or hub id (facebook/opt-1.3b)")
+    p.add_argument("--method", default="osscar", help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
+    p.add_argument("--t-hat", type=int, default=None, help="OSSCAR t̂: groups changed per local-search iteration (both consumers; None: method default)")
+    p.add_argument("--p-hat", type=int, default=None, help="OSSCAR p̂: groups removed per Stage-A iteration (both consumers; None: method default)")
+    p.add_argument("--method-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra method parameter for both consumers (JSON value), repeatable")
+    p.add_argument("--attn-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="method parameter for the attention consumer only, repeatable")
+    p.add_argument("--mlp-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="method parameter for the MLP consumer only, repeatable")
+    p.add_argument("--head-fraction", type=float, default=None,
+                   help="fraction of attention groups removed per block (heads; Llama: whole KV groups); None with no --speedup: 0.5")
+    p.add_argument("--neuron-fraction", type=float, default=None,
+                   help="fraction of MLP neurons removed per block; None with no --speedup: 0.5")
+    p.add_argument("--speedup", type=float, default=None, help="target block-FLOPs speedup (>1) instead of the fractions")
+    p.add_argument("--calib-corpus", default="wiki-gensim", choices=sorted(CORPORA), help="calibration corpus")
+    p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
+    p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
+    p.add_argument("--damping", type=float, default=0.01, help="λ: H + λ·mean(diag H)·I")
+    p.add_argument("--eval-corpus", action="append", default=None, choices=sorted(CORPORA),
+                   help="perplexity corpus, repeatable (default: wiki-gensim held-out articles)")
+    p.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window length (None: --seqlen)")
+    p.add_argument("--eval-windows", type=int, default=16, help="max perplexity windows per corpus (0: all)")
+    p.add_argument("--tasks", default="", help=f"comma-separated zero-shot tasks ({','.join(ZERO_SHOT_TASKS)}); empty: none")
+    p.add_argument("--limit", type=int, default=200, help="examples per zero-shot task (0: all)")
+    p.add_argument("--latency", type=_point, action="append", default=None, metavar="BxS",
+                   help="prefill latency point BATCHxSEQLEN timed dense vs sliced, repeatable (default: none)")
+    p.add_argument("--latency-repeats", type=int, default=5, help="timed repeats per latency point (after 2 warm-ups)")
+    p.add_argument("--dense", action="store_true", help="also evaluate the dense model")
+    p.add_argument("--layers", default="", help="comma-separated block indices to prune (empty: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
+    p.add_argument("--output-dir", default="results/lm", help="folder for the metrics JSON (and --save-model)")
+    p.add_argument("--name", default=None, help="file stem of the metrics JSON (default: model_method_fractions)")
+    p.add_argument("--save-model", action="store_true", help="save the sliced model under OUTPUT_DIR/NAME.model")
+    p.add_argument("--cache-dir", default=None, help="model/data cache (default: $OSSCAR_CACHE or ~/.cache/osscar)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    from osscar.lm.run import LMRunConfig
+
+    params = dict(args.method_param)
+    if args.t_hat is not None:
+        params["t_hat"] = args.t_hat
+    if args.p_hat is not None:
+        params["p_hat"] = args.p_hat
+    return LMRunConfig(
+        model=args.model, method=args.method, method_params=params, attn_params=dict(args.attn_param),
+        mlp_params=dict(args.mlp_param), head_fraction=args.head_fraction, neuron_fraction=args.neuron_fraction,
+        speedup=args.speedup, calib_corpus=args.calib_corpus, n_samples=args.n_samples, seqlen=args.seqlen,
+        damping=args.damping, eval_corpora=tuple(args.eval_corpus or ["wiki-gensim"]),
+        eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows or None,
+        zero_shot_tasks=tuple(t for t in args.tasks.split(",") if t), zero_shot_limit=args.limit or None,
+        latency_points=tuple(args.latency or ()), latency_repeats=args.latency_repeats,
+        evaluate_dense=args.dense, layers=tuple(int(i) for i in args.layers.split(",") if i) or None,
+        seed=args.seed, threads=args.threads, output_dir=args.output_dir, save_model=args.save_model,
+        cache_dir=args.cache_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from osscar.lm.run import run_lm, write_json_atomic
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        print(f"osscar lm: error: {e}", file=sys.stderr)
+        return 2
+    hf, nf = config.fractions()
+    name = args.name or f"{os.path.basename(config.model.rstrip('/'))}_{config.method}_h{hf:.2f}_n{nf:.2f}"
+    os.makedirs(config.output_dir, exist_ok=True)
+    save_to = os.path.join(config.output_dir, f"{name}.model") if config.save_model else None
+    try:
+        result = run_lm(config, progress=not args.no_progress, save_to=save_to)
+    except ValueError as e:
+        print(f"osscar lm: error: {e}", file=sys.stderr)
+        return 2
+    path = os.path.join(config.output_dir, f"{name}.json")
+    write_json_atomic(result, path)
+    pr = result["pruned"]
+    summary = {c: round(v["ppl"], 3) for c, v in pr.items() if isinstance(v, dict) and "ppl" in v}
+    print(json.dumps({"metrics": path, "ppl": summary, "applied": result["applied"],
+                      "prune_s": round(result["timings"]["prune_total_s"], 1)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

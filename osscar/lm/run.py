@@ -1,0 +1,366 @@
+"""One language-model pruning run: :class:`LMRunConfig` in, a metrics + provenance dict out.
+
+``LMRunConfig.__post_init__`` validates everything cheap before any weights are loaded (names,
+fractions, method parameters, sequence length vs the model's maximum positions — read from the
+config only). :func:`run_lm` then tokenizes the calibration corpus (and fails if it is too short
+for ``n_samples × seqlen`` tokens) before it loads the weights.
+
+Per-layer targets: ``head_fraction`` of the attention groups (heads for OPT, whole KV groups for
+Llama/GQA) and ``neuron_fraction`` of the MLP neurons are removed in every block; or ``speedup``
+S sets both to 1 − 1/S (block-FLOPs model in :mod:`osscar.lm.measure`). A fraction r of n groups
+removes round(r·n) groups, ties rounded down, at least one group kept; the fractions actually
+applied are reported (``applied``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from osscar.lm import data as lm_data
+from osscar.lm.evaluate import ZERO_SHOT_TASKS
+from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
+
+
+def removed_count(fraction: float, n: int) -> int:
+    """Groups removed for ``fraction`` of ``n``: nearest integer, ties down, keep ≥ 1."""
+    r = math.ceil(fraction * n - 0.5 - 1e-9)
+    return max(0, min(r, n - 1))
+
+
+def _check_fraction(name: str, v: Any) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 1):
+        raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+
+
+def _check_pos_int(name: str, v: Any, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class LMRunConfig:
+    """Everything one run needs. Validation happens here, before any model load.
+
+    Attributes:
+        model: ``smollm2-135m`` (embedded), a local folder, or a hub id such as ``facebook/opt-1.3b``.
+        method: registered pruning method (``osscar``, ``ziplm``, ``mp``, ``mp+``, ...).
+        method_params: parameters for both consumers (e.g. ``{"t_hat": 20, "p_hat": 10}``).
+        attn_params / mlp_params: per-consumer overrides of ``method_params``.
+        head_fraction / neuron_fraction: fraction of attention groups / neurons removed per block.
+        speedup: target block-FLOPs speedup (> 1) instead of the fractions.
+        calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
+        damping: λ in H + λ·mean(diag H)·I.
+        eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows).
+        zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
+        latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips.
+        evaluate_dense: also evaluate the dense model (ppl and zero-shot).
+        layers: only prune these block indices (None: all) — for quick tests.
+        seed, threads: recorded; ``torch.set_num_threads(threads)``.
+        output_dir: where the CLI writes metrics (and the model with ``save_model``).
+    """
+
+    model: str = "smollm2-135m"
+    method: str = "osscar"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    attn_params: dict[str, Any] = field(default_factory=dict)
+    mlp_params: dict[str, Any] = field(default_factory=dict)
+    head_fraction: float | None = None
+    neuron_fraction: float | None = None
+    speedup: float | None = None
+    calib_corpus: str = "wiki-gensim"
+    n_samples: int = 32
+    seqlen: int = 256
+    damping: float = 0.01
+    eval_corpora: tuple[str, ...] = ("wiki-gensim",)
+    eval_seqlen: int | None = None
+    eval_windows: int | None = 16
+    zero_shot_tasks: tuple[str, ...] = ()
+    zero_shot_limit: int | None = 200
+    latency_points: tuple[tuple[int, int], ...] = ()
+    latency_repeats: int = 5
+    evaluate_dense: bool = False
+    layers: tuple[int, ...] | None = None
+    seed: int = 0
+    threads: int = 1
+    output_dir: str | None = None
+    save_model: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from osscar.methods import available_methods, make_method
+
+        if not isinstance(self.model, str) or not is_known_model(self.model):
+            raise ValueError(
+                f"model={self.model!r} is not known; allowed: {', '.join(EMBEDDED_MODELS)} (embedded), "
+                "an existing local folder, or a hub id 'org/name' (e.g. facebook/opt-1.3b)")
+        methods = available_methods()
+        if self.method not in methods:
+            raise ValueError(f"method={self.method!r} is unknown; allowed: {', '.join(methods)}")
+        for name in ("method_params", "attn_params", "mlp_params"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        for part in ("attn", "mlp"):
+            make_method(self.method, **self.params_for(part))  # unknown / invalid params -> ValueError
+        _check_fraction("head_fraction", self.head_fraction)
+        _check_fraction("neuron_fraction", self.neuron_fraction)
+        if self.speedup is not None:
+            if isinstance(self.speedup, bool) or not isinstance(self.speedup, (int, float)) or not self.speedup > 1 \
+                    or not math.isfinite(self.speedup):
+                raise ValueError(f"speedup must be a finite number > 1, got {self.speedup!r}")
+            if self.head_fraction is not None or self.neuron_fraction is not None:
+                raise ValueError("give either speedup or head_fraction/neuron_fraction, not both")
+        for c in (self.calib_corpus, *self.eval_corpora):
+            if c not in lm_data.CORPORA:
+                raise ValueError(f"corpus {c!r} is unknown (calib_corpus / eval_corpora); allowed: {', '.join(lm_data.CORPORA)}")
+        if not isinstance(self.eval_corpora, tuple) or not isinstance(self.zero_shot_tasks, tuple):
+            raise ValueError("eval_corpora and zero_shot_tasks must be tuples of names")
+        for t in self.zero_shot_tasks:
+            if t not in ZERO_SHOT_TASKS:
+                raise ValueError(f"zero_shot_tasks: {t!r} is unknown; allowed: {', '.join(ZERO_SHOT_TASKS)}")
+        _check_pos_int("n_samples", self.n_samples)
+        _check_pos_int("seqlen", self.seqlen)
+        _check_pos_int("eval_seqlen", self.eval_seqlen, allow_none=True)
+        _check_pos_int("eval_windows", self.eval_windows, allow_none=True)
+        _check_pos_int("zero_shot_limit", self.zero_shot_limit, allow_none=True)
+        _check_pos_int("threads", self.threads)
+        _check_pos_int("latency_repeats", self.latency_repeats)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
+        if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
+        for pt in self.latency_points:
+            if len(pt) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pt):
+                raise ValueError(f"latency_points must be (batch, seqlen) pairs of positive ints, got {pt!r}")
+        try:
+            config = load_config(self.model, self.cache_dir)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"model={self.model!r}: cannot read its config ({type(e).__name__}: {str(e)[:200]})") from e
+        from osscar.lm.adapters import get_adapter
+
+        adapter = get_adapter(config)  # unsupported architecture -> ValueError
+        maxpos = adapter.max_positions()
+        for name in ("seqlen", "eval_seqlen"):
+            v = getattr(self, name)
+            if v is not None and v > maxpos:
+                raise ValueError(f"{name}={v} exceeds the model's max_position_embeddings={maxpos}")
+        for b, s in self.latency_points:
+            if s > maxpos:
+                raise ValueError(f"latency_points seqlen {s} exceeds the model's max_position_embeddings={maxpos}")
+        if self.layers is not None:
+            n = int(config.num_hidden_layers)
+            if not isinstance(self.layers, tuple) or any(not isinstance(i, int) or not 0 <= i < n for i in self.layers):
+                raise ValueError(f"layers must be a tuple of block indices in [0, {n}), got {self.layers!r}")
+
+    # -- derived --------------------------------------------------------------------------------
+    def params_for(self, part: str) -> dict[str, Any]:
+        p = dict(self.method_params)
+        p.update(self.attn_params if part == "attn" else self.mlp_params)
+        return p
+
+    def fractions(self) -> tuple[float, float]:
+        """(head_fraction, neuron_fraction) requested; defaults 0.5 / 0.5."""
+        if self.speedup is not None:
+            from osscar.lm.measure import fractions_for_speedup
+
+            f = fractions_for_speedup(self.speedup)
+            return f, f
+        hf = 0.5 if self.head_fraction is None else float(self.head_fraction)
+        nf = 0.5 if self.neuron_fraction is None else float(self.neuron_fraction)
+        return hf, nf
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for mod in ("torch", "transformers", "lm_eval", "datasets", "gensim", "osscar"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            out[mod] = "unavailable"
+    return out
+
+
+def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = None) -> dict[str, Any]:
+    """Calibrate, prune, slice and evaluate one model. Returns metrics and provenance.
+
+    ``save_to``: folder for the sliced model (:func:`osscar.lm.slicing.save_pruned`).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from osscar.lm.adapters import get_adapter
+    from osscar.lm.calibration import prune_model_sequential
+    from osscar.lm.evaluate import perplexity, zero_shot
+    from osscar.lm.measure import compare_latency, flops_per_token, param_count, peak_rss_mb
+    from osscar.lm.models import load_model, load_tokenizer
+    from osscar.lm.slicing import save_pruned, slice_model
+    from osscar.methods import make_method
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # 1. text first: fails fast on a short corpus, before any weights are loaded
+    t = time.perf_counter()
+    tok = load_tokenizer(config.model, config.cache_dir)
+    segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed)
+    eval_len = config.eval_seqlen or config.seqlen
+    windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows, config.seed) for c in config.eval_corpora}
+    timings["data_s"] = time.perf_counter() - t
+
+    # 2. model
+    t = time.perf_counter()
+    loaded = load_model(config.model, config.cache_dir)
+    model, tok = loaded.model, loaded.tokenizer
+    timings["load_s"] = time.perf_counter() - t
+    adapter = get_adapter(model)
+    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
+    hf, nf = config.fractions()
+    keep_attn = n_attn - removed_count(hf, n_attn)
+    keep_mlp = n_mlp - removed_count(nf, n_mlp)
+    dense_params = param_count(model)
+    dense_flops = flops_per_token(model)
+    result: dict[str, Any] = {"config": config.to_dict()}
+
+    def eval_all(tag: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c, w in windows.items():
+            bar = tqdm(total=len(w), desc=f"ppl {c} ({tag})", disable=not progress, leave=False)
+            out[c] = perplexity(model, w, progress=bar.update)
+            bar.close()
+        if config.zero_shot_tasks:
+            t = time.perf_counter()
+            out["zero_shot"] = zero_shot(model, tok, list(config.zero_shot_tasks), config.zero_shot_limit,
+                                         cache_dir=config.cache_dir)
+            timings[f"zero_shot_{tag}_s"] = time.perf_counter() - t
+        return out
+
+    if config.evaluate_dense:
+        t = time.perf_counter()
+        result["dense"] = eval_all("dense")
+        timings["eval_dense_s"] = time.perf_counter() - t
+
+    # 3. prune sequentially
+    method_attn = make_method(config.method, **config.params_for("attn"))
+    method_mlp = make_method(config.method, **config.params_for("mlp"))
+    n_blocks = len(config.layers) if config.layers is not None else len(adapter.layers(model))
+    bar = tqdm(total=2 * n_blocks, desc=f"prune {config.method}", disable=not progress)
+
+    def prune_with(problem):  # one method object per consumer kind (their params may differ)
+        m = method_attn if problem.name.endswith(adapter.attn_consumer) else method_mlp
+        return m.prune(problem)
+
+    class _Router:
+        def prune(self, problem):
+            return prune_with(problem)
+
+    rss_before = peak_rss_mb()
+    t = time.perf_counter()
+    outcome = prune_model_sequential(model, segments, _Router(), keep_attn, keep_mlp, damping=config.damping,
+                                     layers=list(config.layers) if config.layers is not None else None,
+                                     progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)))
+    timings["prune_total_s"] = time.perf_counter() - t
+    timings["prune_solver_s"] = outcome.seconds_solver
+    rss_after = peak_rss_mb()
+    bar.close()
+
+    # 4. slice (check it keeps the pruned model's function on one window)
+    probe = next(iter(windows.values()))[:1] if windows else segments[:1]
+    with torch.no_grad():
+        before = model(probe, use_cache=False).logits
+    sliced = config.layers is None or len(set(config.layers)) == len(adapter.layers(model))
+    if sliced:
+        manifest = slice_model(model, outcome.kept)
+        with torch.no_grad():
+            after = model(probe, use_cache=False).logits
+        slice_diff: float | None = float((before - after).abs().max())
+    else:  # a subset of blocks gives non-uniform widths: evaluate the pruned, unsliced model
+        manifest = {"kept_attn_groups": keep_attn, "kept_neurons": keep_mlp,
+                    "note": "only some blocks pruned; model not sliced (non-uniform widths)"}
+        slice_diff = None
+
+    # 5. evaluate the sliced model
+    t = time.perf_counter()
+    result["pruned"] = eval_all("pruned")
+    timings["eval_pruned_s"] = time.perf_counter() - t
+
+    pruned_flops = flops_per_token(_orig_config(adapter), keep_attn, keep_mlp)  # if every block is pruned
+    result["applied"] = {
+        "attn_groups_total": n_attn, "attn_groups_kept": keep_attn, "head_fraction_applied": 1 - keep_attn / n_attn,
+        "attn_group": "kv-group" if adapter.heads_per_group > 1 else "head", "heads_per_group": adapter.heads_per_group,
+        "neurons_total": n_mlp, "neurons_kept": keep_mlp, "neuron_fraction_applied": 1 - keep_mlp / n_mlp,
+        "head_fraction_requested": hf, "neuron_fraction_requested": nf,
+        "blocks_pruned": n_blocks,
+    }
+    result["size"] = {
+        "params_dense": dense_params, "params_pruned": param_count(model),
+        "flops_dense": dense_flops, "flops_pruned": pruned_flops,
+        "block_flops_ratio": dense_flops["block_flops"] / pruned_flops["block_flops"],
+        "total_flops_ratio": dense_flops["total_flops"] / pruned_flops["total_flops"],
+    }
+    result["slicing"] = {"sliced": sliced, "manifest": manifest, "max_abs_logit_diff_vs_unsliced": slice_diff}
+    result["layers"] = [dataclasses.asdict(r) for r in outcome.records]
+
+    # 6. latency, dense vs sliced in the same process
+    if config.latency_points and sliced:
+        t = time.perf_counter()
+        dense = load_model(config.model, config.cache_dir).model
+        result["latency"] = compare_latency(dense, model, list(config.latency_points), config.latency_repeats)
+        del dense
+        timings["latency_s"] = time.perf_counter() - t
+
+    if save_to and sliced:
+        save_pruned(model, tok, save_to)
+        result["saved_to"] = str(save_to)
+    timings["total_s"] = time.perf_counter() - t0
+    result["timings"] = timings
+    result["memory"] = {"peak_rss_mb": peak_rss_mb(), "peak_rss_before_prune_mb": rss_before,
+                        "peak_rss_after_prune_mb": rss_after,
+                        "note": "ru_maxrss of the whole process (torch allocations are not visible to tracemalloc)"}
+    result["provenance"] = {
+        "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
+        "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
+        "calib_segments_shape": list(segments.shape), "seed": config.seed, "threads": config.threads,
+        "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
+        "versions": versions(),
+    }
+    return result
+
+
+def _orig_config(adapter: Any) -> Any:
+    """A copy of the adapter's config as it was before slicing (for the FLOPs model)."""
+    import copy
+
+    cfg = copy.deepcopy(adapter.config)
+    man = getattr(cfg, "osscar_pruned", None)
+    if man:
+        orig = man["original"]
+        if cfg.model_type == "opt":
+            cfg.ffn_dim = orig["ffn_dim"]
+        else:
+            cfg.intermediate_size = orig["ffn_dim"]
+            cfg.num_attention_heads = orig["num_attention_heads"]
+            cfg.num_key_value_heads = orig["attn_groups"]
+    return cfg
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
