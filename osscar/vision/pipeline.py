@@ -164,7 +164,7 @@ def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int,
 
 
 def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()}
+    out = {"python": sys.version.split()[0], "torch": str(torch.__version__), "platform": platform.platform()}
     for mod in ("torchvision", "timm", "numpy"):
         try:
             out[mod] = __import__(mod).__version__

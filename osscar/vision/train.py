@@ -128,7 +128,7 @@ def train_resnet20(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module, 
         "test_top1": acc["top1"],
         "test_n": acc["n"],
         "dataset_sha256": {"train_images": _first_file_sha(cfg, "train")},
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "platform": platform.platform(),
     }
     return model, record
