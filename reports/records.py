@@ -1,0 +1,254 @@
+"""Records → flat pandas rows, one per run, per pipeline.
+
+Every lookup goes through :func:`dig`, which returns ``None`` for a missing path: a metric a record
+does not carry stays missing (NaN in a frame, "—" in a table) and is counted by
+:func:`missing_metrics`; nothing is filled in or guessed.
+
+The metric paths follow what the pipelines return (the runner stores that dict as ``metrics``):
+
+* ``lm``  — :func:`osscar.lm.run.run_lm`: ``pruned[<corpus>].ppl``, ``dense[<corpus>].ppl``,
+  ``pruned.zero_shot.tasks[<task>].acc|acc_norm``, ``size.*``, ``latency[]``, ``timings.*``,
+  ``memory.*``, ``provenance.*``.
+* ``vision`` — :func:`osscar.vision.pipeline.run_vision`: ``pruned.top1``, ``dense.top1``,
+  ``flops_reduction``, ``params_reduction``, ``latency_speedup``, ``timings.prune``, ``provenance.*``.
+* ``solver`` — :func:`benchmarks.solver_pipeline.run_solver`: ``objective``, ``prune_seconds``,
+  ``inverse_seconds``, ``p``, ``m``, ``k``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any, Iterable
+
+import pandas as pd
+
+from results.store import ResultStore, RunRecord
+
+# config fields that name the *identity* of a run rather than a measurement (used for labels)
+_NON_METRIC = {"config", "provenance", "layers", "kept", "files", "slicing", "latency_setup", "info"}
+
+
+def dig(obj: Any, *path: Any) -> Any:
+    """``obj[p0][p1]...`` or None when any step is missing (lists take int indices)."""
+    for p in path:
+        if isinstance(obj, dict):
+            obj = obj.get(p)
+        elif isinstance(obj, list) and isinstance(p, int) and -len(obj) <= p < len(obj):
+            obj = obj[p]
+        else:
+            return None
+        if obj is None:
+            return None
+    return obj
+
+
+def num(x: Any) -> float | None:
+    """A finite float, or None (bools, strings, NaN and missing values are not numbers here)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def load_records(store_root: str | Any) -> list[RunRecord]:
+    """Every record under ``store_root`` (an empty list when the folder does not exist)."""
+    store = ResultStore(store_root)
+    if not store.root.is_dir():
+        return []
+    return list(store.records())
+
+
+def params_label(params: dict[str, Any] | None) -> str:
+    """``{'t_hat': 20, 'p_hat': 10}`` → ``p_hat=10, t_hat=20`` (sorted; '' when empty)."""
+    if not params:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _method_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    params = dict(cfg.get("method_params") or {})
+    for k in ("p_hat", "t_hat"):  # vision keeps these as top-level config fields
+        if cfg.get(k) is not None:
+            params[k] = cfg[k]
+    return params
+
+
+def _device(r: RunRecord) -> str:
+    d = r.provenance.get("device") or {}
+    if d.get("gpu"):
+        return str(d["gpu"])
+    if d.get("cpu"):
+        return f"{d['cpu']} ({d.get('torch_threads', '?')} thr)"
+    return "unknown device"
+
+
+def _common(r: RunRecord) -> dict[str, Any]:
+    cfg = r.config or {}
+    params = _method_params(cfg)
+    return {
+        "experiment": r.experiment, "pipeline": r.pipeline, "key": r.key, "finished": r.finished,
+        "method": cfg.get("method"), "method_params": params_label(params),
+        "p_hat": num(params.get("p_hat")), "t_hat": num(params.get("t_hat")),
+        "seed": cfg.get("seed"), "threads": cfg.get("threads"), "device": _device(r),
+        "git_commit": dig(r.provenance, "git", "commit"),
+        "fixture": bool(r.provenance.get("fixture") or (r.metrics or {}).get("fixture")),
+    }
+
+
+def _latency_point(rows: Any) -> tuple[float | None, str]:
+    """Measured speedup at the largest (batch × seqlen) latency point, and that point's label."""
+    if not isinstance(rows, list):
+        return None, ""
+    pts = [p for p in rows if isinstance(p, dict) and num(p.get("speedup")) is not None]
+    if not pts:
+        return None, ""
+    p = max(pts, key=lambda q: (num(q.get("batch")) or 0) * (num(q.get("seqlen")) or 0))
+    return num(p["speedup"]), f"batch {p.get('batch')} × {p.get('seqlen')} tok, {p.get('threads', '?')} thr"
+
+
+def lm_row(r: RunRecord) -> dict[str, Any]:
+    """One lm record → one flat row (``ppl:<corpus>``, ``dense_ppl:<corpus>``, ``acc:<task>``, ...)."""
+    cfg, m = r.config or {}, r.metrics or {}
+    row = _common(r)
+    corpora = list(cfg.get("eval_corpora") or []) or [k for k, v in (m.get("pruned") or {}).items()
+                                                      if isinstance(v, dict) and "ppl" in v]
+    speedup = num(cfg.get("speedup"))
+    hf = num(cfg.get("head_fraction"))
+    nf = num(cfg.get("neuron_fraction"))
+    hf_applied = num(dig(m, "applied", "head_fraction_applied"))
+    nf_applied = num(dig(m, "applied", "neuron_fraction_applied"))
+    if speedup is not None:
+        target, target_sort = f"{speedup:g}× speedup", speedup
+    else:
+        hf = hf if hf is not None else num(dig(m, "applied", "head_fraction_requested"))
+        nf = nf if nf is not None else num(dig(m, "applied", "neuron_fraction_requested"))
+        target = f"heads {hf:.0%} / neurons {nf:.0%}" if hf is not None and nf is not None else "default target"
+        target_sort = 1.0 / max(1e-9, 1 - ((hf or 0) + (nf or 0)) / 2)
+    model = dig(m, "provenance", "model") or cfg.get("model")
+    lat, lat_point = _latency_point(m.get("latency"))
+    row.update({
+        "model": model, "model_source": dig(m, "provenance", "model_source"),
+        "calib_corpus": cfg.get("calib_corpus"), "n_samples": cfg.get("n_samples"), "seqlen": cfg.get("seqlen"),
+        "eval_corpora": ",".join(corpora), "eval_windows": cfg.get("eval_windows"),
+        "target": target, "target_sort": target_sort, "speedup_target": speedup,
+        "head_fraction": hf_applied if hf_applied is not None else hf,
+        "neuron_fraction": nf_applied if nf_applied is not None else nf,
+        "params_dense": num(dig(m, "size", "params_dense")), "params_pruned": num(dig(m, "size", "params_pruned")),
+        "block_flops_speedup": num(dig(m, "size", "block_flops_ratio")),
+        "flops_speedup": num(dig(m, "size", "total_flops_ratio")),
+        "latency_speedup": lat, "latency_point": lat_point,
+        "prune_seconds": num(dig(m, "timings", "prune_total_s")),
+        "solver_seconds": num(dig(m, "timings", "prune_solver_s")),
+        "peak_rss_mb": num(dig(m, "memory", "peak_rss_mb")),
+        "prune_peak_mb": num(dig(m, "memory", "prune_tracemalloc_peak_mb")),
+        "zero_shot_limit": dig(m, "pruned", "zero_shot", "limit"),
+        "lm_eval_version": dig(m, "pruned", "zero_shot", "lm_eval_version"),
+    })
+    for c in corpora:
+        row[f"ppl:{c}"] = num(dig(m, "pruned", c, "ppl"))
+        row[f"dense_ppl:{c}"] = num(dig(m, "dense", c, "ppl"))
+    for which, prefix in (("pruned", ""), ("dense", "dense_")):
+        tasks = dig(m, which, "zero_shot", "tasks") or {}
+        for t in list(cfg.get("zero_shot_tasks") or []) or list(tasks):
+            row[f"{prefix}acc:{t}"] = num(dig(tasks, t, "acc"))
+            row[f"{prefix}acc_norm:{t}"] = num(dig(tasks, t, "acc_norm"))
+    return row
+
+
+def vision_row(r: RunRecord) -> dict[str, Any]:
+    cfg, m = r.config or {}, r.metrics or {}
+    row = _common(r)
+    macs_d, macs_p = num(dig(m, "dense", "macs")), num(dig(m, "pruned", "macs"))
+    red = num(m.get("flops_reduction"))
+    if macs_d and macs_p:
+        flops_speedup = macs_d / macs_p
+    elif red is not None and red < 1:
+        flops_speedup = 1 / (1 - red)
+    else:
+        flops_speedup = None
+    ckpt = dig(m, "provenance", "checkpoint") or cfg.get("checkpoint")
+    arch = cfg.get("arch")
+    ckpt_label = "embedded default" if cfg.get("checkpoint") == "default" else str(ckpt)
+    row.update({
+        "model": f"{arch} / {cfg.get('dataset')}", "arch": arch, "dataset": cfg.get("dataset"),
+        "checkpoint": ckpt_label, "checkpoint_path": ckpt,
+        "checkpoint_sha256": dig(m, "provenance", "checkpoint_sha256"),
+        "n_calib": cfg.get("n_calib"), "flops_fraction": num(cfg.get("flops_fraction")),
+        "flops_reduction": red, "flops_speedup": flops_speedup,
+        "top1": num(dig(m, "pruned", "top1")), "dense_top1": num(dig(m, "dense", "top1")),
+        "eval_n": m.get("eval_n"),
+        "params_dense": num(dig(m, "dense", "params")), "params_pruned": num(dig(m, "pruned", "params")),
+        "latency_speedup": num(m.get("latency_speedup")),
+        "latency_point": (f"batch {dig(m, 'latency_setup', 'batch')}, {dig(m, 'latency_setup', 'threads')} thr"
+                          if isinstance(m.get("latency_setup"), dict) else ""),
+        "prune_seconds": num(dig(m, "timings", "prune")),
+    })
+    return row
+
+
+def solver_row(r: RunRecord) -> dict[str, Any]:
+    cfg, m = r.config or {}, r.metrics or {}
+    row = _common(r)
+    row.update({
+        "shape": cfg.get("shape"), "keep": num(cfg.get("keep")), "problem": m.get("problem"),
+        "p": m.get("p"), "m": m.get("m"), "k": m.get("k"), "n_groups": m.get("n_groups"),
+        "group_size": m.get("group_size"),
+        "objective": num(m.get("objective")), "dense_objective": num(m.get("dense_objective")),
+        "prune_seconds": num(m.get("prune_seconds")), "inverse_seconds": num(m.get("inverse_seconds")),
+    })
+    return row
+
+
+ROW_BUILDERS = {"lm": lm_row, "vision": vision_row, "solver": solver_row}
+
+
+def frame(records: Iterable[RunRecord], experiment: str | None = None, pipeline: str | None = None) -> pd.DataFrame:
+    """Flat rows of the records of one experiment (and/or pipeline); later duplicates of a config win."""
+    rows = [ROW_BUILDERS[r.pipeline](r) for r in records
+            if r.pipeline in ROW_BUILDERS and (experiment is None or r.experiment == experiment)
+            and (pipeline is None or r.pipeline == pipeline)]
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("finished", kind="stable").reset_index(drop=True)
+    return df
+
+
+def missing_metrics(df: pd.DataFrame, columns: Iterable[str]) -> dict[str, int]:
+    """Column → number of rows where it is missing (only columns missing somewhere)."""
+    out: dict[str, int] = {}
+    for c in columns:
+        n = len(df) if c not in df.columns else int(df[c].isna().sum())
+        if n:
+            out[c] = n
+    return out
+
+
+def summarize(records: list[RunRecord]) -> dict[str, Any]:
+    """Counts per experiment, devices, commits and versions seen — the report's provenance header."""
+    exps = Counter(r.experiment for r in records)
+    devices = Counter(_device(r) for r in records)
+    commits = Counter(str(dig(r.provenance, "git", "commit") or "unknown")[:10] for r in records)
+    dirty = sum(1 for r in records if dig(r.provenance, "git", "dirty"))
+    versions: dict[str, set[str]] = {}
+    for r in records:
+        for k, v in (r.provenance.get("versions") or {}).items():
+            if v:
+                versions.setdefault(k, set()).add(str(v))
+    return {"n": len(records), "experiments": dict(exps), "devices": dict(devices), "commits": dict(commits),
+            "dirty": dirty, "versions": {k: sorted(v) for k, v in sorted(versions.items())},
+            "fixture": sum(1 for r in records if r.provenance.get("fixture") or (r.metrics or {}).get("fixture"))}
+
+
+def describe(values: Iterable[Any]) -> str:
+    """Distinct non-missing values as 'a, b' (for captions)."""
+    seen: list[str] = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        s = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else f"{v:g}" \
+            if isinstance(v, float) else str(v)
+        if s not in seen:
+            seen.append(s)
+    return ", ".join(seen) if seen else "unknown"

@@ -1,0 +1,638 @@
+"""The paper's tables from flat record frames: Markdown, LaTeX (booktabs) and CSV.
+
+A :class:`Table` holds raw numbers (the CSV is exactly those), which value columns are ranked and
+in which direction (``"min"``: lower is better — perplexity, time, objective, memory; ``"max"``:
+higher is better — accuracy, speedup), and the rows the best is chosen within (``group_by``; e.g.
+one target speedup). Reference rows (the dense model) are shown but never ranked. The best value
+of each ranked column (within each group) is bold in Markdown and LaTeX; ties are all bold.
+
+Builders return one table per provenance group (model, calibration corpus and size...), and every
+caption says which model, corpus and calibration size the numbers came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from reports.records import describe, frame, missing_metrics
+
+LOWER, HIGHER = "min", "max"
+DIRECTION_WORDS = {LOWER: "lower is better", HIGHER: "higher is better"}
+
+# per-metric direction, used by every table and stated in every caption
+METRIC_DIRECTIONS: dict[str, str] = {
+    "perplexity": LOWER, "accuracy": HIGHER, "top-1": HIGHER, "seconds": LOWER, "objective": LOWER,
+    "memory": LOWER, "speedup": HIGHER,
+}
+
+
+def _fmt(spec: str) -> Callable[[Any], str]:
+    def f(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return format(v, spec)
+        return str(v)
+    return f
+
+
+@dataclass
+class Table:
+    """One table: raw values + ranking rules + caption. ``data`` columns = label_cols + value_cols."""
+
+    name: str
+    title: str
+    caption: str
+    data: pd.DataFrame
+    label_cols: list[str]
+    value_cols: list[str]
+    directions: dict[str, str] = field(default_factory=dict)  # value col -> LOWER / HIGHER
+    formats: dict[str, str] = field(default_factory=dict)  # value col -> format spec (default .4g)
+    group_by: list[str] = field(default_factory=list)  # rank within groups of these label cols
+    scope: str = "column"  # "column": best per column (per group); "table": one best over all ranked cells
+    reference: pd.Series | None = None  # bool per row: shown, never ranked (dense)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data = self.data.reset_index(drop=True)
+        if self.reference is None:
+            self.reference = pd.Series(False, index=self.data.index)
+        else:
+            self.reference = pd.Series(list(self.reference), index=self.data.index, dtype=bool)
+        for c in self.directions:
+            if c not in self.value_cols or self.directions[c] not in (LOWER, HIGHER):
+                raise ValueError(f"table {self.name}: bad direction for {c!r}")
+
+    # -- ranking -----------------------------------------------------------------------------------
+    def best_mask(self) -> pd.DataFrame:
+        """Bool frame over value_cols: True where the cell is the best of its column (and group)."""
+        mask = pd.DataFrame(False, index=self.data.index, columns=self.value_cols)
+        ranked = [c for c in self.value_cols if c in self.directions]
+        if not ranked or self.data.empty:
+            return mask
+        rankable = ~self.reference
+        groups = [self.data.index[rankable]] if not self.group_by else [
+            idx.intersection(self.data.index[rankable]) for _, idx in self.data.groupby(self.group_by, sort=False,
+                                                                                          dropna=False).groups.items()]
+        for idx in groups:
+            if len(idx) == 0:
+                continue
+            if self.scope == "table":
+                vals = self.data.loc[idx, ranked].apply(pd.to_numeric, errors="coerce")
+                direction = {self.directions[c] for c in ranked}
+                if len(direction) != 1 or vals.isna().all().all():
+                    continue
+                best = vals.min().min() if direction == {LOWER} else vals.max().max()
+                mask.loc[idx, ranked] = np.isclose(vals.to_numpy(dtype=float), best, rtol=1e-12, atol=0)
+                continue
+            for c in ranked:
+                col = pd.to_numeric(self.data.loc[idx, c], errors="coerce")
+                if col.notna().sum() < 1:
+                    continue
+                best = col.min() if self.directions[c] == LOWER else col.max()
+                mask.loc[idx, c] = np.isclose(col.to_numpy(dtype=float), best, rtol=1e-12, atol=0)
+        return mask
+
+    def formatted(self) -> pd.DataFrame:
+        """Cells as strings (labels verbatim, values with their format)."""
+        out = pd.DataFrame(index=self.data.index)
+        for c in self.label_cols:
+            out[c] = self.data[c].map(lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v))
+                                      else f"{v:g}" if isinstance(v, float) else str(v))
+        for c in self.value_cols:
+            out[c] = self.data[c].map(_fmt(self.formats.get(c, ".4g")))
+        return out
+
+    def direction_note(self) -> str:
+        if not self.directions:
+            return ""
+        by: dict[str, list[str]] = {}
+        for c, d in self.directions.items():
+            by.setdefault(d, []).append(c)
+        parts = [f"{DIRECTION_WORDS[d]}: {', '.join(cs) if len(cs) < len(self.directions) else 'all ranked columns'}"
+                 for d, cs in by.items()]
+        scope = ("best over the whole grid in bold" if self.scope == "table" else
+                 f"best per column{' within each ' + ' / '.join(self.group_by) if self.group_by else ''} in bold")
+        ref = "; dense rows are references, not ranked" if bool(self.reference.any()) else ""
+        return f"{scope} ({'; '.join(parts)}){ref}."
+
+    def full_caption(self) -> str:
+        return " ".join(p for p in (self.caption, self.direction_note(), *self.notes) if p)
+
+    # -- writers -----------------------------------------------------------------------------------
+    def to_markdown(self) -> str:
+        cells = self.formatted()
+        best = self.best_mask()
+        for c in self.value_cols:
+            cells.loc[best[c], c] = "**" + cells.loc[best[c], c] + "**"
+        cols = self.label_cols + self.value_cols
+        esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
+                 "|" + "|".join(":--" if c in self.label_cols else "--:" for c in cols) + "|"]
+        lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells[cols].itertuples(index=False)]
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        cells = self.formatted()
+        best = self.best_mask()
+        for c in cells.columns:
+            cells[c] = cells[c].map(latex_escape)
+        for c in self.value_cols:
+            cells.loc[best[c], c] = "\\textbf{" + cells.loc[best[c], c] + "}"
+        cols = self.label_cols + self.value_cols
+        cells = cells[cols]
+        cells.columns = [latex_escape(c) for c in cols]
+        styler = cells.style.hide(axis="index")
+        return styler.to_latex(hrules=True, column_format="l" * len(self.label_cols) + "r" * len(self.value_cols),
+                               caption=latex_escape(self.full_caption()), label=f"tab:{self.name}",
+                               position="htbp", position_float="centering")
+
+    def to_csv(self) -> str:
+        return self.data[self.label_cols + self.value_cols].to_csv(index=False)
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        folder = Path(folder)
+        out = {}
+        for ext, text in (("md", f"**{self.title}.** {self.full_caption()}\n\n{self.to_markdown()}"),
+                          ("tex", self.to_latex()), ("csv", self.to_csv())):
+            out[ext] = write_text_atomic(folder / f"{self.name}.{ext}", text)
+        return out
+
+
+_LATEX_WORDS = {"t̂": r"$\hat{t}$", "p̂": r"$\hat{p}$", "Ŵ": r"$\hat{W}$", "⁻¹": r"$^{-1}$", "ᵀ": r"$^\top$",
+                "½": r"$\frac{1}{2}$", "−": "-", "→": r"$\to$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
+                "‖": r"$\|$", "·": r"$\cdot$"}
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "×": r"$\times$", "—": "--", "–": "--", "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
+def latex_escape(s: Any) -> str:
+    """Escape LaTeX specials; the few non-ASCII symbols the captions use become math."""
+    s = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))
+    for word, tex in _LATEX_WORDS.items():
+        s = s.replace(word, tex)
+    return s
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _slug(*parts: Any) -> str:
+    s = "_".join(str(p) for p in parts if p is not None and str(p) != "")
+    return "".join(ch if ch.isalnum() or ch == "_" else "-" for ch in s).strip("-").lower()
+
+
+# the paper's order: baselines first, OSSCAR last (unknown methods after, alphabetically)
+METHOD_ORDER = ("dense", "mp", "mp+", "lasso", "fpgm", "chip", "thinet", "ziplm", "osscar")
+
+
+def method_rank(label: Any) -> tuple[int, str]:
+    base = str(label).split(" (", 1)[0]
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), str(label))
+
+
+def _method_sorted(df: pd.DataFrame, first: list[str], col: str = "method_label") -> pd.DataFrame:
+    """Sort by ``first`` columns, then by the paper's method order."""
+    key = df[col].map(method_rank)
+    return df.assign(_mrank=key).sort_values([*first, "_mrank"], kind="stable").drop(columns="_mrank")
+
+
+def _method_label(df: pd.DataFrame) -> pd.Series:
+    """The method name, with its parameters when it has any (so distinct settings stay distinct rows)."""
+    params = df.get("method_params", pd.Series("", index=df.index)).fillna("")
+    return df["method"].astype(str) + params.map(lambda p: f" ({p})" if p else "")
+
+
+def _dedupe(df: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the latest record per ``keys`` (frames are sorted by finish time); say so when it drops any."""
+    n = len(df)
+    df = df.drop_duplicates(keys, keep="last")
+    return df, ([f"{n - len(df)} older duplicate record(s) of the same configuration ignored (latest used)."]
+                if len(df) < n else [])
+
+
+def _groups(df: pd.DataFrame, keys: list[str]):
+    keys = [k for k in keys if k in df.columns]
+    if not keys:
+        yield {}, df
+        return
+    for vals, sub in df.groupby(keys, sort=True, dropna=False):
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        yield dict(zip(keys, vals)), sub
+
+
+def _provenance_caption(sub: pd.DataFrame, pipeline: str) -> str:
+    if pipeline == "lm":
+        calib = (f"calibration: {describe(sub['calib_corpus'])}, {describe(sub['n_samples'])} × "
+                 f"{describe(sub['seqlen'])} tokens")
+        return (f"Model: {describe(sub['model'])} (source: {describe(sub.get('model_source', []))}); {calib}; "
+                f"device: {describe(sub['device'])}; {len(sub)} record(s).")
+    if pipeline == "vision":
+        return (f"Model: {describe(sub['arch'])} on {describe(sub['dataset'])}, checkpoint "
+                f"{describe(sub['checkpoint'])}; calibration: {describe(sub['n_calib'])} training images; "
+                f"test images: {describe(sub['eval_n'])}; device: {describe(sub['device'])}; {len(sub)} record(s).")
+    return f"Device: {describe(sub['device'])}; {len(sub)} record(s)."
+
+
+def _fixture_note(sub: pd.DataFrame) -> list[str]:
+    if "fixture" in sub.columns and sub["fixture"].any():
+        return ["FIXTURE DATA (hand-written test records, not measurements)."]
+    return []
+
+
+def _cols(df: pd.DataFrame, prefix: str) -> list[str]:
+    return [c for c in df.columns if c.startswith(prefix) and df[c].notna().any()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# language models
+
+
+def lm_perplexity_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
+    """Per (model, calibration): rows = target × method (dense first), columns = eval corpora; ppl ↓."""
+    df = frame(records, experiment, "lm")
+    tables = []
+    if df.empty:
+        return tables
+    for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
+        sub = sub.assign(method_label=_method_label(sub))
+        sub, notes = _dedupe(sub, ["target", "method_label"])
+        corpora = [c.split(":", 1)[1] for c in _cols(sub, "ppl:")]
+        all_corpora = [c.split(":", 1)[1] for c in sub.columns if c.startswith("ppl:")]
+        for c in all_corpora:
+            if c not in corpora:
+                notes.append(f"perplexity on {c} is missing in every record of this group.")
+        if not corpora:
+            continue
+        rows = []
+        dense = {c: sub[f"dense_ppl:{c}"].dropna() for c in corpora if f"dense_ppl:{c}" in sub}
+        if any(len(v) for v in dense.values()):
+            rows.append({"target": "dense", "method": "dense", "_sort": 0.0, "_ref": True,
+                         **{c: (dense[c].iloc[-1] if c in dense and len(dense[c]) else np.nan) for c in corpora}})
+        for _, r in _method_sorted(sub, ["target_sort"]).iterrows():
+            rows.append({"target": r["target"], "method": r["method_label"], "_sort": r["target_sort"], "_ref": False,
+                         **{c: r[f"ppl:{c}"] for c in corpora}})
+        data = pd.DataFrame(rows)
+        missing = missing_metrics(sub, [f"ppl:{c}" for c in corpora])
+        if missing:
+            notes.append("Missing values: " + ", ".join(f"{k} in {v} record(s)" for k, v in missing.items()) + ".")
+        tables.append(Table(
+            name=_slug("lm_perplexity", g["model"], g["calib_corpus"], g["n_samples"]),
+            title=f"Perplexity — {g['model']}",
+            caption=(f"Perplexity (exp of mean token NLL, windows of {describe(sub['seqlen'])} tokens, "
+                     f"{describe(sub['eval_windows'])} windows per corpus) per evaluation corpus "
+                     f"({', '.join(corpora)}), method and target. " + _provenance_caption(sub, "lm")),
+            data=data, label_cols=["target", "method"], value_cols=corpora,
+            directions={c: LOWER for c in corpora}, formats={c: ".2f" for c in corpora}, group_by=["target"],
+            reference=data["_ref"], notes=_fixture_note(sub) + notes))
+    return tables
+
+
+def lm_zero_shot_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
+    """Per (model, calibration) and per metric (acc, acc_norm): rows = target × method, columns = tasks + mean."""
+    df = frame(records, experiment, "lm")
+    tables = []
+    if df.empty:
+        return tables
+    for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
+        sub = sub.assign(method_label=_method_label(sub))
+        sub, notes = _dedupe(sub, ["target", "method_label"])
+        for metric in ("acc", "acc_norm"):
+            cols = _cols(sub, f"{metric}:")
+            if not cols:
+                continue
+            tasks = [c.split(":", 1)[1] for c in cols]
+            rows = []
+            dense_cols = [f"dense_{metric}:{t}" for t in tasks]
+            if any(c in sub and sub[c].notna().any() for c in dense_cols):
+                rows.append({"target": "dense", "method": "dense", "_ref": True,
+                             **{t: (100 * sub[d].dropna().iloc[-1] if d in sub and sub[d].notna().any() else np.nan)
+                                for t, d in zip(tasks, dense_cols)}})
+            for _, r in _method_sorted(sub, ["target_sort"]).iterrows():
+                rows.append({"target": r["target"], "method": r["method_label"], "_ref": False,
+                             **{t: 100 * r[f"{metric}:{t}"] for t in tasks}})
+            data = pd.DataFrame(rows)
+            data["mean"] = data[tasks].mean(axis=1, skipna=False)  # only when every task is present
+            vcols = tasks + ["mean"]
+            tnotes = list(notes)
+            missing = missing_metrics(sub, cols)
+            if missing:
+                tnotes.append("Missing values: " + ", ".join(f"{k} in {v} record(s)" for k, v in missing.items())
+                              + " (mean left empty for those rows).")
+            tables.append(Table(
+                name=_slug("lm_zeroshot", metric, g["model"], g["calib_corpus"], g["n_samples"]),
+                title=f"Zero-shot {metric} (%) — {g['model']}",
+                caption=(f"lm-eval zero-shot {metric} in % (lm-eval {describe(sub['lm_eval_version'])}, "
+                         f"limit {describe(sub['zero_shot_limit'])} examples per task). "
+                         + _provenance_caption(sub, "lm")),
+                data=data, label_cols=["target", "method"], value_cols=vcols,
+                directions={c: HIGHER for c in vcols}, formats={c: ".1f" for c in vcols}, group_by=["target"],
+                reference=data["_ref"], notes=_fixture_note(sub) + tnotes))
+    return tables
+
+
+def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
+    """Per model: prune time, solver time, peak memory, FLOPs and measured speedups per target × method."""
+    df = frame(records, experiment, "lm")
+    tables = []
+    if df.empty:
+        return tables
+    spec = [("prune [s]", "prune_seconds", LOWER, ".3g"), ("solver [s]", "solver_seconds", LOWER, ".3g"),
+            ("peak RSS [MiB]", "peak_rss_mb", LOWER, ".0f"), ("prune peak (Python) [MiB]", "prune_peak_mb", LOWER,
+                                                              ".1f"),
+            ("params kept [%]", "params_kept", None, ".1f"), ("FLOPs speedup", "flops_speedup", None, ".2f"),
+            ("measured speedup", "latency_speedup", HIGHER, ".2f")]
+    for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
+        sub = sub.assign(method_label=_method_label(sub),
+                         params_kept=100 * sub["params_pruned"] / sub["params_dense"])
+        sub, notes = _dedupe(sub, ["target", "method_label"])
+        present = [s for s in spec if sub[s[1]].notna().any()]
+        if not present:
+            continue
+        data = pd.DataFrame({"target": sub["target"], "method": sub["method_label"], "_s": sub["target_sort"],
+                             **{name: sub[col] for name, col, _, _ in present}})
+        data = _method_sorted(data, ["_s"], col="method")
+        absent = [name for name, col, _, _ in spec if not sub[col].notna().any()]
+        if absent:
+            notes.append("Not recorded: " + ", ".join(absent) + ".")
+        lat = describe(sub["latency_point"].replace("", np.nan))
+        tables.append(Table(
+            name=_slug("lm_cost", g["model"], g["calib_corpus"], g["n_samples"]),
+            title=f"Pruning cost, memory and speedup — {g['model']}",
+            caption=("Wall time of the whole sequential pruning and of the solver alone, peak resident memory of the "
+                     "run's process and Python-allocated peak during pruning, parameters kept, total FLOPs-per-token "
+                     f"speedup and measured prefill speedup of the sliced model (latency point: {lat}). "
+                     + _provenance_caption(sub, "lm")),
+            data=data, label_cols=["target", "method"], value_cols=[p[0] for p in present],
+            directions={name: d for name, _, d, _ in present if d}, formats={name: f for name, _, _, f in present},
+            group_by=["target"], notes=_fixture_note(sub) + notes))
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------------
+# vision
+
+
+def vision_accuracy_tables(records, experiment: str = "vision_accuracy") -> list[Table]:
+    """Per (model, checkpoint, n_calib): rows = method (dense first), columns = FLOPs fraction removed; top-1 % ↑."""
+    df = frame(records, experiment, "vision")
+    tables = []
+    if df.empty:
+        return tables
+    for g, sub in _groups(df, ["arch", "dataset", "checkpoint", "n_calib"]):
+        sub = sub.assign(method_label=_method_label(sub))
+        sub, notes = _dedupe(sub, ["flops_fraction", "method_label"])
+        fracs = sorted(sub["flops_fraction"].dropna().unique())
+        col = {f: f"FLOPs −{f:.0%}" for f in fracs}
+        pivot = sub.pivot_table(index="method_label", columns="flops_fraction", values="top1", aggfunc="last",
+                                dropna=False).reindex(columns=fracs)
+        pivot = pivot.loc[sorted(pivot.index, key=method_rank)]
+        data = pd.DataFrame({"method": pivot.index, **{col[f]: 100 * pivot[f].to_numpy() for f in fracs}})
+        ref = [False] * len(data)
+        dense = sub["dense_top1"].dropna()
+        if len(dense):
+            if dense.nunique() > 1:
+                notes.append(f"dense top-1 differs between records ({describe(100 * dense.unique())} %); last shown.")
+            data = pd.concat([pd.DataFrame({"method": ["dense"], **{col[f]: [100 * dense.iloc[-1]] for f in fracs}}),
+                              data], ignore_index=True)
+            ref = [True] + ref
+        achieved = sub.groupby("flops_fraction")["flops_reduction"].agg(["min", "max"])
+        if len(achieved):
+            notes.append("Achieved FLOPs reduction per target: " + ", ".join(
+                f"{f:.0%} → {achieved.loc[f, 'min']:.1%}–{achieved.loc[f, 'max']:.1%}" for f in fracs
+                if f in achieved.index and pd.notna(achieved.loc[f, 'min'])) + ".")
+        missing = int(sub["top1"].isna().sum())
+        if missing:
+            notes.append(f"top-1 missing in {missing} record(s).")
+        vcols = [col[f] for f in fracs]
+        tables.append(Table(
+            name=_slug("vision_accuracy", g["arch"], g["dataset"], g["n_calib"]),
+            title=f"Top-1 accuracy (%) vs FLOPs removed — {g['arch']} on {g['dataset']}",
+            caption=("Top-1 test accuracy (%) of the sliced model, no fine-tuning, per method and target fraction "
+                     "of FLOPs removed; dense = the unpruned checkpoint. " + _provenance_caption(sub, "vision")),
+            data=data, label_cols=["method"], value_cols=vcols, directions={c: HIGHER for c in vcols},
+            formats={c: ".2f" for c in vcols}, reference=pd.Series(ref), notes=_fixture_note(sub) + notes))
+    return tables
+
+
+def speedup_table(records) -> list[Table]:
+    """Every lm / vision run with both a FLOPs speedup and a measured one: the measured vs FLOPs check."""
+    rows = []
+    for exp in sorted({r.experiment for r in records if r.pipeline in ("lm", "vision")
+                       and not r.experiment.startswith("ablation")}):
+        for pipeline in ("lm", "vision"):
+            df = frame(records, exp, pipeline)
+            if df.empty or "latency_speedup" not in df:
+                continue
+            df = df.assign(method_label=_method_label(df))
+            for _, r in df.iterrows():
+                target = r["target"] if pipeline == "lm" else f"FLOPs −{r['flops_fraction']:.0%}"
+                rows.append({"experiment": exp, "model": r["model"], "target": target, "method": r["method_label"],
+                             "FLOPs speedup": r.get("flops_speedup"), "measured speedup": r.get("latency_speedup"),
+                             "measured / FLOPs": (r.get("latency_speedup") / r.get("flops_speedup")
+                                                  if pd.notna(r.get("latency_speedup")) and r.get("flops_speedup")
+                                                  else np.nan),
+                             "latency point": r.get("latency_point") or "", "fixture": r.get("fixture", False),
+                             "device": r.get("device")})
+    data = pd.DataFrame(rows)
+    if data.empty or data["measured speedup"].notna().sum() == 0:
+        return []
+    data = data[data["measured speedup"].notna()].reset_index(drop=True)
+    vcols = ["FLOPs speedup", "measured speedup", "measured / FLOPs"]
+    return [Table(
+        name="speedup_measured_vs_flops", title="Measured vs FLOPs speedup",
+        caption=("Speedup of the sliced model over the dense one: FLOPs model (lm: total FLOPs per token incl. the LM "
+                 "head; vision: MACs) vs measured wall time (lm: prefill at the largest recorded point; vision: "
+                 f"median batch forward). Devices: {describe(data['device'])}. Latency points: "
+                 f"{describe(data['latency point'].replace('', np.nan))}."),
+        data=data, label_cols=["experiment", "model", "target", "method"], value_cols=vcols,
+        directions={"measured speedup": HIGHER}, formats={c: ".2f" for c in vcols}, group_by=["model", "target"],
+        notes=_fixture_note(data))]
+
+
+# ---------------------------------------------------------------------------------------------------
+# solver runtime
+
+
+def runtime_tables(records, experiment: str = "pruning_runtime") -> list[Table]:
+    """Rows = shape × method; prune seconds ↓, objective ↓, ratio to one p×p inverse, ZipLM / method time."""
+    df = frame(records, experiment, "solver")
+    if df.empty:
+        return []
+    df = df.assign(method_label=_method_label(df))
+    df, notes = _dedupe(df, ["shape", "keep", "seed", "threads", "method_label"])
+    rows = []
+    for (shape, keep), sub in df.groupby(["shape", "keep"], sort=False):
+        zip_s = sub.loc[sub["method"] == "ziplm", "prune_seconds"]
+        zip_s = zip_s.iloc[-1] if len(zip_s) else np.nan
+        inv = sub["inverse_seconds"].median()
+        r0 = sub.iloc[0]
+        for _, r in _method_sorted(sub, []).iterrows():
+            rows.append({"shape": f"{shape} (p={r0['p']}, m={r0['m']}, k={r0['k']}/{r0['n_groups']})",
+                         "method": r["method_label"], "prune [s]": r["prune_seconds"], "objective": r["objective"],
+                         "gap to dense [%]": (100 * (r["objective"] - r["dense_objective"]) / abs(r["dense_objective"])
+                                              if r["dense_objective"] else np.nan),
+                         "× one inverse": r["prune_seconds"] / inv if inv else np.nan,
+                         "ZipLM time / this": zip_s / r["prune_seconds"] if r["prune_seconds"] else np.nan,
+                         "one inverse [s]": inv, "_p": r0["p"]})
+    data = pd.DataFrame(rows).sort_values(["_p", "shape"], kind="stable")
+    vcols = ["prune [s]", "objective", "gap to dense [%]", "× one inverse", "ZipLM time / this", "one inverse [s]"]
+    spd = data[data["method"].str.startswith("osscar")]["ZipLM time / this"].dropna()
+    if len(spd):
+        notes.append(f"OSSCAR's speedup over ZipLM across shapes: {spd.min():.2f}×–{spd.max():.2f}× "
+                     "(paper claims 6–8× on OPT layers, V100).")
+    return [Table(
+        name="pruning_runtime", title="Solver runtime and objective per layer shape",
+        caption=(f"One method on one {describe(df['problem'])} OPT-shaped layer problem (seeded): solver wall time; "
+                 "objective Q(W) = ½ tr(WᵀHW) − tr(GᵀW), the reconstruction error up to a constant, and its gap "
+                 "to the unpruned optimum in % of |Q_dense|; time in units of one p×p float64 Cholesky inverse; "
+                 "ZipLM's time divided by the method's. Keep fraction "
+                 f"{describe(df['keep'])}, threads {describe(df['threads'])}, device {describe(df['device'])}."),
+        data=data, label_cols=["shape", "method"], value_cols=vcols,
+        directions={"prune [s]": LOWER, "objective": LOWER, "gap to dense [%]": LOWER, "× one inverse": LOWER},
+        formats={"prune [s]": ".3g", "objective": ".6g", "gap to dense [%]": ".3f", "× one inverse": ".2f", "ZipLM time / this": ".2f",
+                 "one inverse [s]": ".3g"},
+        group_by=["shape"], notes=_fixture_note(df) + notes)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# ablations
+
+
+def calibration_tables(records, experiment: str = "ablation_calibration") -> list[Table]:
+    """Calibration-size ablation: rows = method (× target), columns = calibration size."""
+    tables = []
+    lm = frame(records, experiment, "lm")
+    if not lm.empty:
+        for g, sub in _groups(lm, ["model", "calib_corpus", "seqlen"]):
+            sub = sub.assign(method_label=_method_label(sub))
+            sub, notes = _dedupe(sub, ["target", "method_label", "n_samples"])
+            for c in [c.split(":", 1)[1] for c in _cols(sub, "ppl:")]:
+                sizes = sorted(sub["n_samples"].dropna().unique())
+                pv = sub.pivot_table(index=["target", "method_label"], columns="n_samples", values=f"ppl:{c}",
+                                     aggfunc="last", dropna=False).reindex(columns=sizes)
+                vcols = [f"n={int(s)}" for s in sizes]
+                data = pd.DataFrame({"target": [i[0] for i in pv.index], "method": [i[1] for i in pv.index],
+                                     **{v: pv[s].to_numpy() for v, s in zip(vcols, sizes)}})
+                tables.append(Table(
+                    name=_slug("ablation_calibration", g["model"], c), title=f"Calibration size — {g['model']}, {c}",
+                    caption=(f"Perplexity on {c} vs the number of calibration segments n "
+                             f"({describe(sub['seqlen'])} tokens each, from {describe(sub['calib_corpus'])}). "
+                             + _provenance_caption(sub, "lm")),
+                    data=data, label_cols=["target", "method"], value_cols=vcols,
+                    directions={v: LOWER for v in vcols}, formats={v: ".2f" for v in vcols}, group_by=["target"],
+                    notes=_fixture_note(sub) + notes))
+    vis = frame(records, experiment, "vision")
+    if not vis.empty:
+        for g, sub in _groups(vis, ["arch", "dataset", "checkpoint"]):
+            sub = sub.assign(method_label=_method_label(sub))
+            sub, notes = _dedupe(sub, ["flops_fraction", "method_label", "n_calib"])
+            sizes = sorted(sub["n_calib"].dropna().unique())
+            pv = sub.pivot_table(index=["flops_fraction", "method_label"], columns="n_calib", values="top1",
+                                 aggfunc="last", dropna=False).reindex(columns=sizes)
+            vcols = [f"n={int(s)}" for s in sizes]
+            data = pd.DataFrame({"target": [f"FLOPs −{i[0]:.0%}" for i in pv.index],
+                                 "method": [i[1] for i in pv.index],
+                                 **{v: 100 * pv[s].to_numpy() for v, s in zip(vcols, sizes)}})
+            tables.append(Table(
+                name=_slug("ablation_calibration", g["arch"], g["dataset"]),
+                title=f"Calibration size — {g['arch']} on {g['dataset']}",
+                caption=("Top-1 accuracy (%) vs the number of calibration images n. "
+                         + _provenance_caption(sub, "vision")),
+                data=data, label_cols=["target", "method"], value_cols=vcols,
+                directions={v: HIGHER for v in vcols}, formats={v: ".2f" for v in vcols}, group_by=["target"],
+                notes=_fixture_note(sub) + notes))
+    return tables
+
+
+def _tp_frame(records, experiment: str) -> list[tuple[str, pd.DataFrame]]:
+    out = []
+    for pipeline in ("lm", "vision", "solver"):
+        df = frame(records, experiment, pipeline)
+        if not df.empty:
+            out.append((pipeline, df[df["p_hat"].notna() | df["t_hat"].notna()]))
+    return out
+
+
+TP_METRICS = {  # pipeline -> [(column, label, direction, scale, fmt)]
+    "lm": [("ppl:*", "perplexity", LOWER, 1.0, ".2f"), ("prune_seconds", "prune time [s]", LOWER, 1.0, ".3g")],
+    "vision": [("top1", "top-1 (%)", HIGHER, 100.0, ".2f"), ("prune_seconds", "prune time [s]", LOWER, 1.0, ".3g")],
+    "solver": [("objective", "objective", LOWER, 1.0, ".6g"), ("prune_seconds", "prune time [s]", LOWER, 1.0, ".3g")],
+}
+
+
+def tp_tables(records, experiment: str = "ablation_tp") -> list[Table]:
+    """t̂/p̂ grid: rows = p̂, columns = t̂, one table per metric; the best cell of the grid in bold."""
+    tables = []
+    for pipeline, df in _tp_frame(records, experiment):
+        if df.empty:
+            continue
+        keys = {"lm": ["model", "calib_corpus", "n_samples", "target"], "vision": ["arch", "dataset", "n_calib",
+                                                                                  "flops_fraction"],
+                "solver": ["shape", "keep"]}[pipeline]
+        for g, sub in _groups(df, keys):
+            sub, notes = _dedupe(sub, ["p_hat", "t_hat"])
+            metrics = []
+            for col, label, d, scale, fmt in TP_METRICS[pipeline]:
+                cols = _cols(sub, col[:-1]) if col.endswith("*") else [col]
+                for c in cols:
+                    if c in sub and sub[c].notna().any():
+                        metrics.append((c, f"{label} on {c.split(':', 1)[1]}" if ":" in c else label, d, scale, fmt))
+            what = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in g.items())
+            for c, label, d, scale, fmt in metrics:
+                pv = sub.pivot_table(index="p_hat", columns="t_hat", values=c, aggfunc="last", dropna=False)
+                pv = pv.sort_index().sort_index(axis=1)
+                vcols = [f"t̂={t:g}" for t in pv.columns]
+                data = pd.DataFrame({"p̂": [f"{p:g}" for p in pv.index],
+                                     **{v: scale * pv[t].to_numpy() for v, t in zip(vcols, pv.columns)}})
+                tables.append(Table(
+                    name=_slug("ablation_tp", pipeline, *g.values(), c.replace("ppl:", "ppl-")),
+                    title=f"t̂/p̂ ablation — {label} ({what})",
+                    caption=(f"OSSCAR {label} over its p̂ (groups removed per stage-A step, rows) and t̂ (groups "
+                             f"changed per local-search step, columns). {_provenance_caption(sub, pipeline)}"),
+                    data=data, label_cols=["p̂"], value_cols=vcols, directions={v: d for v in vcols},
+                    formats={v: fmt for v in vcols}, scope="table", notes=_fixture_note(sub) + notes))
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------------
+
+BUILDERS: dict[str, Callable[..., list[Table]]] = {
+    "lm_perplexity": lm_perplexity_tables,
+    "lm_zeroshot": lm_zero_shot_tables,
+    "lm_cost": lm_cost_tables,
+    "vision_accuracy": vision_accuracy_tables,
+    "speedup": speedup_table,
+    "pruning_runtime": runtime_tables,
+    "ablation_calibration": calibration_tables,
+    "ablation_tp": tp_tables,
+}
+
+
+def all_tables(records) -> dict[str, list[Table]]:
+    """Section name → its tables (possibly empty), in report order."""
+    return {name: build(records) for name, build in BUILDERS.items()}
