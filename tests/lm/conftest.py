@@ -1,0 +1,77 @@
+"""Tiny random OPT and Llama (GQA) models, and a tiny byte-level tokenizer, for fast LM tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+def tiny_opt_config(**kw):
+    from transformers import OPTConfig
+
+    base = dict(vocab_size=300, hidden_size=32, num_attention_heads=4, ffn_dim=64, num_hidden_layers=2,
+                max_position_embeddings=128, word_embed_proj_dim=32, attn_implementation="eager")
+    base.update(kw)
+    return OPTConfig(**base)
+
+
+def tiny_llama_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(vocab_size=300, hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128,
+                attn_implementation="eager")
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def make_model(config, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger random weights so pruning changes the function visibly
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "embed" not in name:
+                p.mul_(5.0)
+    return model
+
+
+@pytest.fixture(params=["opt", "llama"])
+def tiny_model(request):
+    cfg = tiny_opt_config() if request.param == "opt" else tiny_llama_config()
+    return make_model(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A byte-level BPE tokenizer (vocab ≤ 300) trained on a few sentences, saved as an HF folder."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    text = ["The quick brown fox jumps over the lazy dog. " * 5, "Anarchism is a political philosophy. " * 5]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    path = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A saved tiny Llama (GQA) with the tiny tokenizer: a local model folder for run_lm / CLI."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    make_model(tiny_llama_config(max_position_embeddings=256)).save_pretrained(path)
+    for f in os.listdir(tiny_tokenizer_dir):
+        shutil.copy(os.path.join(tiny_tokenizer_dir, f), path)
+    return path

@@ -1,0 +1,111 @@
+"""LMRunConfig validation (before any model load), targets, run_lm and the CLI on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from osscar.lm import models as lm_models
+from osscar.lm.measure import flops_per_token, fractions_for_speedup
+from osscar.lm.run import LMRunConfig, removed_count, run_lm
+
+from .conftest import tiny_llama_config, tiny_opt_config
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"model": "no such model"}, "model="),
+    ({"method": "osscarr"}, "method=.*allowed"),
+    ({"calib_corpus": "brown"}, "corpus 'brown'.*allowed"),
+    ({"eval_corpora": ("wikitext3",)}, "corpus 'wikitext3'"),
+    ({"zero_shot_tasks": ("mmlu",)}, "zero_shot_tasks"),
+    ({"head_fraction": 1.0}, "head_fraction"),
+    ({"neuron_fraction": -0.1}, "neuron_fraction"),
+    ({"speedup": 1.0}, "speedup"),
+    ({"speedup": 2.0, "head_fraction": 0.5}, "not both"),
+    ({"method_params": {"t_hatt": 3}}, "t_hatt"),
+    ({"n_samples": 0}, "n_samples"),
+    ({"seqlen": 100000}, "max_position_embeddings"),
+    ({"layers": (7,)}, "layers"),
+])
+def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("weights must not be loaded during validation")
+
+    monkeypatch.setattr(lm_models, "load_model", boom)
+    kw = {"model": str(tiny_llama_dir), **kw}
+    with pytest.raises(ValueError, match=match):
+        LMRunConfig(**kw)
+
+
+def test_corpus_too_short_fails_before_loading_weights(tiny_llama_dir, monkeypatch):
+    cfg = LMRunConfig(model=str(tiny_llama_dir), n_samples=100000, seqlen=200)
+
+    def boom(*a, **k):
+        raise AssertionError("weights must not be loaded before the corpus check")
+
+    monkeypatch.setattr(lm_models, "load_model", boom)
+    with pytest.raises(ValueError, match="fewer than n_samples"):
+        run_lm(cfg)
+
+
+def test_removed_count_rounding():
+    assert removed_count(0.5, 3) == 1  # 1.5 -> ties down
+    assert removed_count(0.3, 3) == 1
+    assert removed_count(0.7, 3) == 2
+    assert removed_count(0.99, 3) == 2  # at least one group kept
+    assert removed_count(0.3, 1536) == 461
+    assert removed_count(0.0, 10) == 0
+
+
+def test_flops_model_and_speedup():
+    for cfg in (tiny_opt_config(), tiny_llama_config()):
+        dense = flops_per_token(cfg)
+        from osscar.lm.adapters import get_adapter
+
+        a = get_adapter(cfg)
+        half = flops_per_token(cfg, a.n_attn_groups // 2 if a.n_attn_groups % 2 == 0 else a.n_attn_groups, a.ffn_dim // 2)
+        assert half["mlp"] * 2 == dense["mlp"]
+    assert fractions_for_speedup(2.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        fractions_for_speedup(1.0)
+    # Llama: d=48, q=o=48, k=v=24 per block; mlp 3·48·64
+    f = flops_per_token(tiny_llama_config())
+    assert f["attn"] == 2 * (2 * 48 * (2 * 48 + 2 * 24))
+    assert f["mlp"] == 2 * (2 * 48 * 64 * 3)
+
+
+def test_run_lm_end_to_end_tiny(tiny_llama_dir, tmp_path):
+    cfg = LMRunConfig(model=str(tiny_llama_dir), method="osscar", head_fraction=0.34, neuron_fraction=0.5,
+                      n_samples=4, seqlen=32, eval_windows=2, latency_points=((1, 16),), latency_repeats=1)
+    out = run_lm(cfg, save_to=str(tmp_path / "m"))
+    assert out["applied"]["attn_groups_kept"] == 2 and out["applied"]["neurons_kept"] == 32
+    assert out["slicing"]["sliced"] and out["slicing"]["max_abs_logit_diff_vs_unsliced"] < 1e-4
+    assert out["pruned"]["wiki-gensim"]["ppl"] > 0 and out["pruned"]["wiki-gensim"]["windows"] == 2
+    assert out["size"]["params_pruned"] < out["size"]["params_dense"]
+    assert out["latency"][0]["threads"] == 1
+    assert out["provenance"]["calib_corpus"] == "wiki-gensim" and "torch" in out["provenance"]["versions"]
+    assert len(out["layers"]) == 4
+    from osscar.lm.slicing import load_pruned
+
+    assert load_pruned(tmp_path / "m").config.intermediate_size == 32
+
+
+def test_cli_writes_metrics_json(tiny_llama_dir, tmp_path):
+    from osscar.lm.cli import main
+
+    rc = main(["--model", str(tiny_llama_dir), "--method", "mp+", "--n-samples", "2", "--seqlen", "16",
+               "--eval-windows", "1", "--output-dir", str(tmp_path), "--name", "run", "--no-progress"])
+    assert rc == 0
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["provenance"]["method"] == "mp+"
+    assert not list(tmp_path.glob("*.tmp*"))
+    assert main(["--model", str(tiny_llama_dir), "--head-fraction", "1.5", "--output-dir", str(tmp_path)]) == 2
+
+
+def test_module_help():
+    r = subprocess.run([sys.executable, "-m", "osscar", "lm", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert "--t-hat" in r.stdout and "(default: smollm2-135m)" in r.stdout
