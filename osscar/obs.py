@@ -23,10 +23,13 @@ def diag_blocks(E: Tensor, s: int) -> Tensor:
 
 
 def quad_over_blocks(B: Tensor, R: Tensor) -> Tensor:
-    """½ tr(R_gᵀ B_g⁻¹ R_g) = ½ ⟨B_g⁻¹, R_g R_gᵀ⟩ per group. B: (n, s, s) SPD, R: (n, s, m) -> (n,)."""
+    """½ tr(R_gᵀ B_g⁻¹ R_g) = ½ ⟨B_g⁻¹, R_g R_gᵀ⟩ per group. B: (n, s, s) SPD, R: (n, s, m) -> (n,).
+
+    One pass over R and no (n, s, m) temporaries: R may be a large view of the weights.
+    """
     if B.shape[-1] == 1:
-        return 0.5 * R.square().sum(dim=(1, 2)) / B[:, 0, 0]
-    gram = torch.bmm(R, R.transpose(1, 2))  # (n, s, s): one pass over R, no batched solves
+        return 0.5 * torch.linalg.vector_norm(R.reshape(R.shape[0], -1), dim=1).square() / B[:, 0, 0]
+    gram = torch.bmm(R, R.transpose(1, 2))  # (n, s, s)
     return 0.5 * (torch.cholesky_inverse(torch.linalg.cholesky(B)) * gram).sum(dim=(1, 2))
 
 
@@ -121,8 +124,10 @@ class SupportState:
         live = self.live
         if live.any():
             a = len(self.groups)
-            B = diag_blocks(self.E, self.s)[live]
-            out[self.groups[live]] = quad_over_blocks(B, self.W.reshape(a, self.s, -1)[live])
+            B = diag_blocks(self.E, self.s).clone()
+            B[~live] = torch.eye(self.s, dtype=B.dtype)  # removed groups: zero blocks, masked below
+            cost = quad_over_blocks(B, self.W.reshape(a, self.s, -1))
+            out[self.groups[live]] = cost[live]
         return out
 
     def gains(self) -> Tensor:
