@@ -16,14 +16,14 @@ this build did not produce are removed from ``tables/`` and ``figures/``.
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import tomllib
 
 from reports import reference as ref
-from reports.figures import Figure, all_figures
+from reports.figures import all_figures
 from reports.records import frame, load_records, summarize
 from reports.tables import Table, all_tables, write_text_atomic
 
@@ -128,9 +128,9 @@ def _claims_section(records) -> list[str]:
     else:
         ours["memory"] = "not measured (no lm_perplexity record with peak memory)"
 
-    lines = [f"Source of the claims: {ref.SOURCE_CLAIMS}. Our numbers come from this store's records; they are "
+    lines = [(f"Source of the claims: {ref.SOURCE_CLAIMS}. Our numbers come from this store's records; they are "
              "comparable only where model, target, corpus and hardware match (the cpu profile uses small "
-             "offline models, so usually they do not).", "",
+             "offline models, so usually they do not)."), "",
              "| paper claim (published) | ours (this store) | how ours is computed |", "|:--|:--|:--|"]
     for c in ref.CLAIMS:
         lines.append(f"| {c['claim']} | {ours[c['id']]} | {c['ours']} |")
@@ -139,8 +139,8 @@ def _claims_section(records) -> list[str]:
 
 def _dense_section(records) -> list[str]:
     lm = frame(records, None, "lm")
-    lines = [f"Published dense perplexities — {ref.SOURCE_PPL}. \"ours\" is our dense evaluation of the same model "
-             "id on the same corpus, when a record has one (eval window length and count as recorded).", "",
+    lines = [(f"Published dense perplexities — {ref.SOURCE_PPL}. \"ours\" is our dense evaluation of the same model "
+             "id on the same corpus, when a record has one (eval window length and count as recorded)."), "",
              "| model | corpus | published dense ppl | ours (dense) | our windows |", "|:--|:--|--:|--:|:--|"]
     for model, corpora in ref.DENSE_PPL.items():
         for corpus, pub in corpora.items():
@@ -264,28 +264,28 @@ def build_report(store_root: str | Path, out_dir: str | Path, title: str = "OSSC
     expected = expected_experiments()
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     L: list[str] = [f"# {title}", "",
-                    f"Generated {now} by `python -m reports` from `{store_root}` ({info['n']} record(s)). "
+                    (f"Generated {now} by `python -m reports` from `{store_root}` ({info['n']} record(s)). "
                     "Every number below comes from a record in that store, except in the section "
-                    "*Published reference numbers*, which quotes the paper and GPTQ/SparseGPT.", ""]
+                    "*Published reference numbers*, which quotes the paper and GPTQ/SparseGPT."), ""]
     if info["fixture"]:
-        L += [f"> **FIXTURE DATA.** {info['fixture']} of {info['n']} record(s) are test fixtures (hand-written or "
-              "copied for tests), not measurements. Do not cite this page.", ""]
+        L += [(f"> **FIXTURE DATA.** {info['fixture']} of {info['n']} record(s) are test fixtures (hand-written or "
+              "copied for tests), not measurements. Do not cite this page."), ""]
     if not records:
         L += ["> **No records found.** Run the sweeps first (`python -m benchmarks.run --all`).", ""]
     L += ["## Contents", ""]
     L += [f"- [{h}](#{_anchor(h)})" for h in ["Provenance", "Published reference numbers (not ours)"]
           + [s[0] for s in SECTIONS] + ["Missing"]]
     L += ["", "## Provenance", ""]
-    L += [f"- Records per experiment: " + (", ".join(f"{k}: {v}" for k, v in sorted(info["experiments"].items()))
+    L += ["- Records per experiment: " + (", ".join(f"{k}: {v}" for k, v in sorted(info["experiments"].items()))
                                            or "none")]
-    L += [f"- Devices: " + (", ".join(f"{k} ({v})" for k, v in info["devices"].items()) or "none")]
-    L += [f"- Git commits: " + (", ".join(f"`{k}` ({v})" for k, v in info["commits"].items()) or "none")
+    L += ["- Devices: " + (", ".join(f"{k} ({v})" for k, v in info["devices"].items()) or "none")]
+    L += ["- Git commits: " + (", ".join(f"`{k}` ({v})" for k, v in info["commits"].items()) or "none")
           + (f"; {info['dirty']} record(s) from a dirty working tree" if info["dirty"] else "")]
     if info["versions"]:
         L += ["- Versions: " + ", ".join(f"{k} {'/'.join(v)}" for k, v in info["versions"].items())]
     L += ["", "## Published reference numbers (not ours)", "",
-          "These are **published numbers, copied from the literature** (see `reports/reference.py` for the "
-          "citations); they were not measured by this harness and are shown only beside ours.", "",
+          ("These are **published numbers, copied from the literature** (see `reports/reference.py` for the "
+          "citations); they were not measured by this harness and are shown only beside ours."), "",
           "### Paper headline claims", ""]
     L += _claims_section(records)
     L += ["", "### Dense reference models", ""]

@@ -11,20 +11,19 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # headless; figures are only ever written to files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from reports.records import describe, frame  # noqa: E402
-from reports.tables import METHOD_ORDER, _method_label, _tp_frame, method_rank  # noqa: E402
+from reports.records import describe, frame
+from reports.tables import METHOD_ORDER, _method_label, _tp_frame, method_rank
 
 STYLE: dict[str, Any] = {
     "figure.dpi": 100, "savefig.dpi": 200, "savefig.bbox": "tight", "savefig.pad_inches": 0.05,
@@ -35,7 +34,7 @@ STYLE: dict[str, Any] = {
     "pdf.fonttype": 42, "ps.fonttype": 42,  # embed TrueType (editable text in the PDF)
 }
 
-_PALETTE = plt.get_cmap("tab10").colors
+_PALETTE = mpl.colormaps["tab10"].colors
 METHOD_STYLE: dict[str, tuple[Any, str]] = {
     m: (_PALETTE[i % 10], "os^vD<>ph"[i % 9]) for i, m in enumerate(METHOD_ORDER[1:])
 }
@@ -51,8 +50,14 @@ def method_style(label: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def publication_style() -> Iterator[None]:
     """The one style every figure of the report is drawn in (rcParams restored on exit)."""
-    with plt.rc_context(STYLE):
+    with mpl.rc_context(STYLE):
         yield
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (4.2, 3.0), **kw: Any) -> tuple[Any, Any]:
+    """A pyplot-free figure (no GUI backend, no global figure registry): safe in any process."""
+    fig = MplFigure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 @dataclass
@@ -78,7 +83,6 @@ def _save(fig: Any, folder: Path, name: str) -> dict[str, Path]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         out[ext] = path
-    plt.close(fig)
     return out
 
 
@@ -140,8 +144,7 @@ def ppl_vs_speedup(records, out: Path, experiment: str = "lm_perplexity") -> lis
         if not corpora or sub["x"].notna().sum() == 0:
             continue
         with publication_style():
-            fig, axes = plt.subplots(1, len(corpora), layout="constrained",
-                                     figsize=(3.3 * len(corpora), 2.8), squeeze=False)
+            fig, axes = _subplots(1, len(corpora), figsize=(3.3 * len(corpora), 2.8), squeeze=False)
             axes = list(axes[0])
             for ax, c in zip(axes, corpora):
                 for m in _methods(sub):
@@ -177,7 +180,7 @@ def accuracy_vs_flops(records, out: Path, experiment: str = "vision_accuracy") -
         if sub["top1"].notna().sum() == 0:
             continue
         with publication_style():
-            fig, ax = plt.subplots(layout="constrained", figsize=(4.2, 3.0))
+            fig, ax = _subplots(figsize=(4.2, 3.0))
             for m in _methods(sub):
                 d = sub[(sub["method_label"] == m) & sub["top1"].notna()].sort_values("flops_fraction")
                 ax.plot(100 * d["flops_fraction"], 100 * d["top1"], label=m, **method_style(m))
@@ -208,7 +211,7 @@ def runtime_bars(records, out: Path, experiment: str = "pruning_runtime") -> lis
     bars = methods + ["one p×p inverse"]
     width = 0.8 / len(bars)
     with publication_style():
-        fig, ax = plt.subplots(layout="constrained", figsize=(max(4.5, 1.3 * len(shapes) + 1.5), 3.0))
+        fig, ax = _subplots(figsize=(max(4.5, 1.3 * len(shapes) + 1.5), 3.0))
         x = np.arange(len(shapes))
         for i, b in enumerate(bars):
             if b == bars[-1]:
@@ -225,7 +228,7 @@ def runtime_bars(records, out: Path, experiment: str = "pruning_runtime") -> lis
         ax.set_ylabel("wall time (s, log)")
         ax.set_xlabel("layer shape")
         ax.grid(axis="x", visible=False)
-        ax.legend(loc="upper left", ncol=2)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         title = f"Solver runtime per layer shape{_fixture_tag(df)}"
         sub_t = (f"{describe(df['problem'])} OPT-shaped problems, keep {describe(df['keep'])}; "
                  f"{describe(df['threads'])} thread(s); {describe(df['device'])}")
@@ -247,8 +250,7 @@ def calibration_curves(records, out: Path, experiment: str = "ablation_calibrati
                 continue
             multi_target = sub["target"].nunique() > 1
             with publication_style():
-                fig, axes = plt.subplots(1, len(corpora), layout="constrained",
-                                     figsize=(3.3 * len(corpora), 2.8), squeeze=False)
+                fig, axes = _subplots(1, len(corpora), figsize=(3.3 * len(corpora), 2.8), squeeze=False)
                 axes = list(axes[0])
                 for ax, c in zip(axes, corpora):
                     groups = sorted(sub.groupby(["method_label", "target"]), key=lambda kv: method_rank(kv[0][0]))
@@ -277,7 +279,7 @@ def calibration_curves(records, out: Path, experiment: str = "ablation_calibrati
                 continue
             multi = sub["flops_fraction"].nunique() > 1
             with publication_style():
-                fig, ax = plt.subplots(layout="constrained", figsize=(4.2, 3.0))
+                fig, ax = _subplots(figsize=(4.2, 3.0))
                 for (m, f), d in sorted(sub.groupby(["method_label", "flops_fraction"]),
                                         key=lambda kv: method_rank(kv[0][0])):
                     d = d[d["top1"].notna()].sort_values("n_calib")
@@ -322,8 +324,7 @@ def tp_heatmaps(records, out: Path, experiment: str = "ablation_tp") -> list[Fig
                 continue
             what, sub_t = ctx(g if isinstance(g, tuple) else (g,))
             with publication_style():
-                fig, axes = plt.subplots(1, len(use), layout="constrained",
-                                         figsize=(3.4 * len(use), 3.0), squeeze=False)
+                fig, axes = _subplots(1, len(use), figsize=(3.4 * len(use), 3.0), squeeze=False)
                 for ax, (col, label, direction, scale) in zip(axes[0], use):
                     pv = sub.pivot_table(index="p_hat", columns="t_hat", values=col, aggfunc="last", dropna=False)
                     pv = pv.sort_index().sort_index(axis=1) * scale
@@ -351,7 +352,7 @@ def tp_heatmaps(records, out: Path, experiment: str = "ablation_tp") -> list[Fig
                                     color="white" if dark else "black",
                                     fontweight="bold" if (i, j) in best else "normal")
                     for i, j in best:
-                        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+                        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
                     fig.colorbar(im, ax=ax, shrink=0.85)
                     ax.set_title(f"{label}\n({'lower' if direction == 'min' else 'higher'} is better; best boxed)")
                 title = f"t̂/p̂ ablation (OSSCAR) — {what}{_fixture_tag(sub)}"
@@ -381,7 +382,7 @@ def speedup_scatter(records, out: Path) -> list[Figure]:
     models = list(dict.fromkeys(df["model"]))
     marks = "os^Dv<>ph"
     with publication_style():
-        fig, ax = plt.subplots(layout="constrained", figsize=(4.4, 3.6))
+        fig, ax = _subplots(figsize=(4.4, 3.6))
         from matplotlib.lines import Line2D
 
         methods = _methods(df)

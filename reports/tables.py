@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,8 +81,8 @@ class Table:
             return mask
         rankable = ~self.reference
         groups = [self.data.index[rankable]] if not self.group_by else [
-            idx.intersection(self.data.index[rankable]) for _, idx in self.data.groupby(self.group_by, sort=False,
-                                                                                          dropna=False).groups.items()]
+            sub.index.intersection(self.data.index[rankable])
+            for _, sub in self.data.groupby(self.group_by, sort=False, dropna=False)]
         for idx in groups:
             if len(idx) == 0:
                 continue
@@ -134,7 +135,7 @@ class Table:
         for c in self.value_cols:
             cells.loc[best[c], c] = "**" + cells.loc[best[c], c] + "**"
         cols = self.label_cols + self.value_cols
-        esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+        esc = lambda s: str(s).replace("|", "\\|")
         lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
                  "|" + "|".join(":--" if c in self.label_cols else "--:" for c in cols) + "|"]
         lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells[cols].itertuples(index=False)]
