@@ -24,7 +24,7 @@ import tomllib
 
 from reports import reference as ref
 from reports.figures import all_figures
-from reports.records import frame, load_records, summarize
+from reports.records import describe, frame, load_records, summarize
 from reports.tables import Table, all_tables, write_text_atomic
 
 # the paper's experiments; sweep files in benchmarks/sweeps/ add to this list
@@ -150,7 +150,7 @@ def _dense_section(records) -> list[str]:
                 sub = lm[(lm["model"] == model) & lm[col].notna()]
                 if len(sub):
                     ours = sub[col].iloc[-1]
-                    win = f"{sub['eval_windows'].iloc[-1]} × {sub['seqlen'].iloc[-1]} tok"
+                    win = f"{describe([sub['eval_windows'].iloc[-1]])} × {describe([sub['seqlen'].iloc[-1]])} tok"
             lines.append(f"| {model} | {ref.CORPUS_NAMES.get(corpus, corpus)} | {pub:.2f} | {_fmt(ours)} | "
                          f"{win or 'not run'} |")
     vis = frame(records, None, "vision")

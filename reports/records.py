@@ -27,10 +27,6 @@ import pandas as pd
 
 from results.store import ResultStore, RunRecord
 
-# config fields that name the *identity* of a run rather than a measurement (used for labels)
-_NON_METRIC = {"config", "provenance", "layers", "kept", "files", "slicing", "latency_setup", "info"}
-
-
 def dig(obj: Any, *path: Any) -> Any:
     """``obj[p0][p1]...`` or None when any step is missing (lists take int indices)."""
     for p in path:
@@ -143,7 +139,8 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "prune_seconds": num(dig(m, "timings", "prune_total_s")),
         "solver_seconds": num(dig(m, "timings", "prune_solver_s")),
         "peak_rss_mb": num(dig(m, "memory", "peak_rss_mb")),
-        "prune_peak_mb": num(dig(m, "memory", "prune_tracemalloc_peak_mb")),
+        "rss_before_prune_mb": num(dig(m, "memory", "peak_rss_before_prune_mb")),
+        "rss_after_prune_mb": num(dig(m, "memory", "peak_rss_after_prune_mb")),
         "zero_shot_limit": dig(m, "pruned", "zero_shot", "limit"),
         "lm_eval_version": dig(m, "pruned", "zero_shot", "lm_eval_version"),
     })
@@ -213,6 +210,8 @@ def frame(records: Iterable[RunRecord], experiment: str | None = None, pipeline:
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values("finished", kind="stable").reset_index(drop=True)
+        for c in df.columns[df.isna().all()]:  # a metric no record carries: NaN (float), not None objects
+            df[c] = df[c].astype(float)
     return df
 
 

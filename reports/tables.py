@@ -364,8 +364,8 @@ def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
     if df.empty:
         return tables
     spec = [("prune [s]", "prune_seconds", LOWER, ".3g"), ("solver [s]", "solver_seconds", LOWER, ".3g"),
-            ("peak RSS [MiB]", "peak_rss_mb", LOWER, ".0f"), ("prune peak (Python) [MiB]", "prune_peak_mb", LOWER,
-                                                              ".1f"),
+            ("peak RSS to end of pruning [MiB]", "rss_after_prune_mb", LOWER, ".0f"),
+            ("peak RSS, whole run [MiB]", "peak_rss_mb", LOWER, ".0f"),
             ("params kept [%]", "params_kept", None, ".1f"), ("FLOPs speedup", "flops_speedup", None, ".2f"),
             ("measured speedup", "latency_speedup", HIGHER, ".2f")]
     for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
@@ -385,8 +385,9 @@ def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
         tables.append(Table(
             name=_slug("lm_cost", g["model"], g["calib_corpus"], g["n_samples"]),
             title=f"Pruning cost, memory and speedup — {g['model']}",
-            caption=("Wall time of the whole sequential pruning and of the solver alone, peak resident memory of the "
-                     "run's process and Python-allocated peak during pruning, parameters kept, total FLOPs-per-token "
+            caption=("Wall time of the whole sequential pruning and of the solver alone; peak resident memory "
+                     "(ru_maxrss of the run's process) up to the end of pruning and over the whole run (incl. "
+                     "evaluation); parameters kept; total FLOPs-per-token "
                      f"speedup and measured prefill speedup of the sliced model (latency point: {lat}). "
                      + _provenance_caption(sub, "lm")),
             data=data, label_cols=["target", "method"], value_cols=[p[0] for p in present],

@@ -116,7 +116,9 @@ def test_zero_shot_tables_acc_and_acc_norm(records):
 
 def test_lm_cost_table(records):
     t = only(lm_cost_tables(records))
-    assert {"prune [s]", "peak RSS [MiB]", "measured speedup", "FLOPs speedup"} <= set(t.value_cols)
+    assert {"prune [s]", "peak RSS to end of pruning [MiB]", "peak RSS, whole run [MiB]", "measured speedup",
+            "FLOPs speedup"} <= set(t.value_cols)
+    assert ("2× speedup", "mp", "peak RSS to end of pruning [MiB]") in best_cells(t)
     assert t.directions["prune [s]"] == LOWER and t.directions["measured speedup"] == HIGHER
     assert ("2× speedup", "mp", "prune [s]") in best_cells(t)
     assert ("2× speedup", "osscar", "measured speedup") in best_cells(t)
@@ -247,3 +249,29 @@ def test_stale_outputs_removed(tmp_path):
     stale.write_bytes(PNG_MAGIC)
     build_report(tmp_path / "nothing", out)
     assert not stale.exists()
+
+
+def test_degenerate_records_do_not_crash(tmp_path):
+    """Records with empty metrics (a pipeline that returned nothing) are reported as missing, not invented."""
+    from results.store import ResultStore, RunRecord
+
+    store = ResultStore(tmp_path / "store")
+    lm_cfg = {"model": "smollm2-135m", "method": "osscar", "head_fraction": 0.3, "neuron_fraction": 0.2,
+              "eval_corpora": ["wiki-gensim"], "n_samples": 8, "seqlen": 128, "calib_corpus": "wiki-gensim"}
+    store.put(RunRecord("lm_perplexity", "lm", lm_cfg, {}, {}, "t0", "t1"))
+    store.put(RunRecord("lm_perplexity", "lm", {**lm_cfg, "method": "mp"},
+                        {"pruned": {"wiki-gensim": {"ppl": 33.0}}}, {}, "t0", "t2"))
+    store.put(RunRecord("vision_accuracy", "vision", {"arch": "resnet20", "method": "mp", "flops_fraction": 0.4},
+                        {}, {}, "t0", "t1"))
+    store.put(RunRecord("pruning_runtime", "solver", {"shape": "ffn-1536", "method": "osscar", "keep": 0.5}, {}, {},
+                        "t0", "t1"))
+    opt = {**lm_cfg, "model": "facebook/opt-1.3b", "eval_corpora": ["wikitext2"], "eval_windows": 4, "seqlen": 2048}
+    store.put(RunRecord("lm_perplexity", "lm", opt, {"dense": {"wikitext2": {"ppl": 14.7}}}, {}, "t0", "t3"))
+    text = build_report(tmp_path / "store", tmp_path / "out").read_text()
+    assert "| facebook/opt-1.3b | WikiText-2 | 14.62 | 14.70 | 4 × 2048 tok |" in text  # published beside ours
+    assert "| heads 30% / neurons 20% | mp | **33.00** |" in text
+    assert "| heads 30% / neurons 20% | osscar | — |" in text
+    missing = text.split("## Missing", 1)[1]
+    assert "lm_perplexity (lm): perplexity absent from 1 of 2" in missing
+    assert "vision_accuracy (vision): top-1 accuracy absent from 1 of 1" in missing
+    assert "pruning_runtime (solver): objective absent from 1 of 1" in missing
