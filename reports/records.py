@@ -27,6 +27,7 @@ import pandas as pd
 
 from results.store import ResultStore, RunRecord
 
+
 def dig(obj: Any, *path: Any) -> Any:
     """``obj[p0][p1]...`` or None when any step is missing (lists take int indices)."""
     for p in path:

@@ -272,6 +272,6 @@ def test_degenerate_records_do_not_crash(tmp_path):
     assert "| heads 30% / neurons 20% | mp | **33.00** |" in text
     assert "| heads 30% / neurons 20% | osscar | — |" in text
     missing = text.split("## Missing", 1)[1]
-    assert "lm_perplexity (lm): perplexity absent from 1 of 2" in missing
+    assert "lm_perplexity (lm): perplexity absent from 2 of 3" in missing
     assert "vision_accuracy (vision): top-1 accuracy absent from 1 of 1" in missing
     assert "pruning_runtime (solver): objective absent from 1 of 1" in missing
