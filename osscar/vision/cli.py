@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-hat", type=int, default=None,
                    help="OSSCAR t̂: groups changed per local-search step, swap size t̂/2 "
                         "(default: 2·max(1, ceil(5%% of the channels)); 0 disables local search)")
-    p.add_argument("--flops-fraction", type=_floats, default=[0.5],
+    p.add_argument("--flops-fraction", type=_floats, default="0.5",
                    help="fraction(s) of the whole network's MACs to remove, comma-separated, each in (0,1)")
     p.add_argument("--n-calib", type=int, default=1024, help="calibration images (training set, augmented)")
     p.add_argument("--calib-batch-size", type=int, default=128, help="calibration batch size")

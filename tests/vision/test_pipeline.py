@@ -1,0 +1,185 @@
+"""Pruning pipeline on tiny random nets, config validation, CLI, and the real-data integration runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from osscar.vision.adapters import prune_units
+from osscar.vision.data import DEFAULT_FMNIST_ROOT, random_crop_flip
+from osscar.vision.models import load_model
+from osscar.vision.prune import calibrate_unit, prune_model
+from osscar.vision.slicing import load_sliced, slice_model
+
+HAVE_FMNIST = Path(DEFAULT_FMNIST_ROOT, "train-images-idx3-ubyte.gz").is_file()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed "
+                                  "(apt-get install -y dataset-fashion-mnist)")
+
+
+def _images(shape, n=8, seed=0):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_two_streams():
+    torch.manual_seed(0)
+    dense, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    units = prune_units(dense)
+    x = _images((1, 12, 12))
+    # before any pruning both streams coincide: cross == H
+    s0 = calibrate_unit(dense, dense, units[0], x, batch_size=3)
+    torch.testing.assert_close(s0.cross, s0.H)
+    assert s0.rows == 8 * 144
+    # after pruning the first unit, later units see different pruned-model inputs
+    pruned, kept, _ = prune_model(dense, units[:1], x, "mp", {units[0].name: 8})
+    s1 = calibrate_unit(pruned, dense, units[1], x, batch_size=8)
+    assert not torch.allclose(s1.cross, s1.H)
+    assert torch.allclose(s1.cross, s1.cross)  # finite
+
+
+@pytest.mark.parametrize("arch,shape,method", [
+    ("resnet20", (1, 16, 16), "osscar"), ("resnet20", (1, 16, 16), "chip"), ("resnet20", (1, 16, 16), "fpgm"),
+    ("mobilenetv1", (3, 32, 32), "mp+"), ("mobilenetv1", (3, 32, 32), "osscar"),
+])
+def test_prune_then_slice(arch, shape, method):
+    torch.manual_seed(0)
+    dense, _ = load_model(arch, random_init=True, in_channels=shape[0], num_classes=10)
+    units = prune_units(dense)
+    keep = {u.name: max(1, u.channels(dense) // 2) for u in units}
+    x = _images(shape)
+    pruned, kept, records = prune_model(dense, units, x, method, keep, batch_size=4, chip_samples=4)
+    assert len(records) == len(units) and all(len(kept[u.name]) == keep[u.name] for u in units)
+    for u in units:  # pruned input channels are exactly zero in the unsliced model
+        w = pruned.get_submodule(u.consumer).weight
+        mask = torch.ones(w.shape[1], dtype=torch.bool)
+        mask[kept[u.name]] = False
+        assert torch.count_nonzero(w[:, mask]) == 0
+    sliced = slice_model(pruned, units, kept)
+    with torch.no_grad():
+        torch.testing.assert_close(sliced(x), pruned(x), rtol=1e-5, atol=1e-5)
+    # the dense model is left untouched
+    assert all(dense.get_submodule(u.consumer).in_channels == u.channels(dense) for u in units)
+
+
+# -- configuration -----------------------------------------------------------------------------
+def _cfg(**kw):
+    from osscar.vision.pipeline import VisionRunConfig
+
+    base = dict(checkpoint=None, random_init=True)
+    base.update(kw)
+    return VisionRunConfig(**base)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("kw,exc,match", [
+    ({"arch": "vgg"}, ValueError, "arch"),
+    ({"method": "magic"}, ValueError, "method.*allowed"),
+    ({"flops_fraction": 0.0}, ValueError, "flops_fraction"),
+    ({"flops_fraction": 1.0}, ValueError, "flops_fraction"),
+    ({"flops_fraction": -0.2}, ValueError, "flops_fraction"),
+    ({"dataset": "mnist"}, ValueError, "dataset"),
+    ({"method": "mp", "p_hat": 2}, ValueError, "p_hat"),
+    ({"method": "osscar", "method_params": {"bogus": 1}}, ValueError, "bogus"),
+    ({"damping": -1.0}, ValueError, "damping"),
+    ({"n_calib": 0}, ValueError, "n_calib"),
+    ({"checkpoint": "default", "random_init": False, "arch": "resnet50"}, ValueError, "default"),
+    ({"checkpoint": "/nonexistent/model.pt", "random_init": False}, FileNotFoundError, "checkpoint"),
+    ({"checkpoint": None, "random_init": False}, ValueError, "checkpoint"),
+    ({"data_root": "/nonexistent/fmnist"}, FileNotFoundError, "does not exist"),
+])
+def test_config_validation(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        _cfg(**kw)
+
+
+def test_missing_dataset_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        _cfg(data_root=str(tmp_path))
+
+
+def test_crop_flip_deterministic():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.uint8).reshape(2, 1, 5, 5)
+    a = random_crop_flip(x, 2, torch.Generator().manual_seed(3))
+    b = random_crop_flip(x, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert torch.equal(random_crop_flip(x, 0, torch.Generator().manual_seed(0)).sort(-1).values, x.sort(-1).values)
+
+
+@needs_fmnist
+def test_run_vision_random_init(tmp_path):
+    from osscar.vision.pipeline import run_vision
+
+    r = run_vision(_cfg(method="chip", n_calib=16, calib_batch_size=8, eval_limit=50, latency_repeats=2,
+                        latency_batch=4, chip_samples=4, output_dir=str(tmp_path)), progress=False)
+    assert r["flops_reduction"] >= 0.5 and r["pruned"]["params"] < r["dense"]["params"]
+    assert r["slice_max_abs_diff"] < 1e-4 and r["eval_n"] == 50
+    saved = json.loads(Path(r["files"]["metrics"]).read_text())
+    assert saved["config"]["method"] == "chip" and saved["provenance"]["versions"]["torch"]
+    model = load_sliced(r["files"]["sliced_model"])
+    assert sum(p.numel() for p in model.parameters()) == r["pruned"]["params"]
+
+
+def test_cli_help():
+    from osscar.vision.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = subprocess.run([sys.executable, "-m", "osscar", "vision", "--help"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert "--flops-fraction" in out.stdout and "(default: 1024)" in out.stdout and "(default: 0.5)" in out.stdout
+
+
+@needs_fmnist
+def test_cli_rejects_before_work(capsys):
+    from osscar.vision.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--random-init", "--method", "mp,nope"])
+    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+# -- real data ---------------------------------------------------------------------------------
+@needs_fmnist
+@pytest.mark.integration
+def test_integration_tiny_budget(tmp_path, monkeypatch):
+    """Real Fashion-MNIST end to end: ResNet20 trained on a 6,400-image budget (about 30-45 s on
+    one thread) in a private cache, then OSSCAR and MP at 50% FLOPs. Independent of any existing cache."""
+    from osscar.vision.pipeline import VisionRunConfig, run_vision
+    from osscar.vision.train import TrainConfig, default_checkpoint, load_checkpoint_meta
+
+    monkeypatch.setenv("OSSCAR_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(epochs=1, train_limit=6400, lr=0.05)
+    path = default_checkpoint(cfg, progress=False)
+    assert path.parent == tmp_path / "cache" / "vision"
+    meta = load_checkpoint_meta(path)
+    assert meta["test_top1"] > 0.5 and meta["test_n"] == 10000  # learned from real labels
+    assert default_checkpoint(cfg, progress=False) == path  # cached: no retraining
+    res = {}
+    for method in ("mp", "osscar"):
+        res[method] = run_vision(VisionRunConfig(checkpoint=str(path), method=method, flops_fraction=0.5, n_calib=128,
+                                                 eval_limit=1000, latency=False), progress=False)
+    for r in res.values():
+        assert r["flops_reduction"] >= 0.5 and r["slice_max_abs_diff"] < 1e-4
+        assert r["provenance"]["checkpoint_sha256"] and r["dense"]["top1"] > 0.5
+    # first unit: identical problem for both methods; OSSCAR's reconstruction error is lower
+    assert res["osscar"]["layers"][0]["relative_error"] < res["mp"]["layers"][0]["relative_error"]
+    assert res["osscar"]["pruned"]["top1"] > res["mp"]["pruned"]["top1"]
+
+
+@needs_fmnist
+@pytest.mark.integration
+@pytest.mark.slow
+def test_default_model():
+    """The embedded default (trains ~5-8 min on one thread when the cache is empty)."""
+    from osscar.vision.pipeline import VisionRunConfig, run_vision
+
+    res = {m: run_vision(VisionRunConfig(method=m, flops_fraction=0.5, n_calib=512, eval_limit=2000, latency=False),
+                         progress=False) for m in ("mp", "osscar")}
+    assert res["osscar"]["dense"]["top1"] > 0.88
+    assert res["osscar"]["pruned"]["top1"] > 0.85 > res["mp"]["pruned"]["top1"]
