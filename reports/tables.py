@@ -120,8 +120,8 @@ class Table:
             by.setdefault(d, []).append(c)
         parts = [f"{DIRECTION_WORDS[d]}: {', '.join(cs) if len(cs) < len(self.directions) else 'all ranked columns'}"
                  for d, cs in by.items()]
-        scope = ("best over the whole grid in bold" if self.scope == "table" else
-                 f"best per column{' within each ' + ' / '.join(self.group_by) if self.group_by else ''} in bold")
+        scope = ("Best over the whole grid in bold" if self.scope == "table" else
+                 f"Best per column{' within each ' + ' / '.join(self.group_by) if self.group_by else ''} in bold")
         ref = "; dense rows are references, not ranked" if bool(self.reference.any()) else ""
         return f"{scope} ({'; '.join(parts)}){ref}."
 
@@ -426,7 +426,9 @@ def vision_accuracy_tables(records, experiment: str = "vision_accuracy") -> list
         achieved = sub.groupby("flops_fraction")["flops_reduction"].agg(["min", "max"])
         if len(achieved):
             notes.append("Achieved FLOPs reduction per target: " + ", ".join(
-                f"{f:.0%} → {achieved.loc[f, 'min']:.1%}–{achieved.loc[f, 'max']:.1%}" for f in fracs
+                f"{f:.0%} → {achieved.loc[f, 'min']:.1%}" + (f"–{achieved.loc[f, 'max']:.1%}" if
+                                                             achieved.loc[f, 'max'] != achieved.loc[f, 'min'] else "")
+                for f in fracs
                 if f in achieved.index and pd.notna(achieved.loc[f, 'min'])) + ".")
         missing = int(sub["top1"].isna().sum())
         if missing:
