@@ -45,7 +45,7 @@ def removal_costs(E: Tensor, W: Tensor, s: int) -> Tensor:
 def obs_remove(E: Tensor, W: Tensor, rows: Tensor) -> None:
     """Remove feature ``rows`` in place: the block OBS weight update and inverse downdate.
 
-    W ← W − E[:, R] E_RR⁻¹ W_R,  E ← E − E[:, R] E_RR⁻¹ E[R, :], then rows/cols R are zeroed.
+    W ← W − E[:, R] E_RR⁻¹ W_R,  E ← E − E[:, R] E_RR⁻¹ E[R, :]; rows R are then set to zero.
     E: (a, a), W: (a, m), rows: (r,) long positions into them.
     """
     L = torch.linalg.cholesky(E[rows][:, rows])
@@ -53,9 +53,11 @@ def obs_remove(E: Tensor, W: Tensor, rows: Tensor) -> None:
     D = torch.linalg.solve_triangular(L, W[rows], upper=False)  # (r, m) = L⁻¹ W_R
     W.addmm_(V, D, alpha=-1.0)
     E.addmm_(V, V.T, alpha=-1.0)
+    # In exact arithmetic rows and columns R are now zero. Zero the (contiguous) rows; the columns
+    # hold rounding residue only and are dropped at the next compaction — zeroing them here would
+    # cost one more strided sweep over E.
     W[rows] = 0
     E[rows] = 0
-    E[:, rows] = 0
 
 
 def refit(problem: LayerProblem, kept: Tensor) -> Tensor:
@@ -110,11 +112,12 @@ class SupportState:
     def weights(self) -> Tensor:
         """(p, m) float64 weights, zero outside S."""
         W = torch.zeros_like(self.problem.G)
-        W[self.problem.rows_of(self.groups)] = self.W
+        live = self.live
+        W[self.problem.rows_of(self.groups[live])] = self.W.reshape(len(self.groups), self.s, -1)[live].reshape(-1, W.shape[1])
         return W
 
     def objective(self) -> float:
-        """Q at the least-squares optimum on S: −½ tr(G_Sᵀ W_S)."""
+        """Q at the least-squares optimum on S: −½ tr(G_Sᵀ W_S) (removed working rows are zero)."""
         return float(-0.5 * (self.problem.G[self.problem.rows_of(self.groups)] * self.W).sum())
 
     # -- costs and gains ---------------------------------------------------------------------
