@@ -13,7 +13,8 @@ A sweep file::
     target = [{head_fraction = 0.3, neuron_fraction = 0.3}, {head_fraction = 0.5, neuron_fraction = 0.5}]
 
 An axis whose values are tables (``target`` above) merges each table into the config, so coupled
-fields move together. Every key must be a field of the pipeline's config class; every run's
+fields move together. ``[[profiles.cpu.extra]]`` tables add single runs outside the product (each
+merged onto ``base``), like a CI matrix's ``include``. Every key must be a field of the pipeline's config class; every run's
 config is built (and so validated) before any run starts.
 """
 
@@ -65,6 +66,7 @@ class Sweep:
     description: str
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    extra: tuple[dict[str, Any], ...] = ()
     source: str = ""
 
     def points(self) -> list[dict[str, Any]]:
@@ -79,6 +81,7 @@ class Sweep:
                 else:
                     point[axis] = value
             out.append(point)
+        out.extend({**self.base, **run} for run in self.extra)
         return out
 
     def runs(self) -> list[RunSpec]:
@@ -126,16 +129,19 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
     if profile not in profiles:
         raise ValueError(f"sweep file {path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
     prof = profiles[profile]
-    unknown = sorted(set(prof) - {"base", "grid"})
+    unknown = sorted(set(prof) - {"base", "grid", "extra"})
     if unknown:
         raise ValueError(f"sweep file {path}: profile {profile!r} has unknown section(s) {', '.join(unknown)}; "
-                         "allowed: base, grid")
+                         "allowed: base, grid, extra")
+    extra = prof.get("extra", [])
+    if not isinstance(extra, list) or not all(isinstance(e, dict) for e in extra):
+        raise ValueError(f"sweep file {path}: 'extra' must be an array of tables ([[profiles.{profile}.extra]])")
     grid = prof.get("grid", {})
     for axis, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep file {path}: grid axis {axis!r} must be a non-empty array")
     return Sweep(name=data["name"], pipeline=data["pipeline"], description=data.get("description", ""),
-                 base=dict(prof.get("base", {})), grid=dict(grid), source=str(path))
+                 base=dict(prof.get("base", {})), grid=dict(grid), extra=tuple(extra), source=str(path))
 
 
 def sweep_files(folder: str | Path | None = None) -> list[Path]:
