@@ -18,6 +18,8 @@ def rows(paths: list[str]) -> list[str]:
     dense_done = False
     for p in paths:
         r = json.load(open(p))
+        if "config" not in r:
+            continue
         c, a = r["config"], r["applied"]
         if "dense" in r and not dense_done:
             d = r["dense"]
@@ -43,6 +45,12 @@ def latency_rows(paths: list[str]) -> list[str]:
            "|---|---|---|---|---|---|---|---|"]
     for p in paths:
         r = json.load(open(p))
+        if "config" not in r:  # standalone `python -m osscar.lm.measure` output
+            for L in r.get("latency", []):
+                out.append(f"| measure {r['kept_attn_groups']} groups/{r['kept_neurons']} neurons | {L['batch']}×{L['seqlen']} "
+                           f"| {L['threads']} | {L['dense_s']:.3f} | {L['sliced_s']:.3f} | {L['speedup']:.2f} "
+                           f"| {r['block_flops_ratio']:.2f} | {r['total_flops_ratio']:.2f} |")
+            continue
         for L in r.get("latency", []):
             out.append(f"| {r['config']['method']} {r['applied']['neuron_fraction_requested']} | {L['batch']}×{L['seqlen']} "
                        f"| {L['threads']} | {L['dense_s']:.3f} | {L['sliced_s']:.3f} | {L['speedup']:.2f} "
