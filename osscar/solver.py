@@ -114,8 +114,9 @@ class OSSCAR(PruningMethod):
         t_hat: groups changed per Stage-B iteration, swap size t̂/2 (None: :func:`default_t_hat`,
             the OPT code's 20 neurons / 10 heads on large layers; 0 disables local search).
         max_iter: maximum number of Stage-B swap trials.
-        min_swap: after rejected swaps, halve the swap size down to this floor (None: no halving,
-            as the OPT code; the vision code halves to 1).
+        min_swap: after rejected swaps, halve the swap size down to this floor (default 1, the
+            vision code's rule; None: no halving, the OPT code's rule). On SmolLM2's FFN layers the
+            halving is what lets OSSCAR beat ZipLM's objective (python -m osscar.lm.diagnose).
         patience: rejected trials in a row before halving or stopping; each retry takes out the
             next-cheapest block of groups (1: stop at the first failure, the OPT code's rule;
             the default 2 allows one retry, which on 10–14-group problems lifts the share of exact
@@ -125,7 +126,7 @@ class OSSCAR(PruningMethod):
     p_hat: int | None = None
     t_hat: int | None = None
     max_iter: int = 30
-    min_swap: int | None = None
+    min_swap: int | None = 1
     patience: int = 2
 
     def __post_init__(self) -> None:
