@@ -69,7 +69,7 @@ class GroupLasso(PruningMethod):
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         s, k = problem.group_size, problem.k
         lam = self.lambda_scale * float(torch.trace(problem.H))
-        for halvings in range(self.max_halvings + 1):
+        for halvings in range(self.max_halvings + 1):  # noqa: B007 (reported below)
             W = group_lasso(problem.H, problem.G, problem.W_dense, s, lam, self.steps)
             norms = group_norms(W, s)
             if int((norms > 0).sum()) >= k:

@@ -23,7 +23,7 @@ DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "records"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def execute(spec: RunSpec, store: ResultStore) -> tuple[RunRecord, bool]:

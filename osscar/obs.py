@@ -90,7 +90,8 @@ class SupportState:
         self.kept = torch.zeros(n, dtype=torch.bool)
         self.kept[groups] = True
         rows = problem.rows_of(groups)
-        self.E = torch.cholesky_inverse(torch.linalg.cholesky(problem.H[rows][:, rows])) if len(rows) else problem.H[:0, :0].clone()
+        H_SS = problem.H[rows][:, rows]
+        self.E = torch.cholesky_inverse(torch.linalg.cholesky(H_SS)) if len(rows) else H_SS.clone()
         if support is None and problem.G_is_HW:
             self.W = problem.W_dense.clone()  # H⁻¹(H Ŵ) = Ŵ exactly
         else:
@@ -102,7 +103,7 @@ class SupportState:
         """(len(groups),) bool: which working groups are still in S."""
         return self.kept[self.groups]
 
-    def copy(self) -> "SupportState":
+    def copy(self) -> SupportState:
         new = object.__new__(SupportState)
         new.problem, new.s = self.problem, self.s
         new.groups, new.kept = self.groups.clone(), self.kept.clone()

@@ -5,16 +5,14 @@ import math
 import random
 
 import pytest
-import torch
 
 from conftest import brute_force, random_problem
 from osscar.allocation import allocate, loss_at, removal_path
-from osscar.obs import refit
 
 
 def test_allocation_matches_brute_force():
     rng = random.Random(0)
-    for trial in range(30):
+    for _ in range(30):
         n_layers, levels = rng.randint(1, 4), [1, 2, 3, 4]
         losses = [{lv: rng.random() * (5 - lv) for lv in levels} for _ in range(n_layers)]
         lats = [{lv: lv * (0.5 + rng.random()) for lv in levels} for _ in range(n_layers)]
@@ -24,7 +22,7 @@ def test_allocation_matches_brute_force():
         assert sum(lats[i][lv] for i, lv in enumerate(got)) <= budget + 1e-9
         unit = budget / res  # the DP's exact semantics: latencies rounded up to buckets
 
-        def fits(c):
+        def fits(c, lats=lats, unit=unit, res=res):
             return sum(math.ceil(lats[i][lv] / unit - 1e-9) for i, lv in enumerate(c)) <= res
 
         feasible = [c for c in itertools.product(levels, repeat=n_layers) if fits(c)]

@@ -72,10 +72,12 @@ def test_identity_hessian_keeps_largest_norm_groups(name, group_size):
     g = torch.Generator().manual_seed(5)
     n, m = 9, 4
     p = n * group_size
-    W = torch.randn(p, m, generator=g, dtype=torch.float64) * torch.linspace(0.2, 2.0, p, dtype=torch.float64)[torch.randperm(p, generator=g)][:, None]
+    row_scale = torch.linspace(0.2, 2.0, p, dtype=torch.float64)[torch.randperm(p, generator=g)]
+    W = torch.randn(p, m, generator=g, dtype=torch.float64) * row_scale[:, None]
     eye = torch.eye(p, dtype=torch.float64)
     P = LayerProblem(H=eye, G=W.clone(), W_dense=W, group_size=group_size, k=4, G_is_HW=True)
-    norms = W.reshape(n, -1).norm(dim=1) if name != "mp" else W.reshape(n, -1).abs().sum(dim=1)
+    # MP and MP+ select by the L1 norm by definition; the optimum (H = I) keeps the largest L2 norms
+    norms = W.reshape(n, -1).abs().sum(dim=1) if name in ("mp", "mp+") else W.reshape(n, -1).norm(dim=1)
     expected = torch.topk(norms, 4).indices.sort().values
     r = make_method(name).prune(P)
     assert r.kept.tolist() == expected.tolist()
