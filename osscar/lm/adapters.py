@@ -33,30 +33,42 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-_ADAPTERS: dict[str, type["ModelAdapter"]] = {}
-
-
 def register_adapter(*model_types: str):
-    def wrap(cls: type["ModelAdapter"]) -> type["ModelAdapter"]:
-        for t in model_types:
-            _ADAPTERS[t] = cls
+    """Class decorator: the adapter serves these ``config.model_type`` values.
+
+    No registry dict is kept: lookups walk :class:`ModelAdapter`'s subclasses.
+    """
+
+    def wrap(cls: type[ModelAdapter]) -> type[ModelAdapter]:
         cls.model_types = tuple(model_types)
         return cls
 
     return wrap
 
 
+def _adapters() -> dict[str, type[ModelAdapter]]:
+    found: dict[str, type[ModelAdapter]] = {}
+    stack = list(ModelAdapter.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        for t in cls.__dict__.get("model_types", ()):
+            found[t] = cls
+    return found
+
+
 def available_adapters() -> list[str]:
-    return sorted(_ADAPTERS)
+    return sorted(_adapters())
 
 
-def get_adapter(model_or_config: Any) -> "ModelAdapter":
+def get_adapter(model_or_config: Any) -> ModelAdapter:
     """The adapter for a model or config, by ``config.model_type``; ValueError lists the allowed ones."""
     config = getattr(model_or_config, "config", model_or_config)
     mt = getattr(config, "model_type", None)
-    if mt not in _ADAPTERS:
-        raise ValueError(f"unsupported architecture model_type={mt!r}; allowed: {', '.join(available_adapters())}")
-    return _ADAPTERS[mt](config)
+    adapters = _adapters()
+    if mt not in adapters:
+        raise ValueError(f"unsupported architecture model_type={mt!r}; allowed: {', '.join(sorted(adapters))}")
+    return adapters[mt](config)
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
