@@ -12,11 +12,16 @@
 
 The model is pruned in place but not sliced: pruned columns of each consumer are zero, so the
 pruned producers are dead. :func:`osscar.lm.slicing.slice_model` then removes them physically.
+
+``keep_attn`` / ``keep_mlp`` may be one count for every block (uniform allocation) or a
+{block: count} mapping (runtime-aware allocation, :func:`collect_loss_curves` +
+:func:`osscar.allocation.allocate`, driven by :func:`osscar.lm.run.run_lm`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -121,13 +126,85 @@ class PruneOutcome:
     seconds_solver: float
 
 
+def _keep_for(keep: int | Mapping[int, int], block: int) -> int:
+    if isinstance(keep, Mapping):
+        if block not in keep:
+            raise ValueError(f"no kept count given for block {block}")
+        return int(keep[block])
+    return int(keep)
+
+
+@torch.no_grad()
+def collect_loss_curves(
+    model: nn.Module,
+    segments: Tensor,
+    levels: Mapping[str, list[int]],
+    damping: float = 0.01,
+    layers: list[int] | None = None,
+    p_hat: Mapping[str, int] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[int, dict[str, dict[int, float]]]:
+    """Pass 1 of runtime-aware allocation: normalised loss curves of every consumer, dense model.
+
+    One calibration forward through the *dense* model (nothing is pruned): per block, hooks on
+    both consumers accumulate ``H`` in the same block run; for each consumer the layer problem
+    (k ignored) goes through one Stage-A gradual-removal pass
+    (:func:`osscar.allocation.removal_path`, ``p_hat[part]`` groups per step, down to the smallest
+    level) and the least-squares loss at each requested level is read off it
+    (:func:`osscar.allocation.loss_at`), normalised by the dense output energy
+    ``½ tr(ŴᵀHŴ) = −Q(all kept)``: ``(Q(k) − Q(n)) / ½ tr(ŴᵀHŴ)`` ∈ [0, 1] (0: no loss; 1: the
+    layer's whole output lost), so layers of different scales are comparable.
+
+    Args:
+        levels: {"attn": [...], "mlp": [...]} kept counts to evaluate (each ≥ 1).
+        p_hat: groups removed per Stage-A step per part (default: attn 1, mlp ⌈n/128⌉).
+
+    Returns {block: {"attn" | "mlp": {level: normalised loss}}}.
+    """
+    from osscar.allocation import loss_at, removal_path
+
+    adapter = get_adapter(model)
+    blocks = adapter.layers(model)
+    todo = set(range(len(blocks)) if layers is None else layers)
+    inputs, kwargs = capture_block_inputs(model, adapter, segments)
+    out: dict[int, dict[str, dict[int, float]]] = {}
+    for i, layer in enumerate(blocks):
+        if i not in todo:
+            inputs = _run_block(layer, inputs, kwargs)
+            continue
+        accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
+        try:
+            outputs = _run_block(layer, inputs, kwargs)
+        finally:
+            Hs = {part: acc.remove() for part, acc in accs.items()}
+        out[i] = {}
+        for part in ("attn", "mlp"):
+            consumer = adapter.consumer(layer, part)
+            problem = LayerProblem.from_calibration(Hs[part], consumer.weight.data.T, adapter.group_size(part),
+                                                    adapter.n_groups(part), damping=damping)
+            n = problem.n_groups
+            step = (p_hat or {}).get(part) or (1 if part == "attn" else max(1, -(-n // 128)))
+            lv = sorted(set(int(k) for k in levels[part]))
+            if not lv or lv[0] < 1 or lv[-1] > n:
+                raise ValueError(f"levels[{part!r}] must lie in [1, {n}], got {lv}")
+            path = removal_path(problem, p_hat=int(step), down_to=lv[0])
+            q_dense = path[n]
+            energy = -q_dense if q_dense < 0 else 1.0
+            out[i][part] = {k: max(0.0, (loss_at(path, k) - q_dense) / energy) for k in lv}
+            if progress is not None:
+                progress(f"block {i} {part}: loss curve over {len(path)} sizes")
+            del problem
+        inputs = outputs
+    return out
+
+
 @torch.no_grad()
 def prune_model_sequential(
     model: nn.Module,
     segments: Tensor,
     method: PruningMethod,
-    keep_attn: int,
-    keep_mlp: int,
+    keep_attn: int | Mapping[int, int],
+    keep_mlp: int | Mapping[int, int],
     damping: float = 0.01,
     layers: list[int] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -137,8 +214,9 @@ def prune_model_sequential(
 
     Args:
         segments: (n, seqlen) long calibration token ids.
-        keep_attn: attention groups to keep per block (heads for OPT, KV groups for Llama).
-        keep_mlp: neurons to keep per block.
+        keep_attn: attention groups to keep per block (heads for OPT, KV groups for Llama):
+            one count for all blocks, or {block: count} for a non-uniform allocation.
+        keep_mlp: neurons to keep per block (int or {block: count}).
         layers: block indices to prune (default all); other blocks are run unchanged.
         hessian_hook: optional callback(block, part, H_raw) for tests/diagnostics.
 
@@ -155,7 +233,7 @@ def prune_model_sequential(
     for i, layer in enumerate(blocks):
         if i in todo:
             kept[i] = {}
-            for part, keep in (("attn", keep_attn), ("mlp", keep_mlp)):
+            for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
                 consumer = adapter.consumer(layer, part)
                 acc = HessianAccumulator(consumer)
                 try:

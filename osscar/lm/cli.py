@@ -54,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of attention groups removed per block (heads; Llama: whole KV groups); None with no --speedup: 0.5")
     p.add_argument("--neuron-fraction", type=float, default=None,
                    help="fraction of MLP neurons removed per block; None with no --speedup: 0.5")
-    p.add_argument("--speedup", type=float, default=None, help="target block-FLOPs speedup (>1) instead of the fractions")
+    p.add_argument("--speedup", type=float, default=None,
+                   help="target speedup (>1) instead of the fractions: block-FLOPs speedup with --allocation "
+                        "uniform, predicted whole-model latency speedup with --allocation runtime")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "runtime"],
+                   help="per-block widths: 'uniform' removes the same fractions in every block; 'runtime' "
+                        "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "
+                        "device, gets every consumer's loss curve from one gradual-removal pass on the dense "
+                        "model, and picks per-block widths by knapsack so the predicted whole-model latency is "
+                        "dense/SPEEDUP; the model is then pruned sequentially with those widths")
+    p.add_argument("--allocation-point", type=_point, default=None, metavar="BxS",
+                   help="prefill shape BATCHxSEQLEN of the latency table for --allocation runtime (default: 1x--seqlen)")
+    p.add_argument("--allocation-mlp-levels", type=int, default=16,
+                   help="MLP widths timed and offered to the runtime allocator (evenly spaced)")
     p.add_argument("--calib-corpus", default="wiki-gensim", choices=sorted(CORPORA), help="calibration corpus")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
@@ -91,7 +103,8 @@ def config_from_args(args: argparse.Namespace):
     return LMRunConfig(
         model=args.model, method=args.method, method_params=params, attn_params=dict(args.attn_param),
         mlp_params=dict(args.mlp_param), head_fraction=args.head_fraction, neuron_fraction=args.neuron_fraction,
-        speedup=args.speedup, calib_corpus=args.calib_corpus, n_samples=args.n_samples, seqlen=args.seqlen,
+        speedup=args.speedup, allocation=args.allocation, allocation_point=args.allocation_point,
+        allocation_mlp_levels=args.allocation_mlp_levels, calib_corpus=args.calib_corpus, n_samples=args.n_samples, seqlen=args.seqlen,
         damping=args.damping, eval_corpora=tuple(args.eval_corpus or ["wiki-gensim"]),
         eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows or None,
         zero_shot_tasks=tuple(t for t in args.tasks.split(",") if t), zero_shot_limit=args.limit or None,
@@ -111,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"osscar lm: error: {e}", file=sys.stderr)
         return 2
     hf, nf = config.fractions()
-    name = args.name or f"{os.path.basename(config.model.rstrip('/'))}_{config.method}_h{hf:.2f}_n{nf:.2f}"
+    name = args.name or f"{os.path.basename(config.model.rstrip('/'))}_{config.method}_h{hf:.2f}_n{nf:.2f}" + (
+        f"_runtime_s{config.speedup:g}" if config.allocation == "runtime" else "")
     os.makedirs(config.output_dir, exist_ok=True)
     save_to = os.path.join(config.output_dir, f"{name}.model") if config.save_model else None
     try:

@@ -20,6 +20,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,16 +39,32 @@ def param_count(model: nn.Module) -> int:
     return total
 
 
-def flops_per_token(model_or_config: Any, kept_attn_groups: int | None = None,
-                    kept_neurons: int | None = None) -> dict[str, int]:
-    """FLOPs model above for the model's *original* config and the given kept widths (None: dense)."""
+def flops_per_token(model_or_config: Any, kept_attn_groups: int | Sequence[int] | None = None,
+                    kept_neurons: int | Sequence[int] | None = None) -> dict[str, int]:
+    """FLOPs model above for the model's *original* config and the given kept widths (None: dense).
+
+    Widths may be one count for every block or a sequence with one count per block (non-uniform
+    allocation)."""
     adapter = get_adapter(model_or_config)
     cfg = adapter.config
-    per = adapter.layer_flops(kept_attn_groups, kept_neurons)
     n = int(cfg.num_hidden_layers)
-    block = n * (per["attn"] + per["mlp"])
+
+    def per_block(v: Any) -> list[Any]:
+        if v is None or isinstance(v, int):
+            return [v] * n
+        v = list(v)
+        if len(v) != n:
+            raise ValueError(f"need one width per block ({n}), got {len(v)}")
+        return v
+
+    attn = mlp = 0
+    for a, m in zip(per_block(kept_attn_groups), per_block(kept_neurons)):
+        per = adapter.layer_flops(a, m)
+        attn += per["attn"]
+        mlp += per["mlp"]
+    block = attn + mlp
     lm_head = 2 * int(cfg.hidden_size) * int(cfg.vocab_size)
-    return {"attn": n * per["attn"], "mlp": n * per["mlp"], "block_flops": block, "lm_head_flops": lm_head,
+    return {"attn": attn, "mlp": mlp, "block_flops": block, "lm_head_flops": lm_head,
             "total_flops": block + lm_head}
 
 

@@ -10,6 +10,29 @@ Llama/GQA) and ``neuron_fraction`` of the MLP neurons are removed in every block
 S sets both to 1 − 1/S (block-FLOPs model in :mod:`osscar.lm.measure`). A fraction r of n groups
 removes round(r·n) groups, ties rounded down, at least one group kept; the fractions actually
 applied are reported (``applied``).
+
+**Runtime-aware allocation** (``allocation="runtime"``, ZipLM's idea, any registered method): the
+target ``speedup`` is then a *measured-latency* speedup of the whole model at one prefill shape
+(``allocation_point``, default (1, seqlen)), and every block gets its own widths. Two passes:
+
+1. *Loss curves on the dense model.* :func:`osscar.lm.calibration.collect_loss_curves` runs one
+   calibration forward through the dense model (nothing pruned) and, for every block and
+   consumer, one Stage-A gradual-removal pass (:func:`osscar.allocation.removal_path`) giving the
+   least-squares loss at every candidate level, normalised by the dense output energy
+   ½ tr(ŴᵀHŴ) so that layers are comparable.
+2. *Allocate.* :func:`osscar.lm.latency.latency_table` (measured once, cached) gives the latency
+   of each candidate level: attention at every group count, the MLP at ``allocation_mlp_levels``
+   widths. With T_dense the table's predicted dense latency and T_fixed its unprunable part
+   (embeddings, norms, LM head, per-block rest, blocks not pruned), the multiple-choice knapsack
+   :func:`osscar.allocation.allocate` picks one level per consumer minimising the summed loss
+   subject to Σ latency ≤ T_dense / speedup − T_fixed.
+3. *Prune.* :func:`osscar.lm.calibration.prune_model_sequential` prunes sequentially (pruned-model
+   inputs, as in the uniform case) with the chosen per-block counts and the requested method.
+
+The loss curves come from dense inputs while pass 3 sees pruned inputs: the allocation is an
+estimate, the pruning itself is the usual sequential one. The chosen levels, the predicted
+latency (and that of the uniform allocation for the same target) and the target are reported
+under ``allocation`` in the metrics. ``allocation="uniform"`` (default) is the behaviour above.
 """
 
 from __future__ import annotations
@@ -27,6 +50,9 @@ from typing import Any
 from osscar.lm import data as lm_data
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
+
+
+ALLOCATIONS = ("uniform", "runtime")
 
 
 def removed_count(fraction: float, n: int) -> int:
@@ -67,6 +93,10 @@ class LMRunConfig:
         latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips.
         evaluate_dense: also evaluate the dense model (ppl and zero-shot).
         layers: only prune these block indices (None: all) — for quick tests.
+        allocation: ``uniform`` (default: same widths in every block) or ``runtime`` (per-block widths
+            for a measured-latency ``speedup``; see the module docstring; needs ``speedup``).
+        allocation_point: (batch, seqlen) of the latency table for ``runtime`` (None: (1, seqlen)).
+        allocation_mlp_levels: MLP widths timed and offered to the allocator (evenly spaced).
         seed, threads: recorded; ``torch.set_num_threads(threads)``.
         output_dir: where the CLI writes metrics (and the model with ``save_model``).
     """
@@ -79,6 +109,9 @@ class LMRunConfig:
     head_fraction: float | None = None
     neuron_fraction: float | None = None
     speedup: float | None = None
+    allocation: str = "uniform"
+    allocation_point: tuple[int, int] | None = None
+    allocation_mlp_levels: int = 16
     calib_corpus: str = "wiki-gensim"
     n_samples: int = 32
     seqlen: int = 256
@@ -101,6 +134,17 @@ class LMRunConfig:
     def __post_init__(self) -> None:
         from osscar.methods import available_methods, make_method
 
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation={self.allocation!r} is unknown; allowed: {', '.join(ALLOCATIONS)}")
+        if self.allocation == "runtime":
+            if self.speedup is None:
+                raise ValueError("allocation='runtime' needs a target speedup (speedup=..., --speedup); "
+                                 "head_fraction/neuron_fraction apply to the uniform allocation only")
+            pt = self.allocation_point
+            if pt is not None and (not isinstance(pt, tuple) or len(pt) != 2
+                                   or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pt)):
+                raise ValueError(f"allocation_point must be a (batch, seqlen) pair of positive ints, got {pt!r}")
+        _check_pos_int("allocation_mlp_levels", self.allocation_mlp_levels)
         if not isinstance(self.model, str) or not is_known_model(self.model):
             raise ValueError(
                 f"model={self.model!r} is not known; allowed: {', '.join(EMBEDDED_MODELS)} (embedded), "
@@ -155,7 +199,10 @@ class LMRunConfig:
             v = getattr(self, name)
             if v is not None and v > maxpos:
                 raise ValueError(f"{name}={v} exceeds the model's max_position_embeddings={maxpos}")
-        for b, s in self.latency_points:
+        points = list(self.latency_points)
+        if self.allocation == "runtime" and self.allocation_point is not None:
+            points.append(self.allocation_point)
+        for b, s in points:
             if s > maxpos:
                 raise ValueError(f"latency_points seqlen {s} exceeds the model's max_position_embeddings={maxpos}")
         if self.layers is not None:
@@ -269,9 +316,24 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
         def prune(self, problem):
             return prune_with(problem)
 
+    n_all = len(adapter.layers(model))
+    todo = sorted(set(config.layers)) if config.layers is not None else list(range(n_all))
+    plan_attn: int | dict[int, int] = keep_attn
+    plan_mlp: int | dict[int, int] = keep_mlp
+    if config.allocation == "runtime":
+        t = time.perf_counter()
+        plan_attn, plan_mlp, result["allocation"] = runtime_allocation(
+            model, segments, config, todo, uniform=(keep_attn, keep_mlp),
+            progress=(lambda msg: bar.set_postfix_str(msg)) if progress else None)
+        timings["allocation_s"] = time.perf_counter() - t
+    widths_attn = [plan_attn.get(i, n_attn) if isinstance(plan_attn, dict) else (keep_attn if i in todo else n_attn)
+                   for i in range(n_all)]
+    widths_mlp = [plan_mlp.get(i, n_mlp) if isinstance(plan_mlp, dict) else (keep_mlp if i in todo else n_mlp)
+                  for i in range(n_all)]
+
     rss_before = peak_rss_mb()
     t = time.perf_counter()
-    outcome = prune_model_sequential(model, segments, _Router(), keep_attn, keep_mlp, damping=config.damping,
+    outcome = prune_model_sequential(model, segments, _Router(), plan_attn, plan_mlp, damping=config.damping,
                                      layers=list(config.layers) if config.layers is not None else None,
                                      progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)))
     timings["prune_total_s"] = time.perf_counter() - t
@@ -284,7 +346,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     with torch.no_grad():
         before = model(probe, use_cache=False).logits
     sliced = config.layers is None or len(set(config.layers)) == len(adapter.layers(model))
-    if sliced:
+    if sliced:  # uniform widths give a plain config; per-block widths a manifest (see slicing)
         manifest = slice_model(model, outcome.kept)
         with torch.no_grad():
             after = model(probe, use_cache=False).logits
@@ -299,14 +361,24 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     result["pruned"] = eval_all("pruned")
     timings["eval_pruned_s"] = time.perf_counter() - t
 
-    pruned_flops = flops_per_token(_orig_config(adapter), keep_attn, keep_mlp)  # if every block is pruned
+    if config.allocation == "runtime":
+        pruned_flops = flops_per_token(_orig_config(adapter), widths_attn, widths_mlp)
+    else:
+        pruned_flops = flops_per_token(_orig_config(adapter), keep_attn, keep_mlp)  # if every block is pruned
     result["applied"] = {
         "attn_groups_total": n_attn, "attn_groups_kept": keep_attn, "head_fraction_applied": 1 - keep_attn / n_attn,
         "attn_group": "kv-group" if adapter.heads_per_group > 1 else "head", "heads_per_group": adapter.heads_per_group,
         "neurons_total": n_mlp, "neurons_kept": keep_mlp, "neuron_fraction_applied": 1 - keep_mlp / n_mlp,
         "head_fraction_requested": hf, "neuron_fraction_requested": nf,
-        "blocks_pruned": n_blocks,
+        "blocks_pruned": n_blocks, "allocation": config.allocation,
     }
+    if config.allocation == "runtime":  # per-block widths; the scalar fields above are the uniform plan
+        tot_a, tot_m = sum(widths_attn), sum(widths_mlp)
+        result["applied"].update({
+            "attn_groups_kept": None, "neurons_kept": None,
+            "attn_groups_kept_per_block": widths_attn, "neurons_kept_per_block": widths_mlp,
+            "head_fraction_applied": 1 - tot_a / (n_attn * n_all), "neuron_fraction_applied": 1 - tot_m / (n_mlp * n_all),
+            "head_fraction_requested": None, "neuron_fraction_requested": None})
     result["size"] = {
         "params_dense": dense_params, "params_pruned": param_count(model),
         "flops_dense": dense_flops, "flops_pruned": pruned_flops,
@@ -340,6 +412,78 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
         "versions": versions(),
     }
     return result
+
+
+def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: list[int],
+                       uniform: tuple[int, int] | None = None, progress: Any = None,
+                       ) -> tuple[dict[int, int], dict[int, int], dict[str, Any]]:
+    """Passes 1–2 of runtime-aware allocation (module docstring) on the dense ``model``.
+
+    Returns ({block: attention groups kept}, {block: neurons kept}, report) for the blocks in
+    ``todo``. ``uniform``: the uniform (attn, mlp) counts, whose predicted latency is reported
+    for comparison. ValueError if the target latency is out of reach.
+    """
+    from osscar.allocation import allocate
+    from osscar.lm.adapters import get_adapter
+    from osscar.lm.calibration import collect_loss_curves
+    from osscar.lm.latency import latency_table
+
+    adapter = get_adapter(model)
+    n_all = len(adapter.layers(model))
+    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
+    batch, seqlen = config.allocation_point or (1, config.seqlen)
+    table = latency_table(model.config, batch=batch, seqlen=seqlen, threads=config.threads,
+                          repeats=config.latency_repeats, mlp_levels=config.allocation_mlp_levels,
+                          cache_dir=config.cache_dir)
+    levels = {"attn": sorted(table.attn), "mlp": sorted(table.mlp)}
+    curves = collect_loss_curves(model, segments, levels, damping=config.damping, layers=todo, progress=progress)
+    losses, lats = [], []
+    for i in todo:
+        losses += [curves[i]["attn"], curves[i]["mlp"]]
+        lats += [{k: table.attn_latency(k) for k in levels["attn"]}, {k: table.mlp_latency(k) for k in levels["mlp"]}]
+    dense = table.dense_s()
+    target = dense / float(config.speedup)
+    fixed = table.fixed_s() + (n_all - len(todo)) * (table.attn_latency(n_attn) + table.mlp_latency(n_mlp))
+    budget = target - fixed
+    fastest = fixed + sum(min(la.values()) for la in lats)
+    if budget <= 0 or fastest > target:
+        raise ValueError(
+            f"runtime allocation: target latency {target * 1e3:.3g} ms (dense {dense * 1e3:.3g} ms / speedup "
+            f"{config.speedup}) is below the fastest reachable {fastest * 1e3:.3g} ms (unprunable part "
+            f"{fixed * 1e3:.3g} ms); lower the speedup")
+    chosen = allocate(losses, lats, budget)
+    keep_attn = {i: int(chosen[2 * j]) for j, i in enumerate(todo)}
+    keep_mlp = {i: int(chosen[2 * j + 1]) for j, i in enumerate(todo)}
+    predicted = fixed + sum(la[c] for la, c in zip(lats, chosen))
+    report: dict[str, Any] = {
+        "scheme": "two-pass: loss curves on the dense model (Stage-A removal path), knapsack, sequential pruning",
+        "target_speedup": float(config.speedup), "point": [batch, seqlen],
+        "dense_latency_pred_s": dense, "target_latency_s": target, "fixed_latency_s": fixed, "budget_s": budget,
+        "predicted_latency_s": predicted, "predicted_speedup": dense / predicted,
+        "kept_attn_groups": [keep_attn.get(i, n_attn) for i in range(n_all)],
+        "kept_neurons": [keep_mlp.get(i, n_mlp) for i in range(n_all)],
+        "loss_pred": sum(lo[c] for lo, c in zip(losses, chosen)),
+        "latency_table": {"path": table.info.get("path"), "cached": table.info.get("cached"), "key": table.key,
+                          "attn_s": {str(k): v for k, v in table.attn.items()},
+                          "mlp_s": {str(k): v for k, v in table.mlp.items()},
+                          "fixed_model_s": table.fixed_model_s, "block_rest_s": table.block_rest_s},
+        "loss_curves": {str(i): {p: {str(k): v for k, v in c.items()} for p, c in parts.items()}
+                        for i, parts in curves.items()},
+    }
+    if uniform is not None:
+        from osscar.allocation import loss_at
+
+        ua, um = uniform
+        u_widths = ([ua if i in todo else n_attn for i in range(n_all)], [um if i in todo else n_mlp for i in range(n_all)])
+        report["uniform_predicted_latency_s"] = table.predict(*u_widths)
+        report["uniform_predicted_speedup"] = dense / report["uniform_predicted_latency_s"]
+        report["uniform_kept"] = [ua, um]
+        try:
+            report["uniform_loss_pred"] = sum(loss_at(curves[i]["attn"], ua) + loss_at(curves[i]["mlp"], um)
+                                              for i in todo)
+        except ValueError:  # uniform widths below the smallest candidate level
+            report["uniform_loss_pred"] = None
+    return keep_attn, keep_mlp, report
 
 
 def _orig_config(adapter: Any) -> Any:

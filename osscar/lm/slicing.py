@@ -3,7 +3,7 @@
 After :func:`osscar.lm.calibration.prune_model_sequential` the consumers' pruned columns are
 zero. :func:`slice_model` deletes them together with the producers' rows (q/k/v + biases for an
 OPT head; q rows and the k/v head for a Llama KV group; fc1 / gate+up rows for a neuron) and
-writes the new widths into the config. Widths are uniform across blocks, so:
+writes the new widths into the config. With **uniform** widths across blocks:
 
 * **Llama-style**: the saved folder is a plain HF checkpoint (``num_attention_heads``,
   ``num_key_value_heads``, ``intermediate_size`` updated, ``head_dim`` explicit) that reloads with
@@ -13,6 +13,19 @@ writes the new widths into the config. Widths are uniform across blocks, so:
   ``num_attention_heads`` (``ffn_dim`` is updated) and ``osscar_pruned.json`` records the kept
   head count; :func:`load_pruned` rebuilds the model (plain ``from_pretrained`` refuses it with a
   shape-mismatch error rather than loading something wrong).
+
+**Non-uniform widths** (runtime-aware allocation gives every block its own widths): no HF config
+can describe per-block widths, so the saved ``config.json`` keeps the *original* (dense) widths
+and ``osscar_pruned.json`` carries the per-block widths::
+
+    {"uniform": false, "needs_load_pruned": true,
+     "per_layer": [{"attn_groups": 2, "neurons": 1024}, ...],   # one entry per block
+     "kept_attn_groups": [2, ...], "kept_neurons": [1024, ...], "original": {...}, ...}
+
+Load it with :func:`load_pruned` (``osscar.lm.models.load_model`` does so for any folder with
+``osscar_pruned.json``): it builds the model from the dense config, slices every block's shapes
+to its recorded widths and loads the state dict strictly. Plain ``from_pretrained`` refuses the
+folder with a size-mismatch error.
 """
 
 from __future__ import annotations
@@ -50,32 +63,38 @@ def kept_from_zero_columns(model: nn.Module) -> dict[int, dict[str, Tensor]]:
 def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
     """Slice ``model`` in place. ``kept[block]["attn" | "mlp"]``: kept group indices.
 
-    Blocks absent from ``kept`` (or parts absent) keep all their groups. Every block must end
-    with the same widths. Returns the manifest (also stored as ``model.config.osscar_pruned``).
+    Blocks absent from ``kept`` (or parts absent) keep all their groups. Uniform widths update
+    the config; non-uniform widths keep the dense config and record ``per_layer`` widths in the
+    manifest (see the module docstring). Returns the manifest (also ``model.config.osscar_pruned``).
     """
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
-    widths = set()
+    per_layer = []
     for i in range(len(layers)):
         k = kept.get(i, {})
-        widths.add((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
-    if len(widths) != 1:
-        raise ValueError(f"per-block widths must be uniform to give a valid config, got {sorted(widths)}")
-    (ka, km), = widths
-    if ka < 1 or km < 1:
-        raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {ka}, {km}")
+        per_layer.append((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
+    if any(ka < 1 or km < 1 for ka, km in per_layer):
+        raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {per_layer}")
     original = {"attn_groups": n_attn, "ffn_dim": n_mlp, "num_attention_heads": adapter.n_heads,
                 "head_dim": adapter.head_dim}
+    uniform = len(set(per_layer)) == 1
     for i, layer in enumerate(layers):
         k = kept.get(i, {})
         if "attn" in k and len(k["attn"]) < n_attn:
             adapter.slice_attention(layer, k["attn"])
         if "mlp" in k and len(k["mlp"]) < n_mlp:
             adapter.slice_mlp(layer, k["mlp"])
-    manifest = adapter.update_config(model.config, ka, km)
-    manifest.update({"model_type": model.config.model_type, "original": original,
-                     "kept_attn_groups": ka, "kept_neurons": km})
+    if uniform:
+        (ka, km) = per_layer[0]
+        manifest = adapter.update_config(model.config, ka, km)
+        manifest.update({"model_type": model.config.model_type, "original": original, "uniform": True,
+                         "kept_attn_groups": ka, "kept_neurons": km})
+    else:
+        manifest = {"model_type": model.config.model_type, "original": original, "uniform": False,
+                    "needs_load_pruned": True, "head_dim": adapter.head_dim,
+                    "per_layer": [{"attn_groups": a, "neurons": m} for a, m in per_layer],
+                    "kept_attn_groups": [a for a, _ in per_layer], "kept_neurons": [m for _, m in per_layer]}
     model.config.osscar_pruned = manifest
     return manifest
 
@@ -114,7 +133,8 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Load a folder written by :func:`save_pruned` (any family; required for sliced OPT)."""
+    """Load a folder written by :func:`save_pruned` (any family; required for sliced OPT and for
+    non-uniform per-block widths, read from ``per_layer`` in ``osscar_pruned.json``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -124,11 +144,18 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
     config = AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     adapter = get_adapter(model)
-    ka = int(manifest["kept_attn_groups"])
-    keep = torch.arange(ka)
-    for layer in adapter.layers(model):  # shapes only; the weights come from the state dict
+    layers = adapter.layers(model)
+    if manifest.get("per_layer") is not None:  # non-uniform: the config holds the dense widths
+        widths = [(int(w["attn_groups"]), int(w["neurons"])) for w in manifest["per_layer"]]
+        if len(widths) != len(layers):
+            raise RuntimeError(f"load_pruned({path}): manifest has {len(widths)} blocks, config {len(layers)}")
+    else:  # uniform: OPT keeps the original head count in its config
+        widths = [(int(manifest["kept_attn_groups"]), adapter.ffn_dim)] * len(layers)
+    for layer, (ka, km) in zip(layers, widths):  # shapes only; the weights come from the state dict
         if ka < adapter.n_attn_groups:
-            adapter.slice_attention(layer, keep)
+            adapter.slice_attention(layer, torch.arange(ka))
+        if km < adapter.ffn_dim:
+            adapter.slice_mlp(layer, torch.arange(km))
     sd = _load_state_dict(path)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()

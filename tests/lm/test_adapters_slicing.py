@@ -85,11 +85,12 @@ def test_slicing_preserves_pruned_logits_and_updates_config(tiny_model):
         assert layer.fc1.weight.shape == (32, 32) and layer.fc2.weight.shape == (32, 32)
 
 
-def test_non_uniform_widths_rejected(tiny_model):
+def test_non_uniform_widths_recorded_per_block(tiny_model):
     kept = _kept(tiny_model)
-    kept[0]["mlp"] = kept[0]["mlp"][:-1]
-    with pytest.raises(ValueError, match="uniform"):
-        slice_model(tiny_model, kept)
+    kept[0]["mlp"] = kept[0]["mlp"][:-1]  # supported since runtime allocation (tests/lm/test_allocation_lm.py)
+    man = slice_model(tiny_model, kept)
+    assert not man["uniform"] and man["needs_load_pruned"]
+    assert man["kept_neurons"] == [len(kept[0]["mlp"]), len(kept[1]["mlp"])]
 
 
 def test_save_reload_logits_equal(tiny_model, tmp_path):

@@ -1,0 +1,329 @@
+"""Measured per-layer latency tables for runtime-aware allocation (ZipLM's idea).
+
+:func:`latency_table` times, on the current device at one (batch, seqlen) prefill shape:
+
+* **attention part** of one decoder block as a function of kept attention groups (heads for OPT,
+  whole KV groups for Llama/GQA) — every level 1..n by default;
+* **MLP part** as a function of kept FFN width — ``mlp_levels`` evenly spaced widths (16 by
+  default, always including the full width), linearly interpolated in between;
+* the **fixed, unprunable part**: embeddings, final norm and LM head (``fixed_model_s``) plus,
+  per block, what lies outside the two prunable parts (norms, residual adds: ``block_rest_s``).
+
+How: a one-block copy of the model is built from the model's own config (``num_hidden_layers=1``,
+random weights — latency does not depend on the values), its block inputs are captured once, and
+for every level a copy of the block is sliced with the adapter (the same code that slices pruned
+models) and run ``warmup + repeats`` times. Forward hooks time the attention module (pre/post
+hooks on ``self_attn``) and the MLP (pre-hook on the first MLP producer, post-hook on the MLP
+consumer) inside each block forward; on CUDA every timestamp synchronises. Medians are stored.
+The thread count is fixed (``torch.set_num_threads(threads)`` for the measurement, restored
+after) and recorded.
+
+Tables are cached as JSON (atomic write) under ``cache_root(cache_dir)/latency`` (``$OSSCAR_CACHE``
+or ``~/.cache/osscar``), keyed by (model config hash, device, torch version, threads, batch,
+seqlen) and the grid settings; a cached table is reused only when its key matches exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from osscar.lm.adapters import _get, get_adapter
+
+_IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned", "_commit_hash", "architectures",
+                        "torch_dtype", "dtype", "_attn_implementation_autoset"}
+
+
+def config_hash(config: Any) -> str:
+    """Stable hash of the architecture-relevant config entries (names and versions ignored)."""
+    d = {k: v for k, v in config.to_dict().items() if k not in _IGNORED_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    """A readable name of the timing device (CPU model or CUDA device name)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu:{name}"
+
+
+def default_levels(n: int, count: int) -> list[int]:
+    """``count`` evenly spaced levels in [1, n] (n included), deduplicated, ascending."""
+    if n <= count:
+        return list(range(1, n + 1))
+    return sorted({max(1, round(n * (i + 1) / count)) for i in range(count)})
+
+
+def _interp(table: dict[int, float], k: float) -> float:
+    if k in table:
+        return float(table[k])
+    sizes = sorted(table)
+    if k <= sizes[0]:  # below the grid: proportional to the width, through the smallest point
+        return float(table[sizes[0]]) * k / sizes[0]
+    if k >= sizes[-1]:
+        return float(table[sizes[-1]])
+    hi = next(s for s in sizes if s > k)
+    lo = max(s for s in sizes if s < k)
+    t = (k - lo) / (hi - lo)
+    return float(table[lo]) * (1 - t) + float(table[hi]) * t
+
+
+@dataclass
+class LatencyTable:
+    """Median seconds per prefill pass at (batch, seqlen). ``attn``/``mlp``: {kept: seconds} per block."""
+
+    key: dict[str, Any]
+    attn: dict[int, float]
+    mlp: dict[int, float]
+    block_rest_s: float
+    fixed_model_s: float
+    n_layers: int
+    n_attn_groups: int
+    ffn_dim: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def attn_latency(self, kept: float) -> float:
+        return _interp(self.attn, kept)
+
+    def mlp_latency(self, kept: float) -> float:
+        return _interp(self.mlp, kept)
+
+    def fixed_s(self, n_blocks: int | None = None) -> float:
+        """Unprunable time: embeddings/norm/LM head plus the non-prunable rest of every block."""
+        return self.fixed_model_s + (self.n_layers if n_blocks is None else n_blocks) * self.block_rest_s
+
+    def predict(self, attn_levels: list[int], mlp_levels: list[int]) -> float:
+        """Predicted whole-model prefill seconds with these per-block widths (one entry per block)."""
+        if len(attn_levels) != self.n_layers or len(mlp_levels) != self.n_layers:
+            raise ValueError(f"need one level per block ({self.n_layers}), got {len(attn_levels)} and {len(mlp_levels)}")
+        return self.fixed_s() + sum(self.attn_latency(a) + self.mlp_latency(m) for a, m in zip(attn_levels, mlp_levels))
+
+    def dense_s(self) -> float:
+        return self.predict([self.n_attn_groups] * self.n_layers, [self.ffn_dim] * self.n_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "attn": {str(k): v for k, v in self.attn.items()},
+                "mlp": {str(k): v for k, v in self.mlp.items()}, "block_rest_s": self.block_rest_s,
+                "fixed_model_s": self.fixed_model_s, "n_layers": self.n_layers,
+                "n_attn_groups": self.n_attn_groups, "ffn_dim": self.ffn_dim, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
+        return cls(key=d["key"], attn={int(k): float(v) for k, v in d["attn"].items()},
+                   mlp={int(k): float(v) for k, v in d["mlp"].items()}, block_rest_s=float(d["block_rest_s"]),
+                   fixed_model_s=float(d["fixed_model_s"]), n_layers=int(d["n_layers"]),
+                   n_attn_groups=int(d["n_attn_groups"]), ffn_dim=int(d["ffn_dim"]), info=d.get("info", {}))
+
+
+class _Stopwatch:
+    """Pre/post forward hooks that record the wall time between a start and an end module."""
+
+    def __init__(self, start: nn.Module, end: nn.Module, sync: bool) -> None:
+        self.sync, self.t0, self.times = sync, 0.0, []
+        self.handles = [start.register_forward_pre_hook(self._start), end.register_forward_hook(self._stop)]
+
+    def _now(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _start(self, *_: Any) -> None:
+        self.t0 = self._now()
+
+    def _stop(self, *_: Any) -> None:
+        self.times.append(self._now() - self.t0)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _one_block_model(config: Any, device: torch.device) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(config)
+    cfg.num_hidden_layers = 1
+    for attr in ("osscar_pruned", "osscar_num_attention_heads"):
+        if hasattr(cfg, attr):
+            delattr(cfg, attr)
+    if hasattr(cfg, "layer_types") and cfg.layer_types is not None:
+        cfg.layer_types = list(cfg.layer_types)[:1]
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(device).eval()
+
+
+def _monotone(t: dict[int, float]) -> dict[int, float]:
+    """Timing noise aside, a narrower part is never slower: t[k] ← min(t[k'] for k' ≥ k)."""
+    out, best = {}, float("inf")
+    for k in sorted(t, reverse=True):
+        best = min(best, t[k])
+        out[k] = best
+    return dict(sorted(out.items()))
+
+
+class _Caught(Exception):
+    pass
+
+
+def _capture(model: nn.Module, block: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Block 0's input hidden states (batch, seqlen, d) and keyword arguments for ``ids``."""
+    box: dict[str, Any] = {}
+
+    def catcher(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        box["x"] = (args[0] if args else kwargs.pop("hidden_states")).detach()
+        box["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _Caught
+
+    handle = block.register_forward_pre_hook(catcher, with_kwargs=True)
+    try:
+        model(ids, use_cache=False)
+    except _Caught:
+        pass
+    finally:
+        handle.remove()
+    kwargs = box["kwargs"]
+    for k in ("cache", "past_key_values", "past_key_value"):
+        if k in kwargs:
+            kwargs[k] = None
+    kwargs["use_cache"] = False
+    return box["x"], kwargs
+
+
+def _path(cache_dir: str | os.PathLike | None, key: dict[str, Any]) -> Path:
+    from osscar.lm.models import cache_root
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_root(cache_dir) / "latency" / f"{key['config_hash']}-b{key['batch']}-s{key['seqlen']}-{digest}.json"
+
+
+def _write_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int = 1, repeats: int = 5,
+                  warmup: int = 2, mlp_levels: int = 16, attn_levels: int | None = None,
+                  device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
+                  use_cache: bool = True) -> LatencyTable:
+    """Measure (or read from the cache) the latency table of ``config``'s architecture.
+
+    ``config``: the *dense* model's config (a model's config or the model itself).
+    ``attn_levels``: number of attention levels timed (None: every group count).
+    Returns a :class:`LatencyTable`; ``table.info["cached"]`` says whether it came from the cache.
+    """
+    config = getattr(config, "config", config)
+    adapter = get_adapter(config)
+    for name, v in (("batch", batch), ("seqlen", seqlen), ("threads", threads), ("repeats", repeats),
+                    ("mlp_levels", mlp_levels)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    device = torch.device(device)
+    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
+    a_levels = default_levels(n_attn, attn_levels or n_attn)
+    m_levels = default_levels(n_mlp, mlp_levels)
+    key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_name(device),
+           "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
+           "attn_levels": a_levels, "mlp_levels": m_levels}
+    path = _path(cache_dir, key)
+    if use_cache and path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            if d.get("key") == key:
+                table = LatencyTable.from_dict(d)
+                table.info["cached"] = True
+                table.info["path"] = str(path)
+                return table
+        except (ValueError, KeyError):
+            pass  # a corrupt entry is re-measured and overwritten
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    sync = device.type == "cuda"
+    try:
+        model = _one_block_model(config, device)
+        ad = get_adapter(model)
+        block0 = ad.layers(model)[0]
+        vocab = int(config.vocab_size)
+        ids = torch.randint(0, vocab, (batch, seqlen), generator=torch.Generator().manual_seed(0)).to(device)
+        x, kwargs = _capture(model, block0, ids)
+
+        def run_block(layer: nn.Module) -> tuple[float, float, float]:
+            sw_attn = _Stopwatch(_get(layer, ad.attn_module), _get(layer, ad.attn_module), sync)
+            sw_mlp = _Stopwatch(_get(layer, ad.mlp_producers[0]), ad.consumer(layer, "mlp"), sync)
+            sw_block = _Stopwatch(layer, layer, sync)
+            try:
+                for _ in range(warmup):
+                    layer(x, **kwargs)
+                sw_attn.times.clear(), sw_mlp.times.clear(), sw_block.times.clear()
+                for _ in range(repeats):
+                    layer(x, **kwargs)
+            finally:
+                for sw in (sw_attn, sw_mlp, sw_block):
+                    sw.remove()
+            return (statistics.median(sw_attn.times), statistics.median(sw_mlp.times),
+                    statistics.median(sw_block.times))
+
+        attn_t: dict[int, float] = {}
+        mlp_t: dict[int, float] = {}
+        for a in a_levels:
+            layer = copy.deepcopy(block0)
+            if a < n_attn:
+                ad.slice_attention(layer, torch.arange(a))
+            attn_t[a] = run_block(layer)[0]
+        rests = []
+        for m in m_levels:
+            layer = copy.deepcopy(block0)
+            if m < n_mlp:
+                ad.slice_mlp(layer, torch.arange(m))
+            ta, tm, tb = run_block(layer)
+            mlp_t[m] = tm
+            rests.append(max(0.0, tb - ta - tm))
+        # fixed part: the whole one-block model minus its block, in the same forward passes
+        sw_block = _Stopwatch(block0, block0, sync)
+        totals = []
+        try:
+            for i in range(warmup + repeats):
+                t = time.perf_counter()
+                model(ids, use_cache=False)
+                if sync:
+                    torch.cuda.synchronize()
+                totals.append(time.perf_counter() - t)
+        finally:
+            sw_block.remove()
+        fixed = [tot - blk for tot, blk in zip(totals[warmup:], sw_block.times[warmup:])]
+        raw = {"attn": {str(k): v for k, v in attn_t.items()}, "mlp": {str(k): v for k, v in mlp_t.items()}}
+        attn_t, mlp_t = _monotone(attn_t), _monotone(mlp_t)
+        table = LatencyTable(key=key, attn=attn_t, mlp=mlp_t, block_rest_s=statistics.median(rests),
+                             fixed_model_s=max(0.0, statistics.median(fixed)), n_layers=int(config.num_hidden_layers),
+                             n_attn_groups=n_attn, ffn_dim=n_mlp,
+                             info={"repeats": repeats, "warmup": warmup, "statistic": "median",
+                                   "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "raw": raw,
+                                   "monotone": "narrower never slower: t[k] = min over widths ≥ k"})
+    finally:
+        torch.set_num_threads(old_threads)
+    _write_atomic(table.to_dict(), path)
+    table.info.update({"cached": False, "path": str(path)})
+    return table
