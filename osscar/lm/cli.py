@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefill shape BATCHxSEQLEN of the latency table for --allocation runtime (default: 1x--seqlen)")
     p.add_argument("--allocation-mlp-levels", type=int, default=16,
                    help="MLP widths timed and offered to the runtime allocator (evenly spaced)")
+    p.add_argument("--allocation-min-keep", type=float, default=0.0,
+                   help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
     p.add_argument("--calib-corpus", default="wiki-gensim", choices=sorted(CORPORA), help="calibration corpus")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
@@ -104,7 +106,8 @@ def config_from_args(args: argparse.Namespace):
         model=args.model, method=args.method, method_params=params, attn_params=dict(args.attn_param),
         mlp_params=dict(args.mlp_param), head_fraction=args.head_fraction, neuron_fraction=args.neuron_fraction,
         speedup=args.speedup, allocation=args.allocation, allocation_point=args.allocation_point,
-        allocation_mlp_levels=args.allocation_mlp_levels, calib_corpus=args.calib_corpus, n_samples=args.n_samples, seqlen=args.seqlen,
+        allocation_mlp_levels=args.allocation_mlp_levels, allocation_min_keep=args.allocation_min_keep,
+        calib_corpus=args.calib_corpus, n_samples=args.n_samples, seqlen=args.seqlen,
         damping=args.damping, eval_corpora=tuple(args.eval_corpus or ["wiki-gensim"]),
         eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows or None,
         zero_shot_tasks=tuple(t for t in args.tasks.split(",") if t), zero_shot_limit=args.limit or None,
@@ -124,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"osscar lm: error: {e}", file=sys.stderr)
         return 2
     hf, nf = config.fractions()
-    name = args.name or f"{os.path.basename(config.model.rstrip('/'))}_{config.method}_h{hf:.2f}_n{nf:.2f}" + (
-        f"_runtime_s{config.speedup:g}" if config.allocation == "runtime" else "")
+    stem = f"{os.path.basename(config.model.rstrip('/'))}_{config.method}"
+    if config.allocation == "runtime":  # per-block widths: name by the latency target
+        name = args.name or f"{stem}_runtime_s{config.speedup:g}"
+    else:
+        name = args.name or f"{stem}_h{hf:.2f}_n{nf:.2f}"
     os.makedirs(config.output_dir, exist_ok=True)
     save_to = os.path.join(config.output_dir, f"{name}.model") if config.save_model else None
     try:

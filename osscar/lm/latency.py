@@ -128,7 +128,7 @@ class LatencyTable:
                 "n_attn_groups": self.n_attn_groups, "ffn_dim": self.ffn_dim, "info": self.info}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
+    def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
         return cls(key=d["key"], attn={int(k): float(v) for k, v in d["attn"].items()},
                    mlp={int(k): float(v) for k, v in d["mlp"].items()}, block_rest_s=float(d["block_rest_s"]),
                    fixed_model_s=float(d["fixed_model_s"]), n_layers=int(d["n_layers"]),
@@ -305,7 +305,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
         sw_block = _Stopwatch(block0, block0, sync)
         totals = []
         try:
-            for i in range(warmup + repeats):
+            for _ in range(warmup + repeats):
                 t = time.perf_counter()
                 model(ids, use_cache=False)
                 if sync:

@@ -97,6 +97,8 @@ class LMRunConfig:
             for a measured-latency ``speedup``; see the module docstring; needs ``speedup``).
         allocation_point: (batch, seqlen) of the latency table for ``runtime`` (None: (1, seqlen)).
         allocation_mlp_levels: MLP widths timed and offered to the allocator (evenly spaced).
+        allocation_min_keep: with ``runtime``, no consumer keeps fewer than this fraction of its
+            groups (at least one group): a guard against the normalised loss under-rating layers.
         seed, threads: recorded; ``torch.set_num_threads(threads)``.
         output_dir: where the CLI writes metrics (and the model with ``save_model``).
     """
@@ -112,6 +114,7 @@ class LMRunConfig:
     allocation: str = "uniform"
     allocation_point: tuple[int, int] | None = None
     allocation_mlp_levels: int = 16
+    allocation_min_keep: float = 0.0
     calib_corpus: str = "wiki-gensim"
     n_samples: int = 32
     seqlen: int = 256
@@ -145,6 +148,7 @@ class LMRunConfig:
                                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pt)):
                 raise ValueError(f"allocation_point must be a (batch, seqlen) pair of positive ints, got {pt!r}")
         _check_pos_int("allocation_mlp_levels", self.allocation_mlp_levels)
+        _check_fraction("allocation_min_keep", self.allocation_min_keep)
         if not isinstance(self.model, str) or not is_known_model(self.model):
             raise ValueError(
                 f"model={self.model!r} is not known; allowed: {', '.join(EMBEDDED_MODELS)} (embedded), "
@@ -202,7 +206,7 @@ class LMRunConfig:
         points = list(self.latency_points)
         if self.allocation == "runtime" and self.allocation_point is not None:
             points.append(self.allocation_point)
-        for b, s in points:
+        for _b, s in points:
             if s > maxpos:
                 raise ValueError(f"latency_points seqlen {s} exceeds the model's max_position_embeddings={maxpos}")
         if self.layers is not None:
@@ -435,7 +439,10 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
     table = latency_table(model.config, batch=batch, seqlen=seqlen, threads=config.threads,
                           repeats=config.latency_repeats, mlp_levels=config.allocation_mlp_levels,
                           cache_dir=config.cache_dir)
-    levels = {"attn": sorted(table.attn), "mlp": sorted(table.mlp)}
+    floor = {"attn": max(1, math.ceil(config.allocation_min_keep * n_attn - 1e-9)),
+             "mlp": max(1, math.ceil(config.allocation_min_keep * n_mlp - 1e-9))}
+    levels = {"attn": [k for k in sorted(table.attn) if k >= floor["attn"]],
+              "mlp": [k for k in sorted(table.mlp) if k >= floor["mlp"]]}
     curves = collect_loss_curves(model, segments, levels, damping=config.damping, layers=todo, progress=progress)
     losses, lats = [], []
     for i in todo:
@@ -457,7 +464,8 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
     predicted = fixed + sum(la[c] for la, c in zip(lats, chosen))
     report: dict[str, Any] = {
         "scheme": "two-pass: loss curves on the dense model (Stage-A removal path), knapsack, sequential pruning",
-        "target_speedup": float(config.speedup), "point": [batch, seqlen],
+        "target_speedup": float(config.speedup), "point": [batch, seqlen], "min_keep": config.allocation_min_keep,
+        "levels": levels,
         "dense_latency_pred_s": dense, "target_latency_s": target, "fixed_latency_s": fixed, "budget_s": budget,
         "predicted_latency_s": predicted, "predicted_speedup": dense / predicted,
         "kept_attn_groups": [keep_attn.get(i, n_attn) for i in range(n_all)],

@@ -5,6 +5,7 @@ timings are never asserted on (the allocation test uses a synthetic latency tabl
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -106,14 +107,14 @@ def tiny_opt_dir(tmp_path_factory, tiny_tokenizer_dir):
     return path
 
 
-@pytest.mark.parametrize("family, method", [("llama", "osscar"), ("opt", "mp+")])
-def test_runtime_allocation_meets_predicted_budget(family, method, request, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family, method, min_keep", [("llama", "osscar", 0.0), ("opt", "mp+", 0.3)])
+def test_runtime_allocation_meets_predicted_budget(family, method, min_keep, request, tmp_path, monkeypatch):
     import osscar.lm.latency as lat
 
     monkeypatch.setattr(lat, "latency_table", _synthetic_table)
     folder = request.getfixturevalue("tiny_llama_dir" if family == "llama" else "tiny_opt_dir")
     cfg = LMRunConfig(model=str(folder), method=method, speedup=1.6, allocation="runtime", allocation_mlp_levels=8,
-                      n_samples=3, seqlen=16, eval_windows=1)
+                      allocation_min_keep=min_keep, n_samples=3, seqlen=16, eval_windows=1)
     out = run_lm(cfg, save_to=str(tmp_path / "m"))
     al = out["allocation"]
     assert al["predicted_latency_s"] <= al["target_latency_s"] * (1 + 1e-9)
@@ -123,6 +124,8 @@ def test_runtime_allocation_meets_predicted_budget(family, method, request, tmp_
     n = table.n_layers
     assert len(al["kept_attn_groups"]) == len(al["kept_neurons"]) == n
     assert all(k in table.attn for k in al["kept_attn_groups"]) and all(k in table.mlp for k in al["kept_neurons"])
+    assert min(al["kept_attn_groups"]) >= max(1, math.ceil(min_keep * table.n_attn_groups))
+    assert min(al["kept_neurons"]) >= max(1, math.ceil(min_keep * table.ffn_dim))
     app = out["applied"]
     assert app["attn_groups_kept_per_block"] == al["kept_attn_groups"]
     assert app["neurons_kept_per_block"] == al["kept_neurons"] and app["allocation"] == "runtime"
@@ -194,7 +197,7 @@ def test_non_uniform_slicing_preserves_logits_and_reloads(tiny_model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, sliced, atol=1e-5, rtol=1e-5)
     assert lm_models.load_model.__doc__  # load_model routes folders with a manifest to load_pruned
-    with pytest.raises(Exception):  # plain loading must refuse (size mismatch), not load garbage
+    with pytest.raises((RuntimeError, ValueError)):  # plain loading must refuse (size mismatch), not load garbage
         AutoModelForCausalLM.from_pretrained(tmp_path / "m")
 
 
@@ -206,6 +209,7 @@ def test_non_uniform_slicing_preserves_logits_and_reloads(tiny_model, tmp_path):
     ({"allocation": "runtime", "speedup": 1.5, "allocation_point": (1, 0)}, "allocation_point"),
     ({"allocation": "runtime", "speedup": 1.5, "allocation_point": (1, 100000)}, "max_position_embeddings"),
     ({"allocation_mlp_levels": 0}, "allocation_mlp_levels"),
+    ({"allocation": "runtime", "speedup": 1.5, "allocation_min_keep": 1.0}, "allocation_min_keep"),
 ])
 def test_bad_allocation_config(kw, match, tiny_llama_dir, monkeypatch):
     def boom(*a, **k):
