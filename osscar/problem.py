@@ -165,7 +165,7 @@ class LayerProblem:
         activations: Tensor | None = None,
         producer_weight: Tensor | None = None,
         name: str = "",
-    ) -> "LayerProblem":
+    ) -> LayerProblem:
         """Build a problem from raw second moments.
 
         Args:

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neuron-fraction", type=float, default=None,
                    help="fraction of MLP neurons removed per block; None with no --speedup: 0.5")
     p.add_argument("--speedup", type=float, default=None,
-                   help="target speedup (>1) instead of the fractions: block-FLOPs speedup with --allocation "
-                        "uniform, predicted whole-model latency speedup with --allocation runtime")
+                   help="target speedup (>1) of the decoder blocks instead of the fractions: by block FLOPs with "
+                        "--allocation uniform, by predicted (measured-table) block latency with --allocation runtime; "
+                        "embeddings and the LM head are not pruned and not counted")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "runtime"],
                    help="per-block widths: 'uniform' removes the same fractions in every block; 'runtime' "
                         "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "

@@ -12,8 +12,10 @@ removes round(r·n) groups, ties rounded down, at least one group kept; the frac
 applied are reported (``applied``).
 
 **Runtime-aware allocation** (``allocation="runtime"``, ZipLM's idea, any registered method): the
-target ``speedup`` is then a *measured-latency* speedup of the whole model at one prefill shape
-(``allocation_point``, default (1, seqlen)), and every block gets its own widths. Two passes:
+target ``speedup`` is then a *measured-latency* speedup of the decoder blocks at one prefill shape
+(``allocation_point``, default (1, seqlen)) — the same quantity uniform allocation targets by block
+FLOPs; embeddings and the LM head are neither pruned nor counted — and every block gets its own
+widths. Two passes:
 
 1. *Loss curves on the dense model.* :func:`osscar.lm.calibration.collect_loss_curves` runs one
    calibration forward through the dense model (nothing pruned) and, for every block and
@@ -23,9 +25,10 @@ target ``speedup`` is then a *measured-latency* speedup of the whole model at on
 2. *Allocate.* :func:`osscar.lm.latency.latency_table` (measured once, cached) gives the latency
    of each candidate level: attention at every group count, the MLP at ``allocation_mlp_levels``
    widths. With T_dense the table's predicted dense latency and T_fixed its unprunable part
-   (embeddings, norms, LM head, per-block rest, blocks not pruned), the multiple-choice knapsack
-   :func:`osscar.allocation.allocate` picks one level per consumer minimising the summed loss
-   subject to Σ latency ≤ T_dense / speedup − T_fixed.
+   (embeddings, norms, LM head, per-block rest, blocks not pruned) and T_model the embeddings/LM
+   head alone, the multiple-choice knapsack :func:`osscar.allocation.allocate` picks one level per
+   consumer minimising the summed loss subject to
+   Σ latency ≤ T_model + (T_dense − T_model) / speedup − T_fixed.
 3. *Prune.* :func:`osscar.lm.calibration.prune_model_sequential` prunes sequentially (pruned-model
    inputs, as in the uniform case) with the chosen per-block counts and the requested method.
 
@@ -85,7 +88,8 @@ class LMRunConfig:
         method_params: parameters for both consumers (e.g. ``{"t_hat": 20, "p_hat": 10}``).
         attn_params / mlp_params: per-consumer overrides of ``method_params``.
         head_fraction / neuron_fraction: fraction of attention groups / neurons removed per block.
-        speedup: target block-FLOPs speedup (> 1) instead of the fractions.
+        speedup: target decoder-block speedup (> 1) instead of the fractions (block FLOPs for uniform
+            allocation, measured block latency for runtime allocation).
         calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
         damping: λ in H + λ·mean(diag H)·I.
         eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows).
@@ -449,7 +453,9 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
         losses += [curves[i]["attn"], curves[i]["mlp"]]
         lats += [{k: table.attn_latency(k) for k in levels["attn"]}, {k: table.mlp_latency(k) for k in levels["mlp"]}]
     dense = table.dense_s()
-    target = dense / float(config.speedup)
+    # ``speedup`` is the decoder blocks' speedup, as for uniform allocation (there by block FLOPs):
+    # embeddings and the LM head are neither pruned nor counted.
+    target = table.fixed_model_s + (dense - table.fixed_model_s) / float(config.speedup)
     fixed = table.fixed_s() + (n_all - len(todo)) * (table.attn_latency(n_attn) + table.mlp_latency(n_mlp))
     budget = target - fixed
     fastest = fixed + sum(min(la.values()) for la in lats)
@@ -468,6 +474,7 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
         "levels": levels,
         "dense_latency_pred_s": dense, "target_latency_s": target, "fixed_latency_s": fixed, "budget_s": budget,
         "predicted_latency_s": predicted, "predicted_speedup": dense / predicted,
+        "predicted_block_speedup": (dense - table.fixed_model_s) / (predicted - table.fixed_model_s),
         "kept_attn_groups": [keep_attn.get(i, n_attn) for i in range(n_all)],
         "kept_neurons": [keep_mlp.get(i, n_mlp) for i in range(n_all)],
         "loss_pred": sum(lo[c] for lo, c in zip(losses, chosen)),
