@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-block widths: 'uniform' removes the same fractions in every block; 'runtime' "
                         "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "
                         "device, gets every consumer's loss curve from one gradual-removal pass on the dense "
-                        "model, and picks per-block widths by knapsack so the predicted whole-model latency is "
+                        "model, and picks per-block widths by knapsack so the predicted decoder-block latency is "
                         "dense/SPEEDUP; the model is then pruned sequentially with those widths")
     p.add_argument("--allocation-point", type=_point, default=None, metavar="BxS",
                    help="prefill shape BATCHxSEQLEN of the latency table for --allocation runtime (default: 1x--seqlen)")
