@@ -13,8 +13,6 @@ caption says which model, corpus and calibration size the numbers came from.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from osscar.io import atomic_write_text as write_text_atomic
 from reports.records import describe, frame, missing_metrics
 
 LOWER, HIGHER = "min", "max"
@@ -135,7 +134,9 @@ class Table:
         for c in self.value_cols:
             cells.loc[best[c], c] = "**" + cells.loc[best[c], c] + "**"
         cols = self.label_cols + self.value_cols
-        esc = lambda s: str(s).replace("|", "\\|")
+        def esc(s):
+            return str(s).replace("|", "\\|")
+
         lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
                  "|" + "|".join(":--" if c in self.label_cols else "--:" for c in cols) + "|"]
         lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells[cols].itertuples(index=False)]
@@ -184,19 +185,6 @@ def latex_escape(s: Any) -> str:
     return s
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,7 +479,7 @@ def runtime_tables(records, experiment: str = "pruning_runtime") -> list[Table]:
     df = df.assign(method_label=_method_label(df))
     df, notes = _dedupe(df, ["shape", "keep", "seed", "threads", "method_label"])
     rows = []
-    for (shape, keep), sub in df.groupby(["shape", "keep"], sort=False):
+    for (shape, _keep), sub in df.groupby(["shape", "keep"], sort=False):
         zip_s = sub.loc[sub["method"] == "ziplm", "prune_seconds"]
         zip_s = zip_s.iloc[-1] if len(zip_s) else np.nan
         inv = sub["inverse_seconds"].median()

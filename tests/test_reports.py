@@ -140,7 +140,7 @@ def test_runtime_table(records):
     assert {"prune [s]", "objective", "× one inverse", "ZipLM time / this", "one inverse [s]"} <= set(t.value_cols)
     assert len(t.data) == 9  # 3 shapes × 3 methods
     mask = t.best_mask()
-    for shape, sub in t.data.groupby("shape"):
+    for _shape, sub in t.data.groupby("shape"):
         fastest = sub["prune [s]"].idxmin()
         assert mask.loc[fastest, "prune [s]"] and mask.loc[sub.index, "prune [s]"].sum() >= 1
         assert mask.loc[sub["objective"].idxmin(), "objective"]

@@ -14,7 +14,6 @@ Any other name is handed to ``AutoModelForCausalLM.from_pretrained`` unchanged, 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from osscar.io import sha256_file  # noqa: F401  (also used by osscar.lm.data)
 
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
     "smollm2-135m": {
@@ -42,14 +43,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(cache_dir)
     env = os.environ.get("OSSCAR_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "osscar"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embedded_gguf_path(name: str) -> Path:

@@ -41,15 +41,14 @@ under ``allocation`` in the metrics. ``allocation="uniform"`` (default) is the b
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
@@ -519,7 +518,4 @@ def _orig_config(adapter: Any) -> Any:
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)

@@ -91,7 +91,7 @@ def _check_unit(model: nn.Module, u: PruneUnit) -> None:
         raise ValueError(f"{u.consumer}: consumer must be a dense (groups=1) zero-padded Conv2d")
     if prod.out_channels != cons.in_channels or bn.num_features != cons.in_channels:
         raise ValueError(f"{u.consumer}: producer {u.producer}/{u.producer_bn} width does not match consumer input")
-    for dw, dbn in u.between:
+    for dw, _dbn in u.between:
         d = model.get_submodule(dw)
         if d.groups != d.in_channels or d.out_channels != d.in_channels or d.in_channels != cons.in_channels:
             raise ValueError(f"{dw}: expected a depthwise conv of width {cons.in_channels}")

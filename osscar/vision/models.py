@@ -15,7 +15,6 @@ Module names follow timm / torchvision so that their state dicts load directly: 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from osscar.io import sha256_file  # noqa: F401  (also used by osscar.vision.train)
 
 ARCHS = ("resnet20", "mobilenetv1", "resnet50")
 
@@ -164,14 +165,6 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)

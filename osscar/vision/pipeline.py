@@ -10,9 +10,7 @@ cached, see :mod:`osscar.vision.train`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import platform
 import sys
 import time
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from osscar.io import atomic_write_json  # noqa: F401  (also used by osscar.vision.cli)
 from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
 from osscar.vision.models import ARCHS, is_pretrained_name, load_model
 
@@ -174,14 +173,6 @@ def versions() -> dict[str, str]:
 
     out["osscar"] = osscar.__version__
     return out
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_name(cfg: VisionRunConfig) -> str:
