@@ -262,7 +262,7 @@ def build_report(store_root: str | Path, out_dir: str | Path, title: str = "OSSC
 
     info = summarize(records)
     expected = expected_experiments()
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     L: list[str] = [f"# {title}", "",
                     (f"Generated {now} by `python -m reports` from `{store_root}` ({info['n']} record(s)). "
                     "Every number below comes from a record in that store, except in the section "

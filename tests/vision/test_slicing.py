@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from osscar.vision.adapters import conv_weight_matrix, prune_units, set_conv_weight_matrix, unfold_input
