@@ -53,7 +53,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff on the code."""
-    session.install("ruff")
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", "osscar", "baselines", "benchmarks", "results", "reports", "tests", "noxfile.py")
 
 
