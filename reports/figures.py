@@ -98,8 +98,13 @@ def _plain_log(ax: Any, axis: str = "y", base: float = 10) -> None:
     a = getattr(ax, f"{axis}axis")
     a.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     if base == 10:
-        a.set_minor_formatter(ticker.FuncFormatter(
-            lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
+        lo, hi = (ax.get_ylim() if axis == "y" else ax.get_xlim())
+        decades = math.log10(max(hi, 1e-300) / max(lo, 1e-300)) if lo > 0 else 0.0
+        # label 2 and 5 between decades only on short axes; long axes would overlap
+        if decades <= 2.5:
+            a.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
+        else:
+            a.set_minor_formatter(ticker.NullFormatter())
 
 
 def _slug(*parts: Any) -> str:

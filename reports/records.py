@@ -129,6 +129,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
     row.update({
         "model": model, "model_source": dig(m, "provenance", "model_source"),
         "calib_corpus": cfg.get("calib_corpus"), "n_samples": cfg.get("n_samples"), "seqlen": cfg.get("seqlen"),
+        "eval_seqlen": cfg.get("eval_seqlen") or cfg.get("seqlen"),
         "eval_corpora": ",".join(corpora), "eval_windows": cfg.get("eval_windows"),
         "target": target, "target_sort": target_sort, "speedup_target": speedup,
         "head_fraction": hf_applied if hf_applied is not None else hf,

@@ -293,7 +293,7 @@ def lm_perplexity_tables(records, experiment: str = "lm_perplexity") -> list[Tab
         tables.append(Table(
             name=_slug("lm_perplexity", g["model"], g["calib_corpus"], g["n_samples"]),
             title=f"Perplexity — {g['model']}",
-            caption=(f"Perplexity (exp of mean token NLL, windows of {describe(sub['seqlen'])} tokens, "
+            caption=(f"Perplexity (exp of mean token NLL, windows of {describe(sub['eval_seqlen'] if 'eval_seqlen' in sub else sub['seqlen'])} tokens, "
                      f"{describe(sub['eval_windows'])} windows per corpus) per evaluation corpus "
                      f"({', '.join(corpora)}), method and target. " + _provenance_caption(sub, "lm")),
             data=data, label_cols=["target", "method"], value_cols=corpora,
