@@ -17,14 +17,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from osscar.io import sha256_file  # noqa: F401  (also used by osscar.lm.data)
+from osscar.io import atomic_directory, sha256_file  # sha256_file also used by osscar.lm.data
 
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
     "smollm2-135m": {
@@ -94,9 +92,7 @@ def convert_embedded(name: str, cache_dir: str | os.PathLike | None = None, forc
     if getattr(config, "tie_word_embeddings", False):
         fresh.tie_weights()
     del loaded
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:  # replaces a stale/partial folder, or one forced
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         prov = {
@@ -109,12 +105,6 @@ def convert_embedded(name: str, cache_dir: str | os.PathLike | None = None, forc
             "note": "weights dequantised from 4-bit Q4_1 GGUF to fp32",
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2))
-        if target.exists():  # a stale/partial folder without provenance, or force=True
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from osscar.io import atomic_directory
 
 from osscar.lm.adapters import get_adapter
 
@@ -102,20 +102,12 @@ def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[st
 def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike) -> Path:
     """Save a sliced model (and tokenizer) atomically: temporary folder, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         manifest = getattr(model.config, "osscar_pruned", None) or {}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
