@@ -35,10 +35,12 @@ STYLE: dict[str, Any] = {
 }
 
 _PALETTE = mpl.colormaps["tab10"].colors
+_OSSCAR_RED = "#d62728"
+_OTHERS = [c for c in _PALETTE if mpl.colors.to_hex(c) != _OSSCAR_RED]  # red is OSSCAR's alone
 METHOD_STYLE: dict[str, tuple[Any, str]] = {
-    m: (_PALETTE[i % 10], "os^vD<>ph"[i % 9]) for i, m in enumerate(METHOD_ORDER[1:])
+    m: (_OTHERS[i % len(_OTHERS)], "os^vD<>ph"[i % 9]) for i, m in enumerate(METHOD_ORDER[1:])
 }
-METHOD_STYLE["osscar"] = ("#d62728", "*")
+METHOD_STYLE["osscar"] = (_OSSCAR_RED, "*")
 
 
 def method_style(label: str) -> dict[str, Any]:
