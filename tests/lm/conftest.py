@@ -75,3 +75,20 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir):
     for f in os.listdir(tiny_tokenizer_dir):
         shutil.copy(os.path.join(tiny_tokenizer_dir, f), path)
     return path
+
+
+def zero_out_groups(model, kept):
+    """Prune without slicing: zero the consumer columns of the groups not kept.
+
+    kept: per block, {"attn": kept group indices, "mlp": kept neuron indices}.
+    """
+    from osscar.lm.adapters import get_adapter
+
+    a = get_adapter(model)
+    for i, layer in enumerate(a.layers(model)):
+        for part in ("attn", "mlp"):
+            W = a.consumer(layer, part).weight.data
+            s = a.group_size(part)
+            mask = torch.zeros(W.shape[1] // s, dtype=torch.bool)
+            mask[kept[i][part]] = True
+            W[:, ~mask.repeat_interleave(s)] = 0

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from osscar.lm.adapters import get_adapter
 from osscar.lm.slicing import kept_from_zero_columns, load_pruned, save_pruned, slice_model
 
-from .conftest import tiny_llama_config, tiny_opt_config
+from .conftest import tiny_llama_config, tiny_opt_config, zero_out_groups as _zero_out
 
 
 def test_grouping_opt():
@@ -31,17 +31,6 @@ def test_unknown_architecture():
     with pytest.raises(ValueError, match="allowed: .*llama.*opt"):
         get_adapter(GPT2Config())
 
-
-def _zero_out(model, kept):
-    """Prune without slicing: zero the consumer columns of the groups not kept."""
-    a = get_adapter(model)
-    for i, layer in enumerate(a.layers(model)):
-        for part in ("attn", "mlp"):
-            W = a.consumer(layer, part).weight.data
-            s = a.group_size(part)
-            mask = torch.zeros(W.shape[1] // s, dtype=torch.bool)
-            mask[kept[i][part]] = True
-            W[:, ~mask.repeat_interleave(s)] = 0
 
 
 def _kept(model, seed=0):

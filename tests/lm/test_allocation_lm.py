@@ -19,6 +19,8 @@ from osscar.lm.latency import LatencyTable, default_levels, latency_table
 from osscar.lm.run import LMRunConfig, run_lm
 from osscar.lm.slicing import MANIFEST, load_pruned, save_pruned, slice_model
 
+from .conftest import zero_out_groups as _zero_out
+
 from .conftest import make_model, tiny_llama_config, tiny_opt_config
 
 
@@ -164,16 +166,6 @@ def _nonuniform_kept(model):
                 "mlp": torch.randperm(a.ffn_dim, generator=g)[:km].sort().values}
             for i, (ka, km) in enumerate(widths)}, widths
 
-
-def _zero_out(model, kept):
-    a = get_adapter(model)
-    for i, layer in enumerate(a.layers(model)):
-        for part in ("attn", "mlp"):
-            W = a.consumer(layer, part).weight.data
-            s = a.group_size(part)
-            mask = torch.zeros(W.shape[1] // s, dtype=torch.bool)
-            mask[kept[i][part]] = True
-            W[:, ~mask.repeat_interleave(s)] = 0
 
 
 def test_non_uniform_slicing_preserves_logits_and_reloads(tiny_model, tmp_path):
