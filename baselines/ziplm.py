@@ -23,10 +23,18 @@ from osscar.solver import gradual_removal
 @register_method("ziplm")
 @dataclass(frozen=True)
 class ZipLM(PruningMethod):
-    """One-at-a-time structured OBS removal, then refit."""
+    """One-at-a-time structured OBS removal, then refit.
+
+    Args:
+        deferred: False (default): every removal downdates the whole inverse, as ZipLM's published
+            code does. True: the same selections on OSSCAR's deferred low-rank engine
+            (:class:`osscar.obs.SupportState`), an ablation that separates the engine from p̂.
+    """
+
+    deferred: bool = False
 
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        state = SupportState(problem)
+        state = SupportState(problem, deferred=self.deferred)
         stages = gradual_removal(state, problem.k, p_hat=1)
         kept = torch.nonzero(state.kept).flatten()
         return kept, refit(problem, kept), {"stages": stages}

@@ -31,7 +31,7 @@ def removal_path(problem: LayerProblem, p_hat: int = 1, down_to: int = 0) -> dic
         raise ValueError(f"p_hat must be an integer ≥ 1, got {p_hat!r}")
     if not isinstance(down_to, int) or not 0 <= down_to <= problem.n_groups:
         raise ValueError(f"down_to must be an integer in [0, {problem.n_groups}], got {down_to!r}")
-    state = SupportState(problem)
+    state = SupportState(problem, deferred=True)
     path = {problem.n_groups: state.objective()}
     while (n_kept := int(state.kept.sum())) > down_to:
         n_remove = min(p_hat, n_kept - down_to)

@@ -61,6 +61,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
     swap = min(swap, k, n_groups - k)
     q = state.objective()
     history = [q]
+    state.track_pruned()  # once, shared by every trial copy
     accepted = tried = rejected = 0
     while swap >= max(min_swap, 1) and tried < max_iter:
         tried += 1
@@ -146,11 +147,12 @@ class OSSCAR(PruningMethod):
         p_hat = self.p_hat if self.p_hat is not None else default_p_hat(s, n - k)
         t_hat = self.t_hat if self.t_hat is not None else default_t_hat(s, k, n)
         swap = t_hat // 2
-        state = SupportState(problem)
+        search = swap > 0 and 0 < problem.k < problem.n_groups and self.max_iter > 0
+        state = SupportState(problem, deferred=True, track_pruned=search)
         stages = gradual_removal(state, problem.k, p_hat)
         info: dict[str, Any] = {"p_hat": p_hat, "t_hat": t_hat, "stages": stages,
                                 "stage_a_objective": state.objective()}
-        if swap > 0 and 0 < problem.k < problem.n_groups and self.max_iter > 0:
+        if search:
             min_swap = swap if self.min_swap is None else self.min_swap
             state, ls_info = local_search(state, swap, self.max_iter, min_swap, self.patience)
             info.update(ls_info)
