@@ -172,6 +172,14 @@ class ModelAdapter:
     def n_groups(self, part: str) -> int:
         return self.n_attn_groups if part == "attn" else self.ffn_dim
 
+    def mlp_output_is_residual(self) -> bool:
+        """True if a block's output is ``residual + mlp_consumer(X)`` with nothing applied after.
+
+        Then changing the MLP consumer's weights by ΔW changes the block output by exactly
+        ``X ΔWᵀ`` (the sequential calibration uses this to skip one block forward). False (the
+        safe default) makes it re-run the block."""
+        return False
+
     # -- physical slicing of one block ------------------------------------------------------------
     def slice_attention(self, layer: nn.Module, kept: Tensor) -> None:
         kept = torch.as_tensor(kept, dtype=torch.long).sort().values
@@ -236,6 +244,10 @@ class OPTAdapter(ModelAdapter):
     def _set_attention_counts(self, attn: nn.Module, kept_groups: int) -> None:
         attn.num_heads = kept_groups  # forward reshapes with -1; head_dim and scaling unchanged
 
+    def mlp_output_is_residual(self) -> bool:
+        # OPT-350m (do_layer_norm_before=False) applies final_layer_norm after the residual add
+        return bool(getattr(self.config, "do_layer_norm_before", True))
+
     def update_config(self, config: Any, kept_attn_groups: int, kept_neurons: int) -> dict[str, Any]:
         config.ffn_dim = int(kept_neurons)
         config.osscar_num_attention_heads = int(kept_attn_groups)
@@ -267,6 +279,9 @@ class LlamaAdapter(ModelAdapter):
     @property
     def n_attn_groups(self) -> int:
         return self.n_kv_heads
+
+    def mlp_output_is_residual(self) -> bool:
+        return True  # hidden = residual + mlp(post_attention_layernorm(hidden)), last op of the block
 
     def attn_producers(self) -> tuple[Producer, ...]:
         hd = self.head_dim

@@ -1,14 +1,20 @@
 """Sequential layer-wise calibration and pruning (the sparsegpt / OSSCAR-OPT driver shape).
 
-1. A catcher on block 0 records its inputs (hidden states, one tensor per calibration segment) and
-   the keyword arguments the model passes to every block (masks, rotary embeddings, ...).
+1. A catcher on block 0 records its inputs (hidden states, one tensor per batch of
+   ``batch_size`` calibration segments) and the keyword arguments the model passes to the block
+   with each batch (masks, rotary embeddings, ...).
 2. For each block, one at a time, activations on the CPU:
-   a. hooks on the attention consumer accumulate ``H = XᵀX`` (float64) over all segments;
+   a. hooks on the attention consumer accumulate ``H = XᵀX`` over all segments
+      (:class:`HessianAccumulator`: float32 products of row chunks summed into a float64 H);
       the layer problem ``LayerProblem.from_calibration(H, W.T, group_size, k, damping)`` is
       solved by the chosen method, and the new weights are written back (pruned columns zero);
    b. the block is re-run with the pruned attention to accumulate ``H`` of the MLP consumer's
       inputs, which is pruned the same way;
-   c. the pruned block is re-run to produce the next block's inputs.
+   c. the next block's inputs are the pruned block's outputs: where the adapter says the block
+      ends in ``residual + mlp_consumer(X)`` (:meth:`ModelAdapter.mlp_output_is_residual`) and
+      the consumer inputs fit in ``shortcut_bytes``, they are step b's outputs plus
+      ``X (W_new − W_old)ᵀ`` (the same function, no third forward); otherwise the pruned block is
+      re-run.
 
 The model is pruned in place but not sliced: pruned columns of each consumer are zero, so the
 pruned producers are dead. :func:`osscar.lm.slicing.slice_model` then removes them physically.
@@ -38,19 +44,42 @@ class _Caught(Exception):
     pass
 
 
-class HessianAccumulator:
-    """Forward hook: ``H += XᵀX`` (float64) of a Linear's input. ``H: (p, p)``; ``n`` rows seen."""
+HESSIAN_CHUNK_ROWS = 512  # rows per float32 XᵀX product (error bound: see HessianAccumulator)
+SHORTCUT_BYTES = 1 << 30  # largest stored MLP-consumer input (all segments) for the no-rerun step c
 
-    def __init__(self, module: nn.Linear) -> None:
+Batch = tuple[Tensor, dict[str, Any]]  # block input (b, seqlen, d) and the kwargs the model passed with it
+
+
+class HessianAccumulator:
+    """Forward hook: ``H += XᵀX`` of a Linear's input ``X: (rows, p)``. ``H: (p, p)`` float64; ``n`` rows.
+
+    Each hook call splits X into chunks of at most ``chunk_rows`` rows; a chunk's ``XᵀX`` is one
+    float32 matmul (float64 if X is float64), added to the float64 H. Each entry of a chunk
+    product is a dot product of at most ``chunk_rows`` terms, so its rounding error is below
+    ``chunk_rows · 2⁻²⁴ · Σ|x_i x_j|`` ≤ ``chunk_rows · 2⁻²⁴ · sqrt(H_ii H_jj)`` (3·10⁻⁵ relative
+    for 512 rows); the float64 sum over chunks adds nothing visible. ``keep_inputs`` also keeps X
+    (float32, in call order) in ``inputs``.
+    """
+
+    def __init__(self, module: nn.Linear, chunk_rows: int = HESSIAN_CHUNK_ROWS, keep_inputs: bool = False) -> None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         p = module.in_features
         self.H = torch.zeros(p, p, dtype=torch.float64)
         self.n = 0
+        self.chunk_rows = chunk_rows
+        self.inputs: list[Tensor] | None = [] if keep_inputs else None
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        X = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-        self.H.addmm_(X.T, X)
+        X = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
+        X = X if X.dtype == torch.float64 else X.float()
+        for c in range(0, X.shape[0], self.chunk_rows):
+            Xc = X[c:c + self.chunk_rows]
+            self.H.add_(Xc.T @ Xc)
         self.n += X.shape[0]
+        if self.inputs is not None:
+            self.inputs.append(X)
 
     def remove(self) -> Tensor:
         self.handle.remove()
@@ -58,45 +87,58 @@ class HessianAccumulator:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor) -> tuple[list[Tensor], dict[str, Any]]:
-    """Run the model up to block 0 on each segment; return its inputs and the shared block kwargs.
+def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
+                         batch_size: int = 8) -> list[Batch]:
+    """Run the model up to block 0 on batches of segments; return each batch's block input and kwargs.
 
-    segments: (n, seqlen) long token ids. Returns a list of n tensors (1, seqlen, d) and kwargs.
+    segments: (n, seqlen) long token ids. Returns ⌈n / batch_size⌉ pairs
+    (hidden (b, seqlen, d), kwargs), b ≤ batch_size, in segment order.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     layers = adapter.layers(model)
-    inputs: list[Tensor] = []
-    kwargs_box: dict[str, Any] = {}
+    batches: list[Batch] = []
 
     def catcher(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        inputs.append(hidden.detach().clone())
-        if not kwargs_box:
-            kwargs_box.update({k: v for k, v in kwargs.items() if k not in ("hidden_states",)})
+        for key in ("cache", "past_key_values", "past_key_value"):
+            if key in kwargs:
+                kwargs[key] = None
+        kwargs["use_cache"] = False
+        batches.append((hidden.detach().clone(), kwargs))
         raise _Caught
 
     handle = layers[0].register_forward_pre_hook(catcher, with_kwargs=True)
     try:
-        for seg in segments:
+        for i in range(0, len(segments), batch_size):
             try:
-                model(seg[None, :], use_cache=False)
+                model(segments[i:i + batch_size], use_cache=False)
             except _Caught:
                 pass
     finally:
         handle.remove()
-    kwargs = dict(kwargs_box)
-    for key in ("cache", "past_key_values", "past_key_value"):
-        if key in kwargs:
-            kwargs[key] = None
-    kwargs["use_cache"] = False
-    return inputs, kwargs
+    return batches
 
 
-def _run_block(layer: nn.Module, inputs: list[Tensor], kwargs: dict[str, Any]) -> list[Tensor]:
+def _run_block(layer: nn.Module, inputs: list[Batch]) -> list[Batch]:
+    """The block's outputs on every batch, each paired with the batch's kwargs."""
     outs = []
-    for x in inputs:
+    for x, kwargs in inputs:
         y = layer(x, **kwargs)
-        outs.append((y[0] if isinstance(y, tuple) else y).detach())
+        outs.append(((y[0] if isinstance(y, tuple) else y).detach(), kwargs))
     return outs
+
+
+def _shift_outputs(outputs: list[Batch], consumer_inputs: list[Tensor], delta_W: Tensor) -> list[Batch]:
+    """``y + X ΔWᵀ`` per batch: block outputs after the residual consumer's weights change by ΔW (m, p).
+
+    outputs: (b, seqlen, d) per batch; consumer_inputs: the consumer's (b·seqlen, p) inputs, same order.
+    """
+    if len(outputs) != len(consumer_inputs):
+        raise ValueError(f"consumer_inputs: one per batch expected ({len(outputs)}), got {len(consumer_inputs)}")
+    dW = delta_W.T.to(consumer_inputs[0].dtype)
+    return [((y + (X @ dW).reshape(y.shape).to(y.dtype)), kw) for (y, kw), X in zip(outputs, consumer_inputs)]
 
 
 def write_consumer(consumer: nn.Linear, W: Tensor) -> None:
@@ -144,6 +186,7 @@ def collect_loss_curves(
     layers: list[int] | None = None,
     p_hat: Mapping[str, int] | None = None,
     progress: Callable[[str], None] | None = None,
+    batch_size: int = 8,
 ) -> dict[int, dict[str, dict[int, float]]]:
     """Pass 1 of runtime-aware allocation: normalised loss curves of every consumer, dense model.
 
@@ -159,6 +202,7 @@ def collect_loss_curves(
     Args:
         levels: {"attn": [...], "mlp": [...]} kept counts to evaluate (each ≥ 1).
         p_hat: groups removed per Stage-A step per part (default: attn 1, mlp ⌈n/128⌉).
+        batch_size: calibration segments per block forward.
 
     Returns {block: {"attn" | "mlp": {level: normalised loss}}}.
     """
@@ -167,15 +211,15 @@ def collect_loss_curves(
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
-    inputs, kwargs = capture_block_inputs(model, adapter, segments)
+    inputs = capture_block_inputs(model, adapter, segments, batch_size)
     out: dict[int, dict[str, dict[int, float]]] = {}
     for i, layer in enumerate(blocks):
         if i not in todo:
-            inputs = _run_block(layer, inputs, kwargs)
+            inputs = _run_block(layer, inputs)
             continue
         accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
         try:
-            outputs = _run_block(layer, inputs, kwargs)
+            outputs = _run_block(layer, inputs)
         finally:
             Hs = {part: acc.remove() for part, acc in accs.items()}
         out[i] = {}
@@ -210,6 +254,8 @@ def prune_model_sequential(
     layers: list[int] | None = None,
     progress: Callable[[str], None] | None = None,
     hessian_hook: Callable[[int, str, Tensor], None] | None = None,
+    batch_size: int = 8,
+    shortcut_bytes: int = SHORTCUT_BYTES,
 ) -> PruneOutcome:
     """Prune ``model`` in place, block by block, with ``method``.
 
@@ -220,43 +266,57 @@ def prune_model_sequential(
         keep_mlp: neurons to keep per block (int or {block: count}).
         layers: block indices to prune (default all); other blocks are run unchanged.
         hessian_hook: optional callback(block, part, H_raw) for tests/diagnostics.
+        batch_size: calibration segments per block forward.
+        shortcut_bytes: the MLP consumer's inputs (n·seqlen·ffn float32) are kept to form the next
+            block's inputs without a third forward (module docstring, step c) only up to this size;
+            0 always re-runs the block.
 
     Returns the kept group indices per block {block: {"attn": (k,), "mlp": (k,)}} and records.
     """
+    if isinstance(shortcut_bytes, bool) or not isinstance(shortcut_bytes, int) or shortcut_bytes < 0:
+        raise ValueError(f"shortcut_bytes must be an integer ≥ 0, got {shortcut_bytes!r}")
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
     start = time.perf_counter()
-    inputs, kwargs = capture_block_inputs(model, adapter, segments)
+    inputs = capture_block_inputs(model, adapter, segments, batch_size)
+    shortcut = adapter.mlp_output_is_residual() and segments.numel() * adapter.ffn_dim * 4 <= shortcut_bytes
     kept: dict[int, dict[str, Tensor]] = {}
     records: list[LayerRecord] = []
     solver_s = 0.0
     for i, layer in enumerate(blocks):
-        if i in todo:
-            kept[i] = {}
-            for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
-                consumer = adapter.consumer(layer, part)
-                acc = HessianAccumulator(consumer)
-                try:
-                    _run_block(layer, inputs, kwargs)
-                finally:
-                    H = acc.remove()
-                if hessian_hook is not None:
-                    hessian_hook(i, part, H)
-                name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
-                problem = LayerProblem.from_calibration(
-                    H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name)
-                res = method.prune(problem)
-                solver_s += res.seconds
-                write_consumer(consumer, res.W)
-                kept[i][part] = res.kept.clone()
-                records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
-                                           kept=res.kept.tolist(), objective=res.objective,
-                                           dense_objective=problem.dense_objective(), seconds=res.seconds,
-                                           info={k: v for k, v in res.info.items() if isinstance(v, (int, float))}))
-                if progress is not None:
-                    progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
-                del H, problem
-        inputs = _run_block(layer, inputs, kwargs)
+        if i not in todo:
+            inputs = _run_block(layer, inputs)
+            continue
+        kept[i] = {}
+        for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
+            consumer = adapter.consumer(layer, part)
+            keep_x = shortcut and part == "mlp"
+            acc = HessianAccumulator(consumer, keep_inputs=keep_x)
+            try:
+                outputs = _run_block(layer, inputs)
+            finally:
+                H = acc.remove()
+            if hessian_hook is not None:
+                hessian_hook(i, part, H)
+            name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
+            problem = LayerProblem.from_calibration(
+                H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name)
+            res = method.prune(problem)
+            solver_s += res.seconds
+            W_old = consumer.weight.data.clone() if keep_x else None
+            write_consumer(consumer, res.W)
+            if acc.inputs is not None and W_old is not None:
+                inputs = _shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old)
+            kept[i][part] = res.kept.clone()
+            records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
+                                       kept=res.kept.tolist(), objective=res.objective,
+                                       dense_objective=problem.dense_objective(), seconds=res.seconds,
+                                       info={k: v for k, v in res.info.items() if isinstance(v, (int, float))}))
+            if progress is not None:
+                progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
+            del H, problem, acc, outputs
+        if not shortcut:
+            inputs = _run_block(layer, inputs)
     return PruneOutcome(kept=kept, records=records, seconds_total=time.perf_counter() - start,
                         seconds_solver=solver_s)
