@@ -44,7 +44,7 @@ def summary(request):
         for r in rows:
             by_shape.setdefault(r["shape"], {})[r["what"]] = r
         lines = ["", "solver benchmark (one run, same machine):",
-                 f"{'shape':<12} {'what':<8} {'seconds':>9} {'objective':>16} {'vs inverse':>10} {'ziplm/x':>8}"]
+                 f"{'shape':<12} {'what':<15} {'seconds':>9} {'objective':>16} {'vs inverse':>10} {'ziplm/x':>8}"]
         for shape, d in by_shape.items():
             inv = d.get("inverse", {}).get("seconds")
             zip_s = d.get("ziplm", {}).get("seconds")
@@ -52,7 +52,7 @@ def summary(request):
                 obj = "" if r["objective"] is None else f"{r['objective']:.6e}"
                 rel = f"{r['seconds'] / inv:.2f}x" if inv else ""
                 spd = f"{zip_s / r['seconds']:.1f}x" if zip_s and what != "inverse" else ""
-                lines.append(f"{shape:<12} {what:<8} {r['seconds']:>9.3f} {obj:>16} {rel:>10} {spd:>8}")
+                lines.append(f"{shape:<12} {what:<15} {r['seconds']:>9.3f} {obj:>16} {rel:>10} {spd:>8}")
         print("\n".join(lines))
 
     request.addfinalizer(show)

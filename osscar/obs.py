@@ -102,6 +102,10 @@ class PrunedSetInverse:
         new.groups, new.K, new.R = self.groups.clone(), self.K.clone(), self.R.clone()
         return new
 
+    def excess(self) -> float:
+        """Q(S) − Q* = ½ tr(W*_Jᵀ K W*_J) = ½ ⟨W*_J, R⟩: the loss over the dense optimum Q*."""
+        return float(0.5 * (self.Wstar[block_rows(self.groups, self.s)] * self.R).sum())
+
     def gains(self) -> Tensor:
         """(|J|,) gain ½ tr(R_jᵀ K_jj⁻¹ R_j) of adding each working pruned group back alone."""
         n = len(self.groups)
@@ -231,14 +235,16 @@ class SupportState:
         """(a, m) W_S on the working groups; removed rows zero."""
         return self._W
 
-    def copy(self) -> SupportState:
+    def copy(self, with_pruned: bool = True) -> SupportState:
+        """An independent copy (the problem, F and W* are shared, read-only); ``with_pruned=False``
+        leaves the pruned-set inverse out (the copy then tracks none until one is assigned)."""
         self._flush(compact=False)
         new = object.__new__(SupportState)
         new.__dict__.update(self.__dict__)  # problem, s, deferred, F and W* are shared and read-only
         new.groups, new.kept = self.groups.clone(), self.kept.clone()
         new._E, new._W, new._owned = self._E.clone(), self._W.clone(), {"E": True, "W": True}
         new._U_buf, new._U_blocks = self._U_buf.clone(), self._U_blocks.clone()
-        new.pruned = None if self.pruned is None else self.pruned.copy()
+        new.pruned = self.pruned.copy() if with_pruned and self.pruned is not None else None
         return new
 
     def weights(self) -> Tensor:

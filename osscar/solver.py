@@ -50,38 +50,52 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
                  patience: int = 1) -> tuple[SupportState, dict[str, Any]]:
     """Stage B: swap the ``swap`` cheapest kept groups for the ``swap`` best other pruned ones.
 
-    Each trial is applied to a copy; it is accepted only when the exact least-squares objective
-    strictly decreases. After a rejected trial the next one takes out the next-cheapest block of
-    kept groups, up to ``patience`` rejections in a row; then the swap size is halved while it
-    stays ≥ ``min_swap``. ``patience=1, min_swap=swap`` is the OPT code's rule: stop at the first
-    failure; the vision code halves down to 1. At most ``max_iter`` trials in all.
+    A trial runs on a copy of the pruned-set inverse only (:class:`~osscar.obs.PrunedSetInverse`:
+    take the block out, score every pruned group, put the best back, read Q off K); when Q
+    strictly decreases the swap is applied to a copy of the support state and accepted only if
+    the exact least-squares objective Q(W_S) = −½ tr(G_Sᵀ W_S) also strictly decreases. After a
+    rejected trial the next one takes out the next-cheapest block of kept groups, up to
+    ``patience`` rejections in a row; then the swap size is halved while it stays ≥ ``min_swap``.
+    ``patience=1, min_swap=swap`` is the OPT code's rule: stop at the first failure; the vision
+    code halves down to 1. At most ``max_iter`` trials in all. ``state`` must keep a pruned-set
+    inverse (``SupportState(..., track_pruned=True)``).
     """
+    if not state.track_pruned():
+        raise ValueError("local_search needs SupportState(problem, track_pruned=True)")
     n_groups = state.problem.n_groups
     k = int(state.kept.sum())
     swap = min(swap, k, n_groups - k)
     q = state.objective()
     history = [q]
-    state.track_pruned()  # once, shared by every trial copy
+    order = torch.argsort(state.costs())  # pruned groups (cost +inf) last
     accepted = tried = rejected = 0
     while swap >= max(min_swap, 1) and tried < max_iter:
         tried += 1
-        trial = state.copy()
-        order = torch.argsort(trial.costs())  # pruned groups (cost +inf) last
         out = order[rejected * swap:(rejected + 1) * swap]
-        if len(out) < swap or not trial.kept[out].all():
+        if len(out) < swap or not state.kept[out].all():
             rejected = patience  # ran out of candidates at this swap size
         else:
-            trial.remove(out)
-            gains = trial.gains()
+            trial = state.pruned.copy()
+            trial.extend(out)
+            gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64)
+            gains[trial.groups] = trial.gains()
             gains[out] = float("-inf")  # a real swap: the groups just taken out are not candidates
-            trial.add(torch.topk(gains, swap, largest=True).indices)
-            q_new = trial.objective()
-            if q_new < q - 1e-12 * max(1.0, abs(q)):
-                state, q = trial, q_new
-                accepted += 1
-                rejected = 0
-                history.append(q)
-                continue
+            back = torch.topk(gains, swap, largest=True).indices
+            trial.shrink(back)
+            q_trial = trial.excess() - state.pruned.excess()  # ΔQ of the swap, read off K
+            if q_trial < -1e-12 * max(1.0, abs(q)):
+                new = state.copy(with_pruned=False)
+                new.remove(out)
+                new.add(back)
+                q_new = new.objective()
+                if q_new < q - 1e-12 * max(1.0, abs(q)):
+                    new.pruned = trial
+                    state, q = new, q_new
+                    order = torch.argsort(state.costs())
+                    accepted += 1
+                    rejected = 0
+                    history.append(q)
+                    continue
             rejected += 1
         if rejected >= patience:
             if swap // 2 >= max(min_swap, 1) and min_swap < swap:

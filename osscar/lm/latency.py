@@ -33,6 +33,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +328,47 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     _write_atomic(table.to_dict(), path)
     table.info.update({"cached": False, "path": str(path)})
     return table
+
+
+
+def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[int], list[int]],
+                       points: list[tuple[int, int]], load_dense: Callable[[], nn.Module], repeats: int = 5,
+                       warmup: int = 2, cache_dir: str | os.PathLike | None = None,
+                       use_cache: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Dense vs sliced prefill latency (:func:`osscar.lm.measure.compare_latency`), cached per architecture.
+
+    Latency depends on the architecture, not on the weight values, so runs that slice the same
+    dense model (``dense_config``, taken before slicing) to the same ``widths`` (kept attention
+    groups and kept neurons, one list entry per block) share one measurement. Cache key: (dense
+    config hash, widths, device, torch version, threads = ``torch.get_num_threads()``, points
+    (batch, seqlen), repeats, warmup); entries live under ``cache_root(cache_dir)/latency``.
+    ``load_dense()`` builds the dense model, only on a cache miss.
+
+    Returns (rows, info): the rows of ``compare_latency`` and {"cached", "path", "measured_at", "key"}.
+    """
+    from osscar.io import atomic_write_json
+    from osscar.lm.measure import compare_latency
+    from osscar.lm.models import cache_root
+
+    attn, mlp = (list(map(int, w)) for w in widths)
+    if len(attn) != len(mlp) or not attn:
+        raise ValueError(f"widths must be two equally long, non-empty per-block lists, got {len(attn)} and {len(mlp)}")
+    if not points or any(len(pt) != 2 for pt in points):
+        raise ValueError(f"points must be (batch, seqlen) pairs, got {points!r}")
+    key = {"config_hash": config_hash(dense_config), "model_type": dense_config.model_type,
+           "device": device_name("cpu"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "kept_attn": attn, "kept_mlp": mlp, "points": [[int(b), int(s)] for b, s in points],
+           "repeats": int(repeats), "warmup": int(warmup)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_root(cache_dir) / "latency" / f"prefill-{key['config_hash']}-{digest}.json"
+    if use_cache and path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            if d.get("key") == key:
+                return d["rows"], {"cached": True, "path": str(path), "measured_at": d.get("measured_at"), "key": key}
+        except (ValueError, KeyError):
+            pass  # a corrupt entry is re-measured and overwritten
+    rows = compare_latency(load_dense(), sliced, [(int(b), int(s)) for b, s in points], repeats, warmup)
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(path, {"key": key, "rows": rows, "measured_at": measured_at})
+    return rows, {"cached": False, "path": str(path), "measured_at": measured_at, "key": key}

@@ -40,6 +40,7 @@ under ``allocation`` in the metrics. ``allocation="uniform"`` (default) is the b
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import platform
@@ -93,7 +94,9 @@ class LMRunConfig:
         damping: λ in H + λ·mean(diag H)·I.
         eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows).
         zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
-        latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips.
+        latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips. Latency depends
+            only on the architecture: runs slicing to the same widths on the same device and thread
+            count share one cached measurement (:func:`osscar.lm.latency.prefill_comparison`).
         evaluate_dense: also evaluate the dense model (ppl and zero-shot).
         layers: only prune these block indices (None: all) — for quick tests.
         allocation: ``uniform`` (default: same widths in every block) or ``runtime`` (per-block widths
@@ -259,7 +262,8 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     from osscar.lm.adapters import get_adapter
     from osscar.lm.calibration import prune_model_sequential
     from osscar.lm.evaluate import perplexity, zero_shot
-    from osscar.lm.measure import compare_latency, flops_per_token, param_count, peak_rss_mb
+    from osscar.lm.latency import prefill_comparison
+    from osscar.lm.measure import flops_per_token, param_count, peak_rss_mb
     from osscar.lm.models import load_model, load_tokenizer
     from osscar.lm.slicing import save_pruned, slice_model
     from osscar.methods import make_method
@@ -289,6 +293,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     keep_mlp = n_mlp - removed_count(nf, n_mlp)
     dense_params = param_count(model)
     dense_flops = flops_per_token(model)
+    dense_config = copy.deepcopy(model.config)  # slicing rewrites model.config
     result: dict[str, Any] = {"config": config.to_dict()}
 
     def eval_all(tag: str) -> dict[str, Any]:
@@ -395,12 +400,14 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     result["slicing"] = {"sliced": sliced, "manifest": manifest, "max_abs_logit_diff_vs_unsliced": slice_diff}
     result["layers"] = [dataclasses.asdict(r) for r in outcome.records]
 
-    # 6. latency, dense vs sliced in the same process
+    # 6. latency, dense vs sliced in the same process; shared by runs with the same widths (cache)
     if config.latency_points and sliced:
         t = time.perf_counter()
-        dense = load_model(config.model, config.cache_dir).model
-        result["latency"] = compare_latency(dense, model, list(config.latency_points), config.latency_repeats)
-        del dense
+        result["latency"], cache_info = prefill_comparison(
+            dense_config, model, (widths_attn, widths_mlp), list(config.latency_points),
+            lambda: load_model(config.model, config.cache_dir).model, config.latency_repeats,
+            cache_dir=config.cache_dir)
+        result["latency_cache"] = {k: cache_info[k] for k in ("cached", "path", "measured_at")}
         timings["latency_s"] = time.perf_counter() - t
 
     if save_to and sliced:
@@ -502,8 +509,6 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
 
 def _orig_config(adapter: Any) -> Any:
     """A copy of the adapter's config as it was before slicing (for the FLOPs model)."""
-    import copy
-
     cfg = copy.deepcopy(adapter.config)
     man = getattr(cfg, "osscar_pruned", None)
     if man:
