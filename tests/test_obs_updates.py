@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from osscar.obs import SupportState, refit
+from osscar.obs import SupportState, refit, symmetric_downdate_
 
 
 def _direct(problem, kept_groups):
@@ -124,3 +124,16 @@ def test_refit_has_zero_gradient_on_kept_rows(make_problem, group_size):
     pruned = torch.ones(P.p, dtype=torch.bool)
     pruned[rows] = False
     assert float(W[pruned].abs().max()) == 0
+
+
+@pytest.mark.parametrize("a,r", [(100, 7), (601, 40)])  # one addmm_, and the blocked path
+def test_symmetric_downdate_matches_full_product(a, r):
+    g = torch.Generator().manual_seed(a)
+    X = torch.randn(a, a, generator=g, dtype=torch.float64)
+    E = X @ X.T
+    U = torch.randn(a, r, generator=g, dtype=torch.float64)
+    expected = E - U @ U.T
+    out = symmetric_downdate_(E, U)
+    assert out is E
+    torch.testing.assert_close(E, expected, rtol=1e-12, atol=1e-10)
+    assert torch.equal(E, E.T)

@@ -238,3 +238,31 @@ def test_cli_allocation_flag(tiny_llama_dir, tmp_path, monkeypatch):
     assert rc == 0
     (path,) = tmp_path.glob("*_runtime_s1.5.json")
     assert json.loads(path.read_text())["allocation"]["predicted_latency_s"] > 0
+
+
+def test_prefill_comparison_cached_per_architecture(tmp_path):
+    """Same dense config + widths + threads + points: measured once, then read back without the dense model."""
+    from osscar.lm.latency import prefill_comparison
+
+
+    cfg = tiny_llama_config()
+    sliced = make_model(cfg)
+    a = get_adapter(sliced)
+    n = len(a.layers(sliced))
+    slice_model(sliced, {i: {"attn": torch.tensor([0, 2]), "mlp": torch.arange(32)} for i in range(n)})
+    widths = ([2] * n, [32] * n)
+    loads = []
+
+    def load_dense():
+        loads.append(1)
+        return make_model(cfg)
+
+    kw = dict(points=[(1, 8), (2, 4)], load_dense=load_dense, repeats=1, warmup=1, cache_dir=tmp_path)
+    rows, info = prefill_comparison(cfg, sliced, widths, **kw)
+    assert not info["cached"] and len(loads) == 1 and [(r["batch"], r["seqlen"]) for r in rows] == [(1, 8), (2, 4)]
+    rows2, info2 = prefill_comparison(cfg, sliced, widths, **kw)
+    assert info2["cached"] and rows2 == rows and len(loads) == 1 and info2["path"] == info["path"]
+    _, info3 = prefill_comparison(cfg, sliced, ([2] * n, [31] * n), **kw)  # other widths: measured again
+    assert not info3["cached"] and len(loads) == 2 and info3["path"] != info["path"]
+    with pytest.raises(ValueError, match="widths"):
+        prefill_comparison(cfg, sliced, ([2] * n, [32] * (n - 1)), **kw)

@@ -86,6 +86,7 @@ def test_run_lm_end_to_end_tiny(tiny_llama_dir, tmp_path):
     assert out["pruned"]["wiki-gensim"]["ppl"] > 0 and out["pruned"]["wiki-gensim"]["windows"] == 2
     assert out["size"]["params_pruned"] < out["size"]["params_dense"]
     assert out["latency"][0]["threads"] == 1
+    assert isinstance(out["latency_cache"]["cached"], bool) and out["latency_cache"]["path"].endswith(".json")
     assert out["provenance"]["calib_corpus"] == "wiki-gensim" and "torch" in out["provenance"]["versions"]
     assert len(out["layers"]) == 4
     from osscar.lm.slicing import load_pruned
