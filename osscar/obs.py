@@ -5,6 +5,15 @@ the inverse restricted to the support and ``W_S = E G_S`` the least-squares opti
 it. Removing a block ``R ⊆ S`` and adding a block ``A ∉ S`` are both rank-|block| updates of
 ``E`` and ``W``; :class:`SupportState` keeps them current so that no p×p inverse is recomputed.
 
+Two devices make OSSCAR's stages cheap (both exact, checked against direct recomputation in
+``tests/test_obs_updates.py``):
+
+* deferred downdates (``SupportState(deferred=True)``): Stage A keeps E = E₀ − U Uᵀ and applies
+  the pending factors as one blocked symmetric GEMM on the live rows every ~a/8 removed rows;
+* the pruned-set inverse (:class:`PrunedSetInverse`): with F = H̄⁻¹, the add-back Schur
+  complements are the diagonal blocks of K = (F_JJ)⁻¹ and the residuals are K W*_J, so Stage B
+  scores every pruned group in O(|J|·m) and evaluates a swap without touching E or W.
+
 Pure helpers take ``s`` (group size) and work on contiguous groups of rows.
 """
 
