@@ -185,7 +185,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
     from osscar.vision.flops import count_params, layer_shapes, macs, solve_keep_counts
     from osscar.vision.prune import prune_model
     from osscar.vision.slicing import save_sliced, slice_model
-    from osscar.vision.train import TrainConfig, default_checkpoint, evaluate
+    from osscar.vision.train import TrainConfig, cached_evaluate, default_checkpoint, evaluate
 
     cfg = config
     t_start = time.perf_counter()
@@ -232,7 +232,11 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             slice_diff = float((sliced(xs) - pruned(xs)).abs().max())
 
         t = time.perf_counter()
-        acc_dense = evaluate(dense, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+        ckpt_sha = provenance.get("sha256")
+        if cfg.random_init or not ckpt_sha:
+            acc_dense = evaluate(dense, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+        else:  # the same dense checkpoint in every run of a sweep: evaluated once, cached
+            acc_dense = cached_evaluate(dense, test, ckpt_sha, cfg.eval_limit, cfg.eval_batch_size, progress)
         acc_pruned = evaluate(sliced, test, cfg.eval_limit, cfg.eval_batch_size, progress)
         timings["eval"] = time.perf_counter() - t
 
@@ -256,7 +260,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             "config": cfg.to_dict(),
             "method_params": cfg.all_method_params(),
             "dense": {"top1": acc_dense["top1"], "macs": macs_dense, "params": count_params(dense),
-                      "latency_ms": lat.get("dense")},
+                      "latency_ms": lat.get("dense"), "top1_cached": bool(acc_dense.get("cached", False))},
             "pruned": {"top1": acc_pruned["top1"], "macs": macs_sliced, "params": count_params(sliced),
                        "latency_ms": lat.get("sliced")},
             "eval_n": acc_pruned["n"],

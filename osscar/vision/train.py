@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osscar.io import atomic_write_json
 from osscar.vision.data import DEFAULT_FMNIST_ROOT, ImageSet, dataset_meta, load_split
 from osscar.vision.models import ResNet20, save_checkpoint, sha256_file
 
@@ -79,6 +80,38 @@ def evaluate(model: nn.Module, data: ImageSet, limit: int | None = None, batch_s
             x, y = data.batch(idx)
             correct += int((model(x).argmax(1) == y).sum())
     return {"top1": correct / n, "n": n}
+
+
+def cached_evaluate(model: nn.Module, data: ImageSet, checkpoint_sha256: str, limit: int | None = None,
+                    batch_size: int = 500, progress: bool = False, use_cache: bool = True) -> dict[str, Any]:
+    """:func:`evaluate` of an unmodified checkpoint, cached: every run of a sweep evaluates the same dense model.
+
+    Key: (checkpoint sha256, sha256 of the in-memory split's images and labels, limit, torch version,
+    threads); entries are JSON under ``cache_dir()``. Folder-backed splits (ImageNet) are not
+    hashed, so they are always evaluated. Returns evaluate's dict plus ``cached`` (bool).
+    """
+    if not isinstance(checkpoint_sha256, str) or not checkpoint_sha256:
+        raise ValueError(f"checkpoint_sha256 must be a non-empty string, got {checkpoint_sha256!r}")
+    if data.images is None or data.labels is None or not use_cache:
+        return {**evaluate(model, data, limit, batch_size, progress), "cached": False}
+    h = hashlib.sha256()
+    for t in (data.images, data.labels):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    key = {"checkpoint_sha256": checkpoint_sha256, "data_sha256": h.hexdigest(), "dataset": data.name,
+           "split": data.split, "limit": limit, "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir() / f"eval-{digest}.json"
+    if path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            if d.get("key") == key:
+                return {**d["result"], "cached": True}
+        except (ValueError, KeyError):
+            pass  # a corrupt entry is re-measured and overwritten
+    result = evaluate(model, data, limit, batch_size, progress)
+    atomic_write_json(path, {"key": key, "result": result})
+    return {**result, "cached": False}
 
 
 def train_resnet20(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:

@@ -167,6 +167,9 @@ def test_integration_tiny_budget(tmp_path, monkeypatch):
     for r in res.values():
         assert r["flops_reduction"] >= 0.5 and r["slice_max_abs_diff"] < 1e-4
         assert r["provenance"]["checkpoint_sha256"] and r["dense"]["top1"] > 0.5
+    # the dense checkpoint is evaluated once; the second run reads the cached accuracy
+    assert not res["mp"]["dense"]["top1_cached"] and res["osscar"]["dense"]["top1_cached"]
+    assert res["osscar"]["dense"]["top1"] == res["mp"]["dense"]["top1"]
     # first unit: identical problem for both methods; OSSCAR's reconstruction error is lower
     assert res["osscar"]["layers"][0]["relative_error"] < res["mp"]["layers"][0]["relative_error"]
     assert res["osscar"]["pruned"]["top1"] > res["mp"]["pruned"]["top1"]
@@ -183,3 +186,25 @@ def test_default_model():
                          progress=False) for m in ("mp", "osscar")}
     assert res["osscar"]["dense"]["top1"] > 0.88
     assert res["osscar"]["pruned"]["top1"] > 0.85 > res["mp"]["pruned"]["top1"]
+
+
+def test_cached_evaluate(tmp_path, monkeypatch):
+    """Dense accuracy cached per (checkpoint hash, split content, limit, torch, threads)."""
+    from osscar.vision.data import ImageSet
+    from osscar.vision.train import cached_evaluate, evaluate
+
+    monkeypatch.setenv("OSSCAR_CACHE", str(tmp_path))
+    model, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet("fashion-mnist", "test", torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=g),
+                    torch.randint(0, 10, (40,), generator=g))
+    first = cached_evaluate(model, data, "abc", batch_size=16)
+    assert not first["cached"] and first["top1"] == evaluate(model, data)["top1"]
+    again = cached_evaluate(model, data, "abc", batch_size=16)
+    assert again["cached"] and again["top1"] == first["top1"] and again["n"] == 40
+    assert not cached_evaluate(model, data, "abd")["cached"]  # another checkpoint
+    assert not cached_evaluate(model, data, "abc", limit=20)["cached"]  # another subset
+    data.labels[0] = (data.labels[0] + 1) % 10  # other data content
+    assert not cached_evaluate(model, data, "abc")["cached"]
+    with pytest.raises(ValueError, match="checkpoint_sha256"):
+        cached_evaluate(model, data, "")
