@@ -149,8 +149,12 @@ class LayerProblem:
         return float(0.5 * (Ws * (Hs @ Ws)).sum() - (Gs * Ws).sum())
 
     def dense_objective(self) -> float:
-        """Q at the unconstrained optimum H⁻¹G (the value with every group kept)."""
-        return self.objective(torch.cholesky_solve(self.G, torch.linalg.cholesky(self.H)))
+        """Q at the unconstrained optimum W* = H⁻¹G (the value with every group kept).
+
+        Q(W*) = −½ tr(Gᵀ W*); when G = H Ŵ, W* = Ŵ and no solve is needed.
+        """
+        W = self.W_dense if self.G_is_HW else torch.cholesky_solve(self.G, torch.linalg.cholesky(self.H))
+        return float(-0.5 * (self.G * W).sum())
 
     # -- construction from calibration statistics ----------------------------------------
     @classmethod
