@@ -32,23 +32,15 @@ def diag_blocks(E: Tensor, s: int) -> Tensor:
     return E.reshape(n, s, n, s).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
-def block_grams(R: Tensor) -> Tensor:
-    """R_g R_gᵀ per group. R: (n, s, m) -> (n, s, s); one pass over R, no (n, s, m) temporaries."""
-    if R.shape[1] == 1:
-        return torch.linalg.vector_norm(R.reshape(R.shape[0], -1), dim=1).square().reshape(-1, 1, 1)
-    return torch.bmm(R, R.transpose(1, 2))
-
-
-def quad_from_grams(B: Tensor, gram: Tensor) -> Tensor:
-    """½ ⟨B_g⁻¹, gram_g⟩ per group. B, gram: (n, s, s), B SPD -> (n,)."""
-    if B.shape[-1] == 1:
-        return 0.5 * gram[:, 0, 0] / B[:, 0, 0]
-    return 0.5 * (torch.cholesky_inverse(torch.linalg.cholesky(B)) * gram).sum(dim=(1, 2))
-
-
 def quad_over_blocks(B: Tensor, R: Tensor) -> Tensor:
-    """½ tr(R_gᵀ B_g⁻¹ R_g) = ½ ⟨B_g⁻¹, R_g R_gᵀ⟩ per group. B: (n, s, s) SPD, R: (n, s, m) -> (n,)."""
-    return quad_from_grams(B, block_grams(R))
+    """½ tr(R_gᵀ B_g⁻¹ R_g) = ½ ⟨B_g⁻¹, R_g R_gᵀ⟩ per group. B: (n, s, s) SPD, R: (n, s, m) -> (n,).
+
+    One pass over R and no (n, s, m) temporaries: R may be a large view of the weights.
+    """
+    if B.shape[-1] == 1:
+        return 0.5 * torch.linalg.vector_norm(R.reshape(R.shape[0], -1), dim=1).square() / B[:, 0, 0]
+    gram = torch.bmm(R, R.transpose(1, 2))  # (n, s, s)
+    return 0.5 * (torch.cholesky_inverse(torch.linalg.cholesky(B)) * gram).sum(dim=(1, 2))
 
 
 def refit(problem: LayerProblem, kept: Tensor) -> Tensor:
