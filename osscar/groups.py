@@ -6,6 +6,12 @@ import torch
 from torch import Tensor
 
 
+def block_rows(blocks: Tensor, s: int) -> Tensor:
+    """Row positions of ``blocks`` (indices of contiguous s-row groups), block-major. (b,) -> (b·s,) long."""
+    blocks = torch.as_tensor(blocks, dtype=torch.long)
+    return (blocks[:, None] * s + torch.arange(s, dtype=torch.long)[None, :]).reshape(-1)
+
+
 def group_view(W: Tensor, s: int) -> Tensor:
     """(n·s, m) -> (n, s·m): one flattened row per group."""
     return W.reshape(W.shape[0] // s, -1)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from osscar.groups import block_rows
 from osscar.problem import LayerProblem
 
 
@@ -85,11 +86,6 @@ def symmetric_downdate_(E: Tensor, U: Tensor, n_blocks: int = 4) -> Tensor:
         for j0, j1 in cuts[:i]:
             E[j0:j1, i0:i1] = E[i0:i1, j0:j1].T
     return E
-
-
-def block_rows(blocks: Tensor, s: int) -> Tensor:
-    """Row positions of working ``blocks`` (indices of contiguous s-row groups). (b,) -> (b·s,)."""
-    return (blocks[:, None] * s + torch.arange(s)[None, :]).reshape(-1)
 
 
 def pending_blocks(V: Tensor, s: int) -> Tensor:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from osscar.groups import block_rows
+
 SOLVER_DTYPE = torch.float64
 
 
@@ -136,9 +138,7 @@ class LayerProblem:
 
     def rows_of(self, groups: Tensor) -> Tensor:
         """Feature (row) indices of ``groups``: (len(groups) * group_size,) long, group-major."""
-        groups = torch.as_tensor(groups, dtype=torch.long)
-        offs = torch.arange(self.group_size, dtype=torch.long)
-        return (groups[:, None] * self.group_size + offs[None, :]).reshape(-1)
+        return block_rows(groups, self.group_size)
 
     # -- objective ---------------------------------------------------------------------
     def objective(self, W: Tensor) -> float:
