@@ -137,3 +137,13 @@ def test_symmetric_downdate_matches_full_product(a, r):
     assert out is E
     torch.testing.assert_close(E, expected, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(E, E.T, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_state_from_a_partial_support_matches_direct(make_problem, mode):
+    P = make_problem(9, 12, 2, 5)
+    st = SupportState(P, torch.tensor([0, 2, 3, 5, 8, 9, 11]), **MODES[mode])
+    _check_state(P, st)
+    st.remove(torch.tensor([3, 9]))
+    st.add(torch.tensor([4]))
+    _check_state(P, st)
