@@ -128,8 +128,8 @@ class PrunedSetInverse:
         n = len(self.groups)
         return quad_over_blocks(diag_blocks(self.K, self.s), self.R.reshape(n, self.s, -1))
 
-    def extend(self, groups: Tensor) -> None:
-        """Groups leave S and join J: block inverse of F_{J∪g} from K (bordering)."""
+    def extended(self, groups: Tensor) -> PrunedSetInverse:
+        """A new pruned-set inverse for J ∪ groups (groups leave S): bordering of K; self unchanged."""
         s, F = self.s, self.F
         g_rows, j_rows = block_rows(groups, s), block_rows(self.groups, s)
         F_Jg = F[j_rows[:, None], g_rows]  # (|J|, |g|)
@@ -144,14 +144,25 @@ class PrunedSetInverse:
         K[:a, a:] = -bC
         K[a:, :a] = -bC.T
         K[a:, a:] = C_inv
-        self.K = K
-        self.R = torch.cat([self.R.addmm_(b, z, alpha=-1.0), z])
-        self.groups = torch.cat([self.groups, groups])
+        new = object.__new__(PrunedSetInverse)
+        new.F, new.Wstar, new.s = self.F, self.Wstar, self.s
+        new.K, new.groups = K, torch.cat([self.groups, groups])
+        new.R = torch.cat([torch.addmm(self.R, b, z, alpha=-1.0), z])
+        return new
+
+    def _positions(self, groups: Tensor) -> Tensor:
+        lookup = {int(g): i for i, g in enumerate(self.groups.tolist())}
+        return block_rows(torch.tensor([lookup[int(g)] for g in groups], dtype=torch.long), self.s)
+
+    def joint_gain(self, groups: Tensor) -> float:
+        """Decrease of Q from adding ``groups`` (all in J) back together: ½ tr(R_Iᵀ K_II⁻¹ R_I)."""
+        pos = self._positions(groups)
+        L = torch.linalg.cholesky(self.K[pos[:, None], pos])
+        return float(0.5 * torch.linalg.solve_triangular(L, self.R[pos], upper=False).square().sum())
 
     def shrink(self, groups: Tensor) -> None:
         """Groups leave J and rejoin S: OBS downdate of K and R, then drop their rows."""
-        lookup = {int(g): i for i, g in enumerate(self.groups.tolist())}
-        pos = block_rows(torch.tensor([lookup[int(g)] for g in groups], dtype=torch.long), self.s)
+        pos = self._positions(groups)
         L = torch.linalg.cholesky(self.K[pos][:, pos])
         V = torch.linalg.solve_triangular(L, self.K[pos], upper=False).T  # (|J|, |g|)
         keep = torch.ones(self.K.shape[0], dtype=torch.bool)
@@ -371,7 +382,7 @@ class SupportState:
             self._U_blocks += pending_blocks(V, s)
         self.kept[groups] = False
         if self.pruned is not None:
-            self.pruned.extend(groups)
+            self.pruned = self.pruned.extended(groups)
         if eager and int((~self.live).sum()) * 4 > len(self.groups):
             self._flush(compact=True)
 

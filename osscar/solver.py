@@ -50,10 +50,11 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
                  patience: int = 1) -> tuple[SupportState, dict[str, Any]]:
     """Stage B: swap the ``swap`` cheapest kept groups for the ``swap`` best other pruned ones.
 
-    A trial runs on a copy of the pruned-set inverse only (:class:`~osscar.obs.PrunedSetInverse`:
-    take the block out, score every pruned group, put the best back, read Q off K); when Q
-    strictly decreases the swap is applied to a copy of the support state and accepted only if
-    the exact least-squares objective Q(W_S) = −½ tr(G_Sᵀ W_S) also strictly decreases. After a
+    A trial runs on the pruned-set inverse only (:class:`~osscar.obs.PrunedSetInverse`: take the
+    block out, score every pruned group, read the swap's ΔQ off K as the joint removal cost minus
+    the joint gain of the best groups put back); when Q strictly decreases the swap is applied to
+    a copy of the support state and accepted only if the exact least-squares objective
+    Q(W_S) = −½ tr(G_Sᵀ W_S) also strictly decreases. After a
     rejected trial the next one takes out the next-cheapest block of kept groups, up to
     ``patience`` rejections in a row; then the swap size is halved while it stays ≥ ``min_swap``.
     ``patience=1, min_swap=swap`` is the OPT code's rule: stop at the first failure; the vision
@@ -68,6 +69,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
     q = state.objective()
     history = [q]
     order = torch.argsort(state.costs())  # pruned groups (cost +inf) last
+    excess = state.pruned.excess()
     accepted = tried = rejected = 0
     while swap >= max(min_swap, 1) and tried < max_iter:
         tried += 1
@@ -75,23 +77,25 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
         if len(out) < swap or not state.kept[out].all():
             rejected = patience  # ran out of candidates at this swap size
         else:
-            trial = state.pruned.copy()
-            trial.extend(out)
+            trial = state.pruned.extended(out)
             gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64)
             gains[trial.groups] = trial.gains()
             gains[out] = float("-inf")  # a real swap: the groups just taken out are not candidates
             back = torch.topk(gains, swap, largest=True).indices
-            trial.shrink(back)
-            q_trial = trial.excess() - state.pruned.excess()  # ΔQ of the swap, read off K
+            # ΔQ of the swap, read off K: the joint cost of taking `out` out minus the joint gain
+            # of putting `back` in (K and R are downdated only for an accepted swap)
+            q_trial = trial.excess() - excess - trial.joint_gain(back)
             if q_trial < -1e-12 * max(1.0, abs(q)):
                 new = state.copy(with_pruned=False)
                 new.remove(out)
                 new.add(back)
                 q_new = new.objective()
                 if q_new < q - 1e-12 * max(1.0, abs(q)):
+                    trial.shrink(back)
                     new.pruned = trial
                     state, q = new, q_new
                     order = torch.argsort(state.costs())
+                    excess = state.pruned.excess()
                     accepted += 1
                     rejected = 0
                     history.append(q)
