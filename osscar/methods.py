@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from osscar.groups import block_rows
 from osscar.problem import LayerProblem
 
 ENTRY_POINT_GROUP = "osscar.methods"
@@ -56,8 +57,7 @@ class PruneResult:
     info: dict[str, Any] = field(default_factory=dict)
 
     def kept_rows(self, group_size: int) -> Tensor:
-        offs = torch.arange(group_size, dtype=torch.long)
-        return (self.kept[:, None] * group_size + offs[None, :]).reshape(-1)
+        return block_rows(self.kept, group_size)
 
 
 @dataclass(frozen=True)
