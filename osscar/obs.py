@@ -112,16 +112,22 @@ class PrunedSetInverse:
         F_JJ = take_square(F, rows)
         self.K = torch.cholesky_inverse(torch.linalg.cholesky(F_JJ)) if len(rows) else F_JJ
         self.R = self.K @ Wstar[rows]
+        self._excess = float(0.5 * (Wstar[rows] * self.R).sum())
 
     def copy(self) -> PrunedSetInverse:
         new = object.__new__(PrunedSetInverse)
         new.F, new.Wstar, new.s = self.F, self.Wstar, self.s
         new.groups, new.K, new.R = self.groups.clone(), self.K.clone(), self.R.clone()
+        new._excess = self._excess
         return new
 
     def excess(self) -> float:
-        """Q(S) − Q* = ½ tr(W*_Jᵀ K W*_J) = ½ ⟨W*_J, R⟩: the loss over the dense optimum Q*."""
-        return float(0.5 * (self.Wstar[block_rows(self.groups, self.s)] * self.R).sum())
+        """Q(S) − Q* = ½ tr(W*_Jᵀ K W*_J) = ½ ⟨W*_J, R⟩: the loss over the dense optimum Q*.
+
+        Computed once at construction and then carried through :meth:`extended` (+ the joint
+        removal cost of the new groups) and :meth:`shrink` (− their joint gain).
+        """
+        return self._excess
 
     def gains(self) -> Tensor:
         """(|J|,) gain ½ tr(R_jᵀ K_jj⁻¹ R_j) of adding each working pruned group back alone."""
@@ -135,19 +141,23 @@ class PrunedSetInverse:
         F_Jg = F[j_rows[:, None], g_rows]  # (|J|, |g|)
         b = self.K @ F_Jg
         L = torch.linalg.cholesky(F[g_rows[:, None], g_rows] - F_Jg.T @ b)
-        z = torch.cholesky_solve(self.Wstar[g_rows] - F_Jg.T @ self.R, L)  # (|g|, m)
+        y = self.Wstar[g_rows] - F_Jg.T @ self.R  # (|g|, m): the block's residual given J
+        z = torch.cholesky_solve(y, L)
         C_inv = torch.cholesky_inverse(L)
         bC = b @ C_inv
         a, na = len(j_rows), len(g_rows)
-        K = torch.empty((a + na, a + na), dtype=self.K.dtype)
+        K = self.K.new_empty((a + na, a + na))
         torch.addmm(self.K, bC, b.T, out=K[:a, :a])
         K[:a, a:] = -bC
         K[a:, :a] = -bC.T
         K[a:, a:] = C_inv
+        R = self.R.new_empty((a + na, self.R.shape[1]))
+        torch.addmm(self.R, b, z, alpha=-1.0, out=R[:a])
+        R[a:] = z
         new = object.__new__(PrunedSetInverse)
         new.F, new.Wstar, new.s = self.F, self.Wstar, self.s
-        new.K, new.groups = K, torch.cat([self.groups, groups])
-        new.R = torch.cat([torch.addmm(self.R, b, z, alpha=-1.0), z])
+        new.K, new.R, new.groups = K, R, torch.cat([self.groups, groups])
+        new._excess = self._excess + float(0.5 * (y * z).sum())  # + joint removal cost ½ tr(yᵀ C⁻¹ y)
         return new
 
     def _positions(self, groups: Tensor) -> Tensor:
@@ -173,6 +183,7 @@ class PrunedSetInverse:
         self.K = take_square(self.K, idx).addmm_(Vk, Vk.T, alpha=-1.0)
         self.R = self.R.index_select(0, idx).addmm_(Vk, D, alpha=-1.0)
         self.groups = self.groups[keep.reshape(-1, self.s)[:, 0]]
+        self._excess -= float(0.5 * D.square().sum())  # − their joint gain
 
 
 class SupportState:

@@ -51,6 +51,10 @@ def _check_state(P, st):
     pruned = torch.nonzero(~st.kept).flatten()
     if len(pruned):
         assert _rel(st.gains()[pruned], _direct_gains(P, kept)[pruned]) < 1e-8
+    if st.pruned is not None:  # Q(S) − Q*, carried through every update
+        q_star = -0.5 * float((P.G * torch.linalg.solve(P.H, P.G)).sum())
+        excess = -0.5 * float((P.G[P.rows_of(kept)] * _direct(P, kept)[1]).sum()) - q_star
+        assert abs(st.pruned.excess() - excess) <= 1e-8 * max(abs(excess), abs(q_star))
     torch.testing.assert_close(st.weights(), refit(P, kept), rtol=1e-8, atol=1e-10)
 
 
