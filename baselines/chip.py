@@ -23,11 +23,11 @@ def channel_independence(A: Tensor, chunk: int = 64) -> Tensor:
     A = A.double()
     N, C, _ = A.shape
     total = torch.linalg.matrix_norm(A, ord="nuc")  # (N,)
-    ci = torch.zeros(C, dtype=torch.float64)
+    ci = torch.zeros(C, dtype=torch.float64, device=A.device)
     for start in range(0, C, chunk):
-        cs = torch.arange(start, min(start + chunk, C))
+        cs = torch.arange(start, min(start + chunk, C), device=A.device)
         masked = A[:, None].repeat(1, len(cs), 1, 1)  # (N, c, C, L)
-        masked[:, torch.arange(len(cs)), cs] = 0
+        masked[:, torch.arange(len(cs), device=A.device), cs] = 0
         ci[cs] = (total[:, None] - torch.linalg.matrix_norm(masked, ord="nuc")).mean(dim=0)
     return ci
 

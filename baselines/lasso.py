@@ -21,7 +21,7 @@ from osscar.problem import LayerProblem
 
 def largest_eigenvalue(H: Tensor, iters: int = 50) -> float:
     """Power-iteration estimate of λ_max(H) for SPD H: (p, p), padded by 2%."""
-    v = torch.ones(H.shape[0], dtype=H.dtype) / H.shape[0] ** 0.5
+    v = H.new_ones(H.shape[0]) / H.shape[0] ** 0.5
     lam = 0.0
     for _ in range(iters):
         w = H @ v

@@ -22,7 +22,7 @@ def thinet_removed(H: Tensor, W: Tensor, s: int, n_remove: int) -> Tensor:
     Wg = W.reshape(n, s, -1)
     own = (Wg * torch.bmm(diag_blocks(H, s), Wg)).sum(dim=(1, 2))  # tr(W_gᵀ H_gg W_g)
     contrib = torch.zeros_like(W)  # H[:, T] W_T
-    available = torch.ones(n, dtype=torch.bool)
+    available = torch.ones(n, dtype=torch.bool, device=H.device)
     removed = []
     for _ in range(n_remove):
         delta = own + 2 * (Wg * contrib.reshape(n, s, -1)).sum(dim=(1, 2))
@@ -32,7 +32,7 @@ def thinet_removed(H: Tensor, W: Tensor, s: int, n_remove: int) -> Tensor:
         available[g] = False
         rows = slice(g * s, (g + 1) * s)
         contrib.addmm_(H[:, rows], W[rows])
-    return torch.tensor(removed, dtype=torch.long)
+    return torch.tensor(removed, dtype=torch.long, device=H.device)
 
 
 @register_method("thinet")
@@ -43,7 +43,7 @@ class ThiNet(PruningMethod):
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         n_remove = problem.n_groups - problem.k
         removed = thinet_removed(problem.H, problem.W_dense, problem.group_size, n_remove)
-        keep = torch.ones(problem.n_groups, dtype=torch.bool)
+        keep = torch.ones(problem.n_groups, dtype=torch.bool, device=problem.device)
         keep[removed] = False
         kept = torch.nonzero(keep).flatten()
         return kept, refit(problem, kept), {}

@@ -19,8 +19,37 @@ SHAPES = {
 }
 
 
-def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0) -> LayerProblem:
-    """Calibration-like inputs: n = p + 512 correlated rows with a decaying spectrum."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("osscar solver benchmark")
+    group.addoption("--solver-device", default="cpu",
+                    help="device the layer problems (and so the solvers) live on, e.g. cuda (default: cpu)")
+    group.addoption("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+
+@pytest.fixture(scope="session")
+def solver_device(request) -> torch.device:
+    """The benchmark's device, checked before any problem is built; CPU threads set here too."""
+    device = torch.device(request.config.getoption("--solver-device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--solver-device cuda: torch.cuda.is_available() is False on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--solver-device must be cpu or cuda[:N], got {device}")
+    threads = request.config.getoption("--threads")
+    if threads < 1:
+        raise pytest.UsageError(f"--threads must be ≥ 1, got {threads}")
+    torch.set_num_threads(threads)
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that wall times cover the work (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0, device: str | torch.device = "cpu") -> LayerProblem:
+    """Calibration-like inputs: n = p + 512 correlated rows with a decaying spectrum (built on the
+    CPU, then moved to ``device``)."""
     n_groups, s, m = SHAPES[shape]
     p = n_groups * s
     g = torch.Generator().manual_seed(seed)
@@ -29,7 +58,11 @@ def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0) -> LayerProbl
     X = torch.randn(n, p, generator=g, dtype=torch.float64) * scale
     X += 0.3 * torch.randn(n, 1, generator=g, dtype=torch.float64) * torch.randn(1, p, generator=g, dtype=torch.float64)
     W = torch.randn(p, m, generator=g, dtype=torch.float64) / p**0.5
-    return LayerProblem.from_calibration(X.T @ X, W, s, int(keep * n_groups), damping=0.01)
+    P = LayerProblem.from_calibration(X.T @ X, W, s, int(keep * n_groups), damping=0.01)
+    if torch.device(device).type == "cpu":
+        return P
+    return LayerProblem(H=P.H.to(device), G=P.G.to(device), W_dense=P.W_dense.to(device), group_size=s, k=P.k,
+                        damping=P.damping, G_is_HW=P.G_is_HW)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +76,9 @@ def summary(request):
         by_shape: dict[str, dict[str, dict]] = {}
         for r in rows:
             by_shape.setdefault(r["shape"], {})[r["what"]] = r
-        lines = ["", "solver benchmark (one run, same machine):",
+        device = request.config.getoption("--solver-device")
+        threads = torch.get_num_threads()
+        lines = ["", f"solver benchmark (one run, same machine; device {device}, {threads} CPU thread(s)):",
                  f"{'shape':<12} {'what':<15} {'seconds':>9} {'objective':>16} {'vs inverse':>10} {'ziplm/x':>8}"]
         for shape, d in by_shape.items():
             inv = d.get("inverse", {}).get("seconds")

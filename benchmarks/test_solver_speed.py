@@ -1,7 +1,9 @@
 """OSSCAR vs ZipLM vs MP+ on OPT-shaped layer problems, beside one p×p float64 inverse.
 
-Run: ``nox -s bench`` (or ``pytest benchmarks -p no:cacheprovider --benchmark-only -s``).
-Not part of the default test run. Timings are single rounds: the large shapes take minutes.
+Run: ``nox -s bench`` (or ``pytest benchmarks -p no:cacheprovider --benchmark-only -s``);
+``-- --solver-device cuda`` runs the same problems on a GPU (float64), ``--threads N`` sets the
+CPU threads (default 1). Not part of the default test run. Timings are single rounds: the large
+shapes take minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 import pytest
 import torch
 
-from benchmarks.conftest import SHAPES, opt_like_problem
+from benchmarks.conftest import SHAPES, opt_like_problem, synchronize
 from osscar.methods import make_method
 
 # label -> (registry name, parameters). "ziplm-deferred" is ZipLM's one-at-a-time selection on
@@ -21,18 +23,24 @@ METHODS = {"osscar": ("osscar", {}), "ziplm": ("ziplm", {}), "ziplm-deferred": (
 
 
 @pytest.fixture(scope="module", params=[s for s in SHAPES if not s.startswith(("ffn-1536", "heads-9x"))])
-def problem(request):
-    return request.param, opt_like_problem(request.param)
+def problem(request, solver_device):
+    return request.param, opt_like_problem(request.param, device=solver_device)
 
 
-def test_inverse(benchmark, problem, summary):
+def test_inverse(benchmark, problem, summary, solver_device):
     shape, P = problem
+    if solver_device.type == "cuda":  # the first linalg call on a GPU pays for library start-up
+        torch.cholesky_inverse(torch.linalg.cholesky(P.H[:64, :64]))
+        synchronize(solver_device)
 
     def inverse():
-        return torch.cholesky_inverse(torch.linalg.cholesky(P.H))
+        out = torch.cholesky_inverse(torch.linalg.cholesky(P.H))
+        synchronize(solver_device)
+        return out
 
     start = time.perf_counter()
     benchmark.pedantic(inverse, rounds=1, iterations=1)
+    benchmark.extra_info.update({"device": str(solver_device), "threads": torch.get_num_threads()})
     summary.append({"shape": shape, "what": "inverse", "seconds": time.perf_counter() - start, "objective": None})
 
 
@@ -43,5 +51,6 @@ def test_method(benchmark, problem, summary, label):
     method = make_method(name, **params)
     result = benchmark.pedantic(method.prune, args=(P,), rounds=1, iterations=1)
     benchmark.extra_info.update({"objective": result.objective, "k": P.k, "p": P.p, "m": P.m,
+                                 "device": str(P.device), "threads": torch.get_num_threads(),
                                  "info": {k: v for k, v in result.info.items() if k != "local_search_objective"}})
     summary.append({"shape": shape, "what": label, "seconds": result.seconds, "objective": result.objective})

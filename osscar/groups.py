@@ -8,8 +8,8 @@ from torch import Tensor
 
 def block_rows(blocks: Tensor, s: int) -> Tensor:
     """Row positions of ``blocks`` (indices of contiguous s-row groups), block-major. (b,) -> (b·s,) long."""
-    blocks = torch.as_tensor(blocks, dtype=torch.long)
-    return (blocks[:, None] * s + torch.arange(s, dtype=torch.long)[None, :]).reshape(-1)
+    blocks = torch.as_tensor(blocks, dtype=torch.long, device=blocks.device if isinstance(blocks, Tensor) else "cpu")
+    return (blocks[:, None] * s + torch.arange(s, dtype=torch.long, device=blocks.device)[None, :]).reshape(-1)
 
 
 def group_view(W: Tensor, s: int) -> Tensor:
@@ -26,6 +26,6 @@ def group_norms(W: Tensor, s: int, ord: int = 2) -> Tensor:
 def top_groups(scores: Tensor, k: int) -> Tensor:
     """Sorted indices of the k largest scores (ties broken by lower index). scores: (n,)."""
     if k == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
     order = torch.argsort(scores.double(), descending=True, stable=True)
     return order[:k].sort().values

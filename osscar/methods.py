@@ -41,8 +41,8 @@ class PruneResult:
     """What a method returns for one layer.
 
     Attributes:
-        kept: (k,) long, sorted indices of the kept groups.
-        W: (p, m) float64 new weights; rows of pruned groups are exactly zero.
+        kept: (k,) long, sorted indices of the kept groups (on the CPU).
+        W: (p, m) float64 new weights on the problem's device; rows of pruned groups are exactly zero.
         objective: Q(W) computed directly (float64), comparable across methods.
         seconds: wall time of the method's ``solve`` (objective evaluation excluded).
         method: registry name of the method.
@@ -87,13 +87,15 @@ class PruningMethod:
         self.check(problem)
         start = time.perf_counter()
         kept, W, info = self.solve(problem)
+        if problem.device.type == "cuda":  # queued kernels belong to the solve's wall time
+            torch.cuda.synchronize(problem.device)
         seconds = time.perf_counter() - start
-        kept = torch.as_tensor(kept, dtype=torch.long).sort().values
+        kept = torch.as_tensor(kept, dtype=torch.long, device="cpu").sort().values
         if kept.numel() != problem.k or torch.unique(kept).numel() != problem.k:
             raise RuntimeError(f"method {self.name!r} returned {kept.numel()} groups, expected {problem.k}")
-        W = W.to(torch.float64).clone()
-        mask = torch.ones(problem.n_groups, dtype=torch.bool)
-        mask[kept] = False
+        W = W.to(device=problem.device, dtype=torch.float64).clone()
+        mask = torch.ones(problem.n_groups, dtype=torch.bool, device=problem.device)
+        mask[kept.to(problem.device)] = False
         W[problem.rows_of(torch.nonzero(mask).flatten())] = 0
         return PruneResult(kept=kept, W=W, objective=problem.objective(W), seconds=seconds,
                            method=self.name, info=info)

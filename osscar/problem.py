@@ -97,6 +97,9 @@ class LayerProblem:
     G_is_HW: bool = False
 
     def __post_init__(self) -> None:
+        devices = {name: getattr(self, name).device for name in ("H", "G", "W_dense") if isinstance(getattr(self, name), Tensor)}
+        if len(set(devices.values())) > 1:
+            raise ValueError(f"H, G and W_dense must be on one device (the solver's), got {devices}")
         _check_square_symmetric("H", self.H)
         p = self.H.shape[0]
         _check_matrix("W_dense", self.W_dense, rows=p)
@@ -131,6 +134,11 @@ class LayerProblem:
     @property
     def m(self) -> int:
         return self.W_dense.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the solver runs: the device of H, G and Ŵ (methods follow it)."""
+        return self.H.device
 
     @property
     def n_groups(self) -> int:

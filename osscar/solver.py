@@ -78,7 +78,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
             rejected = patience  # ran out of candidates at this swap size
         else:
             trial = state.pruned.extended(out)
-            gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64)
+            gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64, device=trial.K.device)
             gains[trial.groups] = trial.gains()
             gains[out] = float("-inf")  # a real swap: the groups just taken out are not candidates
             back = torch.topk(gains, swap, largest=True).indices
