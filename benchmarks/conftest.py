@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from osscar.devices import resolve_device
 from osscar.problem import LayerProblem
 
 # name -> (n_groups, group_size, m): OPT-125m / OPT-2.7B-like FFN (fc2) and attention (out_proj),
@@ -29,22 +30,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def solver_device(request) -> torch.device:
     """The benchmark's device, checked before any problem is built; CPU threads set here too."""
-    device = torch.device(request.config.getoption("--solver-device"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("--solver-device cuda: torch.cuda.is_available() is False on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise pytest.UsageError(f"--solver-device must be cpu or cuda[:N], got {device}")
+    try:
+        device = resolve_device(request.config.getoption("--solver-device"), "--solver-device")
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     threads = request.config.getoption("--threads")
     if threads < 1:
         raise pytest.UsageError(f"--threads must be ≥ 1, got {threads}")
     torch.set_num_threads(threads)
     return device
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so that wall times cover the work (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0, device: str | torch.device = "cpu") -> LayerProblem:

@@ -18,13 +18,22 @@ class Pipeline:
     """A runnable pipeline: ``config`` and ``run`` are 'module:attribute' paths.
 
     ``volatile`` names config fields that do not change results (output folders, progress),
-    left out of a run's key.
+    left out of a run's key. ``added`` maps fields added after records existed to the value that
+    reproduces the earlier behaviour: at that value a field is left out of the key too, so the
+    records of unchanged runs keep their keys (any other value is part of the key).
     """
 
     name: str
     config: str
     run: str
     volatile: tuple[str, ...] = ()
+    added: tuple[tuple[str, Any], ...] = ()
+
+    def key_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The fields of ``config`` (a dataclass as dict) that identify a run."""
+        neutral = dict(self.added)
+        return {k: v for k, v in config.items()
+                if k not in self.volatile and not (k in neutral and v == neutral[k])}
 
     def _load(self, path: str) -> Any:
         module, attr = path.split(":")
@@ -39,10 +48,12 @@ class Pipeline:
 
 PIPELINES = MappingProxyType({
     "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
-                   volatile=("output_dir", "save_model", "cache_dir")),
+                   volatile=("output_dir", "save_model", "cache_dir"),
+                   added=(("device", "cpu"), ("dtype", "float32"))),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
-                       volatile=("output_dir", "save_model")),
-    "solver": Pipeline("solver", "benchmarks.solver_pipeline:SolverRunConfig", "benchmarks.solver_pipeline:run_solver"),
+                       volatile=("output_dir", "save_model"), added=(("device", "cpu"),)),
+    "solver": Pipeline("solver", "benchmarks.solver_pipeline:SolverRunConfig", "benchmarks.solver_pipeline:run_solver",
+                       added=(("device", "cpu"),)),
 })
 
 

@@ -15,11 +15,13 @@ from typing import Any
 import torch
 
 from benchmarks.conftest import SHAPES, opt_like_problem
+from osscar.devices import device_label, resolve_device, synchronize
 
 
 @dataclass(frozen=True)
 class SolverRunConfig:
-    """shape: one of SHAPES; keep: fraction of groups kept; method + method_params; seed; threads."""
+    """shape: one of SHAPES; keep: fraction of groups kept; method + method_params; seed; threads;
+    device: where the problem (and so the solver) lives (cpu, cuda, cuda:N)."""
 
     shape: str = "ffn-3072"
     keep: float = 0.5
@@ -27,10 +29,12 @@ class SolverRunConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         from osscar.methods import make_method
 
+        resolve_device(self.device, "device")
         if self.shape not in SHAPES:
             raise ValueError(f"shape={self.shape!r} is unknown; allowed: {', '.join(SHAPES)}")
         if not (isinstance(self.keep, (int, float)) and 0 < self.keep < 1):
@@ -47,9 +51,13 @@ def run_solver(config: SolverRunConfig, progress: bool = False) -> dict[str, Any
     from osscar.methods import make_method
 
     torch.set_num_threads(config.threads)
-    problem = opt_like_problem(config.shape, keep=config.keep, seed=config.seed)
+    device = resolve_device(config.device, "device")
+    problem = opt_like_problem(config.shape, keep=config.keep, seed=config.seed, device=device)
+    torch.cholesky_inverse(torch.linalg.cholesky(problem.H[:64, :64]))  # library start-up, untimed
+    synchronize(device)
     start = time.perf_counter()
     torch.cholesky_inverse(torch.linalg.cholesky(problem.H))
+    synchronize(device)
     inverse_seconds = time.perf_counter() - start
     result = make_method(config.method, **config.method_params).prune(problem)
     info = {k: v for k, v in result.info.items() if isinstance(v, (int, float, str))}
@@ -63,4 +71,5 @@ def run_solver(config: SolverRunConfig, progress: bool = False) -> dict[str, Any
         "inverse_seconds": inverse_seconds,
         "kept": result.kept.tolist(),
         "info": info,
+        "device": device_label(device),
     }

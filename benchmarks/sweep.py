@@ -101,7 +101,7 @@ class Sweep:
                 config = cls(**_coerce(cls, point))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"sweep {self.name!r} ({self.source}): invalid run {point}: {e}") from e
-            key_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in pipeline.volatile}
+            key_config = pipeline.key_config(dataclasses.asdict(config))
             ident = canonical_json(key_config)
             if ident not in seen:
                 seen.add(ident)

@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from benchmarks.conftest import SHAPES, opt_like_problem, synchronize
+from benchmarks.conftest import SHAPES, opt_like_problem
+from osscar.devices import synchronize
 from osscar.methods import make_method
 
 # label -> (registry name, parameters). "ziplm-deferred" is ZipLM's one-at-a-time selection on

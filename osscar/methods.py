@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from osscar.devices import synchronize
 from osscar.groups import block_rows
 from osscar.problem import LayerProblem
 
@@ -87,8 +88,7 @@ class PruningMethod:
         self.check(problem)
         start = time.perf_counter()
         kept, W, info = self.solve(problem)
-        if problem.device.type == "cuda":  # queued kernels belong to the solve's wall time
-            torch.cuda.synchronize(problem.device)
+        synchronize(problem.device)  # queued GPU kernels belong to the solve's wall time
         seconds = time.perf_counter() - start
         kept = torch.as_tensor(kept, dtype=torch.long, device="cpu").sort().values
         if kept.numel() != problem.k or torch.unique(kept).numel() != problem.k:

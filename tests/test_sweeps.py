@@ -43,6 +43,24 @@ def test_every_shipped_sweep_validates():
         assert load_sweep(f, "cpu").runs()
 
 
+def test_fields_added_later_keep_old_run_keys_at_their_neutral_value():
+    """A new config field at the value that reproduces the old behaviour (device="cpu") is left
+    out of the run key, so committed records keep their keys; any other value is part of it."""
+    from benchmarks.pipelines import get_pipeline
+    from results.store import config_key
+
+    lm = get_pipeline("lm")
+    old = {"model": "smollm2-135m", "method": "osscar", "threads": 1}
+    assert config_key("lm", lm.key_config({**old, "device": "cpu", "dtype": "float32"})) == config_key("lm", old)
+    assert lm.key_config({**old, "device": "cuda", "dtype": "float16"}) == {**old, "device": "cuda", "dtype": "float16"}
+    assert lm.key_config({**old, "output_dir": "x"}) == old  # volatile
+    # every committed record is still found under the key its sweep computes now
+    store = ResultStore(ROOT / "results" / "records")
+    for f in sweep_files():
+        for spec in load_sweep(f, "cpu").runs():
+            assert store.has(spec.experiment, config_key(spec.pipeline, spec.key_config)), spec
+
+
 @pytest.mark.parametrize("body, match", [
     (SOLVER_SWEEP.format(methods='["osscar", "osscr"]', seeds="[0]"), "method 'osscr' is unknown|unknown method 'osscr'"),
     (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]") + "colour = [1]\n", "unknown key\\(s\\) colour"),

@@ -98,7 +98,7 @@ def slice_linear(lin: nn.Linear, rows: Tensor | None = None, cols: Tensor | None
 
 def _span(groups: Tensor, size: int) -> Tensor:
     groups = torch.as_tensor(groups, dtype=torch.long)
-    return (groups[:, None] * size + torch.arange(size)[None, :]).reshape(-1)
+    return (groups[:, None] * size + torch.arange(size, device=groups.device)[None, :]).reshape(-1)
 
 
 @dataclass(frozen=True)

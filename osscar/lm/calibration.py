@@ -3,7 +3,7 @@
 1. A catcher on block 0 records its inputs (hidden states, one tensor per batch of
    ``batch_size`` calibration segments) and the keyword arguments the model passes to the block
    with each batch (masks, rotary embeddings, ...).
-2. For each block, one at a time, activations on the CPU:
+2. For each block, one at a time, activations on the model's device (H and the solver too):
    a. hooks on the attention consumer accumulate ``H = XᵀX`` over all segments
       (:class:`HessianAccumulator`: float32 products of row chunks summed into a float64 H);
       the layer problem ``LayerProblem.from_calibration(H, W.T, group_size, k, damping)`` is
@@ -35,6 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from osscar.devices import model_device
 from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.methods import PruningMethod
 from osscar.problem import LayerProblem
@@ -65,7 +66,7 @@ class HessianAccumulator:
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         p = module.in_features
-        self.H = torch.zeros(p, p, dtype=torch.float64)
+        self.H = torch.zeros(p, p, dtype=torch.float64, device=module.weight.device)
         self.n = 0
         self.chunk_rows = chunk_rows
         self.inputs: list[Tensor] | None = [] if keep_inputs else None
@@ -97,6 +98,7 @@ def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tens
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     layers = adapter.layers(model)
+    device = model_device(model)
     batches: list[Batch] = []
 
     def catcher(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -113,7 +115,7 @@ def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tens
     try:
         for i in range(0, len(segments), batch_size):
             try:
-                model(segments[i:i + batch_size], use_cache=False)
+                model(segments[i:i + batch_size].to(device), use_cache=False)
             except _Caught:
                 pass
     finally:

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="", help="comma-separated block indices to prune (empty: all)")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="model weights/activations (H and the solvers are float64 regardless)")
     p.add_argument("--output-dir", default="results/lm", help="folder for the metrics JSON (and --save-model)")
     p.add_argument("--name", default=None, help="file stem of the metrics JSON (default: model_method_fractions)")
     p.add_argument("--save-model", action="store_true", help="save the sliced model under OUTPUT_DIR/NAME.model")
@@ -114,7 +117,8 @@ def config_from_args(args: argparse.Namespace):
         zero_shot_tasks=tuple(t for t in args.tasks.split(",") if t), zero_shot_limit=args.limit or None,
         latency_points=tuple(args.latency or ()), latency_repeats=args.latency_repeats,
         evaluate_dense=args.dense, layers=tuple(int(i) for i in args.layers.split(",") if i) or None,
-        seed=args.seed, threads=args.threads, output_dir=args.output_dir, save_model=args.save_model,
+        seed=args.seed, threads=args.threads, device=args.device, dtype=args.dtype,
+        output_dir=args.output_dir, save_model=args.save_model,
         cache_dir=args.cache_dir)
 
 

@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from osscar.devices import model_device
 from osscar.lm.models import cache_root
 
 ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai")
@@ -51,8 +52,9 @@ def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1,
     """GPTQ perplexity of ``windows: (n, seqlen)``: exp(mean token NLL). Returns ppl, nll, tokens."""
     total_nll = 0.0
     total_tok = 0
+    device = model_device(model)
     for i in range(0, len(windows), batch_size):
-        ids = windows[i:i + batch_size]
+        ids = windows[i:i + batch_size].to(device)
         logits = model(ids, use_cache=False).logits[:, :-1].float()
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                           reduction="sum")
@@ -196,7 +198,7 @@ def zero_shot(model: nn.Module, tokenizer: Any, tasks: list[str], limit: int | N
     with tempfile.TemporaryDirectory(prefix="osscar-tasks-") as folder:
         names = write_task_yamls(list(tasks), folder, cache_dir)
         tm = TaskManager(include_path=folder, include_defaults=False)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model_device(model)))
         out = simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit, num_fewshot=0,
                               log_samples=False, bootstrap_iters=0)
     results: dict[str, Any] = {}

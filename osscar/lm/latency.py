@@ -29,7 +29,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from osscar.devices import check_model_dtype, model_device, resolve_device
+from osscar.devices import device_label as device_name
 from osscar.lm.adapters import _get, get_adapter
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned", "_commit_hash", "architectures",
@@ -50,22 +51,6 @@ def config_hash(config: Any) -> str:
     """Stable hash of the architecture-relevant config entries (names and versions ignored)."""
     d = {k: v for k, v in config.to_dict().items() if k not in _IGNORED_CONFIG_KEYS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def device_name(device: str | torch.device = "cpu") -> str:
-    """A readable name of the timing device (CPU model or CUDA device name)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu:{name}"
 
 
 def default_levels(n: int, count: int) -> list[int]:
@@ -159,7 +144,7 @@ class _Stopwatch:
             h.remove()
 
 
-def _one_block_model(config: Any, device: torch.device) -> nn.Module:
+def _one_block_model(config: Any, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(config)
@@ -170,7 +155,7 @@ def _one_block_model(config: Any, device: torch.device) -> nn.Module:
     if hasattr(cfg, "layer_types") and cfg.layer_types is not None:
         cfg.layer_types = list(cfg.layer_types)[:1]
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(device).eval()
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
 
 
 def _monotone(t: dict[int, float]) -> dict[int, float]:
@@ -228,7 +213,7 @@ def _write_atomic(obj: Any, path: Path) -> None:
 def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int = 1, repeats: int = 5,
                   warmup: int = 2, mlp_levels: int = 16, attn_levels: int | None = None,
                   device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
-                  use_cache: bool = True) -> LatencyTable:
+                  use_cache: bool = True, dtype: str = "float32") -> LatencyTable:
     """Measure (or read from the cache) the latency table of ``config``'s architecture.
 
     ``config``: the *dense* model's config (a model's config or the model itself).
@@ -241,12 +226,13 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
                     ("mlp_levels", mlp_levels)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    device = torch.device(device)
+    device = resolve_device(device, "device")
+    torch_dtype = check_model_dtype(dtype, "dtype")
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     a_levels = default_levels(n_attn, attn_levels or n_attn)
     m_levels = default_levels(n_mlp, mlp_levels)
     key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_name(device),
-           "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
+           "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
            "attn_levels": a_levels, "mlp_levels": m_levels}
     path = _path(cache_dir, key)
     if use_cache and path.is_file():
@@ -264,7 +250,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     torch.set_num_threads(threads)
     sync = device.type == "cuda"
     try:
-        model = _one_block_model(config, device)
+        model = _one_block_model(config, device, torch_dtype)
         ad = get_adapter(model)
         block0 = ad.layers(model)[0]
         vocab = int(config.vocab_size)
@@ -342,7 +328,7 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
     groups and kept neurons, one list entry per block) share one measurement. Cache key: (dense
     config hash, widths, device, torch version, threads = ``torch.get_num_threads()``, points
     (batch, seqlen), repeats, warmup); entries live under ``cache_root(cache_dir)/latency``.
-    ``load_dense()`` builds the dense model, only on a cache miss.
+    ``load_dense()`` builds the dense model (moved to ``sliced``'s device), only on a cache miss.
 
     Returns (rows, info): the rows of ``compare_latency`` and {"cached", "path", "measured_at", "key"}.
     """
@@ -355,8 +341,9 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
         raise ValueError(f"widths must be two equally long, non-empty per-block lists, got {len(attn)} and {len(mlp)}")
     if not points or any(len(pt) != 2 for pt in points):
         raise ValueError(f"points must be (batch, seqlen) pairs, got {points!r}")
+    device = model_device(sliced)
     key = {"config_hash": config_hash(dense_config), "model_type": dense_config.model_type,
-           "device": device_name("cpu"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "kept_attn": attn, "kept_mlp": mlp, "points": [[int(b), int(s)] for b, s in points],
            "repeats": int(repeats), "warmup": int(warmup)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -368,7 +355,7 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
                 return d["rows"], {"cached": True, "path": str(path), "measured_at": d.get("measured_at"), "key": key}
         except (ValueError, KeyError):
             pass  # a corrupt entry is re-measured and overwritten
-    rows = compare_latency(load_dense(), sliced, [(int(b), int(s)) for b, s in points], repeats, warmup)
+    rows = compare_latency(load_dense().to(device), sliced, [(int(b), int(s)) for b, s in points], repeats, warmup)
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(path, {"key": key, "rows": rows, "measured_at": measured_at})
     return rows, {"cached": False, "path": str(path), "measured_at": measured_at, "key": key}

@@ -106,23 +106,33 @@ def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int,
 
     Per point: ``warmup`` untimed passes of each, then ``repeats`` rounds that time one dense and
     one sliced pass back to back (interleaved, so drift from other load hits both alike); medians
-    are reported. The thread count is ``torch.get_num_threads()`` (recorded in each row)."""
+    are reported. The thread count is ``torch.get_num_threads()`` (recorded in each row). Both
+    models must be on one device; on a GPU every timed pass is synchronised."""
+    from osscar.devices import model_device, synchronize
+
+    device = model_device(dense)
+    if model_device(sliced) != device:
+        raise ValueError(f"dense and sliced models must be on one device, got {device} and {model_device(sliced)}")
+
+    def timed(model: nn.Module, ids: torch.Tensor) -> float:
+        synchronize(device)
+        t = time.perf_counter()
+        model(ids, use_cache=False)
+        synchronize(device)
+        return time.perf_counter() - t
+
     rows = []
     for b, s in points:
         vocab = min(int(dense.config.vocab_size), int(sliced.config.vocab_size))
-        ids = torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
             for _ in range(warmup):
                 dense(ids, use_cache=False)
                 sliced(ids, use_cache=False)
             td, tp = [], []
             for _ in range(repeats):
-                t = time.perf_counter()
-                dense(ids, use_cache=False)
-                td.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                sliced(ids, use_cache=False)
-                tp.append(time.perf_counter() - t)
+                td.append(timed(dense, ids))
+                tp.append(timed(sliced, ids))
         d, p = statistics.median(td), statistics.median(tp)
         rows.append({"batch": b, "seqlen": s, "threads": torch.get_num_threads(),
                      "dense_s": d, "sliced_s": p, "dense_min_s": min(td), "sliced_min_s": min(tp),

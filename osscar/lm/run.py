@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from osscar.devices import check_model_dtype, peak_accelerator_mb, resolve_device
 from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
@@ -106,6 +107,11 @@ class LMRunConfig:
         allocation_min_keep: with ``runtime``, no consumer keeps fewer than this fraction of its
             groups (at least one group): a guard against the normalised loss under-rating layers.
         seed, threads: recorded; ``torch.set_num_threads(threads)``.
+        device: where the model, the calibration forwards, H and the solvers run (``cpu``, ``cuda``,
+            ``cuda:N``; checked here, before any load); latency is measured there too.
+        dtype: the model's weights and activations (``float32``, ``float16``, ``bfloat16``; the
+            authors' OPT runs use float16 on a GPU). H is accumulated from float32 products into
+            float64 and the solvers work in float64 whatever this is.
         output_dir: where the CLI writes metrics (and the model with ``save_model``).
     """
 
@@ -136,6 +142,8 @@ class LMRunConfig:
     layers: tuple[int, ...] | None = None
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
     output_dir: str | None = None
     save_model: bool = False
     cache_dir: str | None = None
@@ -189,6 +197,8 @@ class LMRunConfig:
         _check_pos_int("eval_windows", self.eval_windows, allow_none=True)
         _check_pos_int("zero_shot_limit", self.zero_shot_limit, allow_none=True)
         _check_pos_int("threads", self.threads)
+        resolve_device(self.device, "device")
+        check_model_dtype(self.dtype, "dtype")
         _check_pos_int("latency_repeats", self.latency_repeats)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
@@ -262,7 +272,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     from osscar.lm.adapters import get_adapter
     from osscar.lm.calibration import prune_model_sequential
     from osscar.lm.evaluate import perplexity, zero_shot
-    from osscar.lm.latency import prefill_comparison
+    from osscar.lm.latency import device_name, prefill_comparison
     from osscar.lm.measure import flops_per_token, param_count, peak_rss_mb
     from osscar.lm.models import load_model, load_tokenizer
     from osscar.lm.slicing import save_pruned, slice_model
@@ -270,6 +280,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    device = resolve_device(config.device, "device")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -283,8 +294,8 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
 
     # 2. model
     t = time.perf_counter()
-    loaded = load_model(config.model, config.cache_dir)
-    model, tok = loaded.model, loaded.tokenizer
+    loaded = load_model(config.model, config.cache_dir, dtype=config.dtype)
+    model, tok = loaded.model.to(device), loaded.tokenizer
     timings["load_s"] = time.perf_counter() - t
     adapter = get_adapter(model)
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
@@ -405,7 +416,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
         t = time.perf_counter()
         result["latency"], cache_info = prefill_comparison(
             dense_config, model, (widths_attn, widths_mlp), list(config.latency_points),
-            lambda: load_model(config.model, config.cache_dir).model, config.latency_repeats,
+            lambda: load_model(config.model, config.cache_dir, dtype=config.dtype).model, config.latency_repeats,
             cache_dir=config.cache_dir)
         result["latency_cache"] = {k: cache_info[k] for k in ("cached", "path", "measured_at")}
         timings["latency_s"] = time.perf_counter() - t
@@ -416,12 +427,14 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     timings["total_s"] = time.perf_counter() - t0
     result["timings"] = timings
     result["memory"] = {"peak_rss_mb": peak_rss_mb(), "peak_rss_before_prune_mb": rss_before,
-                        "peak_rss_after_prune_mb": rss_after,
-                        "note": "ru_maxrss of the whole process (torch allocations are not visible to tracemalloc)"}
+                        "peak_rss_after_prune_mb": rss_after, "peak_accelerator_mb": peak_accelerator_mb(device),
+                        "note": "ru_maxrss of the whole process (torch allocations are not visible to tracemalloc); "
+                                "accelerator: torch.cuda.max_memory_allocated"}
     result["provenance"] = {
         "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
         "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
         "calib_segments_shape": list(segments.shape), "seed": config.seed, "threads": config.threads,
+        "device": device_name(device), "dtype": config.dtype,
         "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
         "versions": versions(),
     }
@@ -448,7 +461,7 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
     batch, seqlen = config.allocation_point or (1, config.seqlen)
     table = latency_table(model.config, batch=batch, seqlen=seqlen, threads=config.threads,
                           repeats=config.latency_repeats, mlp_levels=config.allocation_mlp_levels,
-                          cache_dir=config.cache_dir)
+                          device=config.device, dtype=config.dtype, cache_dir=config.cache_dir)
     floor = {"attn": max(1, math.ceil(config.allocation_min_keep * n_attn - 1e-9)),
              "mlp": max(1, math.ceil(config.allocation_min_keep * n_mlp - 1e-9))}
     levels = {"attn": [k for k in sorted(table.attn) if k >= floor["attn"]],

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batch-size", type=int, default=128, help="calibration batch size")
     p.add_argument("--seed", type=int, default=0, help="seed (calibration sample, augmentation, CHIP positions)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded; latency uses the same)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: models, calibration, H, solvers, eval, latency")
     p.add_argument("--damping", type=float, default=DEFAULT_DAMPING, help="λ: H + λ·mean(diag H)·I (on H only)")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test images (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
@@ -107,7 +108,7 @@ def _configs(args: argparse.Namespace) -> list[VisionRunConfig]:
                 eval_batch_size=args.eval_batch_size, chip_samples=args.chip_samples,
                 chip_positions=args.chip_positions, latency=not args.no_latency, latency_batch=args.latency_batch,
                 latency_repeats=args.latency_repeats, output_dir=args.output_dir,
-                save_model=not args.no_save_model, random_init=args.random_init))
+                save_model=not args.no_save_model, random_init=args.random_init, device=args.device))
     return configs
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from osscar.devices import device_label, resolve_device, synchronize
 from osscar.io import atomic_write_json  # noqa: F401  (also used by osscar.vision.cli)
 from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
 from osscar.vision.models import ARCHS, is_pretrained_name, load_model
@@ -52,6 +53,8 @@ class VisionRunConfig:
         eval_limit: evaluate on the first N test images (None: the full test set).
         output_dir: where the metrics JSON and the sliced model go (None: nothing written).
         random_init: random weights (tests only; excludes checkpoint).
+        device: where the models, calibration, H and the solvers run (``cpu``, ``cuda``, ``cuda:N``);
+            evaluation and latency run there too.
     """
 
     arch: str = "resnet20"
@@ -78,8 +81,10 @@ class VisionRunConfig:
     output_dir: str | None = None
     save_model: bool = True
     random_init: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        resolve_device(self.device, "device")
         if self.arch not in ARCHS:
             raise ValueError(f"arch: unknown architecture {self.arch!r}; allowed: {', '.join(ARCHS)}")
         if self.dataset not in DATASETS:
@@ -148,7 +153,8 @@ def input_shape(dataset: str) -> tuple[int, int, int]:
 
 
 def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms per forward of each model on ``x``, interleaved in one process at the current thread count."""
+    """Median ms per forward of each model on ``x``, interleaved in one process at the current thread
+    count (on a GPU, synchronised around every pass)."""
     times: dict[str, list[float]] = {n: [] for n in models}
     with torch.inference_mode():
         for m in models.values():
@@ -156,8 +162,10 @@ def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int,
                 m(x)
         for _ in range(repeats):
             for n, m in models.items():
+                synchronize(x.device)
                 t = time.perf_counter()
                 m(x)
+                synchronize(x.device)
                 times[n].append(time.perf_counter() - t)
     return {n: 1e3 * sorted(v)[len(v) // 2] for n, v in times.items()}
 
@@ -194,6 +202,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
     torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
+        device = resolve_device(cfg.device, "device")
         t = time.perf_counter()
         train = load_split(cfg.dataset, cfg.data_root, "train")
         test = load_split(cfg.dataset, cfg.data_root, "test")
@@ -205,6 +214,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             dense, provenance = load_model(cfg.arch, None, random_init=True, **meta_ds)
         else:
             dense, provenance = load_model(cfg.arch, ckpt)
+        dense = dense.to(device)
         timings["load"] = time.perf_counter() - t
 
         # calibration images: n_calib training images, training augmentation, one seeded generator
@@ -228,6 +238,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
 
         # exactness of slicing on real test images
         xs, _ = test.batch(torch.arange(min(64, len(test))))
+        xs = xs.to(device)
         with torch.inference_mode():
             slice_diff = float((sliced(xs) - pruned(xs)).abs().max())
 
@@ -244,7 +255,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
         lat: dict[str, float] = {}
         if cfg.latency:
             t = time.perf_counter()
-            xl = torch.randn(cfg.latency_batch, *shape, generator=torch.Generator().manual_seed(cfg.seed))
+            xl = torch.randn(cfg.latency_batch, *shape, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
             lat = measure_latency({"dense": dense, "sliced": sliced}, xl, cfg.latency_repeats)
             timings["latency"] = time.perf_counter() - t
 
@@ -269,13 +280,15 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             "channel_fraction_removed": layer_fraction,
             "params_reduction": 1 - count_params(sliced) / count_params(dense),
             "latency_speedup": (lat["dense"] / lat["sliced"]) if lat else None,
-            "latency_setup": {"threads": cfg.threads, "batch": cfg.latency_batch, "repeats": cfg.latency_repeats,
+            "latency_setup": {"device": device_label(device), "threads": cfg.threads, "batch": cfg.latency_batch,
+                              "repeats": cfg.latency_repeats,
                               "warmup": 3, "statistic": "median"} if lat else None,
             "slice_max_abs_diff": slice_diff,
             "layers": layers,
             "kept": {k: v.tolist() for k, v in kept.items()},
             "provenance": {"checkpoint": ckpt, "checkpoint_sha256": prov.get("sha256"), "checkpoint_meta": prov,
                            "dataset": cfg.dataset, "data_root": cfg.data_root, "seed": cfg.seed,
+                           "device": device_label(device),
                            "versions": versions()},
             "timings": timings,
             "files": out_files,

@@ -80,17 +80,19 @@ class CalibStats:
 def calibrate_unit(pruned: nn.Module, dense: nn.Module, unit: PruneUnit, images: Tensor, batch_size: int,
                    chip_samples: int = 0, chip_positions: int = 256, seed: int = 0,
                    row_chunk: int = 1 << 16) -> CalibStats:
-    """Two-stream second moments of the consumer's unfolded input over ``images`` (N, C, H, W)."""
+    """Two-stream second moments of the consumer's unfolded input over ``images`` (N, C, H, W).
+
+    Batches of images move to the models' device; H, X̃ᵀX_d and the CHIP maps stay there."""
     conv = dense.get_submodule(unit.consumer)
     W_hat = conv_weight_matrix(conv).double()
-    p = W_hat.shape[0]
-    H = torch.zeros(p, p, dtype=torch.float64)
-    C = torch.zeros(p, p, dtype=torch.float64)
+    p, device = W_hat.shape[0], W_hat.device
+    H = torch.zeros(p, p, dtype=torch.float64, device=device)
+    C = torch.zeros(p, p, dtype=torch.float64, device=device)
     energy, rows = 0.0, 0
     acts: list[Tensor] = []
     pos_idx: Tensor | None = None
     for start in range(0, len(images), batch_size):
-        xb = images[start:start + batch_size]
+        xb = images[start:start + batch_size].to(device)
         xt = capture_input(pruned, unit.consumer, xb)
         xd = capture_input(dense, unit.consumer, xb)
         if chip_samples > sum(len(a) for a in acts):

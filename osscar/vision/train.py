@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osscar.devices import device_label, model_device
 from osscar.io import atomic_write_json
 from osscar.vision.data import DEFAULT_FMNIST_ROOT, ImageSet, dataset_meta, load_split
 from osscar.vision.models import ResNet20, save_checkpoint, sha256_file
@@ -73,12 +74,13 @@ def evaluate(model: nn.Module, data: ImageSet, limit: int | None = None, batch_s
 
     n = len(data) if limit is None else min(limit, len(data))
     model.eval()
+    device = model_device(model)
     correct = 0
     with torch.inference_mode():
         for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
             idx = torch.arange(start, min(start + batch_size, n))
             x, y = data.batch(idx)
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
     return {"top1": correct / n, "n": n}
 
 
@@ -99,7 +101,8 @@ def cached_evaluate(model: nn.Module, data: ImageSet, checkpoint_sha256: str, li
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.contiguous().numpy().tobytes())
     key = {"checkpoint_sha256": checkpoint_sha256, "data_sha256": h.hexdigest(), "dataset": data.name,
-           "split": data.split, "limit": limit, "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+           "split": data.split, "limit": limit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+           "device": device_label(model_device(model))}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir() / f"eval-{digest}.json"
     if path.is_file():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from osscar.lm import models as lm_models
 from osscar.lm.measure import flops_per_token, fractions_for_speedup
@@ -29,6 +30,8 @@ from .conftest import tiny_llama_config, tiny_opt_config
     ({"n_samples": 0}, "n_samples"),
     ({"seqlen": 100000}, "max_position_embeddings"),
     ({"layers": (7,)}, "layers"),
+    ({"device": "tpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
+    ({"dtype": "int8"}, "dtype must be one of float32, float16, bfloat16"),
 ])
 def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
     def boom(*a, **k):
@@ -38,6 +41,12 @@ def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
     kw = {"model": str(tiny_llama_dir), **kw}
     with pytest.raises(ValueError, match=match):
         LMRunConfig(**kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_config_error(tiny_llama_dir):
+    with pytest.raises(ValueError, match="device='cuda'.*is_available"):
+        LMRunConfig(model=str(tiny_llama_dir), device="cuda")
 
 
 def test_corpus_too_short_fails_before_loading_weights(tiny_llama_dir, monkeypatch):
@@ -92,6 +101,30 @@ def test_run_lm_end_to_end_tiny(tiny_llama_dir, tmp_path):
     from osscar.lm.slicing import load_pruned
 
     assert load_pruned(tmp_path / "m").config.intermediate_size == 32
+
+
+def test_run_lm_bfloat16_model(tiny_llama_dir):
+    """A half-precision model: calibration forwards in bf16, H and the solver in float64."""
+    kw = dict(model=str(tiny_llama_dir), method="osscar", head_fraction=0.34, neuron_fraction=0.5,
+              n_samples=4, seqlen=32, eval_windows=2)
+    out = run_lm(LMRunConfig(dtype="bfloat16", **kw))
+    ref = run_lm(LMRunConfig(**kw))
+    assert out["provenance"]["dtype"] == "bfloat16" and out["provenance"]["device"].startswith("cpu")
+    assert out["slicing"]["sliced"] and out["size"]["params_pruned"] == ref["size"]["params_pruned"]
+    ppl, ref_ppl = out["pruned"]["wiki-gensim"]["ppl"], ref["pruned"]["wiki-gensim"]["ppl"]
+    assert abs(ppl - ref_ppl) < 0.05 * ref_ppl  # bf16 rounding, not a different model
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_lm_on_cuda_matches_cpu(tiny_llama_dir):
+    kw = dict(model=str(tiny_llama_dir), method="osscar", head_fraction=0.34, neuron_fraction=0.5,
+              n_samples=4, seqlen=32, eval_windows=2, latency_points=((1, 16),), latency_repeats=1)
+    gpu, cpu = run_lm(LMRunConfig(device="cuda", **kw)), run_lm(LMRunConfig(**kw))
+    assert [r["kept"] for r in gpu["layers"]] == [r["kept"] for r in cpu["layers"]]
+    assert gpu["pruned"]["wiki-gensim"]["ppl"] == pytest.approx(cpu["pruned"]["wiki-gensim"]["ppl"], rel=1e-3)
+    assert gpu["provenance"]["device"].startswith("cuda") and gpu["memory"]["peak_accelerator_mb"] > 0
+    assert gpu["latency"][0]["speedup"] > 0
 
 
 def test_cli_writes_metrics_json(tiny_llama_dir, tmp_path):

@@ -91,6 +91,8 @@ def _cfg(**kw):
     ({"checkpoint": "/nonexistent/model.pt", "random_init": False}, FileNotFoundError, "checkpoint"),
     ({"checkpoint": None, "random_init": False}, ValueError, "checkpoint"),
     ({"data_root": "/nonexistent/fmnist"}, FileNotFoundError, "does not exist"),
+    ({"device": "mps"}, ValueError, "device must be 'cpu', 'cuda' or 'cuda:N'"),
+    ({"device": "cuda:99"}, ValueError, "device='cuda:99'"),
 ])
 def test_config_validation(kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -122,6 +124,20 @@ def test_run_vision_random_init(tmp_path):
     assert saved["config"]["method"] == "chip" and saved["provenance"]["versions"]["torch"]
     model = load_sliced(r["files"]["sliced_model"])
     assert sum(p.numel() for p in model.parameters()) == r["pruned"]["params"]
+
+
+@needs_fmnist
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["osscar", "chip"])
+def test_run_vision_on_cuda_matches_cpu(method):
+    from osscar.vision.pipeline import run_vision
+
+    kw = dict(method=method, n_calib=16, calib_batch_size=8, eval_limit=50, latency_repeats=2, latency_batch=4,
+              chip_samples=4)
+    gpu, cpu = run_vision(_cfg(device="cuda", **kw), progress=False), run_vision(_cfg(**kw), progress=False)
+    assert gpu["kept"] == cpu["kept"] and gpu["provenance"]["device"].startswith("cuda")
+    assert gpu["slice_max_abs_diff"] < 1e-4 and abs(gpu["pruned"]["top1"] - cpu["pruned"]["top1"]) <= 0.02
 
 
 def test_cli_help():

@@ -1,0 +1,75 @@
+"""Where a run executes: check a device name before any work, find a model's device, synchronise.
+
+A run's ``device`` ("cpu", "cuda", "cuda:N") holds the model, its calibration forwards, the
+second moments H and the layer problems, so the solvers run there too (float64; methods follow
+``LayerProblem.device``).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def resolve_device(value: str | torch.device, name: str = "device") -> torch.device:
+    """``value`` as a torch.device; ValueError naming ``name`` unless it is cpu or an available cuda[:N]."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}") from e
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{name}={value!r}: torch.cuda.is_available() is False on this machine; use 'cpu'")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={value!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def check_model_dtype(value: str, name: str = "dtype") -> torch.dtype:
+    """A model dtype name of ``MODEL_DTYPES`` as a torch.dtype; ValueError otherwise."""
+    if value not in MODEL_DTYPES:
+        raise ValueError(f"{name} must be one of {', '.join(MODEL_DTYPES)}, got {value!r}")
+    return getattr(torch, value)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on ``device`` (no-op on the CPU), so that wall times cover the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_accelerator_mb(device: torch.device) -> float | None:
+    """Peak memory allocated by torch on ``device`` in MiB (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def device_label(device: str | torch.device = "cpu") -> str:
+    """A readable name of a device for records and cache keys: ``cpu:<CPU model>`` or ``cuda:<GPU name>``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu:{name}"
