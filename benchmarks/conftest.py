@@ -72,7 +72,7 @@ def summary(request):
             by_shape.setdefault(r["shape"], {})[r["what"]] = r
         device = request.config.getoption("--solver-device")
         threads = torch.get_num_threads()
-        lines = ["", f"solver benchmark (one run, same machine; device {device}, {threads} CPU thread(s)):",
+        lines = ["", f"solver benchmark (median seconds over the rounds, one machine; device {device}, {threads} CPU thread(s)):",
                  f"{'shape':<12} {'what':<15} {'seconds':>9} {'objective':>16} {'vs inverse':>10} {'ziplm/x':>8}"]
         for shape, d in by_shape.items():
             inv = d.get("inverse", {}).get("seconds")
