@@ -154,13 +154,7 @@ def ppl_vs_speedup(records, out: Path, experiment: str = "lm_perplexity") -> lis
             fig, axes = _subplots(1, len(corpora), figsize=(3.3 * len(corpora), 2.8), squeeze=False)
             axes = list(axes[0])
             for ax, c in zip(axes, corpora):
-                for m in _methods(sub):
-                    d = sub[(sub["method_label"] == m) & sub[f"ppl:{c}"].notna() & sub["x"].notna()].sort_values("x")
-                    if len(d):
-                        ax.plot(d["x"], d[f"ppl:{c}"], label=m, **method_style(m))
-                dense = sub.get(f"dense_ppl:{c}", pd.Series(dtype=float)).dropna()
-                if len(dense):
-                    ax.axhline(dense.iloc[-1], color="k", ls="--", lw=1, label="dense")
+                _method_lines(ax, sub, "x", f"ppl:{c}", dense=sub.get(f"dense_ppl:{c}"))
                 _plain_log(ax, "y")
                 ax.set_xlabel("target speedup (block FLOPs, ×)")
                 ax.set_ylabel(f"perplexity on {c} (log)")
@@ -173,6 +167,18 @@ def ppl_vs_speedup(records, out: Path, experiment: str = "lm_perplexity") -> lis
             paths = _save(fig, out, name)
         figs.append(Figure(name, title, f"{title}. {sub_t}. Dashed: dense model. Lower is better.", paths))
     return figs
+
+
+def _method_lines(ax: Any, sub: pd.DataFrame, x: str, y: str, scale: float = 1.0,
+                  dense: pd.Series | None = None) -> None:
+    """One line per method of ``sub`` (column ``y`` against ``x``, both times ``scale``, sorted by x),
+    and the latest dense value of ``dense`` as a dashed horizontal line."""
+    for m in _methods(sub):
+        d = sub[(sub["method_label"] == m) & sub[y].notna() & sub[x].notna()].sort_values(x)
+        if len(d):
+            ax.plot(scale * d[x], scale * d[y], label=m, **method_style(m))
+    if dense is not None and dense.notna().any():
+        ax.axhline(scale * dense.dropna().iloc[-1], color="k", ls="--", lw=1, label="dense")
 
 
 def accuracy_vs_flops(records, out: Path, experiment: str = "vision_accuracy") -> list[Figure]:
@@ -188,12 +194,7 @@ def accuracy_vs_flops(records, out: Path, experiment: str = "vision_accuracy") -
             continue
         with publication_style():
             fig, ax = _subplots(figsize=(4.2, 3.0))
-            for m in _methods(sub):
-                d = sub[(sub["method_label"] == m) & sub["top1"].notna()].sort_values("flops_fraction")
-                ax.plot(100 * d["flops_fraction"], 100 * d["top1"], label=m, **method_style(m))
-            dense = sub["dense_top1"].dropna()
-            if len(dense):
-                ax.axhline(100 * dense.iloc[-1], color="k", ls="--", lw=1, label="dense")
+            _method_lines(ax, sub, "flops_fraction", "top1", scale=100, dense=sub["dense_top1"])
             ax.set_xticks(100 * np.array(sorted(sub["flops_fraction"].dropna().unique())))
             ax.set_xlabel("FLOPs removed (target, %)")
             ax.set_ylabel("top-1 accuracy (%)")

@@ -262,6 +262,24 @@ def _cols(df: pd.DataFrame, prefix: str) -> list[str]:
 # language models
 
 
+def _lm_rows(sub: pd.DataFrame, keys: list[str], column: Callable[[str], str], scale: float = 1.0) -> pd.DataFrame:
+    """Rows target × method, the dense model first (from the latest record that evaluated it).
+
+    Value ``key`` of a row is ``scale · sub[column(key)]``; the dense row reads ``"dense_" + column(key)``.
+    Columns: target, method, _ref (True on the dense row), then ``keys``.
+    """
+    dense = {k: sub["dense_" + column(k)].dropna() if "dense_" + column(k) in sub else pd.Series(dtype=float)
+             for k in keys}
+    rows = []
+    if any(len(v) for v in dense.values()):
+        rows.append({"target": "dense", "method": "dense", "_ref": True,
+                     **{k: scale * v.iloc[-1] if len(v) else np.nan for k, v in dense.items()}})
+    for _, r in _method_sorted(sub, ["target_sort"]).iterrows():
+        rows.append({"target": r["target"], "method": r["method_label"], "_ref": False,
+                     **{k: scale * r[column(k)] for k in keys}})
+    return pd.DataFrame(rows)
+
+
 def lm_perplexity_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
     """Per (model, calibration): rows = target × method (dense first), columns = eval corpora; ppl ↓."""
     df = frame(records, experiment, "lm")
@@ -278,15 +296,7 @@ def lm_perplexity_tables(records, experiment: str = "lm_perplexity") -> list[Tab
                 notes.append(f"perplexity on {c} is missing in every record of this group.")
         if not corpora:
             continue
-        rows = []
-        dense = {c: sub[f"dense_ppl:{c}"].dropna() for c in corpora if f"dense_ppl:{c}" in sub}
-        if any(len(v) for v in dense.values()):
-            rows.append({"target": "dense", "method": "dense", "_sort": 0.0, "_ref": True,
-                         **{c: (dense[c].iloc[-1] if c in dense and len(dense[c]) else np.nan) for c in corpora}})
-        for _, r in _method_sorted(sub, ["target_sort"]).iterrows():
-            rows.append({"target": r["target"], "method": r["method_label"], "_sort": r["target_sort"], "_ref": False,
-                         **{c: r[f"ppl:{c}"] for c in corpora}})
-        data = pd.DataFrame(rows)
+        data = _lm_rows(sub, corpora, lambda c: f"ppl:{c}")
         missing = missing_metrics(sub, [f"ppl:{c}" for c in corpora])
         if missing:
             notes.append("Missing values: " + ", ".join(f"{k} in {v} record(s)" for k, v in missing.items()) + ".")
@@ -316,16 +326,7 @@ def lm_zero_shot_tables(records, experiment: str = "lm_perplexity") -> list[Tabl
             if not cols:
                 continue
             tasks = [c.split(":", 1)[1] for c in cols]
-            rows = []
-            dense_cols = [f"dense_{metric}:{t}" for t in tasks]
-            if any(c in sub and sub[c].notna().any() for c in dense_cols):
-                rows.append({"target": "dense", "method": "dense", "_ref": True,
-                             **{t: (100 * sub[d].dropna().iloc[-1] if d in sub and sub[d].notna().any() else np.nan)
-                                for t, d in zip(tasks, dense_cols)}})
-            for _, r in _method_sorted(sub, ["target_sort"]).iterrows():
-                rows.append({"target": r["target"], "method": r["method_label"], "_ref": False,
-                             **{t: 100 * r[f"{metric}:{t}"] for t in tasks}})
-            data = pd.DataFrame(rows)
+            data = _lm_rows(sub, tasks, lambda t, metric=metric: f"{metric}:{t}", scale=100)
             data["mean"] = data[tasks].mean(axis=1, skipna=False)  # only when every task is present
             vcols = tasks + ["mean"]
             tnotes = list(notes)
