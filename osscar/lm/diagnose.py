@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from osscar.devices import resolve_device
 from osscar.lm.adapters import get_adapter
 from osscar.lm.calibration import prune_model_sequential
 from osscar.lm.data import calibration_segments
@@ -80,10 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqlen", type=int, default=256, help="tokens per segment")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, H and the solvers run there")
     p.add_argument("--output", default=None, help="JSON file for the rows")
     args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device, "--device")
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
+    lm.model.to(device)
     segs = calibration_segments(args.calib_corpus, lm.tokenizer, args.n_samples, args.seqlen, args.seed)
     rows = layer_objectives(lm.model, segs, args.methods.split(",") + args.method, [int(b) for b in args.blocks.split(",")],
                             args.fraction, args.fraction)

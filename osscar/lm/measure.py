@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
+    from osscar.devices import MODEL_DTYPES, device_label, resolve_device
     from osscar.lm.models import load_model
     from osscar.lm.run import removed_count
     from osscar.lm.slicing import slice_model
@@ -159,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", default="1x128,1x512,8x256", help="comma-separated BATCHxSEQLEN points")
     ap.add_argument("--repeats", type=int, default=10, help="timed rounds per point")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES), help="model weights/activations")
     ap.add_argument("--output", default=None, help="JSON output file")
     args = ap.parse_args(argv)
+    try:
+        device = resolve_device(args.device, "--device")
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
-    dense = load_model(args.model).model
-    sliced = load_model(args.model).model
+    dense = load_model(args.model, dtype=args.dtype).model.to(device)
+    sliced = load_model(args.model, dtype=args.dtype).model.to(device)
     a = get_adapter(sliced)
     na, nm = a.n_attn_groups, a.ffn_dim
     ka, km = na - removed_count(args.head_fraction, na), nm - removed_count(args.neuron_fraction, nm)
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
            "params_dense": param_count(dense), "params_sliced": param_count(sliced),
            "block_flops_ratio": flops_d["block_flops"] / flops_p["block_flops"],
            "total_flops_ratio": flops_d["total_flops"] / flops_p["total_flops"],
-           "torch": torch.__version__, "latency": rows}
+           "torch": torch.__version__, "device": device_label(device), "dtype": args.dtype, "latency": rows}
     print(json.dumps(out, indent=1))
     if args.output:
         tmp = args.output + ".tmp"
