@@ -39,6 +39,8 @@ EXPECTED_EXPERIMENTS = {
 SECTIONS = [  # (heading, table section, figure section, intro)
     ("Language models: perplexity", "lm_perplexity", "lm_perplexity",
      "Perplexity of the pruned, physically sliced model per evaluation corpus, target and method."),
+    ("Language models: paired perplexity comparison", "lm_paired", None,
+     "Each method's perplexity over ZipLM's on the same evaluation windows, with a paired 95% range."),
     ("Language models: zero-shot accuracy", "lm_zeroshot", None,
      "lm-eval zero-shot accuracy (acc and acc_norm) per task; mean over the tasks when all are present."),
     ("Language models: pruning cost, memory and speedup", "lm_cost", None,

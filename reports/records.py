@@ -149,6 +149,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
     for c in corpora:
         row[f"ppl:{c}"] = num(dig(m, "pruned", c, "ppl"))
         row[f"dense_ppl:{c}"] = num(dig(m, "dense", c, "ppl"))
+        row[f"window_nll:{c}"] = dig(m, "pruned", c, "window_nll")  # list per window, or None
     for which, prefix in (("pruned", ""), ("dense", "dense_")):
         tasks = dig(m, which, "zero_shot", "tasks") or {}
         for t in list(cfg.get("zero_shot_tasks") or []) or list(tasks):

@@ -13,7 +13,7 @@ caption says which model, corpus and calibration size the numbers came from.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,6 +346,61 @@ def lm_zero_shot_tables(records, experiment: str = "lm_perplexity") -> list[Tabl
     return tables
 
 
+def paired_nll_ratio(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Perplexity ratio of run a over run b on the same windows, paired: exp(mean_w d_w) with
+    d_w = nll_a,w − nll_b,w (mean token NLL of window w), and exp(mean ± z·SE) with SE = sd(d)/√n.
+
+    Equal-length windows make exp(mean d) exactly ppl_a / ppl_b. n = 1 gives an unbounded range.
+    """
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired windows needed: got {len(a)} and {len(b)} values")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+    return math.exp(mean), math.exp(mean - z * se), math.exp(mean + z * se)
+
+
+def lm_paired_tables(records, experiment: str = "lm_perplexity", reference: str = "ziplm") -> list[Table]:
+    """Per (model, calibration, corpus): each method's perplexity relative to ``reference`` on the
+    same evaluation windows (:func:`paired_nll_ratio`), per target. Needs ``window_nll`` in the records."""
+    df = frame(records, experiment, "lm")
+    tables: list[Table] = []
+    if df.empty:
+        return tables
+    for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
+        sub = sub.assign(method_label=_method_label(sub))
+        sub, notes = _dedupe(sub, ["target", "method_label"])
+        for c in [k.split(":", 1)[1] for k in sub.columns if k.startswith("window_nll:")]:
+            col = f"window_nll:{c}"
+            rows = []
+            for target, tsub in sub.groupby("target", sort=False):
+                ref = tsub[(tsub["method"] == reference) & tsub[col].map(lambda v: isinstance(v, list) and len(v) > 0)]
+                if ref.empty:
+                    continue
+                ref_w = ref[col].iloc[-1]
+                for _, r in _method_sorted(tsub, ["target_sort"]).iterrows():
+                    w = r[col]
+                    if r["method"] == reference or not isinstance(w, list) or len(w) != len(ref_w):
+                        continue
+                    ratio, lo, hi = paired_nll_ratio(w, ref_w)
+                    rows.append({"target": target, "method": r["method_label"], "_sort": r["target_sort"],
+                                 "ppl ratio": ratio, "95% low": lo, "95% high": hi, "windows": len(w)})
+            if not rows:
+                continue
+            data = pd.DataFrame(rows).sort_values("_sort", kind="stable").drop(columns="_sort")
+            tables.append(Table(
+                name=_slug("lm_paired", g["model"], g["calib_corpus"], g["n_samples"], c),
+                title=f"Perplexity relative to {reference} on the same windows — {g['model']}, {c}",
+                caption=(f"ppl(method) / ppl({reference}) on identical {c} windows, with a 95% range from the "
+                         "paired per-window NLL differences (exp(mean ± 1.96·SE)); a range that contains 1 "
+                         "means the windows cannot tell the two apart. " + _provenance_caption(sub, "lm")),
+                data=data, label_cols=["target", "method"], value_cols=["ppl ratio", "95% low", "95% high", "windows"],
+                directions={"ppl ratio": LOWER}, formats={"ppl ratio": ".3f", "95% low": ".3f", "95% high": ".3f",
+                                                          "windows": ".0f"},
+                group_by=["target"], notes=_fixture_note(sub) + notes))
+    return tables
+
+
 def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
     """Per model: prune time, solver time, peak memory, FLOPs and measured speedups per target × method."""
     df = frame(records, experiment, "lm")
@@ -617,6 +672,7 @@ def tp_tables(records, experiment: str = "ablation_tp") -> list[Table]:
 
 BUILDERS: dict[str, Callable[..., list[Table]]] = {
     "lm_perplexity": lm_perplexity_tables,
+    "lm_paired": lm_paired_tables,
     "lm_zeroshot": lm_zero_shot_tables,
     "lm_cost": lm_cost_tables,
     "vision_accuracy": vision_accuracy_tables,

@@ -275,3 +275,40 @@ def test_degenerate_records_do_not_crash(tmp_path):
     assert "lm_perplexity (lm): perplexity absent from 2 of 3" in missing
     assert "vision_accuracy (vision): top-1 accuracy absent from 1 of 1" in missing
     assert "pruning_runtime (solver): objective absent from 1 of 1" in missing
+
+
+def test_paired_nll_ratio_is_the_ppl_ratio_with_a_paired_range():
+    import math
+
+    from reports.tables import paired_nll_ratio
+
+    ratio, lo, hi = paired_nll_ratio([1.0, 1.2, 1.1], [1.0, 1.0, 1.0])
+    se = 0.1 / math.sqrt(3)  # sd of the differences (0, 0.2, 0.1) is 0.1
+    assert ratio == pytest.approx(math.exp(0.1)) and ratio == pytest.approx(math.exp(1.1) / math.exp(1.0))
+    assert (lo, hi) == pytest.approx((math.exp(0.1 - 1.96 * se), math.exp(0.1 + 1.96 * se)))
+    assert paired_nll_ratio([2.0], [1.0])[2] == math.inf  # one window: no range
+    with pytest.raises(ValueError, match="paired windows"):
+        paired_nll_ratio([1.0, 2.0], [1.0])
+
+
+def test_lm_paired_table_compares_each_method_with_ziplm_on_the_same_windows(tmp_path):
+    import math
+
+    from reports.tables import lm_paired_tables
+    from results.store import ResultStore, RunRecord
+
+    store = ResultStore(tmp_path / "store")
+    cfg = {"model": "smollm2-135m", "head_fraction": 0.5, "neuron_fraction": 0.5, "eval_corpora": ["wiki-gensim"],
+           "n_samples": 8, "seqlen": 128, "calib_corpus": "wiki-gensim"}
+    windows = {"ziplm": [3.0, 3.2, 3.1, 2.9], "osscar": [3.1, 3.2, 3.2, 3.0], "mp+": [5.0, 5.5, 5.2, 4.9],
+               "mp": [9.0, 9.0]}  # mp: other windows, left out
+    for i, (m, w) in enumerate(windows.items()):
+        store.put(RunRecord("lm_perplexity", "lm", {**cfg, "method": m},
+                            {"pruned": {"wiki-gensim": {"ppl": math.exp(sum(w) / len(w)), "window_nll": w}}},
+                            {}, "t0", f"t{i}"))
+    t = only(lm_paired_tables(load_records(tmp_path / "store")))
+    assert list(t.data["method"]) == ["mp+", "osscar"]
+    osscar = t.data[t.data["method"] == "osscar"].iloc[0]
+    assert osscar["ppl ratio"] == pytest.approx(math.exp(0.075)) and osscar["windows"] == 4
+    assert osscar["95% low"] < osscar["ppl ratio"] < osscar["95% high"]
+    assert best_cells(t) == {("heads 50% / neurons 50%", "osscar", "ppl ratio")}

@@ -49,22 +49,25 @@ ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1,
                progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """GPTQ perplexity of ``windows: (n, seqlen)``: exp(mean token NLL). Returns ppl, nll, tokens."""
-    total_nll = 0.0
-    total_tok = 0
+    """GPTQ perplexity of ``windows: (n, seqlen)``: exp(mean token NLL).
+
+    Returns ppl, nll, tokens, windows, seqlen and ``window_nll``: the mean token NLL of each window
+    (n floats, window order), so that runs on the same windows can be compared pair-wise.
+    """
+    window_nll: list[float] = []
     device = model_device(model)
     for i in range(0, len(windows), batch_size):
         ids = windows[i:i + batch_size].to(device)
         logits = model(ids, use_cache=False).logits[:, :-1].float()
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                          reduction="sum")
-        total_nll += float(nll)
-        total_tok += ids[:, 1:].numel()
+                                          reduction="none").reshape(len(ids), -1)
+        window_nll += nll.mean(dim=1).tolist()
         if progress is not None:
             progress(len(ids))
-    mean = total_nll / max(total_tok, 1)
+    total_tok = int(windows[:, 1:].numel())
+    mean = sum(window_nll) / max(len(window_nll), 1)  # equal-length windows: the mean over all tokens
     return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tok, "windows": int(len(windows)),
-            "seqlen": int(windows.shape[1])}
+            "seqlen": int(windows.shape[1]), "window_nll": window_nll}
 
 
 # -- offline task data -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -92,7 +93,9 @@ def test_run_lm_end_to_end_tiny(tiny_llama_dir, tmp_path):
     out = run_lm(cfg, save_to=str(tmp_path / "m"))
     assert out["applied"]["attn_groups_kept"] == 2 and out["applied"]["neurons_kept"] == 32
     assert out["slicing"]["sliced"] and out["slicing"]["max_abs_logit_diff_vs_unsliced"] < 1e-4
-    assert out["pruned"]["wiki-gensim"]["ppl"] > 0 and out["pruned"]["wiki-gensim"]["windows"] == 2
+    ppl = out["pruned"]["wiki-gensim"]
+    assert ppl["ppl"] > 0 and ppl["windows"] == 2 and len(ppl["window_nll"]) == 2
+    assert sum(ppl["window_nll"]) / 2 == pytest.approx(ppl["nll"]) and math.exp(ppl["nll"]) == pytest.approx(ppl["ppl"])
     assert out["size"]["params_pruned"] < out["size"]["params_dense"]
     assert out["latency"][0]["threads"] == 1
     assert isinstance(out["latency_cache"]["cached"], bool) and out["latency_cache"]["path"].endswith(".json")
