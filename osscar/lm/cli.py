@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from osscar.devices import MODEL_DTYPES
 from osscar.lm.data import CORPORA
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES),
                    help="model weights/activations (H and the solvers are float64 regardless)")
     p.add_argument("--output-dir", default="results/lm", help="folder for the metrics JSON (and --save-model)")
     p.add_argument("--name", default=None, help="file stem of the metrics JSON (default: model_method_fractions)")

@@ -39,8 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from osscar.devices import check_model_dtype, model_device, resolve_device
-from osscar.devices import device_label as device_name
+from osscar.devices import check_model_dtype, device_label, model_device, resolve_device
 from osscar.lm.adapters import _get, get_adapter
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned", "_commit_hash", "architectures",
@@ -231,7 +230,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     a_levels = default_levels(n_attn, attn_levels or n_attn)
     m_levels = default_levels(n_mlp, mlp_levels)
-    key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_name(device),
+    key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_label(device),
            "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
            "attn_levels": a_levels, "mlp_levels": m_levels}
     path = _path(cache_dir, key)
@@ -343,7 +342,7 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
         raise ValueError(f"points must be (batch, seqlen) pairs, got {points!r}")
     device = model_device(sliced)
     key = {"config_hash": config_hash(dense_config), "model_type": dense_config.model_type,
-           "device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "device": device_label(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "kept_attn": attn, "kept_mlp": mlp, "points": [[int(b), int(s)] for b, s in points],
            "repeats": int(repeats), "warmup": int(warmup)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]

@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from osscar.devices import check_model_dtype, peak_accelerator_mb, resolve_device
+from osscar.devices import check_model_dtype, device_label, peak_accelerator_mb, resolve_device
 from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
@@ -272,7 +272,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     from osscar.lm.adapters import get_adapter
     from osscar.lm.calibration import prune_model_sequential
     from osscar.lm.evaluate import perplexity, zero_shot
-    from osscar.lm.latency import device_name, prefill_comparison
+    from osscar.lm.latency import prefill_comparison
     from osscar.lm.measure import flops_per_token, param_count, peak_rss_mb
     from osscar.lm.models import load_model, load_tokenizer
     from osscar.lm.slicing import save_pruned, slice_model
@@ -434,7 +434,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
         "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
         "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
         "calib_segments_shape": list(segments.shape), "seed": config.seed, "threads": config.threads,
-        "device": device_name(device), "dtype": config.dtype,
+        "device": device_label(device), "dtype": config.dtype,
         "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
         "versions": versions(),
     }
