@@ -47,6 +47,7 @@ class _Caught(Exception):
 
 HESSIAN_CHUNK_ROWS = 512  # rows per float32 XᵀX product (error bound: see HessianAccumulator)
 SHORTCUT_BYTES = 1 << 30  # largest stored MLP-consumer input (all segments) for the no-rerun step c
+CALIBRATION_INPUTS = ("pruned", "dense")  # where each block's H comes from (prune_model_sequential)
 
 Batch = tuple[Tensor, dict[str, Any]]  # block input (b, seqlen, d) and the kwargs the model passed with it
 
@@ -258,6 +259,7 @@ def prune_model_sequential(
     hessian_hook: Callable[[int, str, Tensor], None] | None = None,
     batch_size: int = 8,
     shortcut_bytes: int = SHORTCUT_BYTES,
+    inputs_from: str = "pruned",
 ) -> PruneOutcome:
     """Prune ``model`` in place, block by block, with ``method``.
 
@@ -272,11 +274,18 @@ def prune_model_sequential(
         shortcut_bytes: the MLP consumer's inputs (n·seqlen·ffn float32) are kept to form the next
             block's inputs without a third forward (module docstring, step c) only up to this size;
             0 always re-runs the block.
+        inputs_from: ``"pruned"`` (default, the paper's sequential protocol: every H comes from the
+            inputs of the already-pruned model) or ``"dense"`` (an ablation: every H comes from the
+            dense model's inputs: one forward per block collects both consumers' H before either is
+            pruned, and the next block gets the dense block's outputs). With ``"dense"`` every method
+            solves the same layer problems, so end-to-end differences are not sequential drift.
 
     Returns the kept group indices per block {block: {"attn": (k,), "mlp": (k,)}} and records.
     """
     if isinstance(shortcut_bytes, bool) or not isinstance(shortcut_bytes, int) or shortcut_bytes < 0:
         raise ValueError(f"shortcut_bytes must be an integer ≥ 0, got {shortcut_bytes!r}")
+    if inputs_from not in CALIBRATION_INPUTS:
+        raise ValueError(f"inputs_from must be one of {', '.join(CALIBRATION_INPUTS)}, got {inputs_from!r}")
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
@@ -291,14 +300,24 @@ def prune_model_sequential(
             inputs = _run_block(layer, inputs)
             continue
         kept[i] = {}
+        dense_H: dict[str, Tensor] = {}
+        if inputs_from == "dense":  # both consumers' H from the dense block, before either is pruned
+            accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
+            try:
+                dense_outputs = _run_block(layer, inputs)
+            finally:
+                dense_H = {part: acc.remove() for part, acc in accs.items()}
         for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
             consumer = adapter.consumer(layer, part)
-            keep_x = shortcut and part == "mlp"
-            acc = HessianAccumulator(consumer, keep_inputs=keep_x)
-            try:
-                outputs = _run_block(layer, inputs)
-            finally:
-                H = acc.remove()
+            keep_x = shortcut and part == "mlp" and inputs_from == "pruned"
+            acc = HessianAccumulator(consumer, keep_inputs=keep_x) if inputs_from == "pruned" else None
+            if acc is not None:
+                try:
+                    outputs = _run_block(layer, inputs)
+                finally:
+                    H = acc.remove()
+            else:
+                H, outputs = dense_H.pop(part), dense_outputs
             if hessian_hook is not None:
                 hessian_hook(i, part, H)
             name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
@@ -308,7 +327,7 @@ def prune_model_sequential(
             solver_s += res.seconds
             W_old = consumer.weight.data.clone() if keep_x else None
             write_consumer(consumer, res.W)
-            if acc.inputs is not None and W_old is not None:
+            if acc is not None and acc.inputs is not None and W_old is not None:
                 inputs = _shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old)
             kept[i][part] = res.kept.clone()
             records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
@@ -318,7 +337,10 @@ def prune_model_sequential(
             if progress is not None:
                 progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
             del H, problem, acc, outputs
-        if not shortcut:
+        if inputs_from == "dense":
+            inputs = dense_outputs
+            del dense_outputs
+        elif not shortcut:
             inputs = _run_block(layer, inputs)
     return PruneOutcome(kept=kept, records=records, seconds_total=time.perf_counter() - start,
                         seconds_solver=solver_s)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
+    p.add_argument("--calibration-inputs", default="pruned", choices=["pruned", "dense"],
+                   help="each block's H from the already-pruned model's inputs (the paper's sequential protocol) "
+                        "or from the dense model's (ablation: every method solves identical layer problems)")
     p.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES),
                    help="model weights/activations (H and the solvers are float64 regardless)")
     p.add_argument("--output-dir", default="results/lm", help="folder for the metrics JSON (and --save-model)")
@@ -119,6 +122,7 @@ def config_from_args(args: argparse.Namespace):
         latency_points=tuple(args.latency or ()), latency_repeats=args.latency_repeats,
         evaluate_dense=args.dense, layers=tuple(int(i) for i in args.layers.split(",") if i) or None,
         seed=args.seed, threads=args.threads, device=args.device, dtype=args.dtype,
+        calibration_inputs=args.calibration_inputs,
         output_dir=args.output_dir, save_model=args.save_model,
         cache_dir=args.cache_dir)
 

@@ -109,6 +109,9 @@ class LMRunConfig:
         seed, threads: recorded; ``torch.set_num_threads(threads)``.
         device: where the model, the calibration forwards, H and the solvers run (``cpu``, ``cuda``,
             ``cuda:N``; checked here, before any load); latency is measured there too.
+        calibration_inputs: ``pruned`` (default, the sequential protocol: each block's H from the
+            inputs of the already-pruned model) or ``dense`` (ablation: every H from the dense model,
+            so all methods solve identical layer problems; see ``prune_model_sequential``).
         dtype: the model's weights and activations (``float32``, ``float16``, ``bfloat16``; the
             authors' OPT runs use float16 on a GPU). H is accumulated from float32 products into
             float64 and the solvers work in float64 whatever this is.
@@ -144,6 +147,7 @@ class LMRunConfig:
     threads: int = 1
     device: str = "cpu"
     dtype: str = "float32"
+    calibration_inputs: str = "pruned"
     output_dir: str | None = None
     save_model: bool = False
     cache_dir: str | None = None
@@ -199,6 +203,8 @@ class LMRunConfig:
         _check_pos_int("threads", self.threads)
         resolve_device(self.device, "device")
         check_model_dtype(self.dtype, "dtype")
+        if self.calibration_inputs not in ("pruned", "dense"):
+            raise ValueError(f"calibration_inputs must be 'pruned' or 'dense', got {self.calibration_inputs!r}")
         _check_pos_int("latency_repeats", self.latency_repeats)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
@@ -358,6 +364,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     t = time.perf_counter()
     outcome = prune_model_sequential(model, segments, _Router(), plan_attn, plan_mlp, damping=config.damping,
                                      layers=list(config.layers) if config.layers is not None else None,
+                                     inputs_from=config.calibration_inputs,
                                      progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)))
     timings["prune_total_s"] = time.perf_counter() - t
     timings["prune_solver_s"] = outcome.seconds_solver

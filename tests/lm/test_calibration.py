@@ -141,3 +141,23 @@ def test_osscar_beats_magnitude_on_layer_objective(tiny_model):
         out = prune_model_sequential(model, segs, make_method(m), a.n_attn_groups, a.ffn_dim // 2, layers=[0])
         res[m] = [r.objective for r in out.records if r.part == "mlp"][0]
     assert res["osscar"] <= res["mp+"] + 1e-9 * abs(res["mp+"])
+
+
+def test_dense_inputs_ablation_uses_the_dense_models_hessians(tiny_model):
+    """inputs_from="dense": every block's H is the dense model's XᵀX although blocks are pruned;
+    the default sequential protocol sees the pruned predecessors instead (H differs after block 0)."""
+    segs = torch.randint(0, 300, (3, 16), generator=torch.Generator().manual_seed(3))
+    ref = _direct_xtx(copy.deepcopy(tiny_model), segs)
+    a = get_adapter(tiny_model)
+    got: dict[str, dict] = {"dense": {}, "pruned": {}}
+    for mode in got:
+        prune_model_sequential(copy.deepcopy(tiny_model), segs, make_method("mp+"), a.n_attn_groups - 1,
+                               a.ffn_dim // 2, inputs_from=mode,
+                               hessian_hook=lambda i, part, H, mode=mode: got[mode].__setitem__((i, part), H.clone()))
+    assert set(got["dense"]) == set(ref)
+    for key in ref:
+        _assert_within_chunk_bound(got["dense"][key], ref[key])
+    last = max(i for i, _ in ref)
+    assert not torch.allclose(got["pruned"][(last, "attn")], ref[(last, "attn")], rtol=1e-3)
+    with pytest.raises(ValueError, match="inputs_from"):
+        prune_model_sequential(tiny_model, segs, make_method("mp"), 1, 1, inputs_from="teacher")

@@ -33,6 +33,7 @@ from .conftest import tiny_llama_config, tiny_opt_config
     ({"layers": (7,)}, "layers"),
     ({"device": "tpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
     ({"dtype": "int8"}, "dtype must be one of float32, float16, bfloat16"),
+    ({"calibration_inputs": "teacher"}, "calibration_inputs must be 'pruned' or 'dense'"),
 ])
 def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
     def boom(*a, **k):
