@@ -300,7 +300,6 @@ def prune_model_sequential(
             inputs = _run_block(layer, inputs)
             continue
         kept[i] = {}
-        dense_H: dict[str, Tensor] = {}
         if inputs_from == "dense":  # both consumers' H from the dense block, before either is pruned
             accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
             try:
@@ -310,14 +309,15 @@ def prune_model_sequential(
         for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
             consumer = adapter.consumer(layer, part)
             keep_x = shortcut and part == "mlp" and inputs_from == "pruned"
-            acc = HessianAccumulator(consumer, keep_inputs=keep_x) if inputs_from == "pruned" else None
-            if acc is not None:
+            acc = None
+            if inputs_from == "dense":
+                H, outputs = dense_H.pop(part), dense_outputs
+            else:
+                acc = HessianAccumulator(consumer, keep_inputs=keep_x)
                 try:
                     outputs = _run_block(layer, inputs)
                 finally:
                     H = acc.remove()
-            else:
-                H, outputs = dense_H.pop(part), dense_outputs
             if hessian_hook is not None:
                 hessian_hook(i, part, H)
             name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
@@ -327,7 +327,7 @@ def prune_model_sequential(
             solver_s += res.seconds
             W_old = consumer.weight.data.clone() if keep_x else None
             write_consumer(consumer, res.W)
-            if acc is not None and acc.inputs is not None and W_old is not None:
+            if W_old is not None:  # keep_x: acc kept this consumer's inputs
                 inputs = _shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old)
             kept[i][part] = res.kept.clone()
             records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,

@@ -10,6 +10,7 @@ from typing import Any
 
 from osscar.devices import MODEL_DTYPES
 from osscar.lm.data import CORPORA
+from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
-    p.add_argument("--calibration-inputs", default="pruned", choices=["pruned", "dense"],
+    p.add_argument("--calibration-inputs", default="pruned", choices=list(CALIBRATION_INPUTS),
                    help="each block's H from the already-pruned model's inputs (the paper's sequential protocol) "
                         "or from the dense model's (ablation: every method solves identical layer problems)")
     p.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES),

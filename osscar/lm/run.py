@@ -52,6 +52,7 @@ from typing import Any
 from osscar.devices import check_model_dtype, device_label, peak_accelerator_mb, resolve_device
 from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
+from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
 
@@ -203,7 +204,7 @@ class LMRunConfig:
         _check_pos_int("threads", self.threads)
         resolve_device(self.device, "device")
         check_model_dtype(self.dtype, "dtype")
-        if self.calibration_inputs not in ("pruned", "dense"):
+        if self.calibration_inputs not in CALIBRATION_INPUTS:
             raise ValueError(f"calibration_inputs must be 'pruned' or 'dense', got {self.calibration_inputs!r}")
         _check_pos_int("latency_repeats", self.latency_repeats)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
