@@ -57,27 +57,45 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "osscar", "baselines", "benchmarks", "results", "reports", "tests", "noxfile.py")
 
 
-def _sweep(session: nox.Session, *sweeps: str) -> None:
+REFERENCE_STORE = "results/records"   # the committed reference records
+REPRODUCE_STORE = "runs/reproduce/records"  # git-ignored: what `reproduce` runs into
+
+
+def _profile_args(session: nox.Session) -> tuple[str, list[str]]:
     profile = "paper" if "--profile" in session.posargs and "paper" in session.posargs else "cpu"
-    extra = [a for a in session.posargs if a not in ("--profile", "paper", "cpu")]
+    extra = [a for a in session.posargs if a not in ("--profile", "paper", "cpu", "--fresh")]
+    return profile, extra
+
+
+def _sweep(session: nox.Session, *sweeps: str, store: str = REFERENCE_STORE) -> None:
+    profile, extra = _profile_args(session)
     targets = [f"benchmarks/sweeps/{s}.toml" for s in sweeps] if sweeps else ["--all"]
-    session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, *extra, env=_env())
+    session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, "--store", store, *extra, env=_env())
 
 
-def _report(session: nox.Session) -> None:
-    session.run("python", "-m", "reports", "--store", "results/records", "--out", "reports/output", env=_env())
+def _report(session: nox.Session, store: str = REFERENCE_STORE, out: str = "reports/output") -> None:
+    session.run("python", "-m", "reports", "--store", store, "--out", out, env=_env())
 
 
 @nox.session(python=PYTHON)
 def reproduce(session: nox.Session) -> None:
-    """Every sweep of benchmarks/sweeps/ (cpu profile: embedded models, offline), then the report.
+    """Rerun every cpu-profile sweep into a fresh store and check it against the committed records.
 
-    ``nox -s reproduce -- --profile paper`` runs the full OPT/ImageNet grid (GPU and hub access).
-    Finished runs are skipped, so an interrupted reproduce resumes where it stopped.
+    Runs go to runs/reproduce/records (git-ignored; an interrupted reproduce resumes there,
+    ``-- --fresh`` empties it first), the report of those runs to runs/reproduce/report, and the
+    comparison with results/records to results/reproduction.md; the session fails when a
+    deterministic metric drifts beyond its tolerance or a reference run is missing.
+    ``nox -s report`` is the quick path: the report from the committed records, nothing rerun.
     """
+    import shutil
+
     _install(session)
-    _sweep(session)
-    _report(session)
+    if "--fresh" in session.posargs:
+        shutil.rmtree(REPRODUCE_STORE, ignore_errors=True)
+    _sweep(session, store=REPRODUCE_STORE)
+    _report(session, store=REPRODUCE_STORE, out="runs/reproduce/report")
+    session.run("python", "-m", "benchmarks.compare", REPRODUCE_STORE, REFERENCE_STORE,
+                "--out", "results/reproduction.md", env=_env())
 
 
 @nox.session(python=PYTHON)
@@ -96,6 +114,6 @@ def ablation_tp(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def report(session: nox.Session) -> None:
-    """Tables and figures from whatever records exist; missing experiments are listed."""
+    """The report from the committed reference records (results/records), nothing rerun."""
     _install(session)
     _report(session)

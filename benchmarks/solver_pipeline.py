@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from benchmarks.conftest import SHAPES, opt_like_problem
-from osscar.devices import device_label, resolve_device, synchronize
+from osscar.devices import device_label, resolve_device, synchronize, torch_threads
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,13 @@ class SolverRunConfig:
 
 
 def run_solver(config: SolverRunConfig, progress: bool = False) -> dict[str, Any]:
+    with torch_threads(config.threads):
+        return _run_solver(config)
+
+
+def _run_solver(config: SolverRunConfig) -> dict[str, Any]:
     from osscar.methods import make_method
 
-    torch.set_num_threads(config.threads)
     device = resolve_device(config.device, "device")
     problem = opt_like_problem(config.shape, keep=config.keep, seed=config.seed, device=device)
     torch.cholesky_inverse(torch.linalg.cholesky(problem.H[:64, :64]))  # library start-up, untimed
@@ -72,4 +76,5 @@ def run_solver(config: SolverRunConfig, progress: bool = False) -> dict[str, Any
         "kept": result.kept.tolist(),
         "info": info,
         "device": device_label(device),
+        "threads_used": torch.get_num_threads(),
     }

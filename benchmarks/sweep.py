@@ -33,6 +33,17 @@ from benchmarks.pipelines import get_pipeline
 PROFILES = ("cpu", "paper")
 
 
+class SweepError(ValueError):
+    """A sweep file that cannot run; the message names the file, the key and what is allowed."""
+
+
+def _suggest(word: str, allowed: set[str] | list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _tupleize(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tupleize(v) for v in value)
@@ -95,12 +106,14 @@ class Sweep:
         for point in self.points():
             unknown = sorted(set(point) - allowed)
             if unknown:
-                raise ValueError(f"sweep {self.name!r} ({self.source}): unknown key(s) {', '.join(unknown)} for "
+                raise SweepError(f"{self.source}: unknown key {unknown[0]!r}{_suggest(unknown[0], allowed)} for "
                                  f"pipeline {self.pipeline!r}; allowed: {', '.join(sorted(allowed))}")
             try:
                 config = cls(**_coerce(cls, point))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"sweep {self.name!r} ({self.source}): invalid run {point}: {e}") from e
+                varying = {k: v for k, v in point.items() if k not in self.base or k in self.grid}
+                where = ", ".join(f"{k}={v!r}" for k, v in varying.items()) or "base"
+                raise SweepError(f"{self.source}: run ({where}): {e}") from e
             key_config = pipeline.key_config(dataclasses.asdict(config))
             ident = canonical_json(key_config)
             if ident not in seen:
@@ -113,33 +126,40 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
     """Read a sweep file and pick one profile (``cpu`` or ``paper``)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"sweep file {str(path)!r} does not exist")
+        raise SweepError(f"sweep file {str(path)!r} does not exist")
     if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    data = tomllib.loads(path.read_text())
+        raise SweepError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"{path}: TOML syntax error: {exc}") from None
+    try:
+        get_pipeline(data.get("pipeline", ""))
+    except ValueError as exc:
+        if "pipeline" in data:
+            raise SweepError(f"{path}: key 'pipeline': {exc}") from None
     top = {"name", "pipeline", "description", "profiles"}
     unknown = sorted(set(data) - top)
     if unknown:
-        raise ValueError(f"sweep file {path}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(top))}")
+        raise SweepError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(top))}")
     for key in ("name", "pipeline"):
         if key not in data:
-            raise ValueError(f"sweep file {path}: missing required key {key!r}")
-    get_pipeline(data["pipeline"])
+            raise SweepError(f"{path}: missing required key {key!r}")
     profiles = data.get("profiles", {})
     if profile not in profiles:
-        raise ValueError(f"sweep file {path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
+        raise SweepError(f"{path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
     prof = profiles[profile]
     unknown = sorted(set(prof) - {"base", "grid", "extra"})
     if unknown:
-        raise ValueError(f"sweep file {path}: profile {profile!r} has unknown section(s) {', '.join(unknown)}; "
+        raise SweepError(f"{path}: profile {profile!r} has unknown section(s) {', '.join(unknown)}; "
                          "allowed: base, grid, extra")
     extra = prof.get("extra", [])
     if not isinstance(extra, list) or not all(isinstance(e, dict) for e in extra):
-        raise ValueError(f"sweep file {path}: 'extra' must be an array of tables ([[profiles.{profile}.extra]])")
+        raise SweepError(f"{path}: 'extra' must be an array of tables ([[profiles.{profile}.extra]])")
     grid = prof.get("grid", {})
     for axis, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"sweep file {path}: grid axis {axis!r} must be a non-empty array")
+            raise SweepError(f"{path}: grid axis {axis!r} must be a non-empty array")
     return Sweep(name=data["name"], pipeline=data["pipeline"], description=data.get("description", ""),
                  base=dict(prof.get("base", {})), grid=dict(grid), extra=tuple(extra), source=str(path))
 

@@ -7,13 +7,14 @@ second moments H and the layer problems, so the solvers run there too (float64; 
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
-
-MODEL_DTYPES = ("float32", "float16", "bfloat16")
+from osscar.options import MODEL_DTYPES  # noqa: F401  (re-exported)
 
 
 def resolve_device(value: str | torch.device, name: str = "device") -> torch.device:
@@ -38,6 +39,23 @@ def check_model_dtype(value: str, name: str = "dtype") -> torch.dtype:
     if value not in MODEL_DTYPES:
         raise ValueError(f"{name} must be one of {', '.join(MODEL_DTYPES)}, got {value!r}")
     return getattr(torch, value)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored on exit.
+
+    The one place every pipeline sets its thread count, so that what a record states
+    (read inside the block) is what the run used.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)
 
 
 def model_device(model: nn.Module) -> torch.device:

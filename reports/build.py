@@ -25,7 +25,8 @@ import tomllib
 from reports import reference as ref
 from reports.figures import all_figures
 from reports.records import describe, frame, load_records, summarize
-from reports.tables import Table, all_tables, write_text_atomic
+from reports.table import Table
+from reports.tables import all_tables, write_text_atomic
 
 # the paper's experiments; sweep files in benchmarks/sweeps/ add to this list
 EXPECTED_EXPERIMENTS = {

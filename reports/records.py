@@ -171,7 +171,8 @@ def vision_row(r: RunRecord) -> dict[str, Any]:
         flops_speedup = None
     ckpt = dig(m, "provenance", "checkpoint") or cfg.get("checkpoint")
     arch = cfg.get("arch")
-    ckpt_label = "embedded default" if cfg.get("checkpoint") == "default" else str(ckpt)
+    ckpt_label = ("shipped reference" if cfg.get("checkpoint") == "default" else
+                  "default recipe, retrained" if cfg.get("checkpoint") == "train" else str(ckpt))
     row.update({
         "model": f"{arch} / {cfg.get('dataset')}", "arch": arch, "dataset": cfg.get("dataset"),
         "checkpoint": ckpt_label, "checkpoint_path": ckpt,

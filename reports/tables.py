@@ -1,191 +1,27 @@
-"""The paper's tables from flat record frames: Markdown, LaTeX (booktabs) and CSV.
-
-A :class:`Table` holds raw numbers (the CSV is exactly those), which value columns are ranked and
-in which direction (``"min"``: lower is better — perplexity, time, objective, memory; ``"max"``:
-higher is better — accuracy, speedup), and the rows the best is chosen within (``group_by``; e.g.
-one target speedup). Reference rows (the dense model) are shown but never ranked. The best value
-of each ranked column (within each group) is bold in Markdown and LaTeX; ties are all bold.
+"""The paper's tables from flat record frames (each a :class:`reports.table.Table`).
 
 Builders return one table per provenance group (model, calibration corpus and size...), and every
-caption says which model, corpus and calibration size the numbers came from.
+caption says which model, corpus and calibration size the numbers came from. Each ranked column
+carries its noise (binomial for accuracies, the paired range for perplexities, the run-to-run
+spread for single timings), so bold marks only a difference larger than the noise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from osscar.io import atomic_write_text as write_text_atomic
+from osscar.io import atomic_write_text as write_text_atomic  # noqa: F401  (re-exported for reports.build)
 from reports.records import describe, frame, missing_metrics
+from reports.table import HIGHER, LOWER, Table, binomial_margin, relative_margin
 
-LOWER, HIGHER = "min", "max"
-DIRECTION_WORDS = {LOWER: "lower is better", HIGHER: "higher is better"}
-
-# per-metric direction, used by every table and stated in every caption
-METRIC_DIRECTIONS: dict[str, str] = {
-    "perplexity": LOWER, "accuracy": HIGHER, "top-1": HIGHER, "seconds": LOWER, "objective": LOWER,
-    "memory": LOWER, "speedup": HIGHER,
-}
-
-
-def _fmt(spec: str) -> Callable[[Any], str]:
-    def f(v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "—"
-        if isinstance(v, (int, float, np.integer, np.floating)):
-            return format(v, spec)
-        return str(v)
-    return f
-
-
-@dataclass
-class Table:
-    """One table: raw values + ranking rules + caption. ``data`` columns = label_cols + value_cols."""
-
-    name: str
-    title: str
-    caption: str
-    data: pd.DataFrame
-    label_cols: list[str]
-    value_cols: list[str]
-    directions: dict[str, str] = field(default_factory=dict)  # value col -> LOWER / HIGHER
-    formats: dict[str, str] = field(default_factory=dict)  # value col -> format spec (default .4g)
-    group_by: list[str] = field(default_factory=list)  # rank within groups of these label cols
-    scope: str = "column"  # "column": best per column (per group); "table": one best over all ranked cells
-    reference: pd.Series | None = None  # bool per row: shown, never ranked (dense)
-    notes: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.data = self.data.reset_index(drop=True)
-        if self.reference is None:
-            self.reference = pd.Series(False, index=self.data.index)
-        else:
-            self.reference = pd.Series(list(self.reference), index=self.data.index, dtype=bool)
-        for c in self.directions:
-            if c not in self.value_cols or self.directions[c] not in (LOWER, HIGHER):
-                raise ValueError(f"table {self.name}: bad direction for {c!r}")
-
-    # -- ranking -----------------------------------------------------------------------------------
-    def best_mask(self) -> pd.DataFrame:
-        """Bool frame over value_cols: True where the cell is the best of its column (and group)."""
-        mask = pd.DataFrame(False, index=self.data.index, columns=self.value_cols)
-        ranked = [c for c in self.value_cols if c in self.directions]
-        if not ranked or self.data.empty:
-            return mask
-        rankable = ~self.reference
-        groups = [self.data.index[rankable]] if not self.group_by else [
-            sub.index.intersection(self.data.index[rankable])
-            for _, sub in self.data.groupby(self.group_by, sort=False, dropna=False)]
-        for idx in groups:
-            if len(idx) == 0:
-                continue
-            if self.scope == "table":
-                vals = self.data.loc[idx, ranked].apply(pd.to_numeric, errors="coerce")
-                direction = {self.directions[c] for c in ranked}
-                if len(direction) != 1 or vals.isna().all().all():
-                    continue
-                best = vals.min().min() if direction == {LOWER} else vals.max().max()
-                mask.loc[idx, ranked] = np.isclose(vals.to_numpy(dtype=float), best, rtol=1e-12, atol=0)
-                continue
-            for c in ranked:
-                col = pd.to_numeric(self.data.loc[idx, c], errors="coerce")
-                if col.notna().sum() < 1:
-                    continue
-                best = col.min() if self.directions[c] == LOWER else col.max()
-                mask.loc[idx, c] = np.isclose(col.to_numpy(dtype=float), best, rtol=1e-12, atol=0)
-        return mask
-
-    def formatted(self) -> pd.DataFrame:
-        """Cells as strings (labels verbatim, values with their format)."""
-        out = pd.DataFrame(index=self.data.index)
-        for c in self.label_cols:
-            out[c] = self.data[c].map(lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v))
-                                      else f"{v:g}" if isinstance(v, float) else str(v))
-        for c in self.value_cols:
-            out[c] = self.data[c].map(_fmt(self.formats.get(c, ".4g")))
-        return out
-
-    def direction_note(self) -> str:
-        if not self.directions:
-            return ""
-        by: dict[str, list[str]] = {}
-        for c, d in self.directions.items():
-            by.setdefault(d, []).append(c)
-        parts = [f"{DIRECTION_WORDS[d]}: {', '.join(cs) if len(cs) < len(self.directions) else 'all ranked columns'}"
-                 for d, cs in by.items()]
-        scope = ("Best over the whole grid in bold" if self.scope == "table" else
-                 f"Best per column{' within each ' + ' / '.join(self.group_by) if self.group_by else ''} in bold")
-        ref = "; dense rows are references, not ranked" if bool(self.reference.any()) else ""
-        return f"{scope} ({'; '.join(parts)}){ref}."
-
-    def full_caption(self) -> str:
-        return " ".join(p for p in (self.caption, self.direction_note(), *self.notes) if p)
-
-    # -- writers -----------------------------------------------------------------------------------
-    def to_markdown(self) -> str:
-        cells = self.formatted()
-        best = self.best_mask()
-        for c in self.value_cols:
-            cells.loc[best[c], c] = "**" + cells.loc[best[c], c] + "**"
-        cols = self.label_cols + self.value_cols
-        def esc(s):
-            return str(s).replace("|", "\\|")
-
-        lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
-                 "|" + "|".join(":--" if c in self.label_cols else "--:" for c in cols) + "|"]
-        lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells[cols].itertuples(index=False)]
-        return "\n".join(lines) + "\n"
-
-    def to_latex(self) -> str:
-        cells = self.formatted()
-        best = self.best_mask()
-        for c in cells.columns:
-            cells[c] = cells[c].map(latex_escape)
-        for c in self.value_cols:
-            cells.loc[best[c], c] = "\\textbf{" + cells.loc[best[c], c] + "}"
-        cols = self.label_cols + self.value_cols
-        cells = cells[cols]
-        cells.columns = [latex_escape(c) for c in cols]
-        styler = cells.style.hide(axis="index")
-        return styler.to_latex(hrules=True, column_format="l" * len(self.label_cols) + "r" * len(self.value_cols),
-                               caption=latex_escape(self.full_caption()), label=f"tab:{self.name}",
-                               position="htbp", position_float="centering")
-
-    def to_csv(self) -> str:
-        return self.data[self.label_cols + self.value_cols].to_csv(index=False)
-
-    def write(self, folder: str | Path) -> dict[str, Path]:
-        folder = Path(folder)
-        out = {}
-        for ext, text in (("md", f"**{self.title}.** {self.full_caption()}\n\n{self.to_markdown()}"),
-                          ("tex", self.to_latex()), ("csv", self.to_csv())):
-            out[ext] = write_text_atomic(folder / f"{self.name}.{ext}", text)
-        return out
-
-
-_LATEX_WORDS = {"t̂": r"$\hat{t}$", "p̂": r"$\hat{p}$", "Ŵ": r"$\hat{W}$", "⁻¹": r"$^{-1}$", "ᵀ": r"$^\top$",
-                "½": r"$\frac{1}{2}$", "−": "-", "→": r"$\to$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
-                "‖": r"$\|$", "·": r"$\cdot$"}
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "×": r"$\times$", "—": "--", "–": "--", "≥": r"$\geq$", "≤": r"$\leq$"}
-
-
-def latex_escape(s: Any) -> str:
-    """Escape LaTeX specials; the few non-ASCII symbols the captions use become math."""
-    s = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))
-    for word, tex in _LATEX_WORDS.items():
-        s = s.replace(word, tex)
-    return s
-
-
-
+# single wall-time measurements on a 2-core machine vary by about this much between runs
+TIME_NOISE = 0.3
+SPEEDUP_NOISE = 0.05  # medians of repeated latency measurements
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -254,6 +90,15 @@ def _fixture_note(sub: pd.DataFrame) -> list[str]:
     return []
 
 
+def _eval_n(sub: pd.DataFrame, col: str = "eval_n") -> float:
+    n = pd.to_numeric(sub.get(col, pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(n.min()) if len(n) else 0.0
+
+
+BINOMIAL_NOTE = "95% half-width of the difference of two accuracies on {n:g} examples"
+TIME_NOTE = f"single wall times: {TIME_NOISE:.0%} of the value, the run-to-run spread on this 2-core machine"
+
+
 def _cols(df: pd.DataFrame, prefix: str) -> list[str]:
     return [c for c in df.columns if c.startswith(prefix) and df[c].notna().any()]
 
@@ -272,12 +117,29 @@ def _lm_rows(sub: pd.DataFrame, keys: list[str], column: Callable[[str], str], s
              for k in keys}
     rows = []
     if any(len(v) for v in dense.values()):
-        rows.append({"target": "dense", "method": "dense", "_ref": True,
+        rows.append({"target": "dense", "method": "dense", "_ref": True, "_src": None,
                      **{k: scale * v.iloc[-1] if len(v) else np.nan for k, v in dense.items()}})
-    for _, r in _method_sorted(sub, ["target_sort"]).iterrows():
-        rows.append({"target": r["target"], "method": r["method_label"], "_ref": False,
+    for i, r in _method_sorted(sub, ["target_sort"]).iterrows():
+        rows.append({"target": r["target"], "method": r["method_label"], "_ref": False, "_src": i,
                      **{k: scale * r[column(k)] for k in keys}})
     return pd.DataFrame(rows)
+
+
+def _paired_best(data: pd.DataFrame, sub: pd.DataFrame, corpora: list[str]) -> pd.DataFrame:
+    """Bold mask of a perplexity table: per target and corpus, the lowest perplexity only when its
+    paired 95% range against the runner-up's windows lies below 1 (:func:`paired_nll_ratio`)."""
+    mask = pd.DataFrame(False, index=data.index, columns=corpora)
+    for _, rows in data[~data["_ref"]].groupby("target", sort=False):
+        for c in corpora:
+            vals = rows[c].astype(float).dropna().sort_values()
+            if len(vals) < 2:
+                continue
+            best, runner = vals.index[0], vals.index[1]
+            wb = sub.loc[data.loc[best, "_src"]].get(f"window_nll:{c}")
+            wr = sub.loc[data.loc[runner, "_src"]].get(f"window_nll:{c}")
+            if isinstance(wb, list) and isinstance(wr, list) and len(wb) == len(wr) > 1:
+                mask.loc[best, c] = paired_nll_ratio(wb, wr)[2] < 1
+    return mask
 
 
 def lm_perplexity_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
@@ -308,7 +170,10 @@ def lm_perplexity_tables(records, experiment: str = "lm_perplexity") -> list[Tab
                      f"({', '.join(corpora)}), method and target. " + _provenance_caption(sub, "lm")),
             data=data, label_cols=["target", "method"], value_cols=corpora,
             directions={c: LOWER for c in corpora}, formats={c: ".2f" for c in corpora}, group_by=["target"],
-            reference=data["_ref"], notes=_fixture_note(sub) + notes))
+            reference=data["_ref"], notes=_fixture_note(sub) + notes
+            + ["Bold: the lowest perplexity of a target, only where its paired 95% range against the runner-up "
+               "on the same windows lies below 1 (else nothing is bold)."],
+            significant=_paired_best(data, sub, corpora)))
     return tables
 
 
@@ -326,6 +191,7 @@ def lm_zero_shot_tables(records, experiment: str = "lm_perplexity") -> list[Tabl
             if not cols:
                 continue
             tasks = [c.split(":", 1)[1] for c in cols]
+            n_ex = _eval_n(sub, "zero_shot_limit")
             data = _lm_rows(sub, tasks, lambda t, metric=metric: f"{metric}:{t}", scale=100)
             data["mean"] = data[tasks].mean(axis=1, skipna=False)  # only when every task is present
             vcols = tasks + ["mean"]
@@ -342,7 +208,9 @@ def lm_zero_shot_tables(records, experiment: str = "lm_perplexity") -> list[Tabl
                          + _provenance_caption(sub, "lm")),
                 data=data, label_cols=["target", "method"], value_cols=vcols,
                 directions={c: HIGHER for c in vcols}, formats={c: ".1f" for c in vcols}, group_by=["target"],
-                reference=data["_ref"], notes=_fixture_note(sub) + tnotes))
+                reference=data["_ref"], notes=_fixture_note(sub) + tnotes,
+                margins={**{t: binomial_margin(n_ex) for t in tasks}, "mean": binomial_margin(n_ex * len(tasks))},
+                margin_note=BINOMIAL_NOTE.format(n=n_ex) + " per task"))
     return tables
 
 
@@ -378,6 +246,8 @@ def lm_paired_tables(records, experiment: str = "lm_perplexity", reference: str 
                 if ref.empty:
                     continue
                 ref_w = ref[col].iloc[-1]
+                rows.append({"target": target, "method": f"{reference} (reference)", "_sort": ref["target_sort"].iloc[-1],
+                             "ppl ratio": 1.0, "95% low": np.nan, "95% high": np.nan, "windows": len(ref_w)})
                 for _, r in _method_sorted(tsub, ["target_sort"]).iterrows():
                     w = r[col]
                     if r["method"] == reference or not isinstance(w, list) or len(w) != len(ref_w):
@@ -387,17 +257,20 @@ def lm_paired_tables(records, experiment: str = "lm_perplexity", reference: str 
                                  "ppl ratio": ratio, "95% low": lo, "95% high": hi, "windows": len(w)})
             if not rows:
                 continue
-            data = pd.DataFrame(rows).sort_values("_sort", kind="stable").drop(columns="_sort")
+            data = pd.DataFrame(rows).sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
+            better = pd.DataFrame(False, index=data.index, columns=["ppl ratio", "95% low", "95% high", "windows"])
+            better["ppl ratio"] = data["95% high"] < 1
             tables.append(Table(
                 name=_slug("lm_paired", g["model"], g["calib_corpus"], g["n_samples"], c),
                 title=f"Perplexity relative to {reference} on the same windows — {g['model']}, {c}",
                 caption=(f"ppl(method) / ppl({reference}) on identical {c} windows, with a 95% range from the "
                          "paired per-window NLL differences (exp(mean ± 1.96·SE)); a range that contains 1 "
-                         "means the windows cannot tell the two apart. " + _provenance_caption(sub, "lm")),
+                         f"means the windows cannot tell the two apart; bold: a range entirely below 1 (better than "
+                         f"{reference}). " + _provenance_caption(sub, "lm")),
                 data=data, label_cols=["target", "method"], value_cols=["ppl ratio", "95% low", "95% high", "windows"],
                 directions={"ppl ratio": LOWER}, formats={"ppl ratio": ".3f", "95% low": ".3f", "95% high": ".3f",
                                                           "windows": ".0f"},
-                group_by=["target"], notes=_fixture_note(sub) + notes))
+                group_by=["target"], notes=_fixture_note(sub) + notes, significant=better))
     return tables
 
 
@@ -408,8 +281,8 @@ def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
     if df.empty:
         return tables
     spec = [("prune [s]", "prune_seconds", LOWER, ".3g"), ("solver [s]", "solver_seconds", LOWER, ".3g"),
-            ("peak RSS to end of pruning [MiB]", "rss_after_prune_mb", LOWER, ".0f"),
-            ("peak RSS, whole run [MiB]", "peak_rss_mb", LOWER, ".0f"),
+            ("peak RSS to end of pruning [MiB]", "rss_after_prune_mb", None, ".0f"),
+            ("peak RSS, whole run [MiB]", "peak_rss_mb", None, ".0f"),
             ("params kept [%]", "params_kept", None, ".1f"), ("FLOPs speedup", "flops_speedup", None, ".2f"),
             ("measured speedup", "latency_speedup", HIGHER, ".2f")]
     for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
@@ -436,7 +309,11 @@ def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
                      + _provenance_caption(sub, "lm")),
             data=data, label_cols=["target", "method"], value_cols=[p[0] for p in present],
             directions={name: d for name, _, d, _ in present if d}, formats={name: f for name, _, _, f in present},
-            group_by=["target"], notes=_fixture_note(sub) + notes))
+            group_by=["target"], notes=_fixture_note(sub) + notes
+            + ["Peak RSS is ru_maxrss of a process that may have run earlier runs of the sweep, so it is not ranked."],
+            margins={"prune [s]": relative_margin(TIME_NOISE), "solver [s]": relative_margin(TIME_NOISE),
+                     "measured speedup": relative_margin(SPEEDUP_NOISE)},
+            margin_note=f"{TIME_NOTE}; measured speedup: {SPEEDUP_NOISE:.0%}"))
     return tables
 
 
@@ -484,7 +361,9 @@ def vision_accuracy_tables(records, experiment: str = "vision_accuracy") -> list
             caption=("Top-1 test accuracy (%) of the sliced model, no fine-tuning, per method and target fraction "
                      "of FLOPs removed; dense = the unpruned checkpoint. " + _provenance_caption(sub, "vision")),
             data=data, label_cols=["method"], value_cols=vcols, directions={c: HIGHER for c in vcols},
-            formats={c: ".2f" for c in vcols}, reference=pd.Series(ref), notes=_fixture_note(sub) + notes))
+            formats={c: ".2f" for c in vcols}, reference=pd.Series(ref), notes=_fixture_note(sub) + notes,
+            margins={c: binomial_margin(_eval_n(sub)) for c in vcols},
+            margin_note=BINOMIAL_NOTE.format(n=_eval_n(sub))))
     return tables
 
 
@@ -520,7 +399,8 @@ def speedup_table(records) -> list[Table]:
                  f"{describe(data['latency point'].replace('', np.nan))}."),
         data=data, label_cols=["experiment", "model", "target", "method"], value_cols=vcols,
         directions={"measured speedup": HIGHER}, formats={c: ".2f" for c in vcols}, group_by=["model", "target"],
-        notes=_fixture_note(data))]
+        notes=_fixture_note(data), margins={"measured speedup": relative_margin(SPEEDUP_NOISE)},
+        margin_note=f"{SPEEDUP_NOISE:.0%} of the value, the spread of repeated latency medians")]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -565,7 +445,10 @@ def runtime_tables(records, experiment: str = "pruning_runtime") -> list[Table]:
         directions={"prune [s]": LOWER, "objective": LOWER, "gap to dense [%]": LOWER, "× one inverse": LOWER},
         formats={"prune [s]": ".3g", "objective": ".6g", "gap to dense [%]": ".3f", "× one inverse": ".2f", "ZipLM time / this": ".2f",
                  "one inverse [s]": ".3g"},
-        group_by=["shape"], notes=_fixture_note(df) + notes)]
+        group_by=["shape"], notes=_fixture_note(df) + notes,
+        margins={"prune [s]": relative_margin(TIME_NOISE), "× one inverse": relative_margin(TIME_NOISE),
+                 "objective": relative_margin(1e-9), "gap to dense [%]": relative_margin(1e-6)},
+        margin_note=f"{TIME_NOTE}; objectives: 1e-9 relative (equal solutions tie)")]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -614,7 +497,8 @@ def calibration_tables(records, experiment: str = "ablation_calibration") -> lis
                          + _provenance_caption(sub, "vision")),
                 data=data, label_cols=["target", "method"], value_cols=vcols,
                 directions={v: HIGHER for v in vcols}, formats={v: ".2f" for v in vcols}, group_by=["target"],
-                notes=_fixture_note(sub) + notes))
+                notes=_fixture_note(sub) + notes, margins={v: binomial_margin(_eval_n(sub)) for v in vcols},
+                margin_note=BINOMIAL_NOTE.format(n=_eval_n(sub))))
     return tables
 
 
@@ -632,6 +516,16 @@ TP_METRICS = {  # pipeline -> [(column, label, direction, scale, fmt)]
     "vision": [("top1", "top-1 (%)", HIGHER, 100.0, ".2f"), ("prune_seconds", "prune time [s]", LOWER, 1.0, ".3g")],
     "solver": [("objective", "objective", LOWER, 1.0, ".6g"), ("prune_seconds", "prune time [s]", LOWER, 1.0, ".3g")],
 }
+
+
+def _tp_margin(column: str, sub: pd.DataFrame) -> tuple[Any, str]:
+    if column == "top1":
+        return binomial_margin(_eval_n(sub)), BINOMIAL_NOTE.format(n=_eval_n(sub))
+    if column == "prune_seconds":
+        return relative_margin(TIME_NOISE), TIME_NOTE
+    if column == "objective":
+        return relative_margin(1e-9), "objectives: 1e-9 relative (equal solutions tie)"
+    return None, ""
 
 
 def tp_tables(records, experiment: str = "ablation_tp") -> list[Table]:
@@ -653,6 +547,7 @@ def tp_tables(records, experiment: str = "ablation_tp") -> list[Table]:
                         metrics.append((c, f"{label} on {c.split(':', 1)[1]}" if ":" in c else label, d, scale, fmt))
             what = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in g.items())
             for c, label, d, scale, fmt in metrics:
+                margin, note = _tp_margin(c, sub)
                 pv = sub.pivot_table(index="p_hat", columns="t_hat", values=c, aggfunc="last", dropna=False)
                 pv = pv.sort_index().sort_index(axis=1)
                 vcols = [f"t̂={t:g}" for t in pv.columns]
@@ -664,7 +559,8 @@ def tp_tables(records, experiment: str = "ablation_tp") -> list[Table]:
                     caption=(f"OSSCAR {label} over its p̂ (groups removed per stage-A step, rows) and t̂ (groups "
                              f"changed per local-search step, columns). {_provenance_caption(sub, pipeline)}"),
                     data=data, label_cols=["p̂"], value_cols=vcols, directions={v: d for v in vcols},
-                    formats={v: fmt for v in vcols}, scope="table", notes=_fixture_note(sub) + notes))
+                    formats={v: fmt for v in vcols}, scope="table", notes=_fixture_note(sub) + notes,
+                    margins={v: margin for v in vcols}, margin_note=note))
     return tables
 
 

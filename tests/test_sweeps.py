@@ -62,18 +62,36 @@ def test_fields_added_later_keep_old_run_keys_at_their_neutral_value():
 
 
 @pytest.mark.parametrize("body, match", [
-    (SOLVER_SWEEP.format(methods='["osscar", "osscr"]', seeds="[0]"), "method 'osscr' is unknown|unknown method 'osscr'"),
-    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]") + "colour = [1]\n", "unknown key\\(s\\) colour"),
+    (SOLVER_SWEEP.format(methods='["osscar", "osscr"]', seeds="[0]"), "method='osscr'.*unknown method 'osscr'"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]") + "colour = [1]\n", "unknown key 'colour'"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace("method =", "methd ="),
+     "unknown key 'methd' \\(did you mean 'method'\\?\\)"),
     (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace('"heads-12x64"', '"opt-99b"'),
      "shape='opt-99b' is unknown"),
-    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace('"solver"', '"audio"'), "unknown pipeline 'audio'"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace('"solver"', '"audio"'),
+     "key 'pipeline': unknown pipeline 'audio'"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace("[profiles.cpu.grid]", "[profiles.cpu.grid"),
+     "TOML syntax error: .*line 6"),
+    (SOLVER_SWEEP.format(methods="[]", seeds="[0]"), "grid axis 'method' must be a non-empty array"),
 ])
-def test_bad_sweeps_are_rejected_before_any_run(tmp_path, body, match):
+def test_bad_sweeps_exit_2_with_one_line_naming_file_and_key(tmp_path, capsys, body, match):
+    import re
+
     path = _write(tmp_path, body)
     store = tmp_path / "store"
-    with pytest.raises(ValueError, match=match):
-        run_main([str(path), "--store", str(store)])
+    assert run_main([str(path), "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {path}") and re.search(match, err), err
     assert not store.exists()
+
+
+def test_bad_sweep_with_debug_shows_the_exception(tmp_path):
+    from benchmarks.sweep import SweepError
+
+    path = _write(tmp_path, SOLVER_SWEEP.format(methods='["osscr"]', seeds="[0]"))
+    with pytest.raises(SweepError, match="osscr"):
+        run_main([str(path), "--store", str(tmp_path / "store"), "--debug"])
 
 
 def test_rerun_skips_finished_runs_and_changes_nothing(tmp_path, capsys):

@@ -39,6 +39,7 @@ from osscar.devices import model_device
 from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.methods import PruningMethod
 from osscar.problem import LayerProblem
+from osscar.options import CALIBRATION_INPUTS  # noqa: F401  (re-exported)
 
 
 class _Caught(Exception):
@@ -47,7 +48,6 @@ class _Caught(Exception):
 
 HESSIAN_CHUNK_ROWS = 512  # rows per float32 XᵀX product (error bound: see HessianAccumulator)
 SHORTCUT_BYTES = 1 << 30  # largest stored MLP-consumer input (all segments) for the no-rerun step c
-CALIBRATION_INPUTS = ("pruned", "dense")  # where each block's H comes from (prune_model_sequential)
 
 Batch = tuple[Tensor, dict[str, Any]]  # block input (b, seqlen, d) and the kwargs the model passed with it
 

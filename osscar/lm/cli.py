@@ -8,11 +8,13 @@ import os
 import sys
 from typing import Any
 
-from osscar.devices import MODEL_DTYPES
-from osscar.lm.data import CORPORA
-from osscar.lm.calibration import CALIBRATION_INPUTS
-from osscar.lm.evaluate import ZERO_SHOT_TASKS
-from osscar.lm.models import EMBEDDED_MODELS
+from osscar.options import (ALLOCATIONS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
+                            ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
+
+# LMRunConfig fields whose flag is not the field's name
+FIELD_FLAGS = {"eval_corpora": "--eval-corpus", "zero_shot_tasks": "--tasks", "zero_shot_limit": "--limit",
+               "evaluate_dense": "--dense", "latency_points": "--latency", "method_params": "--method-param",
+               "attn_params": "--attn-param", "mlp_params": "--mlp-param", "calib_corpus": "--calib-corpus"}
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -39,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="osscar lm",
         description="Prune a Hugging Face causal LM (OPT, Llama/GQA) layer-wise with OSSCAR or a baseline, "
                     "slice it physically, and evaluate perplexity / zero-shot accuracy / latency.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="smollm2-135m",
-                   help=f"embedded model ({', '.join(EMBEDDED_MODELS)}), local folder, or hub id (facebook/opt-1.3b)")
+                   help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}), local folder, or hub id (facebook/opt-1.3b)")
     p.add_argument("--method", default="osscar", help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
     p.add_argument("--t-hat", type=int, default=None, help="OSSCAR t̂: groups changed per local-search iteration (both consumers; None: method default)")
     p.add_argument("--p-hat", type=int, default=None, help="OSSCAR p̂: groups removed per Stage-A iteration (both consumers; None: method default)")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target speedup (>1) of the decoder blocks instead of the fractions: by block FLOPs with "
                         "--allocation uniform, by predicted (measured-table) block latency with --allocation runtime; "
                         "embeddings and the LM head are not pruned and not counted")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "runtime"],
+    p.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
                    help="per-block widths: 'uniform' removes the same fractions in every block; 'runtime' "
                         "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "
                         "device, gets every consumer's loss curve from one gradual-removal pass on the dense "
@@ -72,11 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLP widths timed and offered to the runtime allocator (evenly spaced)")
     p.add_argument("--allocation-min-keep", type=float, default=0.0,
                    help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
-    p.add_argument("--calib-corpus", default="wiki-gensim", choices=sorted(CORPORA), help="calibration corpus")
+    p.add_argument("--calib-corpus", default="wiki-gensim", choices=CORPUS_NAMES, help="calibration corpus")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
     p.add_argument("--damping", type=float, default=0.01, help="λ: H + λ·mean(diag H)·I")
-    p.add_argument("--eval-corpus", action="append", default=None, choices=sorted(CORPORA),
+    p.add_argument("--eval-corpus", action="append", default=None, choices=CORPUS_NAMES,
                    help="perplexity corpus, repeatable (default: wiki-gensim held-out articles)")
     p.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window length (None: --seqlen)")
     p.add_argument("--eval-windows", type=int, default=16, help="max perplexity windows per corpus (0: all)")
@@ -129,13 +131,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = parser_flags(parser, FIELD_FLAGS)
     from osscar.lm.run import run_lm, write_json_atomic
 
-    args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
     except ValueError as e:
-        print(f"osscar lm: error: {e}", file=sys.stderr)
+        print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2
     hf, nf = config.fractions()
     stem = f"{os.path.basename(config.model.rstrip('/'))}_{config.method}"
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_lm(config, progress=not args.no_progress, save_to=save_to)
     except ValueError as e:
-        print(f"osscar lm: error: {e}", file=sys.stderr)
+        print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2
     path = os.path.join(config.output_dir, f"{name}.json")
     write_json_atomic(result, path)

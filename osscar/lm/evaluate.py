@@ -42,8 +42,7 @@ from torch import Tensor, nn
 
 from osscar.devices import model_device
 from osscar.lm.models import cache_root
-
-ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai")
+from osscar.options import ZERO_SHOT_TASKS  # noqa: F401  (re-exported)
 
 
 @torch.no_grad()

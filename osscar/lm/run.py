@@ -49,15 +49,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from osscar.devices import check_model_dtype, device_label, peak_accelerator_mb, resolve_device
+from osscar.devices import check_model_dtype, device_label, peak_accelerator_mb, resolve_device, torch_threads
 from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
 from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
+from osscar.options import ALLOCATIONS
 
 
-ALLOCATIONS = ("uniform", "runtime")
 
 
 def removed_count(fraction: float, n: int) -> int:
@@ -182,6 +182,9 @@ class LMRunConfig:
             make_method(self.method, **self.params_for(part))  # unknown / invalid params -> ValueError
         _check_fraction("head_fraction", self.head_fraction)
         _check_fraction("neuron_fraction", self.neuron_fraction)
+        if self.head_fraction == 0 and self.neuron_fraction == 0:
+            raise ValueError("head_fraction and neuron_fraction are both 0: nothing would be pruned "
+                             "(evaluate the dense model without pruning instead)")
         if self.speedup is not None:
             if isinstance(self.speedup, bool) or not isinstance(self.speedup, (int, float)) or not self.speedup > 1 \
                     or not math.isfinite(self.speedup):
@@ -272,7 +275,13 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     """Calibrate, prune, slice and evaluate one model. Returns metrics and provenance.
 
     ``save_to``: folder for the sliced model (:func:`osscar.lm.slicing.save_pruned`).
+    Runs with ``config.threads`` torch threads; the caller's count is restored afterwards.
     """
+    with torch_threads(config.threads):
+        return _run_lm(config, progress, save_to)
+
+
+def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
@@ -285,7 +294,6 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     from osscar.lm.slicing import save_pruned, slice_model
     from osscar.methods import make_method
 
-    torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device, "device")
     t0 = time.perf_counter()
@@ -442,7 +450,7 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
         "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
         "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
         "calib_segments_shape": list(segments.shape), "seed": config.seed, "threads": config.threads,
-        "device": device_label(device), "dtype": config.dtype,
+        "threads_used": torch.get_num_threads(), "device": device_label(device), "dtype": config.dtype,
         "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
         "versions": versions(),
     }

@@ -13,18 +13,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT
-from osscar.vision.models import ARCHS
-from osscar.vision.pipeline import DEFAULT_DAMPING, VisionRunConfig, atomic_write_json, run_vision
+from osscar.options import (DEFAULT_DAMPING, DEFAULT_FMNIST_ROOT, VISION_ARCHS, VISION_DATASETS, HelpFormatter, as_flags,
+                            parser_flags)
+
+# VisionRunConfig fields whose flag is not the field's name
+FIELD_FLAGS = {"latency": "--no-latency", "save_model": "--no-save-model", "method_params": "--method-param"}
 
 PAPER_METHODS = ("mp", "mp+", "chip", "fpgm", "lasso", "thinet", "osscar")
 
 
 def _floats(s: str) -> list[float]:
     try:
-        return [float(v) for v in s.split(",") if v.strip()]
+        values = [float(v) for v in s.split(",") if v.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {s!r}")
+    return values
 
 
 def _value(s: str) -> Any:
@@ -36,18 +41,19 @@ def _value(s: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="osscar vision", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="osscar vision", formatter_class=HelpFormatter,
         description="One-shot structured pruning of a CNN (block-sequential, two calibration streams, no "
                     "fine-tuning), then physical slicing, top-1 accuracy, MACs, parameters and CPU latency. "
                     "Default: the embedded ResNet20 trained once on real Fashion-MNIST (cached).")
-    p.add_argument("--arch", default="resnet20", choices=ARCHS, help="architecture")
+    p.add_argument("--arch", default="resnet20", choices=VISION_ARCHS, help="architecture")
     p.add_argument("--checkpoint", default="default",
-                   help="'default' (embedded ResNet20/Fashion-MNIST, trained on first use and cached in "
-                        "$OSSCAR_CACHE/vision or ~/.cache/osscar/vision), a checkpoint path, or a pretrained name "
+                   help="'default': the reference ResNet20/Fashion-MNIST shipped with the package (sha256-checked; "
+                        "the same on every machine); 'train': retrain it with the default recipe at --threads "
+                        "(cached in $OSSCAR_CACHE/vision or ~/.cache/osscar/vision; minutes); a checkpoint path; or a pretrained name "
                         "'timm:resnet50.a1_in1k' / 'timm:mobilenetv1_100.ra4_e3600_r224_in1k' / "
                         "'torchvision:IMAGENET1K_V2' (needs hub access)")
     p.add_argument("--random-init", action="store_true", help="random weights instead of a checkpoint (tests only)")
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="dataset")
+    p.add_argument("--dataset", default="fashion-mnist", choices=VISION_DATASETS, help="dataset")
     p.add_argument("--data-root", default=DEFAULT_FMNIST_ROOT,
                    help="dataset folder (fashion-mnist: the IDX .gz files, e.g. from apt-get install "
                         "dataset-fashion-mnist; cifar10: torchvision layout; imagenet: train/ and val/ folders)")
@@ -77,12 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-repeats", type=int, default=20, help="timed repeats (median reported), after 3 warm-ups")
     p.add_argument("--output-dir", default=None, help="write metrics JSON (+ sliced model) per run and summary.json here")
     p.add_argument("--no-save-model", action="store_true", help="with --output-dir: do not save the sliced models")
-    p.add_argument("--prepare", action="store_true", help="only train/cache the embedded default model and exit")
+    p.add_argument("--prepare", action="store_true",
+                   help="only train and cache the default-recipe ResNet20 (what --checkpoint train uses) and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def _configs(args: argparse.Namespace) -> list[VisionRunConfig]:
+def _configs(args: argparse.Namespace) -> list[Any]:
+    from osscar.vision.pipeline import VisionRunConfig
+
     methods = list(PAPER_METHODS) if args.method == "paper" else [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
         raise ValueError("--method: no method given")
@@ -132,6 +142,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    flags = parser_flags(parser, FIELD_FLAGS)
     if args.prepare:
         from osscar.vision.train import TrainConfig, default_checkpoint, load_checkpoint_meta
 
@@ -143,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configs = _configs(args)
     except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+        if args.debug:
+            raise
+        parser.error(as_flags(str(exc), flags))
+    from osscar.vision.pipeline import run_vision
+
     rows = []
     for cfg in configs:
         r = run_vision(cfg, progress=not args.quiet)
@@ -152,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
               f"MACs -{r['flops_reduction']:.3f}, {r['timings']['prune']:.1f}s", flush=True)
     print(format_table(rows))
     if args.output_dir:
+        from osscar.io import atomic_write_json
+
         atomic_write_json(Path(args.output_dir) / "summary.json",
                           {"argv": list(sys.argv[1:] if argv is None else argv), "table": format_table(rows),
                            "runs": [{k: r[k] for k in ("config", "dense", "pruned", "flops_reduction", "latency_speedup",

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from osscar.options import DEFAULT_FMNIST_ROOT  # noqa: F401  (re-exported)
+from osscar.options import VISION_DATASETS as DATASETS
 
-DATASETS = ("fashion-mnist", "cifar10", "imagenet")
-DEFAULT_FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

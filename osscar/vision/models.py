@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from osscar.io import sha256_file  # noqa: F401  (also used by osscar.vision.train)
-
-ARCHS = ("resnet20", "mobilenetv1", "resnet50")
+from osscar.options import VISION_ARCHS as ARCHS
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -3,8 +3,9 @@
 >>> from osscar.vision.pipeline import VisionRunConfig, run_vision
 >>> metrics = run_vision(VisionRunConfig(method="osscar", flops_fraction=0.5))   # doctest: +SKIP
 
-``checkpoint="default"`` is the embedded ResNet20 trained on real Fashion-MNIST (trained once and
-cached, see :mod:`osscar.vision.train`).
+``checkpoint="default"`` is the reference ResNet20 on real Fashion-MNIST shipped with the package
+(sha256-checked); ``checkpoint="train"`` retrains that recipe at the run's thread count and caches
+it (see :mod:`osscar.vision.train`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from osscar.devices import device_label, resolve_device, synchronize
+from osscar.devices import device_label, resolve_device, synchronize, torch_threads
 from osscar.io import atomic_write_json  # noqa: F401  (also used by osscar.vision.cli)
 from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
 from osscar.vision.models import ARCHS, is_pretrained_name, load_model
-
-DEFAULT_DAMPING = 1e-2
+from osscar.options import DEFAULT_DAMPING
 
 
 def _methods() -> dict[str, Any]:
@@ -41,7 +41,8 @@ class VisionRunConfig:
 
     Attributes:
         arch: one of ``ARCHS`` (resnet20, mobilenetv1, resnet50).
-        checkpoint: ``"default"`` (embedded ResNet20 on Fashion-MNIST), a checkpoint path, or
+        checkpoint: ``"default"`` (the shipped reference ResNet20 on Fashion-MNIST), ``"train"`` (that
+            recipe retrained at ``threads`` and cached), a checkpoint path, or
             ``timm:<name>`` / ``torchvision:<WEIGHTS>`` (needs hub access). None only with random_init.
         dataset, data_root: a dataset of ``DATASETS`` and the folder holding its files.
         method: a registered pruning method; method_params: its parameters (dict).
@@ -128,9 +129,9 @@ class VisionRunConfig:
             if self.checkpoint is None:
                 raise ValueError("checkpoint: no weights given; use 'default', a path or a timm:/torchvision: "
                                  "name (random weights only with random_init=True, for tests)")
-            if self.checkpoint == "default":
+            if self.checkpoint in ("default", "train"):
                 if self.arch != "resnet20" or self.dataset != "fashion-mnist":
-                    raise ValueError("checkpoint='default' is the embedded ResNet20 on Fashion-MNIST; for "
+                    raise ValueError(f"checkpoint={self.checkpoint!r} is the embedded ResNet20 on Fashion-MNIST; for "
                                      f"arch={self.arch!r}/dataset={self.dataset!r} pass a checkpoint path or name")
             elif not is_pretrained_name(self.checkpoint) and not Path(self.checkpoint).is_file():
                 raise FileNotFoundError(f"checkpoint: file not found: {self.checkpoint}")
@@ -193,14 +194,12 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
     from osscar.vision.flops import count_params, layer_shapes, macs, solve_keep_counts
     from osscar.vision.prune import prune_model
     from osscar.vision.slicing import save_sliced, slice_model
-    from osscar.vision.train import TrainConfig, cached_evaluate, default_checkpoint, evaluate
+    from osscar.vision.train import TrainConfig, cached_evaluate, default_checkpoint, evaluate, reference_checkpoint
 
     cfg = config
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device, "device")
         t = time.perf_counter()
@@ -209,6 +208,8 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
         meta_ds = dataset_meta(cfg.dataset)
         ckpt = cfg.checkpoint
         if ckpt == "default":
+            ckpt = str(reference_checkpoint())
+        elif ckpt == "train":
             ckpt = str(default_checkpoint(TrainConfig(root=cfg.data_root, threads=cfg.threads), progress=progress))
         if cfg.random_init:
             dense, provenance = load_model(cfg.arch, None, random_init=True, **meta_ds)
@@ -288,7 +289,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             "kept": {k: v.tolist() for k, v in kept.items()},
             "provenance": {"checkpoint": ckpt, "checkpoint_sha256": prov.get("sha256"), "checkpoint_meta": prov,
                            "dataset": cfg.dataset, "data_root": cfg.data_root, "seed": cfg.seed,
-                           "device": device_label(device),
+                           "device": device_label(device), "threads_used": torch.get_num_threads(),
                            "versions": versions()},
             "timings": timings,
             "files": out_files,
@@ -298,5 +299,3 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             result["files"]["metrics"] = str(path)
             atomic_write_json(path, result)
         return result
-    finally:
-        torch.set_num_threads(prev_threads)

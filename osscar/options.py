@@ -1,0 +1,48 @@
+"""The allowed values of every command-line option, importable without torch.
+
+The CLIs parse their arguments from these names alone, so ``--help`` and argument errors answer
+without loading a model library; the modules that implement each choice import their names
+from here (tests check that both lists agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+CALIBRATION_INPUTS = ("pruned", "dense")  # where each LM block's H comes from
+CORPUS_NAMES = ("c4", "ptb", "wiki-gensim", "wikitext2")
+ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai")
+EMBEDDED_LM_NAMES = ("smollm2-135m",)
+ALLOCATIONS = ("uniform", "runtime")
+VISION_DATASETS = ("fashion-mnist", "cifar10", "imagenet")
+DEFAULT_FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+VISION_ARCHS = ("resnet20", "mobilenetv1", "resnet50")
+DEFAULT_DAMPING = 1e-2
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` once: not when the help text already states its default, nor for
+    flags and options whose default is "not given"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, [], "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def as_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with config field names (``head_fraction``) replaced by the flags a user typed."""
+    for field, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", flag, message)
+    return message
+
+
+def parser_flags(parser: argparse.ArgumentParser, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{dest: '--long-flag'} for every option of ``parser`` (plus config-field aliases in ``extra``)."""
+    out = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings and a.dest != "help"}
+    out.update(extra or {})
+    return out
