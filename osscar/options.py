@@ -29,7 +29,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, [], "", argparse.SUPPRESS):
+        if "(default" in text.lower() or action.default in (None, False, [], "", argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="osscar vision", formatter_class=HelpFormatter,
         description="One-shot structured pruning of a CNN (block-sequential, two calibration streams, no "
                     "fine-tuning), then physical slicing, top-1 accuracy, MACs, parameters and CPU latency. "
-                    "Default: the embedded ResNet20 trained once on real Fashion-MNIST (cached).")
+                    "Default: the reference ResNet20 trained on real Fashion-MNIST, shipped with the package.")
     p.add_argument("--arch", default="resnet20", choices=VISION_ARCHS, help="architecture")
     p.add_argument("--checkpoint", default="default",
                    help="'default': the reference ResNet20/Fashion-MNIST shipped with the package (sha256-checked; "

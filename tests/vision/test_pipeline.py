@@ -224,3 +224,45 @@ def test_cached_evaluate(tmp_path, monkeypatch):
     assert not cached_evaluate(model, data, "abc")["cached"]
     with pytest.raises(ValueError, match="checkpoint_sha256"):
         cached_evaluate(model, data, "")
+
+
+# -- the shipped reference checkpoint ---------------------------------------------------------------
+def test_reference_checkpoint_is_verified_by_sha256(tmp_path, monkeypatch):
+    import osscar.vision.train as train
+
+    assert train.reference_checkpoint() == train.REFERENCE_CHECKPOINT
+    corrupt = tmp_path / "ref.pt"
+    data = bytearray(train.REFERENCE_CHECKPOINT.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    monkeypatch.setattr(train, "REFERENCE_CHECKPOINT", corrupt)
+    with pytest.raises(ValueError, match="sha256 .* expected"):
+        train.reference_checkpoint()
+    monkeypatch.setattr(train, "REFERENCE_CHECKPOINT", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="is missing"):
+        train.reference_checkpoint()
+
+
+def test_retrained_checkpoint_key_includes_the_thread_count():
+    from osscar.vision.train import TrainConfig, default_checkpoint_path
+
+    assert TrainConfig(threads=1).key() != TrainConfig(threads=2).key()
+    assert default_checkpoint_path(TrainConfig(threads=1)) != default_checkpoint_path(TrainConfig(threads=2))
+    assert TrainConfig(threads=2, root="/elsewhere").key() == TrainConfig(threads=2).key()  # location is not identity
+
+
+@needs_fmnist
+@pytest.mark.integration
+def test_default_checkpoint_is_the_shipped_reference_with_its_golden_accuracy():
+    """checkpoint='default' prunes the shipped weights (no training), whose dense top-1 on the full
+    Fashion-MNIST test set is the one recorded when it was trained (0.9026)."""
+    from osscar.vision.pipeline import VisionRunConfig, run_vision
+    from osscar.vision.train import REFERENCE_SHA256, load_checkpoint_meta, reference_checkpoint
+
+    meta = load_checkpoint_meta(reference_checkpoint())
+    assert meta["test_top1"] == pytest.approx(0.9026) and meta["train_config"]["threads"] == 2
+    r = run_vision(VisionRunConfig(method="mp+", flops_fraction=0.3, n_calib=64, latency=False, threads=2),
+                   progress=False)
+    assert r["provenance"]["checkpoint_sha256"] == REFERENCE_SHA256
+    assert r["dense"]["top1"] == pytest.approx(0.9026, abs=1e-3) and r["eval_n"] == 10000
+    assert r["provenance"]["threads_used"] == 2

@@ -1,0 +1,89 @@
+"""CLI parsing without torch, each default printed once, errors naming the flags as typed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HELP_COMMANDS = [["-m", "osscar", "--help"], ["-m", "osscar", "lm", "--help"], ["-m", "osscar", "vision", "--help"],
+                 ["-m", "benchmarks.run", "--help"], ["-m", "benchmarks.compare", "--help"]]
+
+
+@pytest.mark.parametrize("args", HELP_COMMANDS, ids=lambda a: " ".join(a[1:]))
+def test_help_imports_no_torch(args):
+    code = ("import runpy, sys\n"
+            "try:\n    runpy.run_module(%r, run_name='__main__', alter_sys=True)\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')") % args[1]
+    r = subprocess.run([sys.executable, "-c", code, *args[2:]], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout and r.stdout.strip().endswith("NO_TORCH"), "--help imported torch"
+
+
+def _parsers():
+    from benchmarks.run import _parser
+    from osscar.lm.cli import build_parser as lm_parser
+    from osscar.vision.cli import build_parser as vision_parser
+
+    return {"lm": lm_parser(), "vision": vision_parser(), "benchmarks.run": _parser()}
+
+
+@pytest.mark.parametrize("name", ["lm", "vision", "benchmarks.run"])
+def test_each_default_is_printed_once(name):
+    parser = _parsers()[name]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.help is None:
+            continue
+        text = formatter._expand_help(action)
+        assert text.lower().count("(default") <= 1, (action.option_strings, text)
+        assert "(default: None)" not in text and "(default: False)" not in text, text
+
+
+def test_option_lists_agree_with_their_implementations():
+    from osscar import options
+    from osscar.lm.data import CORPORA
+    from osscar.lm.models import EMBEDDED_MODELS
+    from osscar.lm.run import ALLOCATIONS
+
+    assert tuple(sorted(CORPORA)) == options.CORPUS_NAMES
+    assert tuple(EMBEDDED_MODELS) == options.EMBEDDED_LM_NAMES
+    assert ALLOCATIONS == options.ALLOCATIONS
+
+
+def test_as_flags_names_the_flags_a_user_typed():
+    from osscar.options import as_flags
+
+    flags = {"head_fraction": "--head-fraction", "eval_corpora": "--eval-corpus", "n_samples": "--n-samples"}
+    msg = "head_fraction and neuron_fraction are both 0; eval_corpora x; n_samples_total stays"
+    assert as_flags(msg, flags) == ("--head-fraction and neuron_fraction are both 0; --eval-corpus x; "
+                                    "n_samples_total stays")
+
+
+def test_lm_run_that_prunes_nothing_is_rejected_naming_the_flags(capsys, tmp_path):
+    from osscar.lm.cli import main
+
+    assert main(["--head-fraction", "0", "--neuron-fraction", "0", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--head-fraction and --neuron-fraction are both 0" in err and "nothing would be pruned" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_vision_empty_flops_list_is_an_error(value, capsys):
+    from osscar.vision.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--flops-fraction", value])
+    assert e.value.code == 2 and "--flops-fraction: expected at least one number" in capsys.readouterr().err
+
+
+def test_vision_errors_name_flags(capsys):
+    from osscar.vision.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--random-init", "--n-calib", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--n-calib" in err and "Traceback" not in err
