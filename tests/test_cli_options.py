@@ -14,9 +14,9 @@ HELP_COMMANDS = [["-m", "osscar", "--help"], ["-m", "osscar", "lm", "--help"], [
 @pytest.mark.parametrize("args", HELP_COMMANDS, ids=lambda a: " ".join(a[1:]))
 def test_help_imports_no_torch(args):
     code = ("import runpy, sys\n"
-            "try:\n    runpy.run_module(%r, run_name='__main__', alter_sys=True)\n"
+            f"try:\n    runpy.run_module({args[1]!r}, run_name='__main__', alter_sys=True)\n"
             "except SystemExit:\n    pass\n"
-            "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')") % args[1]
+            "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')")
     r = subprocess.run([sys.executable, "-c", code, *args[2:]], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "usage:" in r.stdout and r.stdout.strip().endswith("NO_TORCH"), "--help imported torch"
