@@ -25,7 +25,7 @@ def _env() -> dict[str, str]:
     return {} if os.environ.get("OSSCAR_OFFLINE") == "0" else dict(OFFLINE_ENV)
 
 
-def _install(session: nox.Session, extras: str = "test,assets") -> None:
+def _install(session: nox.Session, extras: str = "test,assets,cluster") -> None:
     session.install("--upgrade", "pip")
     session.install("-c", "constraints.txt", "torch==2.14.1", "torchvision==0.29.1")
     session.install("-c", "constraints.txt", "-e", f".[{extras}]")

@@ -2,53 +2,29 @@
 
     python -m benchmarks.run benchmarks/sweeps/vision_accuracy.toml [...] [--profile cpu]
     python -m benchmarks.run --all            # every sweep in benchmarks/sweeps/
+    python -m benchmarks.run --all --profile paper --executor slurm --store /shared/osscar/records
+    python -m benchmarks.run --all --executor ray --ray-address HEAD:6379 --store /shared/osscar/records
 
-All sweeps named are expanded and validated before the first run starts.
+All sweeps named are expanded and validated before the first run starts. Every run is claimed
+with a lease in the store (results.leases), so several submissions on one store, from any
+executor, run each config once; a run that fails leaves a failure entry that --retry-failed
+reruns. `python -m benchmarks.status STORE [SWEEP...]` shows where a store stands.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.pipelines import get_pipeline
-from benchmarks.sweep import PROFILES, RunSpec, SweepError, load_sweep, sweep_files
-from results.provenance import provenance
-from results.store import ResultStore, RunRecord, config_key
+from benchmarks.executors import EXECUTORS, ExecutorError, Options, make_executor, summarize, wall_clock
+from benchmarks.resources import resources_for
+from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
+from benchmarks.worker import execute  # noqa: F401  (re-exported: one run without a lease)
+from results.leases import DEFAULT_EXPIRY_S, Coordinator
+from results.store import ResultStore, config_key
 
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "records"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def execute(spec: RunSpec, store: ResultStore) -> tuple[RunRecord, bool]:
-    """Run one spec unless a valid record exists. Returns (record, ran).
-
-    The run and its provenance are read inside one thread scope, so the record states the thread
-    count the run used.
-    """
-    from osscar.devices import torch_threads
-
-    key = config_key(spec.pipeline, spec.key_config)
-    if store.has(spec.experiment, key):
-        return store.get(spec.experiment, key), False
-    started = _now()
-    t0 = time.perf_counter()
-    threads = getattr(spec.config, "threads", None)
-    with torch_threads(threads) if threads else contextlib.nullcontext():
-        metrics = dict(get_pipeline(spec.pipeline).run_function()(spec.config))
-        prov = provenance()
-    metrics["wall_seconds"] = time.perf_counter() - t0
-    record = RunRecord(experiment=spec.experiment, pipeline=spec.pipeline, config=spec.key_config,
-                       metrics=metrics, provenance=prov, started=started, finished=_now(), key=key)
-    store.put(record)
-    return record, True
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="run every sweep in benchmarks/sweeps/")
     parser.add_argument("--profile", default="cpu", choices=PROFILES,
                         help="cpu: scaled-down, offline, this machine (default); paper: the full grid")
-    parser.add_argument("--store", default=str(DEFAULT_STORE), help=f"result store root (default: {DEFAULT_STORE})")
+    parser.add_argument("--store", default=str(DEFAULT_STORE), help=f"result store root (default: {DEFAULT_STORE}); "
+                        "for a cluster, a folder every worker mounts")
+    parser.add_argument("--executor", default="local", choices=EXECUTORS,
+                        help="local: this process, one run after another (default); ray: Ray tasks; slurm: SLURM "
+                             "job arrays via submitit; submitit-local: submitit with local processes")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --executor ray: the cluster to join (e.g. HEAD:6379 or 'auto'; default: start a "
+                             "local one)")
+    parser.add_argument("--lease-expiry", type=float, default=DEFAULT_EXPIRY_S,
+                        help=f"seconds without a heartbeat after which a run's lease is stale and taken over "
+                             f"(default: {DEFAULT_EXPIRY_S:g}; a dead process on this host is stale at once)")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun runs that have a failure entry")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
@@ -73,31 +60,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweeps = [load_sweep(f, args.profile) for f in files]
         plan = [spec for sw in sweeps for spec in sw.runs()]  # validates everything first
-    except SweepError as exc:
+        if not args.lease_expiry > 0:
+            raise SweepError(f"--lease-expiry must be > 0 seconds, got {args.lease_expiry:g}")
+        store, coord = ResultStore(args.store), Coordinator(args.store, args.lease_expiry)
+        done = [s for s in plan if store.has(s.experiment, config_key(s.pipeline, s.key_config))]
+        rest = [s for s in plan if s not in done]
+        failed = [s for s in rest if coord.failure(s.experiment, config_key(s.pipeline, s.key_config)) is not None]
+        todo = rest if args.retry_failed else [s for s in rest if s not in failed]
+        print(f"{len(plan)} runs in {len(sweeps)} sweep(s) [{args.profile}]: {len(done)} done, {len(todo)} to run"
+              + (f", {len(failed)} failed earlier" + ("" if args.retry_failed else " (not retried; --retry-failed)")
+                 if failed else "") + f"; store: {store.root}", flush=True)
+        if args.dry_run:
+            for s in plan:
+                print(f"  {s.experiment}/{config_key(s.pipeline, s.key_config)}  {s.key_config}")
+            return 0
+        work = [(s, resources_for(s, s.resources)) for s in todo]
+        executor = make_executor(args.executor, Options(store=str(store.root), expiry_s=args.lease_expiry,
+                                                        ray_address=args.ray_address,
+                                                        report=lambda m: print(m, flush=True)))
+        if work:
+            executor.check(work)
+    except (SweepError, ExecutorError, ValueError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = ResultStore(args.store)
-    todo = [s for s in plan if not store.has(s.experiment, config_key(s.pipeline, s.key_config))]
-    print(f"{len(plan)} runs in {len(sweeps)} sweep(s) [{args.profile}]: {len(plan) - len(todo)} done, {len(todo)} to run"
-          f"; store: {store.root}", flush=True)
-    if args.dry_run:
-        for s in plan:
-            print(f"  {s.experiment}/{config_key(s.pipeline, s.key_config)}  {s.key_config}")
-        return 0
-    t0 = time.perf_counter()
-    for i, spec in enumerate(todo, 1):
-        short = {k: v for k, v in spec.key_config.items() if k in ("method", "model", "arch", "shape", "head_fraction",
-                                                                     "neuron_fraction", "flops_fraction", "n_calib",
-                                                                     "n_samples", "method_params", "p_hat", "t_hat")}
-        print(f"[{i}/{len(todo)}] {spec.experiment}: {short}", flush=True)
-        r0 = time.perf_counter()
-        execute(spec, store)
-        print(f"    done in {time.perf_counter() - r0:.1f}s", flush=True)
-    print(f"finished {len(todo)} run(s) in {time.perf_counter() - t0:.1f}s ({len(plan) - len(todo)} skipped as done); "
-          f"store: {store.root}", flush=True)
-    return 0
+    t0 = wall_clock()
+    outcomes = executor.run(work) if work else []
+    for note in executor.notes:
+        print(f"  {note}", flush=True)
+    print(summarize(executor.name, outcomes, len(done), 0 if args.retry_failed else len(failed), wall_clock() - t0)
+          + f"; store: {store.root}", flush=True)
+    bad = [o for o in outcomes if o.status == "failed"]
+    for o in bad:
+        print(f"  failed: {o.experiment}/{o.key}: {o.error}" + (f" (log: {o.log})" if o.log else ""), file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

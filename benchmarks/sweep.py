@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.pipelines import get_pipeline
+from benchmarks.resources import RESOURCE_KEYS, Resources
 
 PROFILES = ("cpu", "paper")
 
@@ -68,6 +69,7 @@ class RunSpec:
     pipeline: str
     config: Any
     key_config: dict[str, Any]
+    resources: dict[str, Any] = field(default_factory=dict)  # the profile's [resources] (benchmarks.resources)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Sweep:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     extra: tuple[dict[str, Any], ...] = ()
     source: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def points(self) -> list[dict[str, Any]]:
         """The raw config dicts of the grid, base merged in, in a stable order."""
@@ -118,7 +121,7 @@ class Sweep:
             ident = canonical_json(key_config)
             if ident not in seen:
                 seen.add(ident)
-                specs.append(RunSpec(self.name, self.pipeline, config, key_config))
+                specs.append(RunSpec(self.name, self.pipeline, config, key_config, dict(self.resources)))
         return specs
 
 
@@ -149,10 +152,19 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
     if profile not in profiles:
         raise SweepError(f"{path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
     prof = profiles[profile]
-    unknown = sorted(set(prof) - {"base", "grid", "extra"})
+    unknown = sorted(set(prof) - {"base", "grid", "extra", "resources"})
     if unknown:
         raise SweepError(f"{path}: profile {profile!r} has unknown section(s) {', '.join(unknown)}; "
-                         "allowed: base, grid, extra")
+                         "allowed: base, grid, extra, resources")
+    resources = dict(prof.get("resources", {}))
+    bad = sorted(set(resources) - set(RESOURCE_KEYS))
+    if bad:
+        raise SweepError(f"{path}: unknown key {bad[0]!r}{_suggest(bad[0], RESOURCE_KEYS)} in "
+                         f"[profiles.{profile}.resources]; allowed: {', '.join(RESOURCE_KEYS)}")
+    try:
+        Resources(**resources)
+    except ValueError as exc:
+        raise SweepError(f"{path}: [profiles.{profile}.resources]: {exc}") from None
     extra = prof.get("extra", [])
     if not isinstance(extra, list) or not all(isinstance(e, dict) for e in extra):
         raise SweepError(f"{path}: 'extra' must be an array of tables ([[profiles.{profile}.extra]])")
@@ -161,7 +173,8 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path}: grid axis {axis!r} must be a non-empty array")
     return Sweep(name=data["name"], pipeline=data["pipeline"], description=data.get("description", ""),
-                 base=dict(prof.get("base", {})), grid=dict(grid), extra=tuple(extra), source=str(path))
+                 base=dict(prof.get("base", {})), grid=dict(grid), extra=tuple(extra), source=str(path),
+                 resources=resources)
 
 
 def sweep_files(folder: str | Path | None = None) -> list[Path]:

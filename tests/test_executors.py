@@ -1,0 +1,281 @@
+"""Sweeps through Ray and submitit, leases between workers, failures, and the status command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import main as run_main
+from benchmarks.status import main as status_main
+from results.leases import Coordinator
+from results.store import ResultStore
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLVER_SWEEP = """
+name = "toy"
+pipeline = "solver"
+[profiles.cpu.base]
+shape = "{shape}"
+[profiles.cpu.grid]
+method = {methods}
+seed = {seeds}
+"""
+TIMING = {"wall_seconds", "prune_seconds", "inverse_seconds", "seconds", "timings", "latency", "memory",
+          "latency_cache", "calib_seconds", "solve_seconds", "local_search_objective"}
+
+
+def _sweep(tmp_path: Path, methods='["mp", "mp+"]', seeds="[0, 1]", shape="heads-9x64", name="s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(SOLVER_SWEEP.format(methods=methods, seeds=seeds, shape=shape))
+    return path
+
+
+def _strip(obj):
+    """A record's metrics without timing fields (which differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _metrics(store: Path) -> dict[str, dict]:
+    return {r.key: _strip(r.metrics) for r in ResultStore(store).records()}
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+needs_ray = pytest.mark.skipif(not _have("ray"), reason="ray not installed (pip install -e '.[cluster]')")
+needs_submitit = pytest.mark.skipif(not _have("submitit"), reason="submitit not installed (pip install -e '.[cluster]')")
+
+
+def _lm_sweep(tmp_path: Path, model_dir: Path) -> Path:
+    path = tmp_path / "lm.toml"
+    path.write_text(f"""
+name = "toy_lm"
+pipeline = "lm"
+[profiles.cpu.base]
+model = "{model_dir}"
+n_samples = 2
+seqlen = 16
+eval_windows = 1
+[profiles.cpu.grid]
+method = ["mp+", "osscar"]
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random-init Llama (GQA) saved with a tiny tokenizer: an explicit random model, no hub."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny_lm")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                         intermediate_size=64, num_hidden_layers=2, max_position_embeddings=256,
+                         attn_implementation="eager")
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["The quick brown fox jumps over the lazy dog. " * 5], vocab_size=300, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, tiny_lm_dir):
+    """The reference: the solver and LM sweeps run serially in this process."""
+    tmp = tmp_path_factory.mktemp("serial")
+    store = tmp / "store"
+    assert run_main([str(_sweep(tmp)), str(_lm_sweep(tmp, tiny_lm_dir)), "--store", str(store)]) == 0
+    return _metrics(store)
+
+
+@needs_ray
+@pytest.mark.integration
+def test_ray_executor_records_equal_the_serial_run(tmp_path, serial, tiny_lm_dir, capsys):
+    import ray
+
+    store = tmp_path / "store"
+    try:
+        assert run_main([str(_sweep(tmp_path)), str(_lm_sweep(tmp_path, tiny_lm_dir)), "--store", str(store),
+                         "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    assert _metrics(store) == serial
+    recs = list(ResultStore(store).records())
+    assert {r.provenance["executor"]["name"] for r in recs} == {"ray"}
+    assert "executor ray: 6 ran, 0 skipped" in capsys.readouterr().out
+
+
+@needs_submitit
+@pytest.mark.integration
+def test_submitit_local_executor_records_equal_the_serial_run_and_keep_logs(tmp_path, serial, tiny_lm_dir):
+    store = tmp_path / "store"
+    assert run_main([str(_sweep(tmp_path)), str(_lm_sweep(tmp_path, tiny_lm_dir)), "--store", str(store),
+                     "--executor", "submitit-local"]) == 0
+    assert _metrics(store) == serial
+    for r in ResultStore(store).records():
+        ex = r.provenance["executor"]
+        assert ex["name"] == "submitit-local" and ex["job_id"] and Path(ex["log"]).is_file()
+
+
+def test_killed_run_leaves_a_stale_lease_that_the_next_submission_takes_over(tmp_path):
+    sweep = _sweep(tmp_path, methods='["osscar", "ziplm"]', seeds="[0, 1, 2]", shape="ffn-1536")
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", str(sweep), "--store", str(store)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    leases = store / "_leases" / "toy"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (leases.is_dir() and any(leases.glob("*.lease"))
+                                          and (store / "toy").is_dir() and any((store / "toy").glob("*.json"))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    held = list(leases.glob("*.lease"))
+    assert len(held) == 1, "the killed run's lease stays behind"
+    killed_key = held[0].stem
+    done_before = len(list((store / "toy").glob("*.json")))
+    assert done_before < 6
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", str(sweep), "--store", str(store)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "took over the stale lease" in r.stdout
+    recs = list(ResultStore(store).records(on_bad=lambda b: pytest.fail(str(b))))
+    assert len(recs) == 6 and len({x.key for x in recs}) == 6
+    assert not list(leases.glob("*.lease"))
+    taken = next(x for x in recs if x.key == killed_key)
+    assert taken.provenance["executor"]["took_over_lease_of"]
+
+
+def test_two_submissions_at_once_run_each_config_exactly_once(tmp_path):
+    sweep = _sweep(tmp_path, methods='["mp", "mp+", "ziplm"]', seeds="[0, 1, 2, 3]", shape="heads-12x64")
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "benchmarks.run", str(sweep), "--store", str(store)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    recs = list(ResultStore(store).records())
+    assert len(recs) == 12
+    workers = [r.provenance["executor"]["worker"] for r in recs]
+    ran = [sum(" in " in line and line.startswith("[") for line in o.splitlines()) for o in outs]
+    assert sum(ran) == 12, outs  # every config ran once, in one of the two processes
+    assert {w.rsplit(":", 1)[1] for w in workers} <= {str(p.pid) for p in procs}
+
+
+def test_failed_run_is_recorded_shown_and_retried_on_request(tmp_path, monkeypatch, capsys):
+    import benchmarks.solver_pipeline as sp
+
+    sweep = _sweep(tmp_path, methods='["mp"]', seeds="[0, 1]")
+    store = tmp_path / "store"
+    real = sp.run_solver
+
+    def flaky(config, progress=False):
+        if config.seed == 1:
+            raise RuntimeError("out of memory on purpose\nsecond line")
+        return real(config)
+
+    monkeypatch.setattr(sp, "run_solver", flaky)
+    assert run_main([str(sweep), "--store", str(store)]) == 1
+    assert "FAILED: RuntimeError: out of memory on purpose" in capsys.readouterr().out
+    failures = list(Coordinator(store).failures())
+    assert len(failures) == 1 and "Traceback" in failures[0]["traceback"] and failures[0]["config"]["seed"] == 1
+    assert status_main([str(store), str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "failed       toy/" in out and "RuntimeError: out of memory on purpose" in out
+    assert "2 run(s): 1 done, 0 running, 0 stale, 1 failed, 0 not started" in out
+    assert run_main([str(sweep), "--store", str(store)]) == 0
+    assert "1 failed earlier (not retried; --retry-failed)" in capsys.readouterr().out
+    monkeypatch.setattr(sp, "run_solver", real)
+    assert run_main([str(sweep), "--store", str(store), "--retry-failed"]) == 0
+    assert not list(Coordinator(store).failures()) and len(list(ResultStore(store).records())) == 2
+
+
+def test_status_shows_running_stale_and_not_started(tmp_path, capsys):
+    sweep = _sweep(tmp_path, methods='["mp", "mp+", "ziplm"]', seeds="[0]")
+    store = tmp_path / "store"
+    store.mkdir()
+    from benchmarks.sweep import load_sweep
+    from results.store import config_key
+
+    specs = load_sweep(sweep).runs()
+    keys = [config_key(s.pipeline, s.key_config) for s in specs]
+    coord = Coordinator(store, expiry_s=60)
+    live, _ = coord.claim("toy", keys[0])
+    dead = coord.lease_path("toy", keys[1])
+    dead.write_text(json.dumps({"worker": "otherhost:1", "host": "otherhost", "pid": 1, "started": "t",
+                                "expiry_s": 1.0}))
+    os.utime(dead, (time.time() - 100, time.time() - 100))
+    assert status_main([str(store), str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "running " in out and "stale " in out and "not started" in out
+    assert "3 run(s): 0 done, 1 running, 1 stale, 0 failed, 1 not started" in out
+    other, holder = Coordinator(store).claim("toy", keys[0], "w2")
+    assert other is None and holder.worker == live.info.worker  # a live lease is never taken
+    took, stale = Coordinator(store).claim("toy", keys[1], "w2")
+    assert took is not None and stale.worker == "otherhost:1"
+    live.release()
+    took.release()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--executor", "slurm"], "'sbatch' is not on PATH"),
+    (["--executor", "ray", "--ray-address", "127.0.0.1:9"], "--ray-address '127.0.0.1:9' does not answer"),
+    (["--executor", "ray", "--ray-address", "nonsense"], "--ray-address must be HOST:PORT"),
+    (["--lease-expiry", "0"], "--lease-expiry must be > 0"),
+])
+def test_executor_errors_before_any_run(tmp_path, capsys, argv, match):
+    if "slurm" in argv and not _have("submitit"):
+        pytest.skip("submitit not installed")
+    if "ray" in argv and not _have("ray"):
+        pytest.skip("ray not installed")
+    store = tmp_path / "store"
+    assert run_main([str(_sweep(tmp_path)), "--store", str(store), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not (store / "toy").exists()
+
+
+def test_unknown_executor_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_main([str(_sweep(tmp_path)), "--executor", "k8s"])
+    assert e.value.code == 2 and "invalid choice: 'k8s'" in capsys.readouterr().err
+
+
+@needs_ray
+@pytest.mark.integration
+def test_resources_the_ray_cluster_cannot_give_are_an_error_before_any_run(tmp_path, capsys):
+    import ray
+
+    sweep = _sweep(tmp_path)
+    sweep.write_text(sweep.read_text() + "[profiles.cpu.resources]\ngpus = 1\n")
+    try:
+        assert run_main([str(sweep), "--store", str(tmp_path / "store"), "--executor", "ray"]) == 2
+    finally:
+        ray.shutdown()
+    assert "asks for 1 GPU(s) but the Ray cluster has 0" in capsys.readouterr().err
+
+
+def test_bad_resources_in_a_sweep_are_named(tmp_path, capsys):
+    sweep = _sweep(tmp_path)
+    sweep.write_text(sweep.read_text() + "[profiles.cpu.resources]\ngpu = 1\n")
+    assert run_main([str(sweep), "--store", str(tmp_path / "store")]) == 2
+    assert "unknown key 'gpu' (did you mean 'gpus'?)" in capsys.readouterr().err
