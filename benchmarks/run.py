@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {s.experiment}/{config_key(s.pipeline, s.key_config)}  {s.key_config}")
             return 0
         work = [(s, resources_for(s, s.resources)) for s in todo]
+        if args.executor in ("local", "submitit-local"):  # runs execute here: their devices must exist here
+            from osscar.devices import resolve_device
+
+            for s, _ in work:
+                if hasattr(s.config, "device"):
+                    resolve_device(s.config.device, f"{s.experiment}: device")
         executor = make_executor(args.executor, Options(store=str(store.root), expiry_s=args.lease_expiry,
                                                         ray_address=args.ray_address,
                                                         report=lambda m: print(m, flush=True)))

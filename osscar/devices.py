@@ -17,16 +17,26 @@ from torch import nn
 from osscar.options import MODEL_DTYPES  # noqa: F401  (re-exported)
 
 
-def resolve_device(value: str | torch.device, name: str = "device") -> torch.device:
-    """``value`` as a torch.device; ValueError naming ``name`` unless it is cpu or an available cuda[:N]."""
+def check_device_name(value: str | torch.device, name: str = "device") -> torch.device:
+    """``value`` as a torch.device when it names cpu or cuda[:N]; ValueError naming ``name`` otherwise.
+
+    Does not ask whether the device exists here: a sweep validated on a login node runs on GPU
+    workers. :func:`resolve_device` checks availability where the run executes.
+    """
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    return device
+
+
+def resolve_device(value: str | torch.device, name: str = "device") -> torch.device:
+    """``value`` as a torch.device; ValueError naming ``name`` unless it is cpu or an available cuda[:N]."""
+    device = check_device_name(value, name)
     if device.type == "cpu":
         return device
-    if device.type != "cuda":
-        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
     if not torch.cuda.is_available():
         raise ValueError(f"{name}={value!r}: torch.cuda.is_available() is False on this machine; use 'cpu'")
     if device.index is not None and device.index >= torch.cuda.device_count():

@@ -279,3 +279,19 @@ def test_bad_resources_in_a_sweep_are_named(tmp_path, capsys):
     sweep.write_text(sweep.read_text() + "[profiles.cpu.resources]\ngpu = 1\n")
     assert run_main([str(sweep), "--store", str(tmp_path / "store")]) == 2
     assert "unknown key 'gpu' (did you mean 'gpus'?)" in capsys.readouterr().err
+
+
+def test_paper_profile_validates_without_a_gpu_and_local_runs_check_devices(tmp_path, capsys):
+    """--profile paper (device = cuda) can be planned on a login node without GPUs; running it
+    here with the local executor is an error before any run."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    sweep = ROOT / "benchmarks" / "sweeps" / "pruning_runtime.toml"
+    assert run_main([str(sweep), "--profile", "paper", "--dry-run", "--store", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert run_main([str(sweep), "--profile", "paper", "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "pruning_runtime: device='cuda'" in err and "is_available() is False" in err
+    assert not (tmp_path / "s" / "pruning_runtime").exists()

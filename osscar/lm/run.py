@@ -49,7 +49,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from osscar.devices import check_model_dtype, device_label, peak_accelerator_mb, resolve_device, torch_threads
+from osscar.devices import (check_device_name, check_model_dtype, device_label, peak_accelerator_mb, resolve_device,
+                            torch_threads)
 from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
 from osscar.lm.calibration import CALIBRATION_INPUTS
@@ -205,7 +206,7 @@ class LMRunConfig:
         _check_pos_int("eval_windows", self.eval_windows, allow_none=True)
         _check_pos_int("zero_shot_limit", self.zero_shot_limit, allow_none=True)
         _check_pos_int("threads", self.threads)
-        resolve_device(self.device, "device")
+        check_device_name(self.device, "device")  # availability: where the run executes
         check_model_dtype(self.dtype, "dtype")
         if self.calibration_inputs not in CALIBRATION_INPUTS:
             raise ValueError(f"calibration_inputs must be 'pruned' or 'dense', got {self.calibration_inputs!r}")

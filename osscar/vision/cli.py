@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         configs = _configs(args)
+        from osscar.devices import resolve_device
+
+        resolve_device(args.device, "--device")
     except (ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise

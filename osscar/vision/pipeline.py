@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from osscar.devices import device_label, resolve_device, synchronize, torch_threads
+from osscar.devices import check_device_name, device_label, resolve_device, synchronize, torch_threads
 from osscar.io import atomic_write_json  # noqa: F401  (also used by osscar.vision.cli)
 from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
 from osscar.vision.models import ARCHS, is_pretrained_name, load_model
@@ -85,7 +85,7 @@ class VisionRunConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        resolve_device(self.device, "device")
+        check_device_name(self.device, "device")  # availability: where the run executes
         if self.arch not in ARCHS:
             raise ValueError(f"arch: unknown architecture {self.arch!r}; allowed: {', '.join(ARCHS)}")
         if self.dataset not in DATASETS:

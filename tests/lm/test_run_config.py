@@ -46,9 +46,17 @@ def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_cuda_device_without_cuda_is_a_config_error(tiny_llama_dir):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_fails_where_the_run_executes(tiny_llama_dir, capsys):
+    """A cuda config validates on a machine without GPUs (sweeps are planned on login nodes);
+    run_lm and the CLI reject it before any data or weights load."""
+    cfg = LMRunConfig(model=str(tiny_llama_dir), device="cuda")
     with pytest.raises(ValueError, match="device='cuda'.*is_available"):
-        LMRunConfig(model=str(tiny_llama_dir), device="cuda")
+        run_lm(cfg)
+    from osscar.lm.cli import main
+
+    assert main(["--model", str(tiny_llama_dir), "--device", "cuda"]) == 2
+    assert "--device='cuda'" in capsys.readouterr().err
 
 
 def test_corpus_too_short_fails_before_loading_weights(tiny_llama_dir, monkeypatch):
