@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from reports.build import build_report
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     if not store.is_dir():
         print(f"note: store {store} does not exist; the report will list every experiment as missing",
               file=sys.stderr)
+    from reports.build import build_report
+
     index = build_report(store, args.out)
     print(f"report: {index}")
     return 0

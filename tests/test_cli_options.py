@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HELP_COMMANDS = [["-m", "osscar", "--help"], ["-m", "osscar", "lm", "--help"], ["-m", "osscar", "vision", "--help"],
+HELP_COMMANDS = [["-m", "reports", "--help"], ["-m", "benchmarks.status", "--help"], ["-m", "osscar", "--help"], ["-m", "osscar", "lm", "--help"], ["-m", "osscar", "vision", "--help"],
                  ["-m", "benchmarks.run", "--help"], ["-m", "benchmarks.compare", "--help"]]
 
 
