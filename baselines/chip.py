@@ -40,5 +40,5 @@ class CHIP(PruningMethod):
     needs_activations = True
 
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        kept = top_groups(channel_independence(problem.activations), problem.k)
+        kept = top_groups(channel_independence(problem.activations), problem.k, problem.blocks)
         return kept, problem.W_dense, {}

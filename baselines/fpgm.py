@@ -35,5 +35,5 @@ class FPGM(PruningMethod):
             V, source = problem.producer_weight, "producer_weight"
         else:
             V, source = group_view(problem.W_dense, problem.group_size), "consumer_rows"
-        kept = top_groups(median_distance_scores(V), problem.k)
+        kept = top_groups(median_distance_scores(V), problem.k, problem.blocks)
         return kept, problem.W_dense, {"vectors": source}

@@ -77,6 +77,6 @@ class GroupLasso(PruningMethod):
             lam /= 2
         # ties among zeroed groups are broken by the dense weights' norms
         score = norms + 1e-12 * group_norms(problem.W_dense, s) / (1 + float(group_norms(problem.W_dense, s).max()))
-        kept = top_groups(score, k)
+        kept = top_groups(score, k, problem.blocks)
         return kept, refit(problem, kept), {"lambda": lam, "halvings": halvings,
                                              "nonzero_groups": int((norms > 0).sum())}

@@ -15,7 +15,7 @@ from osscar.problem import LayerProblem
 
 def magnitude_support(problem: LayerProblem) -> Tensor:
     """The k groups of Ŵ with the largest L1 norm. -> (k,) long, sorted."""
-    return top_groups(group_norms(problem.W_dense, problem.group_size, ord=1), problem.k)
+    return top_groups(group_norms(problem.W_dense, problem.group_size, ord=1), problem.k, problem.blocks)
 
 
 @register_method("mp")

@@ -23,9 +23,37 @@ def group_norms(W: Tensor, s: int, ord: int = 2) -> Tensor:
     return G.abs().sum(dim=1) if ord == 1 else G.norm(dim=1)
 
 
-def top_groups(scores: Tensor, k: int) -> Tensor:
-    """Sorted indices of the k largest scores (ties broken by lower index). scores: (n,)."""
+def top_groups(scores: Tensor, k: int, blocks: int = 1) -> Tensor:
+    """Sorted indices of the k largest scores (ties broken by lower index). scores: (n,).
+
+    ``blocks > 1``: the scores form ``blocks`` contiguous equal blocks and each keeps its
+    k / blocks largest (the layer problem's partition constraint)."""
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
+    if blocks > 1:
+        n = scores.shape[0] // blocks
+        per = k // blocks
+        order = torch.argsort(scores.double().reshape(blocks, n), dim=1, descending=True, stable=True)[:, :per]
+        offsets = torch.arange(blocks, device=scores.device)[:, None] * n
+        return (order + offsets).reshape(-1).sort().values
     order = torch.argsort(scores.double(), descending=True, stable=True)
     return order[:k].sort().values
+
+
+def cheapest_within_budget(costs: Tensor, n: int, budget: Tensor | None, block_size: int) -> Tensor:
+    """The ``n`` lowest-cost groups, taking at most ``budget[b]`` from block b (None: no limit).
+
+    costs: (n_groups,), +inf for groups that may not be taken; budget: (blocks,) long. -> (≤ n,) long."""
+    if budget is None:
+        return torch.topk(costs, n, largest=False).indices
+    order = torch.argsort(costs, stable=True).tolist()
+    left = budget.tolist()
+    out = []
+    for g in order:
+        if len(out) == n or not torch.isfinite(costs[g]):
+            break
+        b = g // block_size
+        if left[b] > 0:
+            left[b] -= 1
+            out.append(g)
+    return torch.tensor(out, dtype=torch.long, device=costs.device)

@@ -93,6 +93,11 @@ class PruningMethod:
         kept = torch.as_tensor(kept, dtype=torch.long, device="cpu").sort().values
         if kept.numel() != problem.k or torch.unique(kept).numel() != problem.k:
             raise RuntimeError(f"method {self.name!r} returned {kept.numel()} groups, expected {problem.k}")
+        if problem.blocks > 1:
+            counts = torch.bincount(problem.block_of(kept), minlength=problem.blocks)
+            if not bool((counts == problem.block_keep).all()):
+                raise RuntimeError(f"method {self.name!r} kept {counts.tolist()} groups per block, expected "
+                                   f"{problem.block_keep} in each of {problem.blocks} blocks")
         W = W.to(device=problem.device, dtype=torch.float64).clone()
         mask = torch.ones(problem.n_groups, dtype=torch.bool, device=problem.device)
         mask[kept.to(problem.device)] = False

@@ -68,6 +68,16 @@ def check_keep(k: int, n_groups: int) -> None:
         raise ValueError(f"k (groups to keep) must be an integer in [0, {n_groups}], got {k!r}")
 
 
+def check_blocks(blocks: int, n_groups: int, k: int) -> None:
+    """``blocks`` must divide both the groups and the groups kept (the same count kept per block)."""
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+        raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    if n_groups % blocks:
+        raise ValueError(f"blocks={blocks} must divide the number of groups {n_groups}")
+    if k % blocks:
+        raise ValueError(f"k={k} groups kept must be a multiple of blocks={blocks} (the same count in every block)")
+
+
 @dataclass(frozen=True)
 class LayerProblem:
     """One consumer layer to prune. Build it with :meth:`from_calibration` in most cases.
@@ -83,6 +93,9 @@ class LayerProblem:
         producer_weight: optional (n_groups, d) producer filters, one row per group (FPGM).
         name: a label for progress and records, e.g. ``"model.layers.3.mlp.down_proj"``.
         G_is_HW: True when ``G == H @ W_dense`` (then H⁻¹G = Ŵ needs no solve).
+        blocks: a partition constraint: the groups form ``blocks`` contiguous, equal blocks (e.g. the
+            query heads of each KV group) and every block keeps ``k / blocks`` groups. 1 (default):
+            no constraint.
     """
 
     H: Tensor
@@ -95,6 +108,7 @@ class LayerProblem:
     producer_weight: Tensor | None = field(default=None, repr=False)
     name: str = ""
     G_is_HW: bool = False
+    blocks: int = 1
 
     def __post_init__(self) -> None:
         devices = {name: getattr(self, name).device for name in ("H", "G", "W_dense") if isinstance(getattr(self, name), Tensor)}
@@ -108,6 +122,7 @@ class LayerProblem:
         _check_finite("G", self.G)
         n_groups = check_group_size(p, self.group_size)
         check_keep(self.k, n_groups)
+        check_blocks(self.blocks, n_groups, self.k)
         if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
         if self.activations is not None:
@@ -144,6 +159,20 @@ class LayerProblem:
     def n_groups(self) -> int:
         return self.p // self.group_size
 
+    @property
+    def block_size(self) -> int:
+        """Groups per block of the partition constraint (all groups when ``blocks == 1``)."""
+        return self.n_groups // self.blocks
+
+    @property
+    def block_keep(self) -> int:
+        """Groups every block keeps."""
+        return self.k // self.blocks
+
+    def block_of(self, groups: Tensor) -> Tensor:
+        """Block index of each group: (n,) long -> (n,) long."""
+        return torch.as_tensor(groups, dtype=torch.long) // self.block_size
+
     def rows_of(self, groups: Tensor) -> Tensor:
         """Feature (row) indices of ``groups``: (len(groups) * group_size,) long, group-major."""
         return block_rows(groups, self.group_size)
@@ -177,6 +206,7 @@ class LayerProblem:
         activations: Tensor | None = None,
         producer_weight: Tensor | None = None,
         name: str = "",
+        blocks: int = 1,
     ) -> LayerProblem:
         """Build a problem from raw second moments.
 
@@ -188,6 +218,7 @@ class LayerProblem:
             damping: λ ≥ 0; H = H_raw + λ·mean(diag H_raw)·I.
             cross: optional (p, p) X̃ᵀX_d between pruned-model and dense-model inputs;
                 then G = cross @ Ŵ (vision protocol) instead of H @ Ŵ.
+            blocks: partition constraint (see the class docstring).
         """
         _check_square_symmetric("H_raw", H_raw)
         p = H_raw.shape[0]
@@ -195,6 +226,7 @@ class LayerProblem:
         _check_finite("W_dense", W_dense)
         check_group_size(p, group_size)
         check_keep(k, p // group_size)
+        check_blocks(blocks, p // group_size, k)
         if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {damping!r}")
         if cross is not None:
@@ -221,4 +253,4 @@ class LayerProblem:
             G = C @ W
         return cls(H=H, G=G, W_dense=W, group_size=group_size, k=k, damping=float(damping),
                    activations=activations, producer_weight=producer_weight, name=name,
-                   G_is_HW=cross is None)
+                   G_is_HW=cross is None, blocks=blocks)

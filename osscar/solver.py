@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from osscar.groups import cheapest_within_budget
 from osscar.methods import PruningMethod, register_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
@@ -32,18 +33,44 @@ def _check_nonneg_int(name: str, value: Any, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be an integer ≥ 0{' or None (auto)' if allow_none else ''}, got {value!r}")
 
 
+def removal_budget(state: SupportState) -> Tensor | None:
+    """Groups each block may still lose under the problem's partition constraint (None: no constraint)."""
+    P = state.problem
+    if P.blocks == 1:
+        return None
+    return state.kept.reshape(P.blocks, P.block_size).sum(dim=1).cpu() - P.block_keep
+
+
 def gradual_removal(state: SupportState, k: int, p_hat: int) -> int:
-    """Stage A: remove groups p̂ at a time, cheapest OBS cost first, until k remain.
+    """Stage A: remove groups p̂ at a time, cheapest OBS cost first, until k remain; under a
+    partition constraint only from blocks still above their count.
 
     Returns the number of stages (block updates) used.
     """
     stages = 0
+    block = state.problem.block_size
     while int(state.kept.sum()) > k:
         n_remove = min(p_hat, int(state.kept.sum()) - k)
-        costs = state.costs()
-        state.remove(torch.topk(costs, n_remove, largest=False).indices)
+        state.remove(cheapest_within_budget(state.costs(), n_remove, removal_budget(state), block))
         stages += 1
     return stages
+
+
+def best_back(gains: Tensor, out: Tensor, problem: LayerProblem) -> Tensor | None:
+    """The groups to put back for a swap that takes ``out`` out: the best ``len(out)`` by gain, or,
+    under a partition constraint, the best as many from each block as ``out`` takes from it (so the
+    per-block counts stay). None when a block has too few candidates."""
+    if problem.blocks == 1:
+        return torch.topk(gains, len(out), largest=True).indices
+    need = torch.bincount(problem.block_of(out.cpu()), minlength=problem.blocks)
+    per_block = gains.reshape(problem.blocks, problem.block_size)
+    picks = []
+    for b in torch.nonzero(need).flatten().tolist():
+        top = torch.topk(per_block[b], int(need[b]), largest=True)
+        if not torch.isfinite(top.values).all():
+            return None
+        picks.append(top.indices + b * problem.block_size)
+    return torch.cat(picks)
 
 
 def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
@@ -81,10 +108,10 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
             gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64, device=trial.K.device)
             gains[trial.groups] = trial.gains()
             gains[out] = float("-inf")  # a real swap: the groups just taken out are not candidates
-            back = torch.topk(gains, swap, largest=True).indices
+            back = best_back(gains, out, state.problem)  # None: a block of `out` has nothing to put back
             # ΔQ of the swap, read off K: the joint cost of taking `out` out minus the joint gain
             # of putting `back` in (K and R are downdated only for an accepted swap)
-            q_trial = trial.excess() - excess - trial.joint_gain(back)
+            q_trial = (trial.excess() - excess - trial.joint_gain(back)) if back is not None else 0.0
             if q_trial < -1e-12 * max(1.0, abs(q)):
                 new = state.copy(with_pruned=False)
                 new.remove(out)
