@@ -53,10 +53,15 @@ def execute(spec: RunSpec, store: ResultStore, executor: dict[str, Any] | None =
         return store.get(spec.experiment, key), False
     started = _now()
     t0 = time.perf_counter()
+    from osscar.memory import MemoryMonitor
+
     threads = getattr(spec.config, "threads", None)
-    with torch_threads(threads) if threads else contextlib.nullcontext():
+    with torch_threads(threads) if threads else contextlib.nullcontext(), \
+            MemoryMonitor(device=getattr(spec.config, "device", None)) as mem:
         metrics = dict(get_pipeline(spec.pipeline).run_function()(spec.config))
+        mem.phase("run")
         prov = provenance()
+    metrics["memory_run"] = mem.summary()  # this run alone (the process may have run others before)
     if executor:
         prov["executor"] = dict(executor)
     metrics["wall_seconds"] = time.perf_counter() - t0

@@ -140,9 +140,10 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "latency_speedup": lat, "latency_point": lat_point,
         "prune_seconds": num(dig(m, "timings", "prune_total_s")),
         "solver_seconds": num(dig(m, "timings", "prune_solver_s")),
-        "peak_rss_mb": num(dig(m, "memory", "peak_rss_mb")),
-        "rss_before_prune_mb": num(dig(m, "memory", "peak_rss_before_prune_mb")),
-        "rss_after_prune_mb": num(dig(m, "memory", "peak_rss_after_prune_mb")),
+        # this run alone (sampled per phase); records before osscar.memory carried only ru_maxrss
+        "peak_rss_mb": num(dig(m, "memory", "peak_rss_mb")) if dig(m, "memory", "phases") else None,
+        "prune_rss_mb": num(dig(m, "memory", "phases", "prune", "peak_rss_mb")),
+        "device_peak_prune_mb": num(dig(m, "memory", "phases", "prune", "device_peak_mb")),
         "zero_shot_limit": dig(m, "pruned", "zero_shot", "limit"),
         "lm_eval_version": dig(m, "pruned", "zero_shot", "lm_eval_version"),
     })

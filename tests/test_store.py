@@ -112,3 +112,10 @@ def test_torch_threads_rejects_bad_counts():
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         with torch_threads(0):
             pass
+
+
+def test_records_carry_the_memory_of_their_run_alone(tmp_path):
+    _, files = _run_sweep(tmp_path)
+    for f in files:
+        mem = json.loads(f.read_text())["metrics"]["memory_run"]
+        assert mem["peak_rss_mb"] > 0 and "run" in mem["phases"]

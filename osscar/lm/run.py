@@ -278,11 +278,15 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     ``save_to``: folder for the sliced model (:func:`osscar.lm.slicing.save_pruned`).
     Runs with ``config.threads`` torch threads; the caller's count is restored afterwards.
     """
-    with torch_threads(config.threads):
-        return _run_lm(config, progress, save_to)
+    from osscar.memory import MemoryMonitor
+
+    with torch_threads(config.threads), MemoryMonitor(device=config.device) as mem:
+        result = _run_lm(config, progress, save_to, mem)
+    result["memory"].update(mem.summary())
+    return result
 
 
-def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None) -> dict[str, Any]:
+def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
@@ -371,6 +375,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None) -> dict[st
                   for i in range(n_all)]
 
     rss_before = peak_rss_mb()
+    mem.phase("load_and_dense_eval")
     t = time.perf_counter()
     outcome = prune_model_sequential(model, segments, _Router(), plan_attn, plan_mlp, damping=config.damping,
                                      layers=list(config.layers) if config.layers is not None else None,
@@ -379,6 +384,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None) -> dict[st
     timings["prune_total_s"] = time.perf_counter() - t
     timings["prune_solver_s"] = outcome.seconds_solver
     rss_after = peak_rss_mb()
+    mem.phase("prune")
     bar.close()
 
     # 4. slice (check it keeps the pruned model's function on one window)
@@ -443,10 +449,11 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None) -> dict[st
         result["saved_to"] = str(save_to)
     timings["total_s"] = time.perf_counter() - t0
     result["timings"] = timings
-    result["memory"] = {"peak_rss_mb": peak_rss_mb(), "peak_rss_before_prune_mb": rss_before,
-                        "peak_rss_after_prune_mb": rss_after, "peak_accelerator_mb": peak_accelerator_mb(device),
-                        "note": "ru_maxrss of the whole process (torch allocations are not visible to tracemalloc); "
-                                "accelerator: torch.cuda.max_memory_allocated"}
+    mem.phase("slice_and_evaluate")
+    result["memory"] = {"process_max_rss_mb": peak_rss_mb(), "process_max_rss_before_prune_mb": rss_before,
+                        "process_max_rss_after_prune_mb": rss_after, "peak_accelerator_mb": peak_accelerator_mb(device),
+                        "note": "phases / peak_rss_mb: this run alone (sampled RSS, see osscar.memory); process_*: "
+                                "ru_maxrss of the whole process, which includes earlier runs of a sweep"}
     result["provenance"] = {
         "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
         "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
