@@ -21,7 +21,8 @@ from matplotlib.patches import Rectangle
 from reports.plotting import (Figure, figure_legend, fixture_tag, jitter, log_axis, marker_style, method_style,
                               methods_of, publication_style, save, slug, subplots, titles)
 from reports.records import describe, frame
-from reports.tables import _method_label, _tp_frame, method_rank, paired_nll_ratio
+from reports.table import clear_best
+from reports.tables import _method_label, _tp_frame, _tp_margin, method_rank, paired_nll_ratio
 
 REFERENCE_METHOD = "ziplm"
 CLOSE_RATIO = 3.0       # methods within this perplexity ratio of the reference get the ratio panel
@@ -365,12 +366,10 @@ def tp_heatmaps(records, out: Path, experiment: str = "ablation_tp") -> list[Fig
                     ax.set_xlabel("t̂ (groups swapped per local-search step)")
                     ax.set_ylabel("p̂ (groups removed per step)")
                     ax.grid(False)
-                    finite = np.isfinite(vals)
-                    best: set[tuple[int, int]] = set()
-                    if finite.any():
-                        target = np.nanmin(vals) if direction == "min" else np.nanmax(vals)
-                        best = {(int(i), int(j)) for i, j in zip(*np.nonzero(finite & np.isclose(vals, target,
-                                                                                                   rtol=1e-12, atol=0)))}
+                    # boxed only when it beats the runner-up by more than its noise (as bold in the tables)
+                    margin, _ = _tp_margin(col, sub)  # top-1 in %: the binomial margin is in % too
+                    flat = clear_best(vals.ravel(), "min" if direction == "min" else "max", margin)
+                    best = {(int(i), int(j)) for i, j in zip(*np.unravel_index(np.flatnonzero(flat), vals.shape))}
                     lo, hi = np.nanmin(vals), np.nanmax(vals)
                     for (i, j), v in np.ndenumerate(vals):
                         if math.isfinite(v):
@@ -382,13 +381,16 @@ def tp_heatmaps(records, out: Path, experiment: str = "ablation_tp") -> list[Fig
                     for i, j in best:
                         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
                     fig.colorbar(im, ax=ax, shrink=0.85)
-                    ax.set_title(f"{label}\n({'lower' if direction == 'min' else 'higher'} is better; best boxed)")
+                    ax.set_title(f"{label}\n({'lower' if direction == 'min' else 'higher'} is better; "
+                                 "clear best boxed)")
                 title = f"t̂/p̂ ablation (OSSCAR) — {what}{fixture_tag(sub)}"
                 titles(fig, title, sub_t)
                 name = slug("tp_heatmap", pipeline, *[f"{v:g}" if isinstance(v, float) else v for v in
                                                        (g if isinstance(g, tuple) else (g,))])
                 paths = save(fig, out, name)
-            figs.append(Figure(name, title, f"{title}. {sub_t}. Best cell boxed in red.", paths))
+            figs.append(Figure(name, title, f"{title}. {sub_t}. The best cell is boxed in red only when it beats "
+                               "the runner-up by more than its noise (binomial 95% for accuracy, 30% for times).",
+                               paths))
     return figs
 
 

@@ -65,6 +65,25 @@ def _fmt(spec: str) -> Callable[[Any], str]:
     return f
 
 
+def clear_best(values: np.ndarray, direction: str, margin: Margin | None) -> np.ndarray:
+    """Mask of the one value better than every other by more than its margin (all False otherwise)."""
+    out = np.zeros(len(values), dtype=bool)
+    finite = np.flatnonzero(np.isfinite(values))
+    if len(finite) == 0:
+        return out
+    order = finite[np.argsort(values[finite] if direction == LOWER else -values[finite], kind="stable")]
+    best = order[0]
+    if len(order) == 1:
+        out[best] = True
+        return out
+    runner = order[1]
+    gap = abs(values[best] - values[runner])
+    need = margin(values[best], values[runner]) if margin else 0.0
+    if gap > need and not np.isclose(values[best], values[runner], rtol=1e-12, atol=0):
+        out[best] = True
+    return out
+
+
 @dataclass
 class Table:
     """One table: raw values + ranking rules + caption. ``data`` columns = label_cols + value_cols."""
@@ -96,24 +115,6 @@ class Table:
                 raise ValueError(f"table {self.name}: bad direction for {c!r}")
 
     # -- ranking -----------------------------------------------------------------------------------
-    def _clear_best(self, values: np.ndarray, direction: str, margin: Margin | None) -> np.ndarray:
-        """Mask of the one value better than every other by more than its margin (all False otherwise)."""
-        out = np.zeros(len(values), dtype=bool)
-        finite = np.flatnonzero(np.isfinite(values))
-        if len(finite) == 0:
-            return out
-        order = finite[np.argsort(values[finite] if direction == LOWER else -values[finite], kind="stable")]
-        best = order[0]
-        if len(order) == 1:
-            out[best] = True
-            return out
-        runner = order[1]
-        gap = abs(values[best] - values[runner])
-        need = margin(values[best], values[runner]) if margin else 0.0
-        if gap > need and not np.isclose(values[best], values[runner], rtol=1e-12, atol=0):
-            out[best] = True
-        return out
-
     def best_mask(self) -> pd.DataFrame:
         """Bool frame over value_cols: True where the cell is clearly the best of its column (and group)."""
         if self.significant is not None:
@@ -134,12 +135,12 @@ class Table:
                 if len(direction) != 1:
                     continue
                 vals = self.data.loc[idx, ranked].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-                flat = self._clear_best(vals.ravel(), direction.pop(), self.margins.get(ranked[0]))
+                flat = clear_best(vals.ravel(), direction.pop(), self.margins.get(ranked[0]))
                 mask.loc[idx, ranked] = flat.reshape(vals.shape)
                 continue
             for c in ranked:
                 col = pd.to_numeric(self.data.loc[idx, c], errors="coerce").to_numpy(dtype=float)
-                mask.loc[idx, c] = self._clear_best(col, self.directions[c], self.margins.get(c))
+                mask.loc[idx, c] = clear_best(col, self.directions[c], self.margins.get(c))
         return mask
 
     def formatted(self) -> pd.DataFrame:
