@@ -74,11 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLP widths timed and offered to the runtime allocator (evenly spaced)")
     p.add_argument("--allocation-min-keep", type=float, default=0.0,
                    help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
-    p.add_argument("--calib-corpus", default="wiki-gensim", choices=CORPUS_NAMES, help="calibration corpus")
+    p.add_argument("--calib-corpus", default="wiki-gensim", metavar="NAME|PATH",
+                   help=f"calibration corpus: {', '.join(CORPUS_NAMES)}, or your own text: a .txt file (documents "
+                        "separated by blank lines), a folder of .txt files or a .jsonl file with a 'text' field "
+                        "(every 4th document is held out for evaluation)")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
     p.add_argument("--damping", type=float, default=0.01, help="λ: H + λ·mean(diag H)·I")
-    p.add_argument("--eval-corpus", action="append", default=None, choices=CORPUS_NAMES,
+    p.add_argument("--eval-corpus", action="append", default=None, metavar="NAME|PATH",
                    help="perplexity corpus, repeatable (default: wiki-gensim held-out articles)")
     p.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window length (None: --seqlen)")
     p.add_argument("--eval-windows", type=int, default=16, help="max perplexity windows per corpus (0: all)")

@@ -153,10 +153,82 @@ CORPORA: dict[str, Corpus] = {
 }
 
 
+# -- a user's own text ------------------------------------------------------------------------------
+USER_TEXT_HELP = ("a path to a .txt file (documents separated by blank lines), a folder of .txt files (one "
+                  "document each) or a .jsonl file with a 'text' field per line")
+
+
+def is_user_corpus(name: str) -> bool:
+    """Whether ``name`` is a path rather than a corpus name."""
+    return name not in CORPORA and (os.sep in name or Path(name).exists() or name.endswith((".txt", ".jsonl")))
+
+
+def user_corpus_files(name: str) -> list[Path]:
+    """The files of a user corpus (checked: exists, readable format); ValueError naming the path otherwise."""
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(f"corpus {name!r} is neither a named corpus ({', '.join(CORPORA)}) nor an existing path; "
+                         f"allowed: {USER_TEXT_HELP}")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"corpus folder {name!r} holds no .txt files")
+        return files
+    if path.suffix not in (".txt", ".jsonl"):
+        raise ValueError(f"corpus file {name!r} must end in .txt or .jsonl; allowed: {USER_TEXT_HELP}")
+    return [path]
+
+
+def _user_documents(name: str) -> list[str]:
+    docs: list[str] = []
+    for f in user_corpus_files(name):
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if f.suffix == ".jsonl":
+            for i, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{f}: line {i} is not a JSON object with a 'text' field") from None
+                docs.append(str(doc))
+        elif len(user_corpus_files(name)) > 1:  # a folder: one document per file
+            docs.append(text.strip())
+        else:  # one text file: documents are its blank-line-separated paragraphs
+            docs.extend(p.strip() for p in re.split(r"\n\s*\n", text) if p.strip())
+    if len(docs) < 2:
+        raise ValueError(f"corpus {name!r} has {len(docs)} document(s); at least 2 are needed (every "
+                         f"{WIKI_EVAL_EVERY}th goes to evaluation, the rest to calibration)")
+    return docs
+
+
+def _user_split(name: str, part: str) -> list[str]:
+    """Held-out split as for wiki-gensim: every WIKI_EVAL_EVERY-th document (from the first) evaluates."""
+    docs = _user_documents(name)
+    ev = [d for i, d in enumerate(docs) if i % WIKI_EVAL_EVERY == 0]
+    cal = [d for i, d in enumerate(docs) if i % WIKI_EVAL_EVERY != 0]
+    return cal if part == "calibration" else ev
+
+
+def user_corpus(name: str) -> Corpus:
+    user_corpus_files(name)  # validate now
+    return Corpus(name, f"user text {name}", lambda: _user_split(name, "calibration"),
+                  lambda: _user_split(name, "evaluation"))
+
+
+def corpus_provenance(name: str) -> dict[str, Any]:
+    """What a record says about a corpus: its name, or for a user corpus every file and its sha256."""
+    if not is_user_corpus(name):
+        return {"name": name}
+    return {"name": name, "files": {str(f): sha256_file(f) for f in user_corpus_files(name)}}
+
+
 def get_corpus(name: str) -> Corpus:
-    if name not in CORPORA:
-        raise ValueError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")
-    return CORPORA[name]
+    if name in CORPORA:
+        return CORPORA[name]
+    if is_user_corpus(name):
+        return user_corpus(name)
+    raise ValueError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}, or {USER_TEXT_HELP}")
 
 
 def _encode(tokenizer: Any, text: str) -> Tensor:

@@ -193,8 +193,13 @@ class LMRunConfig:
             if self.head_fraction is not None or self.neuron_fraction is not None:
                 raise ValueError("give either speedup or head_fraction/neuron_fraction, not both")
         for c in (self.calib_corpus, *self.eval_corpora):
+            if not isinstance(c, str):
+                raise ValueError(f"corpus names must be strings, got {c!r}")
             if c not in lm_data.CORPORA:
-                raise ValueError(f"corpus {c!r} is unknown (calib_corpus / eval_corpora); allowed: {', '.join(lm_data.CORPORA)}")
+                if not lm_data.is_user_corpus(c):
+                    raise ValueError(f"corpus {c!r} is unknown (calib_corpus / eval_corpora); allowed: "
+                                     f"{', '.join(lm_data.CORPORA)}, or {lm_data.USER_TEXT_HELP}")
+                lm_data.user_corpus_files(c)  # exists and has a known format
         if not isinstance(self.eval_corpora, tuple) or not isinstance(self.zero_shot_tasks, tuple):
             raise ValueError("eval_corpora and zero_shot_tasks must be tuples of names")
         for t in self.zero_shot_tasks:
@@ -457,6 +462,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     result["provenance"] = {
         "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
         "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
+        "corpora": {c: lm_data.corpus_provenance(c) for c in dict.fromkeys((config.calib_corpus, *config.eval_corpora))},
         "calib_segments_shape": list(segments.shape), "seed": config.seed, "threads": config.threads,
         "threads_used": torch.get_num_threads(), "device": device_label(device), "dtype": config.dtype,
         "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
