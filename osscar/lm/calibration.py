@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from osscar.devices import model_device
 from osscar.lm.adapters import ModelAdapter, get_adapter
-from osscar.methods import PruningMethod
+from osscar.methods import PruneResult, PruningMethod
 from osscar.problem import LayerProblem
 from osscar.options import CALIBRATION_INPUTS  # noqa: F401  (re-exported)
 
@@ -323,7 +323,12 @@ def prune_model_sequential(
             name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
             problem = LayerProblem.from_calibration(
                 H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name)
-            res = method.prune(problem)
+            if keep == problem.n_groups:  # nothing to remove: not solved, weights kept
+                res = PruneResult(kept=torch.arange(problem.n_groups), W=problem.W_dense,
+                                  objective=problem.dense_objective(), seconds=0.0, method="none",
+                                  info={"skipped_nothing_to_remove": 1})
+            else:
+                res = method.prune(problem)
             solver_s += res.seconds
             W_old = consumer.weight.data.clone() if keep_x else None
             write_consumer(consumer, res.W)

@@ -133,6 +133,25 @@ def config_from_args(args: argparse.Namespace):
         cache_dir=args.cache_dir)
 
 
+def format_summary(result: dict[str, Any], path: str) -> str:
+    """Dense and pruned perplexity (and zero-shot accuracy) side by side, then what was applied."""
+    pruned, dense = result["pruned"], result.get("dense") or {}
+    lines = [f"{'metric':<28} {'dense':>10} {'pruned':>10}"]
+    for c, v in pruned.items():
+        if isinstance(v, dict) and "ppl" in v:
+            d = dense.get(c, {}).get("ppl") if isinstance(dense.get(c), dict) else None
+            lines.append(f"{'ppl ' + os.path.basename(c):<28} {d if d is not None else float('nan'):>10.3f} "
+                         f"{v['ppl']:>10.3f}")
+    for task, v in (pruned.get("zero_shot") or {}).get("tasks", {}).items():
+        d = ((dense.get("zero_shot") or {}).get("tasks", {}).get(task) or {}).get("acc")
+        lines.append(f"{'acc ' + task:<28} {d if d is not None else float('nan'):>10.3f} {v['acc']:>10.3f}")
+    a = result["applied"]
+    lines.append(f"applied: heads removed {a['head_fraction_applied']:.3f} (requested {a['head_fraction_requested']}), "
+                 f"neurons removed {a['neuron_fraction_applied']:.3f} (requested {a['neuron_fraction_requested']}); "
+                 f"prune {result['timings']['prune_total_s']:.1f}s; metrics: {path}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,10 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = os.path.join(config.output_dir, f"{name}.json")
     write_json_atomic(result, path)
-    pr = result["pruned"]
-    summary = {c: round(v["ppl"], 3) for c, v in pr.items() if isinstance(v, dict) and "ppl" in v}
-    print(json.dumps({"metrics": path, "ppl": summary, "applied": result["applied"],
-                      "prune_s": round(result["timings"]["prune_total_s"], 1)}, indent=1))
+    print(format_summary(result, path))
     return 0
 
 

@@ -327,6 +327,17 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     hf, nf = config.fractions()
     keep_attn = n_attn - removed_count(hf, n_attn)
     keep_mlp = n_mlp - removed_count(nf, n_mlp)
+    if config.allocation == "uniform":
+        unit = "KV groups" if adapter.heads_per_group > 1 else "heads"
+        for what, frac, keep, total, flag in (("attention", hf, keep_attn, n_attn, "--head-fraction"),
+                                              ("MLP", nf, keep_mlp, n_mlp, "--neuron-fraction")):
+            if frac > 0 and keep == total:
+                print(f"note: {flag} {frac:g} removes nothing from {what} on this model ({total} "
+                      f"{unit if what == 'attention' else 'neurons'} per block, rounded to the nearest count, at "
+                      f"least one kept); {what} is not pruned", file=sys.stderr, flush=True)
+            elif frac > 0 and abs((1 - keep / total) - frac) > 0.05:
+                print(f"note: {flag} {frac:g} is applied as {1 - keep / total:.3f} on this model ({total - keep} of "
+                      f"{total} {unit if what == 'attention' else 'neurons'} per block)", file=sys.stderr, flush=True)
     dense_params = param_count(model)
     dense_flops = flops_per_token(model)
     dense_config = copy.deepcopy(model.config)  # slicing rewrites model.config

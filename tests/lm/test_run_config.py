@@ -155,3 +155,28 @@ def test_module_help():
     r = subprocess.run([sys.executable, "-m", "osscar", "lm", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
     assert "--t-hat" in r.stdout and "(default: smollm2-135m)" in r.stdout
+
+
+def test_fraction_that_removes_nothing_is_said_and_not_solved(tiny_llama_dir, capsys):
+    """3 KV groups: --head-fraction 0.1 rounds to 0 groups removed; the console says so and the
+    attention consumers are not solved (their weights stay)."""
+    cfg = LMRunConfig(model=str(tiny_llama_dir), method="osscar", head_fraction=0.1, neuron_fraction=0.5,
+                      n_samples=2, seqlen=16, eval_windows=1)
+    out = run_lm(cfg)
+    err = capsys.readouterr().err
+    assert "--head-fraction 0.1 removes nothing from attention" in err
+    attn = [r for r in out["layers"] if r["part"] == "attn"]
+    assert attn and all(r["info"].get("skipped_nothing_to_remove") == 1 and r["seconds"] == 0.0 for r in attn)
+    assert out["applied"]["head_fraction_applied"] == 0.0
+
+
+def test_cli_summary_prints_dense_beside_pruned(tiny_llama_dir, tmp_path, capsys):
+    from osscar.lm.cli import main
+
+    assert main(["--model", str(tiny_llama_dir), "--method", "mp+", "--n-samples", "2", "--seqlen", "16",
+                 "--eval-windows", "1", "--dense", "--output-dir", str(tmp_path), "--name", "run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    head, row = out.splitlines()[0], next(line for line in out.splitlines() if line.startswith("ppl wiki-gensim"))
+    assert head.split() == ["metric", "dense", "pruned"]
+    dense, pruned = (float(v) for v in row.split()[-2:])
+    assert dense > 0 and pruned > 0 and dense != pruned
