@@ -47,13 +47,16 @@ class Tolerance:
         return " + ".join(parts) or "exact"
 
 
-# metric kind -> (same selection, flipped selection)
+# metric kind -> (same selection, flipped selection). Same selection: a fresh-clone rerun on this
+# machine type differed by at most 1.4e-5 (LM layer objectives, float32 H accumulation), 1.4e-4
+# (perplexity; MP's 6.7M), 6e-16 (solver objectives), 0 (sizes, zero-shot): ~7x headroom below.
+# Flipped selection: set from the spread across machines (README "Reproducing").
 TOLERANCES = MappingProxyType({
     "size": (Tolerance(), Tolerance()),                               # params, MACs/FLOPs: integers, exact
-    "ppl": (Tolerance(rel=1e-4), Tolerance(rel=0.05)),                # perplexity (and NLL)
+    "ppl": (Tolerance(rel=1e-3), Tolerance(rel=0.05)),                # perplexity (and NLL)
     "accuracy": (Tolerance(abs=0.002), Tolerance(abs=0.01)),          # vision top-1 over 10k images
     "zero_shot": (Tolerance(abs=0.011), Tolerance(abs=0.05)),         # lm-eval acc over 100 examples
-    "objective": (Tolerance(rel=1e-6, abs=1e-6), Tolerance(rel=0.02)),  # layer objectives Q(W)
+    "objective": (Tolerance(rel=1e-4, abs=1e-6), Tolerance(rel=0.02)),  # layer objectives Q(W)
 })
 
 
