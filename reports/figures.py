@@ -22,7 +22,7 @@ from reports.plotting import (Figure, figure_legend, fixture_tag, jitter, log_ax
                               methods_of, publication_style, save, slug, subplots, titles)
 from reports.records import describe, frame
 from reports.table import clear_best
-from reports.tables import _method_label, _tp_frame, _tp_margin, method_rank, paired_nll_ratio
+from reports.tables import _method_label, _tp_frame, _tp_margin, method_rank, paired_ratios
 
 REFERENCE_METHOD = "ziplm"
 CLOSE_RATIO = 3.0       # methods within this perplexity ratio of the reference get the ratio panel
@@ -57,20 +57,12 @@ def _method_lines(ax: Any, sub: pd.DataFrame, x: str, y: str, scale: float = 1.0
 
 
 def _paired_ratios(sub: pd.DataFrame, corpus: str) -> pd.DataFrame:
-    """Per (method, target) with window NLLs: ppl ratio to the reference method and its paired 95% range."""
-    col = f"window_nll:{corpus}"
-    rows = []
-    for _, tsub in sub.groupby("target", sort=False):
-        ref = tsub[(tsub["method"] == REFERENCE_METHOD) & tsub[col].map(lambda v: isinstance(v, list) and len(v) > 1)]
-        if ref.empty:
-            continue
-        ref_w = ref[col].iloc[-1]
-        for _, r in tsub.iterrows():
-            w = r[col]
-            if isinstance(w, list) and len(w) == len(ref_w):
-                ratio, lo, hi = paired_nll_ratio(w, ref_w)
-                rows.append({"method_label": r["method_label"], "x": r["x"], "ratio": ratio, "lo": lo, "hi": hi})
-    return pd.DataFrame(rows)
+    """:func:`reports.tables.paired_ratios` with each row's x (target speedup); the reference keeps its own name."""
+    pr = paired_ratios(sub, corpus, REFERENCE_METHOD)
+    if pr.empty:
+        return pr
+    pr["method_label"] = pr["method_label"].where(~pr["is_reference"], REFERENCE_METHOD)
+    return pr.assign(x=sub.loc[pr["src"], "x"].to_numpy())
 
 
 def ppl_vs_speedup(records, out: Path, experiment: str = "lm_perplexity") -> list[Figure]:

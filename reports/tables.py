@@ -229,6 +229,31 @@ def paired_nll_ratio(a: Sequence[float], b: Sequence[float], z: float = 1.96) ->
     return math.exp(mean), math.exp(mean - z * se), math.exp(mean + z * se)
 
 
+def paired_ratios(sub: pd.DataFrame, corpus: str, reference: str = "ziplm") -> pd.DataFrame:
+    """Per target, each method's perplexity over ``reference``'s on the same windows of ``corpus``.
+
+    sub: lm rows with ``method_label`` and ``window_nll:<corpus>``. Returns rows (target, method_label,
+    src: the row's index in ``sub``, ratio, lo, hi, windows, is_reference); the reference's own row
+    has ratio 1 and no range. Rows whose windows differ from the reference's are left out."""
+    col = f"window_nll:{corpus}"
+    rows = []
+    for target, tsub in sub.groupby("target", sort=False):
+        ref = tsub[(tsub["method"] == reference) & tsub[col].map(lambda v: isinstance(v, list) and len(v) > 0)]
+        if ref.empty:
+            continue
+        ref_w = ref[col].iloc[-1]
+        rows.append({"target": target, "method_label": f"{reference} (reference)", "src": ref.index[-1],
+                     "ratio": 1.0, "lo": np.nan, "hi": np.nan, "windows": len(ref_w), "is_reference": True})
+        for i, r in _method_sorted(tsub, ["target_sort"]).iterrows():
+            w = r[col]
+            if r["method"] == reference or not isinstance(w, list) or len(w) != len(ref_w):
+                continue
+            ratio, lo, hi = paired_nll_ratio(w, ref_w)
+            rows.append({"target": target, "method_label": r["method_label"], "src": i, "ratio": ratio, "lo": lo,
+                         "hi": hi, "windows": len(w), "is_reference": False})
+    return pd.DataFrame(rows)
+
+
 def lm_paired_tables(records, experiment: str = "lm_perplexity", reference: str = "ziplm") -> list[Table]:
     """Per (model, calibration, corpus): each method's perplexity relative to ``reference`` on the
     same evaluation windows (:func:`paired_nll_ratio`), per target. Needs ``window_nll`` in the records."""
@@ -240,25 +265,13 @@ def lm_paired_tables(records, experiment: str = "lm_perplexity", reference: str 
         sub = sub.assign(method_label=_method_label(sub))
         sub, notes = _dedupe(sub, ["target", "method_label"])
         for c in [k.split(":", 1)[1] for k in sub.columns if k.startswith("window_nll:")]:
-            col = f"window_nll:{c}"
-            rows = []
-            for target, tsub in sub.groupby("target", sort=False):
-                ref = tsub[(tsub["method"] == reference) & tsub[col].map(lambda v: isinstance(v, list) and len(v) > 0)]
-                if ref.empty:
-                    continue
-                ref_w = ref[col].iloc[-1]
-                rows.append({"target": target, "method": f"{reference} (reference)", "_sort": ref["target_sort"].iloc[-1],
-                             "ppl ratio": 1.0, "95% low": np.nan, "95% high": np.nan, "windows": len(ref_w)})
-                for _, r in _method_sorted(tsub, ["target_sort"]).iterrows():
-                    w = r[col]
-                    if r["method"] == reference or not isinstance(w, list) or len(w) != len(ref_w):
-                        continue
-                    ratio, lo, hi = paired_nll_ratio(w, ref_w)
-                    rows.append({"target": target, "method": r["method_label"], "_sort": r["target_sort"],
-                                 "ppl ratio": ratio, "95% low": lo, "95% high": hi, "windows": len(w)})
-            if not rows:
+            pr = paired_ratios(sub, c, reference)
+            if pr.empty:
                 continue
-            data = pd.DataFrame(rows).sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
+            data = pd.DataFrame({"target": pr["target"], "method": pr["method_label"],
+                                 "_sort": sub.loc[pr["src"], "target_sort"].to_numpy(), "ppl ratio": pr["ratio"],
+                                 "95% low": pr["lo"], "95% high": pr["hi"], "windows": pr["windows"]})
+            data = data.sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
             better = pd.DataFrame(False, index=data.index, columns=["ppl ratio", "95% low", "95% high", "windows"])
             better["ppl ratio"] = data["95% high"] < 1
             tables.append(Table(
