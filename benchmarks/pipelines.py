@@ -49,7 +49,8 @@ class Pipeline:
 PIPELINES = MappingProxyType({
     "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
                    volatile=("output_dir", "save_model", "cache_dir"),
-                   added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"))),
+                   added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
+                          ("attention_unit", "kv-group"))),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"), added=(("device", "cpu"),)),
     "solver": Pipeline("solver", "benchmarks.solver_pipeline:SolverRunConfig", "benchmarks.solver_pipeline:run_solver",

@@ -59,7 +59,9 @@ class MemoryMonitor:
         import torch
 
         d = torch.device(self.device) if self.device is not None else None
-        return d if d is not None and d.type == "cuda" else None
+        if d is None or d.type != "cuda" or not torch.cuda.is_available():
+            return None  # an unavailable device is reported by the run itself (resolve_device)
+        return d
 
     def _reset_device(self) -> None:
         d = self._cuda()

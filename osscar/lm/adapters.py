@@ -12,14 +12,22 @@ Llama (GQA)  ``self_attn.o_proj``: one     ``q_proj`` rows of the group's heads,
              · head_dim columns            head (+ biases if any)
 ===========  ============================  =====================================  =====================================
 
-**GQA choice.** A sliced Llama model must stay a valid config: every KV head must serve the same
-number of query heads. The adapter therefore uses one *whole KV group* (its ``heads_per_kv``
-query heads plus the shared K/V head) as the attention group, i.e. ``group_size = head_dim ·
-heads_per_kv``. Removing a group deletes q rows, k/v rows and o_proj columns together, and the
-result reloads with plain ``from_pretrained`` (``num_key_value_heads`` and
-``num_attention_heads`` shrink by the same factor, ``head_dim`` stays explicit in the config).
-Per-head pruning uniform across KV groups (a constraint the layer problem cannot express) is not
-implemented. With SmolLM2's 3 KV groups only 0, 1, 2 (or 3) groups can go.
+**GQA: the attention unit.** A sliced Llama model must stay a valid config: every KV head must
+serve the same number of query heads. Two units, chosen by ``config.osscar_attention_unit``
+(set by the LM pipeline from ``LMRunConfig.attention_unit``; absent: ``kv-group``):
+
+* ``head`` (the pipeline's default for GQA/MQA models): a group is one query head (``head_dim``
+  columns of o_proj, ``head_dim`` rows of q_proj); the layer problem carries the partition
+  constraint ``blocks = num_key_value_heads`` (:class:`~osscar.problem.LayerProblem`), so every
+  KV group keeps the same number of query heads; k/v projections are untouched. The sliced config
+  has ``num_attention_heads = kv heads × heads kept per group`` and ``head_dim`` explicit, and
+  reloads with ``from_pretrained``. A model with one KV head (multi-query) prunes query heads freely.
+* ``kv-group``: a group is one whole KV group (its query heads plus the shared K/V head),
+  ``group_size = head_dim · heads_per_kv``; removing one deletes q rows, k/v rows and o_proj
+  columns together (``num_key_value_heads`` and ``num_attention_heads`` shrink by the same factor).
+  A model with one KV head cannot prune attention this way.
+
+A model whose every query head has its own K/V head (MHA) has one unit only: a head with its k/v.
 
 Adding a family: subclass :class:`ModelAdapter`, fill in the module names and
 ``attention_groups``, and decorate it with :func:`register_adapter` for its ``model_type``\\ s.
@@ -32,6 +40,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from osscar.options import ATTENTION_UNITS
 
 def register_adapter(*model_types: str):
     """Class decorator: the adapter serves these ``config.model_type`` values.
@@ -122,6 +132,26 @@ class ModelAdapter:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @property
+    def attention_unit(self) -> str:
+        """``head`` or ``kv-group`` (module docstring); MHA models have one unit, reported as kv-group."""
+        return "kv-group"
+
+    @property
+    def attn_blocks(self) -> int:
+        """Blocks of the attention layer problem's partition constraint (1: none)."""
+        return 1
+
+    def blocks(self, part: str) -> int:
+        return self.attn_blocks if part == "attn" else 1
+
+    def canonical_kept(self, part: str, count: int) -> Tensor:
+        """A valid set of ``count`` kept groups (shapes only: for rebuilding a sliced model, latency tables)."""
+        if part == "attn" and self.attn_blocks > 1:
+            per, size = count // self.attn_blocks, self.n_attn_groups // self.attn_blocks
+            return (torch.arange(self.attn_blocks)[:, None] * size + torch.arange(per)[None, :]).reshape(-1)
+        return torch.arange(count)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -263,9 +293,10 @@ class OPTAdapter(ModelAdapter):
         return {"attn": attn, "mlp": mlp}
 
 
-@register_adapter("llama", "mistral", "qwen2")
+@register_adapter("llama", "mistral", "qwen2", "qwen3")
 class LlamaAdapter(ModelAdapter):
-    """Llama-style with GQA: one group = one whole KV group (see the module docstring)."""
+    """Llama-style with GQA: a group is one query head (uniform per KV group) or one whole KV group
+    (see the module docstring)."""
 
     layers_path = "model.layers"
     attn_consumer = "self_attn.o_proj"
@@ -277,38 +308,65 @@ class LlamaAdapter(ModelAdapter):
         return int(self.config.intermediate_size)
 
     @property
+    def attention_unit(self) -> str:
+        unit = getattr(self.config, "osscar_attention_unit", None) or "kv-group"
+        if unit not in ATTENTION_UNITS:
+            raise ValueError(f"attention_unit={unit!r} is unknown; allowed: {', '.join(ATTENTION_UNITS)}")
+        return "kv-group" if self.n_kv_heads == self.n_heads else unit
+
+    @property
     def n_attn_groups(self) -> int:
-        return self.n_kv_heads
+        return self.n_heads if self.attention_unit == "head" else self.n_kv_heads
+
+    @property
+    def attn_blocks(self) -> int:
+        return self.n_kv_heads if self.attention_unit == "head" else 1
+
+    @property
+    def q_heads_per_kv(self) -> int:
+        return self.n_heads // self.n_kv_heads
 
     def mlp_output_is_residual(self) -> bool:
         return True  # hidden = residual + mlp(post_attention_layernorm(hidden)), last op of the block
 
     def attn_producers(self) -> tuple[Producer, ...]:
         hd = self.head_dim
+        if self.attention_unit == "head":  # query heads only: the K/V heads all stay
+            return (Producer("self_attn.q_proj", hd),)
         return (Producer("self_attn.q_proj", hd * self.heads_per_group),
                 Producer("self_attn.k_proj", hd), Producer("self_attn.v_proj", hd))
 
     def _set_attention_counts(self, attn: nn.Module, kept_groups: int) -> None:
-        # forward views with -1 heads; num_key_value_groups (q heads per kv head) is unchanged
-        for name, value in (("num_heads", kept_groups * self.heads_per_group), ("num_key_value_heads", kept_groups)):
+        # forward views with -1 heads; repeat_kv uses num_key_value_groups (q heads per kv head)
+        if self.attention_unit == "head":
+            values = (("num_heads", kept_groups), ("num_key_value_groups", kept_groups // self.n_kv_heads))
+        else:
+            values = (("num_heads", kept_groups * self.heads_per_group), ("num_key_value_heads", kept_groups))
+        for name, value in values:
             if hasattr(attn, name):
                 setattr(attn, name, value)
 
     def update_config(self, config: Any, kept_attn_groups: int, kept_neurons: int) -> dict[str, Any]:
-        hd = self.head_dim
+        hd, unit = self.head_dim, self.attention_unit
         config.head_dim = hd  # keep explicit: hidden/heads no longer equals head_dim
-        config.num_attention_heads = int(kept_attn_groups * self.heads_per_group)
-        config.num_key_value_heads = int(kept_attn_groups)
+        if unit == "head":
+            config.num_attention_heads = int(kept_attn_groups)
+        else:
+            config.num_attention_heads = int(kept_attn_groups * self.heads_per_group)
+            config.num_key_value_heads = int(kept_attn_groups)
         config.intermediate_size = int(kept_neurons)
-        return {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": kept_attn_groups,
-                "intermediate_size": int(kept_neurons), "head_dim": hd, "needs_load_pruned": False}
+        return {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
+                "intermediate_size": int(kept_neurons), "head_dim": hd, "attention_unit": unit,
+                "needs_load_pruned": False}
 
     def layer_flops(self, kept_attn_groups: int | None = None, kept_neurons: int | None = None) -> dict[str, int]:
         d = int(self.config.hidden_size)
         g = self.n_attn_groups if kept_attn_groups is None else kept_attn_groups
         f = self.ffn_dim if kept_neurons is None else kept_neurons
-        q = g * self.heads_per_group * self.head_dim
-        kv = g * self.head_dim
+        if self.attention_unit == "head":
+            q, kv = g * self.head_dim, self.n_kv_heads * self.head_dim
+        else:
+            q, kv = g * self.heads_per_group * self.head_dim, g * self.head_dim
         attn = 2 * d * (2 * q + 2 * kv)  # q, o_proj and k, v
         mlp = 2 * d * f * 3  # gate, up, down
         return {"attn": attn, "mlp": mlp}

@@ -322,7 +322,8 @@ def prune_model_sequential(
                 hessian_hook(i, part, H)
             name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
             problem = LayerProblem.from_calibration(
-                H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name)
+                H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name,
+                blocks=adapter.blocks(part))
             if keep == problem.n_groups:  # nothing to remove: not solved, weights kept
                 res = PruneResult(kept=torch.arange(problem.n_groups), W=problem.W_dense,
                                   objective=problem.dense_objective(), seconds=0.0, method="none",

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from osscar.options import (ALLOCATIONS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
+from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
                             ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
 
 # LMRunConfig fields whose flag is not the field's name
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlp-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter for the MLP consumer only, repeatable")
     p.add_argument("--head-fraction", type=float, default=None,
-                   help="fraction of attention groups removed per block (heads; Llama: whole KV groups); None with no --speedup: 0.5")
+                   help="fraction of attention heads removed per block (grouped-query models: query heads, the same number per KV group; with --attention-unit kv-group: whole KV groups); None with no --speedup: 0.5")
     p.add_argument("--neuron-fraction", type=float, default=None,
                    help="fraction of MLP neurons removed per block; None with no --speedup: 0.5")
     p.add_argument("--speedup", type=float, default=None,
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
+    p.add_argument("--attention-unit", default=None, choices=ATTENTION_UNITS,
+                   help="grouped-query models: 'head' prunes query heads, the same number in every KV group "
+                        "(default for --allocation uniform; per-group counts: nearest, ties toward removing more, "
+                        "at least one kept); 'kv-group' prunes whole KV groups with their K/V heads (default for "
+                        "--allocation runtime)")
     p.add_argument("--calibration-inputs", default="pruned", choices=list(CALIBRATION_INPUTS),
                    help="each block's H from the already-pruned model's inputs (the paper's sequential protocol) "
                         "or from the dense model's (ablation: every method solves identical layer problems)")
@@ -128,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
         latency_points=tuple(args.latency or ()), latency_repeats=args.latency_repeats,
         evaluate_dense=args.dense, layers=tuple(int(i) for i in args.layers.split(",") if i) or None,
         seed=args.seed, threads=args.threads, device=args.device, dtype=args.dtype,
-        calibration_inputs=args.calibration_inputs,
+        calibration_inputs=args.calibration_inputs, attention_unit=args.attention_unit,
         output_dir=args.output_dir, save_model=args.save_model,
         cache_dir=args.cache_dir)
 

@@ -228,7 +228,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     device = resolve_device(device, "device")
     torch_dtype = check_model_dtype(dtype, "dtype")
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
-    a_levels = default_levels(n_attn, attn_levels or n_attn)
+    a_levels = [a for a in default_levels(n_attn, attn_levels or n_attn) if a % adapter.attn_blocks == 0]
     m_levels = default_levels(n_mlp, mlp_levels)
     key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_label(device),
            "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
@@ -277,7 +277,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
         for a in a_levels:
             layer = copy.deepcopy(block0)
             if a < n_attn:
-                ad.slice_attention(layer, torch.arange(a))
+                ad.slice_attention(layer, ad.canonical_kept("attn", a))
             attn_t[a] = run_block(layer)[0]
         rests = []
         for m in m_levels:

@@ -56,9 +56,16 @@ from osscar.lm import data as lm_data
 from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
-from osscar.options import ALLOCATIONS
+from osscar.options import ALLOCATIONS, ATTENTION_UNITS
 
 
+
+
+def heads_removed(fraction: float, heads_per_kv: int) -> int:
+    """Query heads removed from each KV group for ``fraction``: the nearest count, ties toward
+    removing more (50% of 3 heads removes 2: at a tie never less than asked), at least one kept."""
+    r = math.floor(fraction * heads_per_kv + 0.5 + 1e-9)
+    return max(0, min(r, heads_per_kv - 1))
 
 
 def removed_count(fraction: float, n: int) -> int:
@@ -114,6 +121,10 @@ class LMRunConfig:
         calibration_inputs: ``pruned`` (default, the sequential protocol: each block's H from the
             inputs of the already-pruned model) or ``dense`` (ablation: every H from the dense model,
             so all methods solve identical layer problems; see ``prune_model_sequential``).
+        attention_unit: for grouped-query models, ``head`` (prune query heads, the same number in
+            every KV group) or ``kv-group`` (whole KV groups, K/V heads included); None: ``head``, or
+            ``kv-group`` with ``allocation='runtime'`` (its latency tables are per KV group). See
+            :mod:`osscar.lm.adapters`. Head counts per KV group are rounded by :func:`heads_removed`.
         dtype: the model's weights and activations (``float32``, ``float16``, ``bfloat16``; the
             authors' OPT runs use float16 on a GPU). H is accumulated from float32 products into
             float64 and the solvers work in float64 whatever this is.
@@ -150,6 +161,7 @@ class LMRunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     calibration_inputs: str = "pruned"
+    attention_unit: str | None = None
     output_dir: str | None = None
     save_model: bool = False
     cache_dir: str | None = None
@@ -213,6 +225,12 @@ class LMRunConfig:
         _check_pos_int("threads", self.threads)
         check_device_name(self.device, "device")  # availability: where the run executes
         check_model_dtype(self.dtype, "dtype")
+        if self.attention_unit is None:
+            object.__setattr__(self, "attention_unit", "kv-group" if self.allocation == "runtime" else "head")
+        if self.attention_unit not in ATTENTION_UNITS:
+            raise ValueError(f"attention_unit={self.attention_unit!r} is unknown; allowed: {', '.join(ATTENTION_UNITS)}")
+        if self.allocation == "runtime" and self.attention_unit == "head":
+            raise ValueError("allocation='runtime' measures latency per KV group: use attention_unit='kv-group'")
         if self.calibration_inputs not in CALIBRATION_INPUTS:
             raise ValueError(f"calibration_inputs must be 'pruned' or 'dense', got {self.calibration_inputs!r}")
         _check_pos_int("latency_repeats", self.latency_repeats)
@@ -229,7 +247,12 @@ class LMRunConfig:
             raise ValueError(f"model={self.model!r}: cannot read its config ({type(e).__name__}: {str(e)[:200]})") from e
         from osscar.lm.adapters import get_adapter
 
+        config.osscar_attention_unit = self.attention_unit
         adapter = get_adapter(config)  # unsupported architecture -> ValueError
+        if (self.attention_unit == "kv-group" and adapter.n_kv_heads == 1 and adapter.n_heads > 1
+                and (self.head_fraction or 0) > 0):
+            raise ValueError("attention_unit='kv-group' on a model with one KV head (multi-query attention) "
+                             "cannot prune attention; use attention_unit='head' (prunes query heads)")
         maxpos = adapter.max_positions()
         for name in ("seqlen", "eval_seqlen"):
             v = getattr(self, name)
@@ -322,22 +345,32 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     loaded = load_model(config.model, config.cache_dir, dtype=config.dtype)
     model, tok = loaded.model.to(device), loaded.tokenizer
     timings["load_s"] = time.perf_counter() - t
+    model.config.osscar_attention_unit = config.attention_unit  # every adapter of this model reads it
     adapter = get_adapter(model)
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     hf, nf = config.fractions()
-    keep_attn = n_attn - removed_count(hf, n_attn)
+    # read before slicing rewrites model.config (and so what the adapter reports)
+    unit, attn_blocks, kv_groups, heads_per_group = (adapter.attention_unit, adapter.attn_blocks, adapter.n_kv_heads,
+                                                     adapter.heads_per_group)
+    if adapter.attn_blocks > 1:  # query heads, the same number in every KV group
+        per = n_attn // adapter.attn_blocks
+        keep_attn = adapter.attn_blocks * (per - heads_removed(hf, per))
+    else:
+        keep_attn = n_attn - removed_count(hf, n_attn)
     keep_mlp = n_mlp - removed_count(nf, n_mlp)
     if config.allocation == "uniform":
-        unit = "KV groups" if adapter.heads_per_group > 1 else "heads"
+        groups_word = "KV groups" if heads_per_group > 1 else "heads"
+        if attn_blocks > 1:
+            groups_word = f"heads in {attn_blocks} KV groups"
         for what, frac, keep, total, flag in (("attention", hf, keep_attn, n_attn, "--head-fraction"),
                                               ("MLP", nf, keep_mlp, n_mlp, "--neuron-fraction")):
             if frac > 0 and keep == total:
                 print(f"note: {flag} {frac:g} removes nothing from {what} on this model ({total} "
-                      f"{unit if what == 'attention' else 'neurons'} per block, rounded to the nearest count, at "
+                      f"{groups_word if what == 'attention' else 'neurons'} per block, rounded to the nearest count, at "
                       f"least one kept); {what} is not pruned", file=sys.stderr, flush=True)
             elif frac > 0 and abs((1 - keep / total) - frac) > 0.05:
                 print(f"note: {flag} {frac:g} is applied as {1 - keep / total:.3f} on this model ({total - keep} of "
-                      f"{total} {unit if what == 'attention' else 'neurons'} per block)", file=sys.stderr, flush=True)
+                      f"{total} {groups_word if what == 'attention' else 'neurons'} per block)", file=sys.stderr, flush=True)
     dense_params = param_count(model)
     dense_flops = flops_per_token(model)
     dense_config = copy.deepcopy(model.config)  # slicing rewrites model.config
@@ -429,7 +462,9 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
         pruned_flops = flops_per_token(_orig_config(adapter), keep_attn, keep_mlp)  # if every block is pruned
     result["applied"] = {
         "attn_groups_total": n_attn, "attn_groups_kept": keep_attn, "head_fraction_applied": 1 - keep_attn / n_attn,
-        "attn_group": "kv-group" if adapter.heads_per_group > 1 else "head", "heads_per_group": adapter.heads_per_group,
+        "attn_group": "kv-group" if heads_per_group > 1 else "head", "heads_per_group": heads_per_group,
+        "attention_unit": unit, "kv_groups": kv_groups,
+        "heads_kept_per_kv_group": (keep_attn // attn_blocks) if attn_blocks > 1 else None,
         "neurons_total": n_mlp, "neurons_kept": keep_mlp, "neuron_fraction_applied": 1 - keep_mlp / n_mlp,
         "head_fraction_requested": hf, "neuron_fraction_requested": nf,
         "blocks_pruned": n_blocks, "allocation": config.allocation,
@@ -572,7 +607,7 @@ def _orig_config(adapter: Any) -> Any:
         else:
             cfg.intermediate_size = orig["ffn_dim"]
             cfg.num_attention_heads = orig["num_attention_heads"]
-            cfg.num_key_value_heads = orig["attn_groups"]
+            cfg.num_key_value_heads = orig.get("num_key_value_heads", orig["attn_groups"])
     return cfg
 
 

@@ -77,7 +77,8 @@ def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[st
     if any(ka < 1 or km < 1 for ka, km in per_layer):
         raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {per_layer}")
     original = {"attn_groups": n_attn, "ffn_dim": n_mlp, "num_attention_heads": adapter.n_heads,
-                "head_dim": adapter.head_dim}
+                "num_key_value_heads": adapter.n_kv_heads, "head_dim": adapter.head_dim,
+                "attention_unit": adapter.attention_unit}
     uniform = len(set(per_layer)) == 1
     for i, layer in enumerate(layers):
         k = kept.get(i, {})
@@ -145,7 +146,7 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
         widths = [(int(manifest["kept_attn_groups"]), adapter.ffn_dim)] * len(layers)
     for layer, (ka, km) in zip(layers, widths):  # shapes only; the weights come from the state dict
         if ka < adapter.n_attn_groups:
-            adapter.slice_attention(layer, torch.arange(ka))
+            adapter.slice_attention(layer, adapter.canonical_kept("attn", ka))
         if km < adapter.ffn_dim:
             adapter.slice_mlp(layer, torch.arange(km))
     sd = _load_state_dict(path)

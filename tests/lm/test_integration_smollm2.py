@@ -28,7 +28,9 @@ def test_smollm2_prune_slice_reload(tmp_path):
                       n_samples=4, seqlen=64, eval_seqlen=256, eval_windows=2, evaluate_dense=True, threads=1)
     out = run_lm(cfg, save_to=str(tmp_path / "m"))
     app = out["applied"]
-    assert (app["attn_groups_total"], app["attn_groups_kept"], app["heads_per_group"]) == (3, 2, 3)
+    # 9 query heads in 3 KV groups: 30% of 3 heads per group rounds to 1 removed -> 2 kept in each
+    assert (app["attention_unit"], app["attn_groups_total"], app["attn_groups_kept"]) == ("head", 9, 6)
+    assert (app["kv_groups"], app["heads_kept_per_kv_group"]) == (3, 2)
     assert (app["neurons_total"], app["neurons_kept"]) == (1536, 1075)
     dense = out["dense"]["wiki-gensim"]["ppl"]
     pruned = out["pruned"]["wiki-gensim"]["ppl"]
@@ -36,7 +38,7 @@ def test_smollm2_prune_slice_reload(tmp_path):
     assert math.isfinite(pruned) and pruned > dense
     assert out["slicing"]["max_abs_logit_diff_vs_unsliced"] < 1e-3
     man = out["slicing"]["manifest"]
-    assert (man["num_attention_heads"], man["num_key_value_heads"], man["intermediate_size"]) == (6, 2, 1075)
+    assert (man["num_attention_heads"], man["num_key_value_heads"], man["intermediate_size"]) == (6, 3, 1075)
     # plain HF reload of the sliced Llama checkpoint gives the same logits as load_pruned
     ids = torch.arange(100, 164)[None]
     a = load_pruned(tmp_path / "m")

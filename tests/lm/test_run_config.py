@@ -100,7 +100,9 @@ def test_run_lm_end_to_end_tiny(tiny_llama_dir, tmp_path):
     cfg = LMRunConfig(model=str(tiny_llama_dir), method="osscar", head_fraction=0.34, neuron_fraction=0.5,
                       n_samples=4, seqlen=32, eval_windows=2, latency_points=((1, 16),), latency_repeats=1)
     out = run_lm(cfg, save_to=str(tmp_path / "m"))
-    assert out["applied"]["attn_groups_kept"] == 2 and out["applied"]["neurons_kept"] == 32
+    # 6 query heads in 3 KV groups: 34% of 2 per group rounds to 1 removed -> 1 kept in each
+    assert out["applied"]["attn_groups_kept"] == 3 and out["applied"]["heads_kept_per_kv_group"] == 1
+    assert out["applied"]["neurons_kept"] == 32
     assert out["slicing"]["sliced"] and out["slicing"]["max_abs_logit_diff_vs_unsliced"] < 1e-4
     ppl = out["pruned"]["wiki-gensim"]
     assert ppl["ppl"] > 0 and ppl["windows"] == 2 and len(ppl["window_nll"]) == 2
