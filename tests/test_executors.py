@@ -28,7 +28,7 @@ method = {methods}
 seed = {seeds}
 """
 TIMING = {"wall_seconds", "prune_seconds", "inverse_seconds", "seconds", "timings", "latency", "memory",
-          "latency_cache", "calib_seconds", "solve_seconds", "local_search_objective"}
+          "latency_cache", "calib_seconds", "solve_seconds", "local_search_objective", "memory_run"}
 
 
 def _sweep(tmp_path: Path, methods='["mp", "mp+"]', seeds="[0, 1]", shape="heads-9x64", name="s.toml") -> Path:
