@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from osscar.groups import group_view, top_groups
-from osscar.methods import PruningMethod, register_method
+from osscar.method import PruningMethod, register_method
 from osscar.problem import LayerProblem
 
 

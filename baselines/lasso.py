@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from osscar.groups import group_norms, top_groups
-from osscar.methods import PruningMethod, register_method
+from osscar.method import PruningMethod, register_method
 from osscar.obs import refit
 from osscar.problem import LayerProblem
 

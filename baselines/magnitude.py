@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from osscar.groups import group_norms, top_groups
-from osscar.methods import PruningMethod, register_method
+from osscar.method import PruningMethod, register_method
 from osscar.obs import refit
 from osscar.problem import LayerProblem
 

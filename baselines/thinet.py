@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from osscar.methods import PruningMethod, register_method
+from osscar.method import PruningMethod, register_method
 from osscar.obs import diag_blocks, refit
 from osscar.problem import LayerProblem
 

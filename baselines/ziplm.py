@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from osscar.methods import PruningMethod, register_method
+from osscar.method import PruningMethod, register_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
 from osscar.solver import gradual_removal

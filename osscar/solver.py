@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from osscar.groups import cheapest_within_budget
-from osscar.methods import PruningMethod, register_method
+from osscar.method import PruningMethod, register_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
 

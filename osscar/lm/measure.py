@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from osscar.devices import MODEL_DTYPES, device_label, resolve_device
     from osscar.lm.models import load_model
-    from osscar.lm.run import removed_count
+    from osscar.lm.targets import removed_count
     from osscar.lm.slicing import slice_model
 
     ap = argparse.ArgumentParser(prog="python -m osscar.lm.measure", description=main.__doc__,

@@ -56,22 +56,10 @@ from osscar.lm import data as lm_data
 from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
+from osscar.lm.targets import heads_removed, removed_count  # noqa: F401  (re-exported)
 from osscar.options import ALLOCATIONS, ATTENTION_UNITS
 
 
-
-
-def heads_removed(fraction: float, heads_per_kv: int) -> int:
-    """Query heads removed from each KV group for ``fraction``: the nearest count, ties toward
-    removing more (50% of 3 heads removes 2: at a tie never less than asked), at least one kept."""
-    r = math.floor(fraction * heads_per_kv + 0.5 + 1e-9)
-    return max(0, min(r, heads_per_kv - 1))
-
-
-def removed_count(fraction: float, n: int) -> int:
-    """Groups removed for ``fraction`` of ``n``: nearest integer, ties down, keep ≥ 1."""
-    r = math.ceil(fraction * n - 0.5 - 1e-9)
-    return max(0, min(r, n - 1))
 
 
 def _check_fraction(name: str, v: Any) -> None:
