@@ -145,7 +145,8 @@ class Comparison:
 def run_label(record: RunRecord) -> str:
     c = record.config
     parts = [str(c.get("method", ""))]
-    for k in ("shape", "head_fraction", "neuron_fraction", "flops_fraction", "n_calib", "p_hat", "t_hat", "keep"):
+    for k in ("shape", "head_fraction", "neuron_fraction", "attention_unit", "flops_fraction", "n_calib", "p_hat", "t_hat",
+              "keep"):
         if c.get(k) is not None:
             parts.append(f"{k}={c[k]}")
     if c.get("method_params"):

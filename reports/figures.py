@@ -203,7 +203,7 @@ def speedup_scatter(records, out: Path) -> list[Figure]:
             ax.set_ylim(lo, hi)
             ax.set_xlabel("FLOPs speedup (dense / pruned FLOPs, ×)")
             ax.set_ylabel("measured speedup (×)")
-            ax.set_title(f"{model} ({describe(d_model['device'])})")
+            ax.set_title(f"{model}\n{describe(d_model['device'])}", fontsize=8.5)
         figure_legend(fig, list(axes[0]))
         title = f"Measured vs FLOPs speedup{fixture_tag(df)}"
         sub_t = f"models: {', '.join(models)}"

@@ -51,7 +51,7 @@ def compact(v: float, spec: str) -> str:
     if spec.endswith("f") and abs(v) >= 1e3 and math.isfinite(v):
         for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
             if abs(v) >= div:
-                return f"{v / div:.3g} {unit}"
+                return f"{v / div:#.3g}".rstrip(".") + f" {unit}"
     return format(v, spec)
 
 

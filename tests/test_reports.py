@@ -216,6 +216,7 @@ def test_large_values_get_three_significant_digits():
     from reports.table import compact
 
     assert compact(6676918.38, ".2f") == "6.68 M" and compact(41701.2, ".2f") == "41.7 k"
+    assert compact(3000.0, ".0f") == "3.00 k" and compact(106000.0, ".1f") == "106 k"
     assert compact(97.0, ".2f") == "97.00" and compact(-98183.797, ".6g") == "-98183.8"
 
 
