@@ -88,31 +88,52 @@ class HessianAccumulator:
         return self.H
 
 
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
-                         batch_size: int = 8) -> list[Batch]:
-    """Run the model up to block 0 on batches of segments; return each batch's block input and kwargs.
+class _LayerStub(nn.Module):
+    """Stands in for one decoder block during capture: records the block's input (block 0 only) and
+    the keyword arguments the model passes to *this* block, returns its input unchanged, and stops
+    the forward after the last block. Attributes the model's loop may read (attention type) are copied."""
 
-    segments: (n, seqlen) long token ids. Returns ⌈n / batch_size⌉ pairs
-    (hidden (b, seqlen, d), kwargs), b ≤ batch_size, in segment order.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    layers = adapter.layers(model)
-    device = model_device(model)
-    batches: list[Batch] = []
+    COPIED = ("attention_type", "is_sliding", "layer_type", "sliding_window", "layer_idx")
 
-    def catcher(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def __init__(self, original: nn.Module, index: int, last: bool, record: dict[int, list]) -> None:
+        super().__init__()
+        self.index, self.last, self.record = index, last, record
+        for name in self.COPIED:
+            if hasattr(original, name):
+                object.__setattr__(self, name, getattr(original, name))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
         for key in ("cache", "past_key_values", "past_key_value"):
             if key in kwargs:
                 kwargs[key] = None
         kwargs["use_cache"] = False
-        batches.append((hidden.detach().clone(), kwargs))
-        raise _Caught
+        self.record.setdefault(self.index, []).append((hidden.detach().clone() if self.index == 0 else None, kwargs))
+        if self.last:
+            raise _Caught
+        return hidden
 
-    handle = layers[0].register_forward_pre_hook(catcher, with_kwargs=True)
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
+                   batch_size: int = 8) -> tuple[list[Batch], list[list[dict[str, Any]]]]:
+    """Block 0's input per batch, and the keyword arguments the model passes to every block.
+
+    Models whose blocks differ (sliding-window vs full attention, per-layer rotary settings) pass
+    each block its own masks and position embeddings; they are taken from the model's own forward,
+    with every block replaced by a stub that returns its input (no block runs, so this costs the
+    embeddings only). segments: (n, seqlen) long. Returns ([(hidden (b, seqlen, d), kwargs of block
+    0)] per batch, [[kwargs of block i for i in blocks] per batch]).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    layers = adapter.layers(model)
+    device = model_device(model)
+    originals = list(layers)
+    record: dict[int, list] = {}
+    for i, layer in enumerate(originals):
+        layers[i] = _LayerStub(layer, i, i == len(originals) - 1, record)
     try:
         for i in range(0, len(segments), batch_size):
             try:
@@ -120,8 +141,25 @@ def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tens
             except _Caught:
                 pass
     finally:
-        handle.remove()
-    return batches
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+    n_batches = len(record.get(0, []))
+    if any(len(record.get(i, [])) != n_batches for i in range(len(originals))):
+        raise RuntimeError("capture_inputs: the model did not call every block once per batch")
+    batches = [(record[0][b][0], record[0][b][1]) for b in range(n_batches)]
+    per_layer = [[record[i][b][1] for i in range(len(originals))] for b in range(n_batches)]
+    return batches, per_layer
+
+
+def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
+                         batch_size: int = 8) -> list[Batch]:
+    """Block 0's input and keyword arguments per batch (see :func:`capture_inputs`)."""
+    return capture_inputs(model, adapter, segments, batch_size)[0]
+
+
+def with_block_kwargs(inputs: list[Batch], per_layer: list[list[dict[str, Any]]], block: int) -> list[Batch]:
+    """The batches of ``inputs`` with the keyword arguments the model passes to ``block``."""
+    return [(x, per_layer[b][block]) for b, (x, _) in enumerate(inputs)]
 
 
 def _run_block(layer: nn.Module, inputs: list[Batch]) -> list[Batch]:
@@ -214,9 +252,10 @@ def collect_loss_curves(
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
-    inputs = capture_block_inputs(model, adapter, segments, batch_size)
+    inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
     out: dict[int, dict[str, dict[int, float]]] = {}
     for i, layer in enumerate(blocks):
+        inputs = with_block_kwargs(inputs, per_layer, i)
         if i not in todo:
             inputs = _run_block(layer, inputs)
             continue
@@ -290,12 +329,13 @@ def prune_model_sequential(
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
     start = time.perf_counter()
-    inputs = capture_block_inputs(model, adapter, segments, batch_size)
+    inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
     shortcut = adapter.mlp_output_is_residual() and segments.numel() * adapter.ffn_dim * 4 <= shortcut_bytes
     kept: dict[int, dict[str, Tensor]] = {}
     records: list[LayerRecord] = []
     solver_s = 0.0
     for i, layer in enumerate(blocks):
+        inputs = with_block_kwargs(inputs, per_layer, i)  # this block's own masks / positions
         if i not in todo:
             inputs = _run_block(layer, inputs)
             continue

@@ -161,3 +161,44 @@ def test_dense_inputs_ablation_uses_the_dense_models_hessians(tiny_model):
     assert not torch.allclose(got["pruned"][(last, "attn")], ref[(last, "attn")], rtol=1e-3)
     with pytest.raises(ValueError, match="inputs_from"):
         prune_model_sequential(tiny_model, segs, make_method("mp"), 1, 1, inputs_from="teacher")
+
+
+def test_each_block_gets_its_own_kwargs_on_a_model_with_mixed_layer_types():
+    """A tiny Qwen2 whose second block uses sliding-window attention (window 4) and whose first
+    uses full attention: every consumer's H from the sequential calibration (dense inputs, nothing
+    removed) equals the XᵀX accumulated by hooks on one plain forward of the full model. With block
+    0's mask reused for block 1 (the old capture), block 1's H would differ."""
+    import transformers as tf
+
+    from osscar.lm.adapters import get_adapter
+    from osscar.lm.calibration import capture_inputs, prune_model_sequential
+
+    from .conftest import make_model
+
+    cfg = tf.Qwen2Config(vocab_size=300, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                         intermediate_size=48, num_hidden_layers=2, max_position_embeddings=64,
+                         use_sliding_window=True, sliding_window=4, max_window_layers=1, attn_implementation="eager")
+    model = make_model(cfg)
+    assert list(model.config.layer_types) == ["full_attention", "sliding_attention"]
+    segments = torch.randint(0, 300, (3, 16), generator=torch.Generator().manual_seed(0))
+    a = get_adapter(model)
+    ref: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = []
+    for i, layer in enumerate(a.layers(model)):
+        for part in ("attn", "mlp"):
+            def hook(mod, args, key=(i, part)):
+                X = args[0].reshape(-1, args[0].shape[-1]).double()
+                ref[key] = ref.get(key, 0) + X.T @ X
+            hooks.append(a.consumer(layer, part).register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(segments, use_cache=False)
+    for h in hooks:
+        h.remove()
+    _, per_layer = capture_inputs(model, a, segments, batch_size=8)
+    masks = [per_layer[0][i]["attention_mask"] for i in range(2)]
+    assert masks[0] is not None and not torch.equal(masks[0], masks[1])  # the blocks really differ
+    got = {}
+    prune_model_sequential(model, segments, make_method("osscar"), a.n_attn_groups, a.ffn_dim, inputs_from="dense",
+                           hessian_hook=lambda i, part, H: got.__setitem__((i, part), H.clone()))
+    for key, H in ref.items():
+        torch.testing.assert_close(got[key], H, rtol=1e-5, atol=1e-4 * float(H.abs().max()))
