@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
     p.add_argument("--attention-unit", default=None, choices=ATTENTION_UNITS,
                    help="grouped-query models: 'head' prunes query heads, the same number in every KV group "
-                        "(default for --allocation uniform; per-group counts: nearest, ties toward removing more, "
-                        "at least one kept); 'kv-group' prunes whole KV groups with their K/V heads (default for "
-                        "--allocation runtime)")
+                        "(per-group counts: nearest, ties toward removing more, at least one kept); 'kv-group' "
+                        "prunes whole KV groups with their K/V heads. Unset: 'head' with --allocation uniform, "
+                        "'kv-group' with --allocation runtime")
     p.add_argument("--calibration-inputs", default="pruned", choices=list(CALIBRATION_INPUTS),
                    help="each block's H from the already-pruned model's inputs (the paper's sequential protocol) "
                         "or from the dense model's (ablation: every method solves identical layer problems)")
