@@ -182,3 +182,16 @@ def test_cli_summary_prints_dense_beside_pruned(tiny_llama_dir, tmp_path, capsys
     assert head.split() == ["metric", "dense", "pruned"]
     dense, pruned = (float(v) for v in row.split()[-2:])
     assert dense > 0 and pruned > 0 and dense != pruned
+
+
+def test_lm_record_states_the_threads_it_used_after_another_count(tiny_llama_dir, tmp_path):
+    from benchmarks.sweep import RunSpec
+    from benchmarks.worker import execute
+    from results.store import ResultStore
+
+    torch.set_num_threads(1)
+    cfg = LMRunConfig(model=str(tiny_llama_dir), method="mp", n_samples=2, seqlen=16, eval_windows=1, threads=2)
+    spec = RunSpec("toy_lm", "lm", cfg, {"model": "tiny", "threads": 2})
+    rec, ran = execute(spec, ResultStore(tmp_path))
+    assert ran and rec.provenance["device"]["torch_threads"] == 2
+    assert rec.metrics["provenance"]["threads_used"] == 2 and torch.get_num_threads() == 1

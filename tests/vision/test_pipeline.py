@@ -284,3 +284,18 @@ def test_default_checkpoint_is_the_shipped_reference_with_its_golden_accuracy():
     assert r["provenance"]["checkpoint_sha256"] == REFERENCE_SHA256
     assert r["dense"]["top1"] == pytest.approx(0.9026, abs=1e-3) and r["eval_n"] == 10000
     assert r["provenance"]["threads_used"] == 2
+
+
+@needs_fmnist
+def test_vision_record_states_the_threads_it_used_after_another_count(tmp_path):
+    from benchmarks.sweep import RunSpec
+    from benchmarks.worker import execute
+    from osscar.vision.pipeline import VisionRunConfig
+    from results.store import ResultStore
+
+    torch.set_num_threads(1)
+    cfg = VisionRunConfig(checkpoint=None, random_init=True, method="mp", flops_fraction=0.3, n_calib=16,
+                          eval_limit=100, latency=False, threads=2)
+    rec, ran = execute(RunSpec("toy_vision", "vision", cfg, {"threads": 2}), ResultStore(tmp_path))
+    assert ran and rec.provenance["device"]["torch_threads"] == 2
+    assert rec.metrics["provenance"]["threads_used"] == 2 and torch.get_num_threads() == 1
