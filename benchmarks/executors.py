@@ -20,7 +20,6 @@ Ray and submitit are the optional extra ``cluster`` (``pip install -e '.[cluster
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +241,3 @@ def summarize(name: str, outcomes: Sequence[Outcome], skipped_done: int, skipped
             f"{counts['held']} left to other workers, {counts['failed']} failed"
             + (f", {skipped_failed} earlier failure(s) not retried (--retry-failed reruns them)" if skipped_failed else "")
             + f"; wall {seconds:.1f}s")
-
-
-def wall_clock() -> float:
-    return time.perf_counter()

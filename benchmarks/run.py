@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from benchmarks.executors import EXECUTORS, ExecutorError, Options, make_executor, summarize, wall_clock
+from benchmarks.executors import EXECUTORS, ExecutorError, Options, make_executor, summarize
 from benchmarks.resources import resources_for
 from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
 from benchmarks.worker import execute  # noqa: F401  (re-exported: one run without a lease)
@@ -91,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    t0 = wall_clock()
+    t0 = time.perf_counter()
     outcomes = executor.run(work) if work else []
     for note in executor.notes:
         print(f"  {note}", flush=True)
-    print(summarize(executor.name, outcomes, len(done), 0 if args.retry_failed else len(failed), wall_clock() - t0)
+    print(summarize(executor.name, outcomes, len(done), 0 if args.retry_failed else len(failed), time.perf_counter() - t0)
           + f"; store: {store.root}", flush=True)
     bad = [o for o in outcomes if o.status == "failed"]
     for o in bad:

@@ -151,12 +151,6 @@ def capture_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
     return batches, per_layer
 
 
-def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
-                         batch_size: int = 8) -> list[Batch]:
-    """Block 0's input and keyword arguments per batch (see :func:`capture_inputs`)."""
-    return capture_inputs(model, adapter, segments, batch_size)[0]
-
-
 def with_block_kwargs(inputs: list[Batch], per_layer: list[list[dict[str, Any]]], block: int) -> list[Batch]:
     """The batches of ``inputs`` with the keyword arguments the model passes to ``block``."""
     return [(x, per_layer[b][block]) for b, (x, _) in enumerate(inputs)]

@@ -181,7 +181,8 @@ def user_corpus_files(name: str) -> list[Path]:
 
 def _user_documents(name: str) -> list[str]:
     docs: list[str] = []
-    for f in user_corpus_files(name):
+    files = user_corpus_files(name)
+    for f in files:
         text = f.read_text(encoding="utf-8", errors="replace")
         if f.suffix == ".jsonl":
             for i, line in enumerate(text.splitlines(), 1):
@@ -192,7 +193,7 @@ def _user_documents(name: str) -> list[str]:
                 except (ValueError, KeyError, TypeError):
                     raise ValueError(f"{f}: line {i} is not a JSON object with a 'text' field") from None
                 docs.append(str(doc))
-        elif len(user_corpus_files(name)) > 1:  # a folder: one document per file
+        elif len(files) > 1:  # a folder: one document per file
             docs.append(text.strip())
         else:  # one text file: documents are its blank-line-separated paragraphs
             docs.extend(p.strip() for p in re.split(r"\n\s*\n", text) if p.strip())
