@@ -8,8 +8,9 @@ import torch
 from osscar.devices import resolve_device
 from osscar.problem import LayerProblem
 
-# name -> (n_groups, group_size, m): OPT-125m / OPT-2.7B-like FFN (fc2) and attention (out_proj),
-# and the embedded SmolLM2-135M's (down_proj 1536 -> 576; o_proj 9 heads of 64)
+# name -> (n_groups, group_size, m[, blocks]): OPT-125m / OPT-2.7B-like FFN (fc2) and attention
+# (out_proj), the embedded SmolLM2-135M's (down_proj 1536 -> 576; o_proj 9 heads of 64) and a
+# Llama-style GQA o_proj (32 query heads in 8 KV groups, half of each group kept: blocks = 8)
 SHAPES = {
     "ffn-1536": (1536, 1, 576),
     "heads-9x64": (9, 64, 576),
@@ -17,6 +18,7 @@ SHAPES = {
     "ffn-8192": (8192, 1, 2048),
     "heads-12x64": (12, 64, 768),
     "heads-32x64": (32, 64, 2048),
+    "gqa-32x64-kv8": (32, 64, 2048, 8),
 }
 
 
@@ -44,7 +46,8 @@ def solver_device(request) -> torch.device:
 def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0, device: str | torch.device = "cpu") -> LayerProblem:
     """Calibration-like inputs: n = p + 512 correlated rows with a decaying spectrum (built on the
     CPU, then moved to ``device``)."""
-    n_groups, s, m = SHAPES[shape]
+    n_groups, s, m, *rest = SHAPES[shape]
+    blocks = rest[0] if rest else 1
     p = n_groups * s
     g = torch.Generator().manual_seed(seed)
     n = p + 512
@@ -52,11 +55,11 @@ def opt_like_problem(shape: str, keep: float = 0.5, seed: int = 0, device: str |
     X = torch.randn(n, p, generator=g, dtype=torch.float64) * scale
     X += 0.3 * torch.randn(n, 1, generator=g, dtype=torch.float64) * torch.randn(1, p, generator=g, dtype=torch.float64)
     W = torch.randn(p, m, generator=g, dtype=torch.float64) / p**0.5
-    P = LayerProblem.from_calibration(X.T @ X, W, s, int(keep * n_groups), damping=0.01)
+    P = LayerProblem.from_calibration(X.T @ X, W, s, int(keep * n_groups), damping=0.01, blocks=blocks)
     if torch.device(device).type == "cpu":
         return P
     return LayerProblem(H=P.H.to(device), G=P.G.to(device), W_dense=P.W_dense.to(device), group_size=s, k=P.k,
-                        damping=P.damping, G_is_HW=P.G_is_HW)
+                        damping=P.damping, G_is_HW=P.G_is_HW, blocks=blocks)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ Two devices make OSSCAR's stages cheap (both exact, checked against direct recom
 
 * deferred downdates (``SupportState(deferred=True)``): Stage A keeps E = E₀ − U Uᵀ and applies
   the pending factors as one blocked symmetric GEMM on the live rows every ~a/8 removed rows;
-* the pruned-set inverse (:class:`PrunedSetInverse`): with F = H̄⁻¹, the add-back Schur
+* the pruned-set inverse (:class:`osscar.pruned_set.PrunedSetInverse`): with F = H̄⁻¹, the add-back Schur
   complements are the diagonal blocks of K = (F_JJ)⁻¹ and the residuals are K W*_J, so Stage B
   scores every pruned group in O(|J|·m) and evaluates a swap without touching E or W.
 
@@ -19,29 +19,13 @@ Pure helpers take ``s`` (group size) and work on contiguous groups of rows.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from osscar.blockmath import diag_blocks, pending_blocks, quad_over_blocks, symmetric_downdate_, take_square
 from osscar.groups import block_rows
+from osscar.pruned_set import PrunedSetInverse
 from osscar.problem import LayerProblem
-
-
-def diag_blocks(E: Tensor, s: int) -> Tensor:
-    """Diagonal s×s blocks of ``E: (n·s, n·s)`` as ``(n, s, s)`` (a view when possible)."""
-    n = E.shape[0] // s
-    return E.reshape(n, s, n, s).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-
-
-def quad_over_blocks(B: Tensor, R: Tensor) -> Tensor:
-    """½ tr(R_gᵀ B_g⁻¹ R_g) = ½ ⟨B_g⁻¹, R_g R_gᵀ⟩ per group. B: (n, s, s) SPD, R: (n, s, m) -> (n,).
-
-    One pass over R and no (n, s, m) temporaries: R may be a large view of the weights.
-    """
-    if B.shape[-1] == 1:
-        return 0.5 * torch.linalg.vector_norm(R.reshape(R.shape[0], -1), dim=1).square() / B[:, 0, 0]
-    gram = torch.bmm(R, R.transpose(1, 2))  # (n, s, s)
-    return 0.5 * (torch.cholesky_inverse(torch.linalg.cholesky(B)) * gram).sum(dim=(1, 2))
 
 
 def refit(problem: LayerProblem, kept: Tensor) -> Tensor:
@@ -56,137 +40,6 @@ def refit(problem: LayerProblem, kept: Tensor) -> Tensor:
     L = torch.linalg.cholesky(problem.H[rows[:, None], rows])
     W[rows] = torch.cholesky_solve(problem.G[rows], L)
     return W
-
-
-def take_square(A: Tensor, idx: Tensor) -> Tensor:
-    """A[idx][:, idx] as a new contiguous tensor. A: (a, a), idx: (b,) long -> (b, b).
-
-    On the CPU numpy's ``take`` gathers columns several times faster than torch's advanced
-    indexing or ``index_select`` (measured ~4× on 3072² float64), and compaction is on the hot path.
-    """
-    if A.device.type != "cpu":
-        return A.index_select(0, idx).index_select(1, idx)
-    i = idx.numpy()
-    return torch.from_numpy(np.take(np.take(A.numpy(), i, axis=0), i, axis=1))
-
-
-def symmetric_downdate_(E: Tensor, U: Tensor, n_blocks: int = 4) -> Tensor:
-    """E ← E − U Uᵀ in place for symmetric E: (a, a), U: (a, r); returns E.
-
-    Computes the lower block triangle only and mirrors it (n_blocks = 4: 10/16 of the GEMM
-    flops; measured ~30% faster than one addmm_ on 2700², rank 384). Small inputs: one addmm_.
-    """
-    a = E.shape[0]
-    if a < 512 or U.shape[1] < 32:
-        return E.addmm_(U, U.T, alpha=-1.0)
-    b = -(-a // n_blocks)
-    cuts = [(i * b, min(a, (i + 1) * b)) for i in range(n_blocks)]
-    for i, (i0, i1) in enumerate(cuts):
-        for j0, j1 in cuts[:i + 1]:
-            E[i0:i1, j0:j1].addmm_(U[i0:i1], U[j0:j1].T, alpha=-1.0)
-    for i, (i0, i1) in enumerate(cuts):
-        for j0, j1 in cuts[:i]:
-            E[j0:j1, i0:i1] = E[i0:i1, j0:j1].T
-    return E
-
-
-def pending_blocks(V: Tensor, s: int) -> Tensor:
-    """Diagonal s×s blocks of V Vᵀ. V: (n·s, r) -> (n, s, s)."""
-    Vr = V.reshape(V.shape[0] // s, s, -1)
-    return torch.bmm(Vr, Vr.transpose(1, 2))
-
-
-class PrunedSetInverse:
-    """``K = (F_JJ)⁻¹`` and ``R = K W*_J`` for the pruned groups J, with F = H⁻¹ and W* = F G.
-
-    By the Schur-complement identity H_JJ − H_JS H_SS⁻¹ H_SJ = (F_JJ)⁻¹, the add-back quantities of
-    §3 are read off K: C_j = K_jj and r_j = G_j − H_jS W_S = R_j, so all gains cost one pass over K's
-    diagonal blocks and R instead of an |J|×|S|×|S| product. Moving groups between S and J is a
-    rank-|block| update of K and R. ``groups`` is the working list of J (append order, not sorted).
-
-    F: (p, p) and W*: (p, m) are shared between copies and never written.
-    """
-
-    def __init__(self, F: Tensor, Wstar: Tensor, s: int, groups: Tensor) -> None:
-        self.F, self.Wstar, self.s = F, Wstar, s
-        self.groups = groups.clone()
-        rows = block_rows(groups, s)
-        F_JJ = take_square(F, rows)
-        self.K = torch.cholesky_inverse(torch.linalg.cholesky(F_JJ)) if len(rows) else F_JJ
-        self.R = self.K @ Wstar[rows]
-        self._excess = float(0.5 * (Wstar[rows] * self.R).sum())
-
-    def copy(self) -> PrunedSetInverse:
-        new = object.__new__(PrunedSetInverse)
-        new.F, new.Wstar, new.s = self.F, self.Wstar, self.s
-        new.groups, new.K, new.R = self.groups.clone(), self.K.clone(), self.R.clone()
-        new._excess = self._excess
-        return new
-
-    def excess(self) -> float:
-        """Q(S) − Q* = ½ tr(W*_Jᵀ K W*_J) = ½ ⟨W*_J, R⟩: the loss over the dense optimum Q*.
-
-        Computed once at construction and then carried through :meth:`extended` (+ the joint
-        removal cost of the new groups) and :meth:`shrink` (− their joint gain).
-        """
-        return self._excess
-
-    def gains(self) -> Tensor:
-        """(|J|,) gain ½ tr(R_jᵀ K_jj⁻¹ R_j) of adding each working pruned group back alone."""
-        n = len(self.groups)
-        return quad_over_blocks(diag_blocks(self.K, self.s), self.R.reshape(n, self.s, -1))
-
-    def extended(self, groups: Tensor) -> PrunedSetInverse:
-        """A new pruned-set inverse for J ∪ groups (groups leave S): bordering of K; self unchanged."""
-        s, F = self.s, self.F
-        g_rows, j_rows = block_rows(groups, s), block_rows(self.groups, s)
-        F_Jg = F[j_rows[:, None], g_rows]  # (|J|, |g|)
-        b = self.K @ F_Jg
-        L = torch.linalg.cholesky(F[g_rows[:, None], g_rows] - F_Jg.T @ b)
-        y = self.Wstar[g_rows] - F_Jg.T @ self.R  # (|g|, m): the block's residual given J
-        z = torch.cholesky_solve(y, L)
-        C_inv = torch.cholesky_inverse(L)
-        bC = b @ C_inv
-        a, na = len(j_rows), len(g_rows)
-        K = self.K.new_empty((a + na, a + na))
-        torch.addmm(self.K, bC, b.T, out=K[:a, :a])
-        K[:a, a:] = -bC
-        K[a:, :a] = -bC.T
-        K[a:, a:] = C_inv
-        R = self.R.new_empty((a + na, self.R.shape[1]))
-        torch.addmm(self.R, b, z, alpha=-1.0, out=R[:a])
-        R[a:] = z
-        new = object.__new__(PrunedSetInverse)
-        new.F, new.Wstar, new.s = self.F, self.Wstar, self.s
-        new.K, new.R, new.groups = K, R, torch.cat([self.groups, groups])
-        new._excess = self._excess + float(0.5 * (y * z).sum())  # + joint removal cost ½ tr(yᵀ C⁻¹ y)
-        return new
-
-    def _positions(self, groups: Tensor) -> Tensor:
-        lookup = {int(g): i for i, g in enumerate(self.groups.tolist())}
-        return block_rows(torch.tensor([lookup[int(g)] for g in groups.tolist()], dtype=torch.long,
-                                       device=self.K.device), self.s)
-
-    def joint_gain(self, groups: Tensor) -> float:
-        """Decrease of Q from adding ``groups`` (all in J) back together: ½ tr(R_Iᵀ K_II⁻¹ R_I)."""
-        pos = self._positions(groups)
-        L = torch.linalg.cholesky(self.K[pos[:, None], pos])
-        return float(0.5 * torch.linalg.solve_triangular(L, self.R[pos], upper=False).square().sum())
-
-    def shrink(self, groups: Tensor) -> None:
-        """Groups leave J and rejoin S: OBS downdate of K and R, then drop their rows."""
-        pos = self._positions(groups)
-        L = torch.linalg.cholesky(self.K[pos][:, pos])
-        V = torch.linalg.solve_triangular(L, self.K[pos], upper=False).T  # (|J|, |g|)
-        keep = torch.ones(self.K.shape[0], dtype=torch.bool, device=self.K.device)
-        keep[pos] = False
-        idx = torch.nonzero(keep).flatten()
-        D = torch.linalg.solve_triangular(L, self.R[pos], upper=False)
-        Vk = V[idx]
-        self.K = take_square(self.K, idx).addmm_(Vk, Vk.T, alpha=-1.0)
-        self.R = self.R.index_select(0, idx).addmm_(Vk, D, alpha=-1.0)
-        self.groups = self.groups[keep.reshape(-1, self.s)[:, 0]]
-        self._excess -= float(0.5 * D.square().sum())  # − their joint gain
 
 
 class SupportState:
@@ -207,8 +60,9 @@ class SupportState:
             (an (a, m)·(m, b) product with small b runs near GEMV speed). False: every removal
             downdates the whole inverse (ZipLM's published scheme). Blocks wider than half the
             capacity (e.g. attention heads) are always applied at once.
-        track_pruned: also keep a :class:`PrunedSetInverse` for the pruned groups (built by
-            :meth:`track_pruned`), so that Stage-B gains are O(|J|·m) instead of O(|J|·|S|²).
+        track_pruned: also keep a :class:`PrunedSetInverse` for the pruned groups (grown with every
+            removal from the full support, else built by :meth:`track_pruned`), so that Stage-B
+            gains are O(|J|·m) instead of O(|J|·|S|²).
             Keeps the full p×p inverse alive.
     """
 
@@ -241,6 +95,10 @@ class SupportState:
                 self._F = torch.cholesky_inverse(torch.linalg.cholesky(problem.H))
                 self._Wstar = self._F @ problem.G
         self.pruned: PrunedSetInverse | None = None
+        if track_pruned and support is None:
+            # J starts empty and grows by one bordering per removal (cheaper than one inverse of
+            # F_JJ after Stage A: Σ|J|²·b + |J|·b·m instead of |J|³ + |J|²·m)
+            self.pruned = PrunedSetInverse(self._F, self._Wstar, self.s, torch.zeros(0, dtype=torch.long, device=dev))
         self._reset_pending()
 
     def _reset_pending(self) -> None:
@@ -346,6 +204,16 @@ class SupportState:
         out[J] = quad_over_blocks(C, r.reshape(n, s, -1))
         return out
 
+    def support_block(self, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """``(E_gg, W_g)`` on the rows of ``groups`` (all in S): E_gg (b, b) with pending downdates
+        applied, W_g (b, m); copies."""
+        rows = block_rows(self._working(torch.as_tensor(groups, dtype=torch.long, device=self.kept.device)), self.s)
+        E_gg = self._E[rows[:, None], rows]
+        if self._r:
+            U_g = self._U[rows]
+            E_gg.addmm_(U_g, U_g.T, alpha=-1.0)
+        return E_gg, self._W[rows]
+
     # -- updates -----------------------------------------------------------------------------
     def _working(self, groups: Tensor) -> Tensor:
         lookup = torch.full((self.problem.n_groups,), -1, dtype=torch.long, device=self.groups.device)
@@ -379,6 +247,8 @@ class SupportState:
         if self._r:
             E_R.addmm_(self._U[rows], self._U.T, alpha=-1.0)
         E_R[:, dead_rows] = 0  # removed features: zero in exact arithmetic
+        if self.pruned is not None:  # J ∪ groups, bordered with this support's block and weights
+            self.pruned = self.pruned.trial(groups, E_R[:, rows], self._W[rows]).bordered()
         L = torch.linalg.cholesky(E_R[:, rows])
         V = torch.linalg.solve_triangular(L, E_R, upper=False).T  # (a, b) = E[:, R] L⁻ᵀ
         D = torch.linalg.solve_triangular(L, self._W[rows], upper=False)  # (b, m) = L⁻¹ W_R
@@ -396,8 +266,6 @@ class SupportState:
             self._r += n_rows
             self._U_blocks += pending_blocks(V, s)
         self.kept[groups] = False
-        if self.pruned is not None:
-            self.pruned = self.pruned.extended(groups)
         if eager and int((~self.live).sum()) * 4 > len(self.groups):
             self._flush(compact=True)
 

@@ -77,7 +77,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
                  patience: int = 1) -> tuple[SupportState, dict[str, Any]]:
     """Stage B: swap the ``swap`` cheapest kept groups for the ``swap`` best other pruned ones.
 
-    A trial runs on the pruned-set inverse only (:class:`~osscar.obs.PrunedSetInverse`: take the
+    A trial runs on the pruned-set inverse only (:class:`~osscar.pruned_set.PrunedSetInverse`: take the
     block out, score every pruned group, read the swap's ΔQ off K as the joint removal cost minus
     the joint gain of the best groups put back); when Q strictly decreases the swap is applied to
     a copy of the support state and accepted only if the exact least-squares objective
@@ -96,7 +96,6 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
     q = state.objective()
     history = [q]
     order = torch.argsort(state.costs())  # pruned groups (cost +inf) last
-    excess = state.pruned.excess()
     accepted = tried = rejected = 0
     while swap >= max(min_swap, 1) and tried < max_iter:
         tried += 1
@@ -104,25 +103,22 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
         if len(out) < swap or not state.kept[out].all():
             rejected = patience  # ran out of candidates at this swap size
         else:
-            trial = state.pruned.extended(out)
-            gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64, device=trial.K.device)
-            gains[trial.groups] = trial.gains()
-            gains[out] = float("-inf")  # a real swap: the groups just taken out are not candidates
+            trial = state.pruned.trial(out, *state.support_block(out))
+            gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64, device=state.pruned.K.device)
+            gains[state.pruned.groups] = trial.gains()  # `out` stays at -inf: a real swap puts other groups back
             back = best_back(gains, out, state.problem)  # None: a block of `out` has nothing to put back
             # ΔQ of the swap, read off K: the joint cost of taking `out` out minus the joint gain
-            # of putting `back` in (K and R are downdated only for an accepted swap)
-            q_trial = (trial.excess() - excess - trial.joint_gain(back)) if back is not None else 0.0
+            # of putting `back` in (the full bordered K is built only for an accepted swap)
+            q_trial = (trial.removal_cost - trial.joint_gain(back)) if back is not None else 0.0
             if q_trial < -1e-12 * max(1.0, abs(q)):
                 new = state.copy(with_pruned=False)
                 new.remove(out)
                 new.add(back)
                 q_new = new.objective()
                 if q_new < q - 1e-12 * max(1.0, abs(q)):
-                    trial.shrink(back)
-                    new.pruned = trial
+                    new.pruned = trial.commit(back)
                     state, q = new, q_new
                     order = torch.argsort(state.costs())
-                    excess = state.pruned.excess()
                     accepted += 1
                     rejected = 0
                     history.append(q)

@@ -151,3 +151,33 @@ def test_state_from_a_partial_support_matches_direct(make_problem, mode):
     st.remove(torch.tensor([3, 9]))
     st.add(torch.tensor([4]))
     _check_state(P, st)
+
+
+def _q(problem, kept):
+    return -0.5 * float((problem.G[problem.rows_of(kept)] * _direct(problem, kept)[1]).sum()) if len(kept) else 0.0
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
+    """A swap trial's removal cost, add-back gains and joint gain equal Q recomputed from scratch on
+    S \\ out, and committing it gives the pruned-set inverse of the swapped support."""
+    P = make_problem(7, 12, group_size, 5)
+    st = SupportState(P, deferred=True, track_pruned=True)
+    st.remove(torch.tensor([1, 4, 6, 10]))
+    st.remove(torch.tensor([8]))  # J grown one bordering per removal
+    kept = torch.nonzero(st.kept).flatten()
+    out = torch.tensor([0, 5])
+    trial = st.pruned.trial(out, *st.support_block(out))
+    rest = kept[~torch.isin(kept, out)]
+    assert trial.removal_cost == pytest.approx(_q(P, rest) - _q(P, kept), rel=1e-9)
+    expected = _direct_gains(P, rest)[st.pruned.groups]
+    assert _rel(trial.gains(), expected) < 1e-8
+    back = torch.tensor([4, 8])
+    assert trial.joint_gain(back) == pytest.approx(_q(P, rest) - _q(P, torch.cat([rest, back])), rel=1e-9)
+    new = trial.commit(back)
+    swapped = SupportState(P, torch.cat([rest, back]), deferred=True, track_pruned=True)
+    swapped.track_pruned()
+    order = torch.argsort(new.groups)
+    assert new.groups[order].tolist() == sorted(swapped.pruned.groups.tolist())
+    assert _rel(new.gains()[order], swapped.pruned.gains()[torch.argsort(swapped.pruned.groups)]) < 1e-8
+    assert new.excess() == pytest.approx(swapped.pruned.excess(), rel=1e-9)
