@@ -90,7 +90,8 @@ class LMRunConfig:
             allocation, measured block latency for runtime allocation).
         calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
         damping: λ in H + λ·mean(diag H)·I.
-        eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows).
+        eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows, the full test text;
+            C4: its 256 segments). Windows follow GPTQ's loaders (:mod:`osscar.lm.data`).
         zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
         latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips. Latency depends
             only on the architecture: runs slicing to the same widths on the same device and thread
@@ -137,7 +138,7 @@ class LMRunConfig:
     damping: float = 0.01
     eval_corpora: tuple[str, ...] = ("wiki-gensim",)
     eval_seqlen: int | None = None
-    eval_windows: int | None = 16
+    eval_windows: int | None = None
     zero_shot_tasks: tuple[str, ...] = ()
     zero_shot_limit: int | None = 200
     latency_points: tuple[tuple[int, int], ...] = ()
@@ -325,7 +326,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     tok = load_tokenizer(config.model, config.cache_dir)
     segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed)
     eval_len = config.eval_seqlen or config.seqlen
-    windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows, config.seed) for c in config.eval_corpora}
+    windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows) for c in config.eval_corpora}
     timings["data_s"] = time.perf_counter() - t
 
     # 2. model
