@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     flags = parser_flags(parser, FIELD_FLAGS)
+    from osscar.lm.data import CorpusUnavailable
     from osscar.lm.run import run_lm, write_json_atomic
 
     try:
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     save_to = os.path.join(config.output_dir, f"{name}.model") if config.save_model else None
     try:
         result = run_lm(config, progress=not args.no_progress, save_to=save_to)
-    except ValueError as e:
+    except (ValueError, CorpusUnavailable) as e:  # a corpus too short, or a hub corpus not reachable
         print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2
     path = os.path.join(config.output_dir, f"{name}.json")

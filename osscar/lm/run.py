@@ -193,14 +193,17 @@ class LMRunConfig:
                 raise ValueError(f"speedup must be a finite number > 1, got {self.speedup!r}")
             if self.head_fraction is not None or self.neuron_fraction is not None:
                 raise ValueError("give either speedup or head_fraction/neuron_fraction, not both")
-        for c in (self.calib_corpus, *self.eval_corpora):
+        for key, c in (("calib_corpus", self.calib_corpus), *(("eval_corpora", e) for e in self.eval_corpora)):
             if not isinstance(c, str):
-                raise ValueError(f"corpus names must be strings, got {c!r}")
+                raise ValueError(f"{key}: corpus names must be strings, got {c!r}")
             if c not in lm_data.CORPORA:
                 if not lm_data.is_user_corpus(c):
-                    raise ValueError(f"corpus {c!r} is unknown (calib_corpus / eval_corpora); allowed: "
+                    raise ValueError(f"{key}: corpus {c!r} is unknown; allowed: "
                                      f"{', '.join(lm_data.CORPORA)}, or {lm_data.USER_TEXT_HELP}")
-                lm_data.user_corpus_files(c)  # exists and has a known format
+                try:
+                    lm_data.user_corpus_files(c)  # exists and has a known format
+                except ValueError as e:
+                    raise ValueError(f"{key}: {e}") from None
         if not isinstance(self.eval_corpora, tuple) or not isinstance(self.zero_shot_tasks, tuple):
             raise ValueError("eval_corpora and zero_shot_tasks must be tuples of names")
         for t in self.zero_shot_tasks:

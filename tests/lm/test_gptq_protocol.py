@@ -195,3 +195,12 @@ def test_defaults_evaluate_every_window():
 
     assert build_parser().parse_args([]).eval_windows is None
     assert LMRunConfig.__dataclass_fields__["eval_windows"].default is None
+
+
+def test_calibration_starts_stop_before_the_last_window(hub, tokenizer):
+    """GPTQ draws i in [0, N - seqlen - 1]: the window ending at the last token is never taken."""
+    train = hub[("wikitext", "wikitext-2-raw-v1", "train")]["text"]
+    n_tokens = len(tokenizer("\n\n".join(train)).input_ids)
+    for seed in range(10):  # a short range, where an off-by-one changes the draws
+        want, _ = gptq_joined(train, train, tokenizer, 1, seed, n_tokens - 3)
+        assert torch.equal(lm_data.calibration_segments("wikitext2", tokenizer, 1, n_tokens - 3, seed), want)
