@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "segments are the first C4 perplexity segments), c4-train (C4 train shard 0, as GPTQ) - these four through `datasets` - or "
                         "your own text: a .txt file (documents separated by blank lines), a folder of .txt files "
                         "or a .jsonl file with a 'text' field (every 4th document is held out for evaluation). "
-                        "Segments are cut as GPTQ's loaders do (README: evaluation protocol)")
+                        "Segments are cut as GPTQ's loaders do (README: LM evaluation protocol)")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
     p.add_argument("--damping", type=float, default=0.01, help="λ: H + λ·mean(diag H)·I")
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-repeats", type=int, default=5, help="timed repeats per latency point (after 2 warm-ups)")
     p.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     p.add_argument("--layers", default="", help="comma-separated block indices to prune (empty: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows (C4 perplexity segments always use seed 0, as GPTQ's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows (default: 0; C4 perplexity segments always use seed 0, as GPTQ's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
     p.add_argument("--attention-unit", default=None, choices=ATTENTION_UNITS,
