@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
 CALIBRATION_INPUTS = ("pruned", "dense")  # where each LM block's H comes from
-CORPUS_NAMES = ("c4", "ptb", "wiki-gensim", "wikitext2")
+CORPUS_NAMES = ("c4", "c4-train", "ptb", "wiki-gensim", "wikitext2")
 ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai")
 EMBEDDED_LM_NAMES = ("smollm2-135m",)
 ALLOCATIONS = ("uniform", "runtime")

@@ -75,16 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocation-min-keep", type=float, default=0.0,
                    help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
     p.add_argument("--calib-corpus", default="wiki-gensim", metavar="NAME|PATH",
-                   help=f"calibration corpus: {', '.join(CORPUS_NAMES)}, or your own text: a .txt file (documents "
-                        "separated by blank lines), a folder of .txt files or a .jsonl file with a 'text' field "
-                        "(every 4th document is held out for evaluation)")
+                   help=f"calibration corpus ({', '.join(CORPUS_NAMES)}): wiki-gensim (offline Wikipedia); "
+                        "wikitext2, ptb, c4 (C4 validation shard 0, as the OSSCAR authors; at --seed 0 and --eval-seqlen = --seqlen its "
+                        "segments are the first C4 perplexity segments), c4-train (C4 train shard 0, as GPTQ) - these four through `datasets` - or "
+                        "your own text: a .txt file (documents separated by blank lines), a folder of .txt files "
+                        "or a .jsonl file with a 'text' field (every 4th document is held out for evaluation). "
+                        "Segments are cut as GPTQ's loaders do (README: LM evaluation protocol)")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
     p.add_argument("--damping", type=float, default=0.01, help="λ: H + λ·mean(diag H)·I")
     p.add_argument("--eval-corpus", action="append", default=None, metavar="NAME|PATH",
-                   help="perplexity corpus, repeatable (default: wiki-gensim held-out articles)")
+                   help="perplexity corpus, repeatable, as --calib-corpus (wikitext2: test set, ptb: "
+                        "validation set, c4 and c4-train: 256 segments of C4 validation drawn with seed 0; "
+                        "default: wiki-gensim held-out articles)")
     p.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window length (None: --seqlen)")
-    p.add_argument("--eval-windows", type=int, default=16, help="max perplexity windows per corpus (0: all)")
+    p.add_argument("--eval-windows", type=int, default=None,
+                   help="cap on perplexity windows per corpus, the first ones (default: all: the whole test text "
+                        "in non-overlapping --eval-seqlen windows, C4's 256 segments; 0: all)")
     p.add_argument("--tasks", default="", help=f"comma-separated zero-shot tasks ({','.join(ZERO_SHOT_TASKS)}); empty: none")
     p.add_argument("--limit", type=int, default=200, help="examples per zero-shot task (0: all)")
     p.add_argument("--latency", type=_point, action="append", default=None, metavar="BxS",
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-repeats", type=int, default=5, help="timed repeats per latency point (after 2 warm-ups)")
     p.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     p.add_argument("--layers", default="", help="comma-separated block indices to prune (empty: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows")
+    p.add_argument("--seed", type=int, default=0, help="seed for calibration windows (default: 0; C4 perplexity segments always use seed 0, as GPTQ's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
     p.add_argument("--attention-unit", default=None, choices=ATTENTION_UNITS,
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     flags = parser_flags(parser, FIELD_FLAGS)
+    from osscar.lm.data import CorpusUnavailable
     from osscar.lm.run import run_lm, write_json_atomic
 
     try:
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     save_to = os.path.join(config.output_dir, f"{name}.model") if config.save_model else None
     try:
         result = run_lm(config, progress=not args.no_progress, save_to=save_to)
-    except ValueError as e:
+    except (ValueError, CorpusUnavailable) as e:  # a corpus too short, or a hub corpus not reachable
         print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2
     path = os.path.join(config.output_dir, f"{name}.json")

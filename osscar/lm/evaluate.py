@@ -1,7 +1,8 @@
 """Perplexity (GPTQ protocol) and zero-shot accuracy (lm-eval on offline task data).
 
-**Perplexity.** :func:`osscar.lm.data.eval_windows` gives non-overlapping ``seqlen``-token windows
-of the joined evaluation text; each window is scored independently (no context carried over),
+**Perplexity.** :func:`osscar.lm.data.eval_windows` gives the windows of GPTQ's loaders
+(non-overlapping ``seqlen``-token windows of the joined evaluation text; C4: 256 seed-0 segments
+of validation documents); each window is scored independently (no context carried over),
 ppl = exp(mean next-token NLL over all windows' predicted tokens).
 
 **Zero-shot.** lm-eval's ``HFLM(pretrained=<in-memory model>, tokenizer=...)`` on local task

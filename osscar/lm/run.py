@@ -90,7 +90,8 @@ class LMRunConfig:
             allocation, measured block latency for runtime allocation).
         calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
         damping: λ in H + λ·mean(diag H)·I.
-        eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows).
+        eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows, the full test text;
+            C4: its 256 segments). Windows follow GPTQ's loaders (:mod:`osscar.lm.data`).
         zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
         latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips. Latency depends
             only on the architecture: runs slicing to the same widths on the same device and thread
@@ -137,7 +138,7 @@ class LMRunConfig:
     damping: float = 0.01
     eval_corpora: tuple[str, ...] = ("wiki-gensim",)
     eval_seqlen: int | None = None
-    eval_windows: int | None = 16
+    eval_windows: int | None = None
     zero_shot_tasks: tuple[str, ...] = ()
     zero_shot_limit: int | None = 200
     latency_points: tuple[tuple[int, int], ...] = ()
@@ -192,14 +193,17 @@ class LMRunConfig:
                 raise ValueError(f"speedup must be a finite number > 1, got {self.speedup!r}")
             if self.head_fraction is not None or self.neuron_fraction is not None:
                 raise ValueError("give either speedup or head_fraction/neuron_fraction, not both")
-        for c in (self.calib_corpus, *self.eval_corpora):
+        for key, c in (("calib_corpus", self.calib_corpus), *(("eval_corpora", e) for e in self.eval_corpora)):
             if not isinstance(c, str):
-                raise ValueError(f"corpus names must be strings, got {c!r}")
+                raise ValueError(f"{key}: corpus names must be strings, got {c!r}")
             if c not in lm_data.CORPORA:
                 if not lm_data.is_user_corpus(c):
-                    raise ValueError(f"corpus {c!r} is unknown (calib_corpus / eval_corpora); allowed: "
+                    raise ValueError(f"{key}: corpus {c!r} is unknown; allowed: "
                                      f"{', '.join(lm_data.CORPORA)}, or {lm_data.USER_TEXT_HELP}")
-                lm_data.user_corpus_files(c)  # exists and has a known format
+                try:
+                    lm_data.user_corpus_files(c)  # exists and has a known format
+                except ValueError as e:
+                    raise ValueError(f"{key}: {e}") from None
         if not isinstance(self.eval_corpora, tuple) or not isinstance(self.zero_shot_tasks, tuple):
             raise ValueError("eval_corpora and zero_shot_tasks must be tuples of names")
         for t in self.zero_shot_tasks:
@@ -325,7 +329,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     tok = load_tokenizer(config.model, config.cache_dir)
     segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed)
     eval_len = config.eval_seqlen or config.seqlen
-    windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows, config.seed) for c in config.eval_corpora}
+    windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows) for c in config.eval_corpora}
     timings["data_s"] = time.perf_counter() - t
 
     # 2. model
