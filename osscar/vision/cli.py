@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test images (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
     p.add_argument("--chip-samples", type=int, default=64, help="CHIP: calibration images whose feature maps are scored")
-    p.add_argument("--chip-positions", type=int, default=256, help="CHIP: spatial positions sampled per map")
+    p.add_argument("--chip-positions", type=int, default=None,
+                   help="CHIP: spatial positions sampled per map (default: every position, the full maps)")
     p.add_argument("--no-latency", action="store_true", help="skip the dense-vs-sliced CPU latency measurement")
     p.add_argument("--latency-batch", type=int, default=64, help="latency batch size")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed repeats (median reported), after 3 warm-ups")

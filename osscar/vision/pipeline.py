@@ -75,7 +75,7 @@ class VisionRunConfig:
     eval_limit: int | None = None
     eval_batch_size: int = 500
     chip_samples: int = 64
-    chip_positions: int = 256
+    chip_positions: int | None = None
     latency: bool = True
     latency_batch: int = 64
     latency_repeats: int = 20
@@ -113,12 +113,15 @@ class VisionRunConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
-        for name in ("chip_samples", "chip_positions", "seed"):
+        for name in ("chip_samples", "seed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an integer ≥ 0, got {v!r}")
-        if self.method == "chip" and (self.chip_samples < 1 or self.chip_positions < 1):
-            raise ValueError("chip needs chip_samples ≥ 1 and chip_positions ≥ 1")
+        v = self.chip_positions
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"chip_positions must be None (every position) or an integer ≥ 1, got {v!r}")
+        if self.method == "chip" and self.chip_samples < 1:
+            raise ValueError("chip needs chip_samples ≥ 1")
         if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
         if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
