@@ -203,6 +203,16 @@ def test_fpgm_never_prunes_an_excluded_group_before_a_candidate():
     assert make_method("fpgm", exclude_fraction=0.0).prune(P).kept.tolist() != [0]
 
 
+def test_fpgm_distances_are_among_the_candidates_only():
+    """Five tiny rows near the origin (excluded at exclude_fraction=0.5) and five candidates: a cross
+    around (20, 0) with (20, 1) at its centre. Among the candidates (20, 1) is nearest the median
+    (pruned, group 9); counting the distances to the excluded rows too would prune (10, 0) instead."""
+    tiny = [[0.1 * (j + 1), 0.0] for j in range(5)]
+    W = torch.tensor(tiny + [[30.0, 0.0], [20.0, 10.0], [10.0, 0.0], [20.0, -10.0], [20.0, 1.0]], dtype=F64)
+    P = LayerProblem(H=torch.eye(10, dtype=F64), G=W.clone(), W_dense=W, group_size=1, k=9, G_is_HW=True)
+    assert make_method("fpgm", exclude_fraction=0.5).prune(P).kept.tolist() == list(range(9))
+
+
 def test_fpgm_producer_filters_need_the_producer_weight_and_bad_values_are_rejected(make_problem):
     with pytest.raises(ValueError, match="producer_weight"):
         make_method("fpgm", vectors="producer-filters").prune(make_problem(0, 6, 1, 2))
