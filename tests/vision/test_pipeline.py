@@ -113,7 +113,8 @@ def _cfg(**kw):
     ({"method": "mp", "p_hat": 2}, ValueError, "p_hat"),
     ({"method": "osscar", "method_params": {"bogus": 1}}, ValueError, "bogus"),
     ({"damping": -1.0}, ValueError, "damping"),
-    ({"method": "chip", "chip_positions": 0}, ValueError, "chip_positions must be None"),
+    ({"method": "chip", "chip_positions": 0}, ValueError, "chip_positions must be an integer"),
+    ({"method": "mp", "chip_full_maps": True}, ValueError, "chip_full_maps is a CHIP setting"),
     ({"method": "fpgm", "method_params": {"vectors": "filters"}}, ValueError, "vectors"),
     ({"n_calib": 0}, ValueError, "n_calib"),
     ({"checkpoint": "default", "random_init": False, "arch": "resnet50"}, ValueError, "default"),
@@ -140,6 +141,26 @@ def test_unavailable_device_is_an_error_where_the_run_executes(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--random-init", "--device", "cuda:99"])
     assert e.value.code == 2 and "--device='cuda:99'" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_chip_full_maps_is_in_chip_run_keys_only():
+    """CHIP defaults to full maps, which names itself in the run key; every other method leaves the
+    field unset, so its run key is the one it had before the field existed."""
+    import dataclasses
+
+    from benchmarks.pipelines import get_pipeline
+    from osscar.vision.cli import _configs, build_parser
+
+    vision = get_pipeline("vision")
+    chip, mp = _cfg(method="chip"), _cfg(method="mp")
+    assert chip.chip_full_maps is True and mp.chip_full_maps is None
+    assert vision.key_config(dataclasses.asdict(chip))["chip_full_maps"] is True
+    assert "chip_full_maps" not in vision.key_config(dataclasses.asdict(mp))
+    by_method = {c.method: c for c in _configs(build_parser().parse_args(
+        ["--random-init", "--method", "chip,mp", "--chip-positions", "20"]))}
+    assert by_method["chip"].chip_full_maps is False and by_method["chip"].chip_positions == 20
+    assert by_method["mp"].chip_full_maps is None
 
 
 def test_missing_dataset_files(tmp_path):
