@@ -2,7 +2,9 @@
 
 For one sample's maps A: (C, L), CI_c = ‖A‖_* − ‖A with row c zeroed‖_*; scores are averaged
 over samples and the least independent channels are pruned; weights unchanged (the original
-fine-tunes afterwards, which one-shot comparisons omit).
+fine-tunes afterwards, which one-shot comparisons omit). L is whatever the problem carries: the
+vision pipeline passes every position of each map by default (``chip_positions=None``), as the
+paper and the OSSCAR authors do.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from osscar.method import PruningMethod, register_method
 from osscar.problem import LayerProblem
 
 
-def channel_independence(A: Tensor, chunk: int = 64) -> Tensor:
-    """Mean over samples of CI_c. A: (N, C, L) -> (C,) float64."""
+def channel_independence(A: Tensor, max_bytes: int = 1 << 28) -> Tensor:
+    """Mean over samples of CI_c. A: (N, C, L) -> (C,) float64.
+
+    Channels are masked in chunks so that the masked copies, (N, chunk, C, L) float64, stay
+    under ``max_bytes`` (at least one channel per chunk)."""
     A = A.double()
-    N, C, _ = A.shape
+    N, C, L = A.shape
+    chunk = max(1, min(C, max_bytes // max(1, 8 * N * C * L)))
     total = torch.linalg.matrix_norm(A, ord="nuc")  # (N,)
     ci = torch.zeros(C, dtype=torch.float64, device=A.device)
     for start in range(0, C, chunk):

@@ -1,6 +1,12 @@
-"""ThiNet (Luo et al., 2017): greedily grow the removed set T so that the removed groups'
-joint contribution to the output, ‖Σ_{g∈T} X_g Ŵ_g‖² = tr(Ŵ_Tᵀ H_TT Ŵ_T), stays smallest;
-then refit the kept groups by least squares.
+"""ThiNet (Luo et al., 2017) as the OSSCAR authors ran it, and the paper's greedy variant.
+
+``selection="own-energy"`` (default, the authors' code): score every group by its own output
+energy e_g = ½ tr(Ŵ_gᵀ H_gg Ŵ_g) = ½‖X_g Ŵ_g‖², remove the n − k lowest (Ŵ is not updated during
+selection), then refit the kept groups by least squares.
+
+``selection="joint-greedy"`` (the paper): grow the removed set T one group at a time so that the
+removed groups' joint contribution ½‖Σ_{g∈T} X_g Ŵ_g‖² = ½ tr(Ŵ_Tᵀ H_TT Ŵ_T) (cross terms
+included) stays smallest; then the same refit.
 """
 
 from __future__ import annotations
@@ -11,18 +17,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from osscar.groups import top_groups
 from osscar.method import PruningMethod, register_method
 from osscar.obs import diag_blocks, refit
 from osscar.problem import LayerProblem
 
+SELECTIONS = ("own-energy", "joint-greedy")
+
+
+def own_energy(H: Tensor, W: Tensor, s: int) -> Tensor:
+    """e_g = ½ tr(W_gᵀ H_gg W_g) per group. H: (p, p), W: (p, m) -> (p // s,)."""
+    Wg = W.reshape(H.shape[0] // s, s, -1)
+    return 0.5 * (Wg * torch.bmm(diag_blocks(H, s), Wg)).sum(dim=(1, 2))
+
 
 def thinet_removed(H: Tensor, W: Tensor, s: int, n_remove: int, blocks: int = 1) -> Tensor:
-    """Greedy removal order. H: (p, p), W: (p, m) dense weights -> (n_remove,) long.
+    """The joint-greedy removal order. H: (p, p), W: (p, m) dense weights -> (n_remove,) long.
 
     ``blocks > 1``: each of the contiguous equal blocks of groups loses n_remove / blocks."""
     n = H.shape[0] // s
     Wg = W.reshape(n, s, -1)
-    own = (Wg * torch.bmm(diag_blocks(H, s), Wg)).sum(dim=(1, 2))  # tr(W_gᵀ H_gg W_g)
+    own = 2 * own_energy(H, W, s)  # tr(W_gᵀ H_gg W_g)
     contrib = torch.zeros_like(W)  # H[:, T] W_T
     available = torch.ones(n, dtype=torch.bool, device=H.device)
     budget = [n_remove // blocks] * blocks
@@ -45,12 +60,26 @@ def thinet_removed(H: Tensor, W: Tensor, s: int, n_remove: int, blocks: int = 1)
 @register_method("thinet")
 @dataclass(frozen=True)
 class ThiNet(PruningMethod):
-    """Greedy selection by the removed groups' joint output energy, then refit."""
+    """Remove the groups whose output energy is smallest, then refit.
+
+    Args:
+        selection: ``"own-energy"`` (default, the OSSCAR authors' code): each group's own energy,
+            no cross terms; ``"joint-greedy"`` (Luo et al.): greedy on the removed set's joint energy.
+    """
+
+    selection: str = "own-energy"
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection: unknown ThiNet selection {self.selection!r}; allowed: {', '.join(SELECTIONS)}")
 
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        n_remove = problem.n_groups - problem.k
-        removed = thinet_removed(problem.H, problem.W_dense, problem.group_size, n_remove, problem.blocks)
-        keep = torch.ones(problem.n_groups, dtype=torch.bool, device=problem.device)
-        keep[removed] = False
-        kept = torch.nonzero(keep).flatten()
-        return kept, refit(problem, kept), {}
+        H, W, s = problem.H, problem.W_dense, problem.group_size
+        if self.selection == "own-energy":
+            kept = top_groups(own_energy(H, W, s), problem.k, problem.blocks)
+        else:
+            removed = thinet_removed(H, W, s, problem.n_groups - problem.k, problem.blocks)
+            keep = torch.ones(problem.n_groups, dtype=torch.bool, device=problem.device)
+            keep[removed] = False
+            kept = torch.nonzero(keep).flatten()
+        return kept, refit(problem, kept), {"selection": self.selection}

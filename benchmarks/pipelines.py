@@ -52,7 +52,8 @@ PIPELINES = MappingProxyType({
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
                           ("attention_unit", "kv-group"))),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
-                       volatile=("output_dir", "save_model"), added=(("device", "cpu"),)),
+                       volatile=("output_dir", "save_model"),
+                       added=(("device", "cpu"), ("chip_full_maps", None))),
     "solver": Pipeline("solver", "benchmarks.solver_pipeline:SolverRunConfig", "benchmarks.solver_pipeline:run_solver",
                        added=(("device", "cpu"),)),
 })

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test images (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
     p.add_argument("--chip-samples", type=int, default=64, help="CHIP: calibration images whose feature maps are scored")
-    p.add_argument("--chip-positions", type=int, default=256, help="CHIP: spatial positions sampled per map")
+    p.add_argument("--chip-positions", type=int, default=None,
+                   help="CHIP: score this many sampled spatial positions per map (default: every position)")
     p.add_argument("--no-latency", action="store_true", help="skip the dense-vs-sliced CPU latency measurement")
     p.add_argument("--latency-batch", type=int, default=64, help="latency batch size")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed repeats (median reported), after 3 warm-ups")
@@ -116,7 +117,9 @@ def _configs(args: argparse.Namespace) -> list[Any]:
                 flops_fraction=frac, n_calib=args.n_calib, calib_batch_size=args.calib_batch_size, seed=args.seed,
                 threads=args.threads, damping=args.damping, eval_limit=args.eval_limit,
                 eval_batch_size=args.eval_batch_size, chip_samples=args.chip_samples,
-                chip_positions=args.chip_positions, latency=not args.no_latency, latency_batch=args.latency_batch,
+                chip_positions=256 if args.chip_positions is None else args.chip_positions,
+                chip_full_maps=(args.chip_positions is None) if m == "chip" else None,
+                latency=not args.no_latency, latency_batch=args.latency_batch,
                 latency_repeats=args.latency_repeats, output_dir=args.output_dir,
                 save_model=not args.no_save_model, random_init=args.random_init, device=args.device))
     return configs

@@ -52,6 +52,11 @@ class VisionRunConfig:
         n_calib: calibration images (training set, training augmentation), seeded.
         damping: λ, H + λ·mean(diag H)·I (on H only; G = X̃ᵀX_dŴ).
         eval_limit: evaluate on the first N test images (None: the full test set).
+        chip_samples: CHIP: calibration images whose maps are scored.
+        chip_full_maps: CHIP only: True (what unset resolves to for ``method="chip"``): every spatial
+            position of each map, as the paper and the authors' code; False: ``chip_positions``
+            positions sampled once with ``seed`` (the behaviour before issue #15). Unset for other methods,
+            so their run keys do not change.
         output_dir: where the metrics JSON and the sliced model go (None: nothing written).
         random_init: random weights (tests only; excludes checkpoint).
         device: where the models, calibration, H and the solvers run (``cpu``, ``cuda``, ``cuda:N``);
@@ -76,6 +81,7 @@ class VisionRunConfig:
     eval_batch_size: int = 500
     chip_samples: int = 64
     chip_positions: int = 256
+    chip_full_maps: bool | None = None
     latency: bool = True
     latency_batch: int = 64
     latency_repeats: int = 20
@@ -113,12 +119,22 @@ class VisionRunConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
-        for name in ("chip_samples", "chip_positions", "seed"):
+        for name in ("chip_samples", "seed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an integer ≥ 0, got {v!r}")
-        if self.method == "chip" and (self.chip_samples < 1 or self.chip_positions < 1):
-            raise ValueError("chip needs chip_samples ≥ 1 and chip_positions ≥ 1")
+        v = self.chip_positions
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"chip_positions must be an integer ≥ 1, got {v!r}")
+        if self.chip_full_maps not in (None, True, False):
+            raise ValueError(f"chip_full_maps must be true, false or unset, got {self.chip_full_maps!r}")
+        if self.method == "chip":
+            if self.chip_samples < 1:
+                raise ValueError("chip needs chip_samples ≥ 1")
+            if self.chip_full_maps is None:  # CHIP's default: every position of each map
+                object.__setattr__(self, "chip_full_maps", True)
+        elif self.chip_full_maps is not None:
+            raise ValueError(f"chip_full_maps is a CHIP setting; method is {self.method!r} (leave it unset)")
         if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
         if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
@@ -232,7 +248,8 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
         t = time.perf_counter()
         pruned, kept, layers = prune_model(
             dense, units, calib, cfg.method, keep, cfg.all_method_params(), damping=cfg.damping,
-            batch_size=cfg.calib_batch_size, chip_samples=cfg.chip_samples, chip_positions=cfg.chip_positions,
+            batch_size=cfg.calib_batch_size, chip_samples=cfg.chip_samples,
+            chip_positions=None if cfg.chip_full_maps else cfg.chip_positions,
             seed=cfg.seed, progress=progress)
         timings["prune"] = time.perf_counter() - t
         sliced = slice_model(pruned, units, kept).eval()

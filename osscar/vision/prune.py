@@ -78,11 +78,13 @@ class CalibStats:
 
 
 def calibrate_unit(pruned: nn.Module, dense: nn.Module, unit: PruneUnit, images: Tensor, batch_size: int,
-                   chip_samples: int = 0, chip_positions: int = 256, seed: int = 0,
+                   chip_samples: int = 0, chip_positions: int | None = None, seed: int = 0,
                    row_chunk: int = 1 << 16) -> CalibStats:
     """Two-stream second moments of the consumer's unfolded input over ``images`` (N, C, H, W).
 
-    Batches of images move to the models' device; H, X̃ᵀX_d and the CHIP maps stay there."""
+    CHIP maps: the first ``chip_samples`` images' full maps (``chip_positions=None``), or that many
+    spatial positions drawn once with ``seed``. Batches of images move to the models' device;
+    H, X̃ᵀX_d and the CHIP maps stay there."""
     conv = dense.get_submodule(unit.consumer)
     W_hat = conv_weight_matrix(conv).double()
     p, device = W_hat.shape[0], W_hat.device
@@ -100,7 +102,8 @@ def calibrate_unit(pruned: nn.Module, dense: nn.Module, unit: PruneUnit, images:
             if pos_idx is None:
                 L = a.shape[-1]
                 g = torch.Generator().manual_seed(seed)
-                pos_idx = torch.randperm(L, generator=g)[:chip_positions].sort().values if L > chip_positions else torch.arange(L)
+                sample = chip_positions is not None and L > chip_positions
+                pos_idx = torch.randperm(L, generator=g)[:chip_positions].sort().values if sample else torch.arange(L)
             acts.append(a[:, :, pos_idx].double())
         Ut, Ud = unfold_input(xt, conv), unfold_input(xd, conv)
         for r in range(0, Ut.shape[0], row_chunk):
@@ -114,7 +117,7 @@ def calibrate_unit(pruned: nn.Module, dense: nn.Module, unit: PruneUnit, images:
 
 def prune_model(dense: nn.Module, units: list[PruneUnit], images: Tensor, method: str, keep: dict[str, int],
                 method_params: dict[str, Any] | None = None, damping: float = 1e-2, batch_size: int = 128,
-                chip_samples: int = 64, chip_positions: int = 256, seed: int = 0,
+                chip_samples: int = 64, chip_positions: int | None = None, seed: int = 0,
                 progress: bool = False) -> tuple[nn.Module, dict[str, Tensor], list[dict[str, Any]]]:
     """Prune ``dense`` (unchanged) one unit at a time; returns (pruned-but-unsliced model, kept channels
     per unit, one record per unit with its layer objective and timing)."""
@@ -152,7 +155,7 @@ def prune_model(dense: nn.Module, units: list[PruneUnit], images: Tensor, method
             "unit": u.name, "channels": c, "kept": k, "group_size": problem.group_size, "rows": stats.rows,
             "objective": res.objective, "dense_energy": 0.5 * stats.dense_energy,
             "relative_error": err / max(0.5 * stats.dense_energy, 1e-300),
-            "calib_seconds": t_cal, "solve_seconds": res.seconds,
+            "calib_seconds": t_cal, "solve_seconds": res.seconds, "params": m.params(),
             "info": {k_: v for k_, v in res.info.items() if isinstance(v, (int, float, str))},
         })
     return pruned, kept_all, records

@@ -46,6 +46,29 @@ def test_two_streams():
     assert not torch.allclose(s1.cross, s1.cross.T)
 
 
+def test_chip_maps_are_the_full_maps_unless_positions_are_sampled():
+    torch.manual_seed(0)
+    dense, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    u = prune_units(dense)[0]
+    x = _images((1, 12, 12))
+    full = calibrate_unit(dense, dense, u, x, batch_size=3, chip_samples=5)
+    assert full.activations.shape == (5, u.channels(dense), 144)  # every position of each map
+    part = calibrate_unit(dense, dense, u, x, batch_size=3, chip_samples=5, chip_positions=20, seed=1)
+    assert part.activations.shape == (5, u.channels(dense), 20)
+    idx = torch.randperm(144, generator=torch.Generator().manual_seed(1))[:20].sort().values
+    torch.testing.assert_close(part.activations, full.activations[:, :, idx])  # the same maps, subsampled
+
+
+def test_layer_records_name_the_method_variant_that_ran():
+    torch.manual_seed(0)
+    dense, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    units = prune_units(dense)[:2]
+    keep = {u.name: u.channels(dense) // 2 for u in units}
+    for params, expected in (({}, "own-energy"), ({"selection": "joint-greedy"}, "joint-greedy")):
+        _, _, records = prune_model(dense, units, _images((1, 12, 12)), "thinet", keep, params, batch_size=4)
+        assert all(r["params"] == {"selection": expected} and r["info"]["selection"] == expected for r in records)
+
+
 @pytest.mark.parametrize("arch,shape,method", [
     ("resnet20", (1, 16, 16), "osscar"), ("resnet20", (1, 16, 16), "chip"), ("resnet20", (1, 16, 16), "fpgm"),
     ("mobilenetv1", (3, 32, 32), "mp+"), ("mobilenetv1", (3, 32, 32), "osscar"),
@@ -90,6 +113,9 @@ def _cfg(**kw):
     ({"method": "mp", "p_hat": 2}, ValueError, "p_hat"),
     ({"method": "osscar", "method_params": {"bogus": 1}}, ValueError, "bogus"),
     ({"damping": -1.0}, ValueError, "damping"),
+    ({"method": "chip", "chip_positions": 0}, ValueError, "chip_positions must be an integer"),
+    ({"method": "mp", "chip_full_maps": True}, ValueError, "chip_full_maps is a CHIP setting"),
+    ({"method": "fpgm", "method_params": {"vectors": "filters"}}, ValueError, "vectors"),
     ({"n_calib": 0}, ValueError, "n_calib"),
     ({"checkpoint": "default", "random_init": False, "arch": "resnet50"}, ValueError, "default"),
     ({"checkpoint": "/nonexistent/model.pt", "random_init": False}, FileNotFoundError, "checkpoint"),
@@ -115,6 +141,26 @@ def test_unavailable_device_is_an_error_where_the_run_executes(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--random-init", "--device", "cuda:99"])
     assert e.value.code == 2 and "--device='cuda:99'" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_chip_full_maps_is_in_chip_run_keys_only():
+    """CHIP defaults to full maps, which names itself in the run key; every other method leaves the
+    field unset, so its run key is the one it had before the field existed."""
+    import dataclasses
+
+    from benchmarks.pipelines import get_pipeline
+    from osscar.vision.cli import _configs, build_parser
+
+    vision = get_pipeline("vision")
+    chip, mp = _cfg(method="chip"), _cfg(method="mp")
+    assert chip.chip_full_maps is True and mp.chip_full_maps is None
+    assert vision.key_config(dataclasses.asdict(chip))["chip_full_maps"] is True
+    assert "chip_full_maps" not in vision.key_config(dataclasses.asdict(mp))
+    by_method = {c.method: c for c in _configs(build_parser().parse_args(
+        ["--random-init", "--method", "chip,mp", "--chip-positions", "20"]))}
+    assert by_method["chip"].chip_full_maps is False and by_method["chip"].chip_positions == 20
+    assert by_method["mp"].chip_full_maps is None
 
 
 def test_missing_dataset_files(tmp_path):
