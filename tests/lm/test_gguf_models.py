@@ -108,7 +108,9 @@ def test_folder_with_one_gguf_loads_with_provenance(tiny_gguf, tmp_path):
     folder = tmp_path / "mymodel"
     folder.mkdir()
     shutil.copy(path, folder / "model.gguf")
-    loaded = load_model(str(folder), cache_dir=tmp_path / "cache")
+    first = load_model(str(path), cache_dir=tmp_path / "cache")  # converted from the original name
+    loaded = load_model(str(folder), cache_dir=tmp_path / "cache")  # the copy reuses that conversion
+    assert first.source == loaded.source and first.provenance["source"] == str(path)
     assert loaded.provenance["source"] == str(folder / "model.gguf")
     assert loaded.provenance["source_sha256"] == sha256_file(path) and loaded.provenance["model"] == str(folder)
     ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
