@@ -58,10 +58,11 @@ def embedded_gguf_path(name: str) -> Path:
 
 
 def is_known_model(model: str) -> bool:
-    """Cheap check: an embedded name, an existing local folder or file, or something hub-shaped (org/name)."""
+    """Cheap check: an embedded name, an existing local folder or ``.gguf`` file, or something
+    hub-shaped (org/name)."""
     if model in EMBEDDED_MODELS:
         return True
-    if os.path.isdir(model) or os.path.isfile(model):
+    if os.path.isdir(model) or (os.path.isfile(model) and model.lower().endswith(".gguf")):
         return True
     parts = model.split("/")
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
