@@ -98,7 +98,8 @@ def check_architecture(path: Path, model: str) -> str:
     try:
         arch = gguf_architecture(path)
     except Exception as e:  # noqa: BLE001  (a truncated or malformed header)
-        raise ValueError(f"model={model!r}: cannot read the GGUF header of {path} ({type(e).__name__}: {e})") from e
+        raise ValueError(f"model={model!r}: cannot read the GGUF header of {path}: the file is cut short "
+                         f"or damaged ({type(e).__name__})") from e
     allowed = supported_architectures()
     if arch not in allowed:
         raise ValueError(f"model={model!r}: GGUF architecture {arch!r} cannot be converted; "
@@ -179,7 +180,7 @@ def convert_gguf(path: Path, cache: Path, label: str, extra: dict[str, Any] | No
         model, tok, types = _load_gguf(path)
     except Exception as e:  # noqa: BLE001  (transformers' reasons: unsupported tensor type, bad layout, ...)
         raise ValueError(f"model={label!r}: transformers could not read {path} ({type(e).__name__}: "
-                         f"{str(e)[:300]})") from e
+                         f"{' '.join(str(e).split())[:300]})") from e
     with atomic_directory(target) as tmp:  # replaces a broken folder, or one forced
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -174,7 +174,7 @@ class LMRunConfig:
         if not isinstance(self.model, str) or not is_known_model(self.model):
             raise ValueError(
                 f"model={self.model!r} is not known; allowed: {', '.join(EMBEDDED_MODELS)} (embedded), "
-                "a GGUF file (or a folder with one), an existing local folder, or a hub id 'org/name' "
+                "a GGUF file (or a folder with one), an existing local folder, or a hub id 'org/repo' "
                 "(e.g. facebook/opt-1.3b)")
         methods = available_methods()
         if self.method not in methods:

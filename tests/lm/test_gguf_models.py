@@ -132,6 +132,14 @@ def test_bad_gguf_inputs_are_one_line_errors_naming_model(tiny_gguf, tmp_path, c
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"PK\x03\x04 not a gguf")
     assert "is not a GGUF file (it starts with b'PK\\x03\\x04'" in _bad_model_error(str(fake), tmp_path, capsys)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:3000])
+    assert _bad_model_error(str(cut), tmp_path, capsys).endswith(f"cannot read the GGUF header of {cut}: the file is "
+                                                                 "cut short or damaged (ValueError)")
+    text = tmp_path / "novel.txt"
+    text.write_text("not a model")
+    assert "is not known; allowed: smollm2-135m (embedded), a GGUF file (or a folder with one)" in \
+        _bad_model_error(str(text), tmp_path, capsys)
     two = tmp_path / "two"
     two.mkdir()
     for n in ("a.gguf", "b.gguf"):
