@@ -11,7 +11,7 @@ The cache is keyed by the file's content hash, so a renamed or copied file reuse
 * The folder is written in a temporary folder beside it and renamed into place
   (:func:`osscar.io.atomic_directory`); its ``osscar_provenance.json`` lists every file and its
   size, and an entry whose listing does not match (a folder cut short, a file deleted) is
-  converted again, never loaded.
+  converted again, never loaded; a complete entry another process wrote meanwhile is kept.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def convert_gguf(path: Path, cache: Path, label: str, extra: dict[str, Any] | No
     except Exception as e:  # noqa: BLE001  (transformers' reasons: unsupported tensor type, bad layout, ...)
         raise ValueError(f"model={label!r}: transformers could not read {path} ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:300]})") from e
-    with atomic_directory(target) as tmp:  # replaces a broken folder, or one forced
+    # replaces a broken folder (or one forced), but not one another process completed meanwhile
+    with atomic_directory(target, keep=None if force else lambda t: entry_problem(t, sha) is None) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         prov = {
