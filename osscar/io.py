@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an existing folder
-    there is removed first), on any error it is deleted and ``path`` is left as it was."""
+    there is removed first), on any error it is deleted and ``path`` is left as it was.
+
+    ``keep``: if given and ``keep(path)`` is true when the work is done (another process finished
+    the same folder meanwhile), the existing folder stays and the temporary one is dropped.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
+        if path.exists() and keep is not None and keep(path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -26,3 +26,16 @@ def test_atomic_directory_replaces_on_success_and_keeps_old_on_error(tmp_path):
             raise RuntimeError("interrupted")
     assert (target / "w").read_text() == "1"
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary folder left behind
+
+
+def test_atomic_directory_keeps_a_folder_finished_meanwhile_when_asked(tmp_path):
+    target = tmp_path / "entry"
+    with atomic_directory(target, keep=lambda p: (p / "done").is_file()) as tmp:
+        (tmp / "mine").write_text("1")
+        target.mkdir()  # another process finished first
+        (target / "done").write_text("1")
+    assert sorted(p.name for p in target.iterdir()) == ["done"]
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # our temporary folder is gone
+    with atomic_directory(target, keep=lambda p: False) as tmp:  # not complete: replaced
+        (tmp / "mine").write_text("1")
+    assert sorted(p.name for p in target.iterdir()) == ["mine"]

@@ -1,7 +1,8 @@
 """The language-model pipeline: source → adapter → sequential calibration → method → slicer → evaluator.
 
 Modules:
-    models       hub names / local folders / the embedded ``smollm2-135m`` (GGUF → fp32 cache)
+    models       hub names / local folders / GGUF files / the embedded ``smollm2-135m``
+    gguf_convert a GGUF file → fp32 transformers folder, once, cached by the file's sha256
     adapters     per-architecture consumers and producers (OPT heads; Llama whole KV groups)
     data         corpora by name (``wiki-gensim`` offline with a disjoint calibration/eval split;
                  ``wikitext2``, ``ptb``, ``c4`` via ``datasets``)

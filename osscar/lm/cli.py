@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="smollm2-135m",
-                   help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}), local folder, or hub id (facebook/opt-1.3b)")
+                   help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}); a GGUF file, or a folder holding one .gguf "
+                        "(Llama/Mistral/Qwen2/Qwen3; converted once to fp32, cached by its sha256); a local "
+                        "transformers folder; or a hub id (facebook/opt-1.3b)")
     p.add_argument("--method", default="osscar", help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
     p.add_argument("--t-hat", type=int, default=None, help="OSSCAR t̂: groups changed per local-search iteration (both consumers; None: method default)")
     p.add_argument("--p-hat", type=int, default=None, help="OSSCAR p̂: groups removed per Stage-A iteration (both consumers; None: method default)")
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2
     hf, nf = config.fractions()
-    stem = f"{os.path.basename(config.model.rstrip('/'))}_{config.method}"
+    base = os.path.basename(config.model.rstrip('/'))
+    stem = f"{base[:-5] if base.lower().endswith('.gguf') else base}_{config.method}"
     if config.allocation == "runtime":  # per-block widths: name by the latency target
         name = args.name or f"{stem}_runtime_s{config.speedup:g}"
     else:

@@ -70,7 +70,7 @@ def layer_objectives(model, segments, methods: list[str], blocks: list[int], hea
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m osscar.lm.diagnose", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="model name or folder")
+    p.add_argument("--model", default="smollm2-135m", help="model name, folder or GGUF file")
     p.add_argument("--blocks", default="0,10,20,29", help="comma-separated block indices")
     p.add_argument("--fraction", type=float, default=0.5, help="fraction of heads and neurons removed")
     p.add_argument("--methods", default="mp,mp+,ziplm,osscar", help="comma-separated methods")

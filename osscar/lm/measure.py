@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m osscar.lm.measure", description=main.__doc__,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="model name or folder")
+    ap.add_argument("--model", default="smollm2-135m", help="model name, folder or GGUF file")
     ap.add_argument("--head-fraction", type=float, default=0.5, help="fraction of attention groups removed")
     ap.add_argument("--neuron-fraction", type=float, default=0.5, help="fraction of neurons removed")
     ap.add_argument("--points", default="1x128,1x512,8x256", help="comma-separated BATCHxSEQLEN points")

@@ -55,7 +55,7 @@ from osscar.io import atomic_write_json
 from osscar.lm import data as lm_data
 from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
-from osscar.lm.models import EMBEDDED_MODELS, is_known_model, load_config
+from osscar.lm.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
 from osscar.lm.targets import heads_removed, removed_count  # noqa: F401  (re-exported)
 from osscar.options import ALLOCATIONS, ATTENTION_UNITS
 
@@ -170,10 +170,13 @@ class LMRunConfig:
                 raise ValueError(f"allocation_point must be a (batch, seqlen) pair of positive ints, got {pt!r}")
         _check_pos_int("allocation_mlp_levels", self.allocation_mlp_levels)
         _check_fraction("allocation_min_keep", self.allocation_min_keep)
+        if isinstance(self.model, str):
+            check_gguf_model(self.model)  # a .gguf that is missing, not GGUF, or of an unsupported architecture
         if not isinstance(self.model, str) or not is_known_model(self.model):
             raise ValueError(
                 f"model={self.model!r} is not known; allowed: {', '.join(EMBEDDED_MODELS)} (embedded), "
-                "an existing local folder, or a hub id 'org/name' (e.g. facebook/opt-1.3b)")
+                "a GGUF file (or a folder with one), an existing local folder, or a hub id 'org/repo' "
+                "(e.g. facebook/opt-1.3b)")
         methods = available_methods()
         if self.method not in methods:
             raise ValueError(f"method={self.method!r} is unknown; allowed: {', '.join(methods)}")

@@ -45,4 +45,6 @@ def test_smollm2_prune_slice_reload(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     with torch.no_grad():
         torch.testing.assert_close(a(ids).logits, b(ids).logits, atol=1e-5, rtol=1e-5)
-    assert out["provenance"]["model_provenance"]["source_sha256"]
+    prov = out["provenance"]["model_provenance"]
+    assert prov["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and prov["source_format"] == "gguf"
+    assert prov["path"].endswith(f"gguf-{prov['source_sha256'][:16]}")  # the cache entry is keyed by the hash
