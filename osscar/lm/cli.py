@@ -11,6 +11,10 @@ from typing import Any
 from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
                             ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
 
+# the model_types osscar.lm.adapters registers (tests/lm/test_families.py checks the two agree)
+LM_FAMILIES = ("opt, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text (Gemma 3 text-only), phi3, "
+               "olmo2 (MLP only: --head-fraction 0)")
+
 # LMRunConfig fields whose flag is not the field's name
 FIELD_FLAGS = {"eval_corpora": "--eval-corpus", "zero_shot_tasks": "--tasks", "zero_shot_limit": "--limit",
                "evaluate_dense": "--dense", "latency_points": "--latency", "method_params": "--method-param",
@@ -39,8 +43,9 @@ def _point(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="osscar lm",
-        description="Prune a Hugging Face causal LM (OPT, Llama/GQA) layer-wise with OSSCAR or a baseline, "
-                    "slice it physically, and evaluate perplexity / zero-shot accuracy / latency.",
+        description="Prune a Hugging Face causal LM layer-wise with OSSCAR or a baseline, slice it physically, "
+                    "and evaluate perplexity / zero-shot accuracy / latency. Architectures (config model_type): "
+                    f"{LM_FAMILIES}.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="smollm2-135m",

@@ -9,20 +9,36 @@ matching rows of every segment, so the fused matrices stay in that order:
 * a neuron: row ``n`` of gate and row ``F + n`` of up.
 
 ``Phi3Attention`` splits ``qkv`` at ``self.config.num_attention_heads · head_dim``, reading the
-config shared by every block; a sliced block gets its own shallow copy of the config with its head
-counts, so blocks of different widths (non-uniform allocation, latency tables on one block) run
-correctly. The saved ``config.json`` is the model's config, updated when the widths are uniform.
+config shared by every block; a sliced block's attention gets a :class:`BlockConfig` view of the
+shared config with its own head counts (everything else, e.g. ``_attn_implementation`` after
+``set_attn_implementation``, is read from the shared config), so blocks of different widths
+(non-uniform allocation, latency tables on one block) run correctly. The saved ``config.json`` is
+the model's config, updated when the widths are uniform.
 """
 
 from __future__ import annotations
 
-import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from osscar.lm.adapters.base import Producer, _span, register_adapter
 from osscar.lm.adapters.llama import LlamaAdapter
+
+
+class BlockConfig:
+    """A view of a shared config with some attributes overridden for one block."""
+
+    def __init__(self, base: Any, **overrides: Any) -> None:
+        if isinstance(base, BlockConfig):  # sliced again: one view over the shared config
+            base, overrides = base._base, {**base._overrides, **overrides}
+        self._base, self._overrides = base, overrides
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set on the view itself
+        if name.startswith("__") or name in ("_base", "_overrides"):
+            raise AttributeError(name)
+        return self._overrides[name] if name in self._overrides else getattr(self._base, name)
 
 
 @register_adapter("phi3")
@@ -50,10 +66,8 @@ class Phi3Adapter(LlamaAdapter):
 
     def _set_attention_counts(self, attn: nn.Module, kept_groups: int) -> None:
         super()._set_attention_counts(attn, kept_groups)
-        config = copy.copy(attn.config)  # this block's own head counts (module docstring)
-        if self.attention_unit == "head":
-            config.num_attention_heads = kept_groups
+        if self.attention_unit == "head":  # this block's own head counts (module docstring)
+            counts = {"num_attention_heads": kept_groups}
         else:
-            config.num_attention_heads = kept_groups * self.heads_per_group
-            config.num_key_value_heads = kept_groups
-        attn.config = config
+            counts = {"num_attention_heads": kept_groups * self.heads_per_group, "num_key_value_heads": kept_groups}
+        attn.config = BlockConfig(attn.config, **counts)
