@@ -242,8 +242,8 @@ class LMRunConfig:
             raise ValueError("attention_unit='kv-group' on a model with one KV head (multi-query attention) "
                              "cannot prune attention; use attention_unit='head' (prunes query heads)")
         if adapter.attention_fixed_reason and self.fractions()[0] > 0:
-            raise ValueError(f"head_fraction={self.fractions()[0]:g}: {config.model_type} "
-                             f"{adapter.attention_fixed_reason}")
+            asked = f"speedup={self.speedup:g}" if self.speedup is not None else f"head_fraction={self.fractions()[0]:g}"
+            raise ValueError(f"{asked}: {config.model_type} {adapter.attention_fixed_reason}")
         maxpos = adapter.max_positions()
         for name in ("seqlen", "eval_seqlen"):
             v = getattr(self, name)
