@@ -36,6 +36,8 @@ def family_config(family: str, heads: int = 6, kv: int = 3, unit: str = "head"):
                                  final_logit_softcapping=3.0)}[family]
     cls = {"gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config, "gemma3_text": tf.Gemma3TextConfig,
            "phi3": tf.Phi3Config, "olmo2": tf.Olmo2Config}[family]
+    if family in ("phi3", "olmo2"):  # their hub configs derive head_dim = hidden/heads: the slicer must write it
+        del common["head_dim"]
     cfg = cls(**common, **extra)
     cfg.osscar_attention_unit = unit
     return cfg
