@@ -95,6 +95,7 @@ def test_per_head_slicing_reloads_with_equal_logits(family, heads, kv, tmp_path)
     model = family_model(family, heads, kv)
     a = get_adapter(model)
     assert a.attention_unit == "head" and a.n_attn_groups == heads and a.attn_blocks == kv
+    hd = a.head_dim  # 8, or 48 / 4 for a Phi-3 config without head_dim
     per_kv = heads - 1 if kv == 1 else heads // kv - 1  # one KV head: query heads prune freely
     kept = {i: {"attn": _kept_heads(a, per_kv, i), "mlp": _kept_neurons(i)} for i in range(2)}
     zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, tmp_path)
@@ -103,9 +104,9 @@ def test_per_head_slicing_reloads_with_equal_logits(family, heads, kv, tmp_path)
     assert not man["needs_load_pruned"] and man["attention_unit"] == "head"
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert (saved["num_attention_heads"], saved["num_key_value_heads"], saved["head_dim"],
-            saved["intermediate_size"]) == (kv * per_kv, kv, 8, 40)
+            saved["intermediate_size"]) == (kv * per_kv, kv, hd, 40)
     cfg = plain.config
-    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (kv * per_kv, kv, 8)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (kv * per_kv, kv, hd)
 
 
 @pytest.mark.parametrize("family", ATTN_FAMILIES)
