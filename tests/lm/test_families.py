@@ -281,3 +281,13 @@ def test_sequential_pruning_then_slicing_matches_the_zeroed_model(family, tmp_pa
                                                  attn_implementation="eager").eval()
     with torch.no_grad():
         _assert_equal(plain(IDS).logits, zeroed)
+
+
+@pytest.mark.parametrize("family", ["phi3", "gemma3_text"])
+def test_latency_table_slices_one_block(family, tmp_path):
+    """Runtime allocation's table times one sliced block per level (Phi-3: its own head counts)."""
+    from osscar.lm.latency import latency_table
+
+    table = latency_table(family_config(family, 6, 3, unit="kv-group"), batch=1, seqlen=8, repeats=1, warmup=0,
+                          mlp_levels=2, cache_dir=tmp_path, use_cache=False)
+    assert sorted(table.attn) == [1, 2, 3] and sorted(table.mlp) == [32, 64]
