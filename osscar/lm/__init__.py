@@ -3,7 +3,9 @@
 Modules:
     models       hub names / local folders / GGUF files / the embedded ``smollm2-135m``
     gguf_convert a GGUF file → fp32 transformers folder, once, cached by the file's sha256
-    adapters     per-architecture consumers and producers (OPT heads; Llama whole KV groups)
+    adapters     per-architecture consumers and producers, a package: ``base`` (registry, slicing of
+                 one block), ``opt``, ``llama`` (Llama, Mistral, Qwen2/3, Gemma 1/2/3, OLMo 2),
+                 ``phi3`` (fused qkv / gate_up)
     data         corpora by name (``wiki-gensim`` offline with a disjoint calibration/eval split;
                  ``wikitext2``, ``ptb``, ``c4`` via ``datasets``)
     calibration  block-by-block H = XᵀX accumulation and pruning with any registered method

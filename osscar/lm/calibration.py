@@ -322,6 +322,8 @@ def prune_model_sequential(
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
+    if adapter.attention_fixed_reason and any(_keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
+        raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
     start = time.perf_counter()
     inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
     shortcut = adapter.mlp_output_is_residual() and segments.numel() * adapter.ffn_dim * 4 <= shortcut_bytes

@@ -11,6 +11,10 @@ from typing import Any
 from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
                             ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
 
+# the model_types osscar.lm.adapters registers (tests/lm/test_families.py checks the two agree)
+LM_FAMILIES = ("opt, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text (Gemma 3 text-only), phi3, "
+               "olmo2 (MLP only: --head-fraction 0)")
+
 # LMRunConfig fields whose flag is not the field's name
 FIELD_FLAGS = {"eval_corpora": "--eval-corpus", "zero_shot_tasks": "--tasks", "zero_shot_limit": "--limit",
                "evaluate_dense": "--dense", "latency_points": "--latency", "method_params": "--method-param",
@@ -39,13 +43,14 @@ def _point(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="osscar lm",
-        description="Prune a Hugging Face causal LM (OPT, Llama/GQA) layer-wise with OSSCAR or a baseline, "
-                    "slice it physically, and evaluate perplexity / zero-shot accuracy / latency.",
+        description="Prune a Hugging Face causal LM layer-wise with OSSCAR or a baseline, slice it physically, "
+                    "and evaluate perplexity / zero-shot accuracy / latency. Architectures (config model_type): "
+                    f"{LM_FAMILIES}.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="smollm2-135m",
                    help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}); a GGUF file, or a folder holding one .gguf "
-                        "(Llama/Mistral/Qwen2/Qwen3; converted once to fp32, cached by its sha256); a local "
+                        "(Gemma2/Llama/Mistral/Phi3/Qwen2/Qwen3; converted once to fp32, cached by its sha256); a local "
                         "transformers folder; or a hub id (facebook/opt-1.3b)")
     p.add_argument("--method", default="osscar", help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
     p.add_argument("--t-hat", type=int, default=None, help="OSSCAR t̂: groups changed per local-search iteration (both consumers; None: method default)")

@@ -248,6 +248,9 @@ class LMRunConfig:
                 and (self.head_fraction or 0) > 0):
             raise ValueError("attention_unit='kv-group' on a model with one KV head (multi-query attention) "
                              "cannot prune attention; use attention_unit='head' (prunes query heads)")
+        if adapter.attention_fixed_reason and self.fractions()[0] > 0:
+            asked = f"speedup={self.speedup:g}" if self.speedup is not None else f"head_fraction={self.fractions()[0]:g}"
+            raise ValueError(f"{asked}: {config.model_type} {adapter.attention_fixed_reason}")
         maxpos = adapter.max_positions()
         for name in ("seqlen", "eval_seqlen"):
             v = getattr(self, name)

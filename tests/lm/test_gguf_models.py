@@ -170,7 +170,7 @@ def test_unsupported_gguf_architecture_says_what_is_supported(tmp_path, capsys):
 def test_help_says_gguf_files_are_accepted():
     text = " ".join(build_parser().format_help().split())
     assert "a GGUF file, or a folder holding one .gguf" in text
-    named = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+    named = {"gemma2": "Gemma2", "llama": "Llama", "mistral": "Mistral", "phi3": "Phi3", "qwen2": "Qwen2", "qwen3": "Qwen3"}
     assert "/".join(named[a] for a in gguf_convert.supported_architectures()) in text  # the help is not stale
 
 
