@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="smollm2-135m",
                    help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}); a GGUF file, or a folder holding one .gguf "
-                        "(Gemma2/Llama/Mistral/Phi3/Qwen2/Qwen3; converted once to fp32, cached by its sha256); a local "
+                        "(Gemma2/Llama/Mistral/Phi3/Qwen2/Qwen3; converted to fp32 once, cached); a "
                         "transformers folder; or a hub id (facebook/opt-1.3b)")
     p.add_argument("--method", default="osscar", help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
     p.add_argument("--t-hat", type=int, default=None, help="OSSCAR t̂: groups changed per local-search iteration (both consumers; None: method default)")
