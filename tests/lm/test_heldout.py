@@ -77,15 +77,18 @@ def test_document_heldout_windows_skip_calibration_and_evaluation_documents(tiny
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    docs = _docs(400, 2)
+    docs = _docs(150, 2)
     corpus = lm_data.Corpus("c4-like", "test", lambda: docs, lambda: docs, sampling="documents")
     monkeypatch.setitem(lm_data.CORPORA, "c4-like", corpus)
-    held, info = heldout_segments("c4-like", tok, 5, 16, 8, 24, seed=3, eval_seqlen=24)
+    held, info = heldout_segments("c4-like", tok, 8, 16, 8, 24, seed=3, eval_seqlen=24)
     cal_docs = {d for d, _, _ in lm_data.document_draws(docs, tok, 8, 24, 3, "cal")}
     ev_docs = {d for d, _, _ in lm_data.document_draws(docs, tok, lm_data.C4_EVAL_SEGMENTS, 24,
                                                        lm_data.C4_EVAL_SEED, "eval")}
-    picked = {d for d, _ in info["starts"]}
-    assert len(picked) == 5 and not picked & (cal_docs | ev_docs)
+    picked = [d for d, _ in info["starts"]]
+    assert len(set(picked)) == 8 and not set(picked) & (cal_docs | ev_docs)
+    # the rule: from the last document down, every unused one is taken (all documents here are long)
+    assert picked == [d for d in range(149, -1, -1) if d not in cal_docs | ev_docs][:8]
+    assert set(range(min(picked), 150)) & (ev_docs - cal_docs)  # some were skipped for the evaluation draw
     for (d, a), row in zip(info["starts"], held):
         assert torch.equal(lm_data.encode(tok, docs[d])[a:a + 16], row)
 
