@@ -355,7 +355,7 @@ def prune_model_sequential(
         h_inputs = with_block_kwargs(h_inputs, h_per_layer, i)
         if i not in todo:
             inputs = _run_block(layer, inputs)
-            h_inputs = _run_block(layer, h_inputs)
+            h_inputs = _run_block(layer, h_inputs) if todo and i < max(todo) else []  # none after the last pruned
             continue
         kept[i] = {}
         weights: dict[str, tuple[LayerRecord, Tensor, Tensor]] = {}  # part -> (record, W written, Ŵ)

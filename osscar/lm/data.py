@@ -309,18 +309,20 @@ def joined_starts(n_tokens: int, n_samples: int, seqlen: int, seed: int) -> list
     return [rng.randint(0, n_tokens - seqlen - 1) for _ in range(n_samples)]
 
 
-def calibration_segments(name: str, tokenizer: Any, n_samples: int, seqlen: int, seed: int = 0) -> Tensor:
+def calibration_segments(name: str, tokenizer: Any, n_samples: int, seqlen: int, seed: int = 0,
+                         ids: Tensor | None = None) -> Tensor:
     """``n_samples`` random windows of ``seqlen`` tokens, seeded with ``seed`` (GPTQ): (n_samples, seqlen) long.
 
     Joined corpora: ``i = randint(0, N - seqlen - 1)`` in the joined calibration text (may overlap).
     Document corpora (c4, c4-train): :func:`document_segments` on the calibration documents.
-    Raises ValueError when the text is too short for ``n_samples × seqlen`` tokens.
+    Raises ValueError when the text is too short for ``n_samples × seqlen`` tokens. ``ids``: the joined
+    calibration text's tokens (:func:`joined_tokens`) when the caller has them (not tokenized again).
     """
     corpus = get_corpus(name)
     if corpus.sampling == "documents":
         return document_segments(corpus.calibration(), tokenizer, n_samples, seqlen, seed,
                                  f"corpus {name!r} calibration")
-    ids = joined_tokens(name, tokenizer, "calibration")
+    ids = joined_tokens(name, tokenizer, "calibration") if ids is None else ids
     if len(ids) < max(n_samples * seqlen, seqlen + 1):
         raise ValueError(
             f"corpus {name!r} calibration text has {len(ids)} tokens, fewer than n_samples×seqlen = "

@@ -51,14 +51,15 @@ def joined_heldout_starts(n_tokens: int, calib_starts: list[int], calib_seqlen: 
 
 
 def heldout_segments(name: str, tokenizer: Any, n: int, seqlen: int, n_calib: int, calib_seqlen: int,
-                     seed: int, eval_seqlen: int) -> tuple[Tensor, dict[str, Any]]:
+                     seed: int, eval_seqlen: int, ids: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
     """``n`` held-out windows of ``seqlen`` tokens from corpus ``name``'s calibration text: (n, seqlen) long.
 
     Disjoint from the ``n_calib`` calibration windows of ``calib_seqlen`` tokens drawn with ``seed``
     (:func:`osscar.lm.data.calibration_segments`) and from the evaluation windows (of
     ``eval_seqlen`` tokens for document corpora). Returns the windows and what a record says about
     them: {"rule", "n", "seqlen", "starts"} (joined: token starts in the calibration text;
-    documents: [document index, 0] pairs).
+    documents: [document index, 0] pairs). ``ids``: the joined calibration text's tokens
+    (:func:`osscar.lm.data.joined_tokens`) when the caller has them.
     """
     corpus = lm_data.get_corpus(name)
     if corpus.sampling == "documents":
@@ -84,7 +85,7 @@ def heldout_segments(name: str, tokenizer: Any, n: int, seqlen: int, n_calib: in
             raise ValueError(f"heldout_samples: found only {len(out)} of {n} unused documents longer than "
                              f"heldout_seqlen={seqlen} tokens in corpus {name!r}")
         return torch.stack(out), {"rule": "documents-from-last-unused", "n": n, "seqlen": seqlen, "starts": picked}
-    ids = lm_data.joined_tokens(name, tokenizer, "calibration")
+    ids = lm_data.joined_tokens(name, tokenizer, "calibration") if ids is None else ids
     calib = lm_data.joined_starts(len(ids), n_calib, calib_seqlen, seed)
     starts = joined_heldout_starts(len(ids), calib, calib_seqlen, n, seqlen)
     return (torch.stack([ids[a:a + seqlen] for a in starts]),

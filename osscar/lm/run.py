@@ -339,14 +339,18 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     # 1. text first: fails fast on a short corpus, before any weights are loaded
     t = time.perf_counter()
     tok = load_tokenizer(config.model, config.cache_dir)
-    segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed)
+    cal_ids = None  # the joined calibration text, tokenized once for the calibration and held-out windows
+    if config.heldout_samples and lm_data.get_corpus(config.calib_corpus).sampling == "joined":
+        cal_ids = lm_data.joined_tokens(config.calib_corpus, tok, "calibration")
+    segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed,
+                                            ids=cal_ids)
     eval_len = config.eval_seqlen or config.seqlen
     windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows) for c in config.eval_corpora}
     heldout, heldout_info = None, None
     if config.heldout_samples:
         heldout, heldout_info = heldout_segments(config.calib_corpus, tok, config.heldout_samples,
                                                  config.heldout_seqlen or config.seqlen, config.n_samples,
-                                                 config.seqlen, config.seed, eval_len)
+                                                 config.seqlen, config.seed, eval_len, ids=cal_ids)
     timings["data_s"] = time.perf_counter() - t
 
     # 2. model
