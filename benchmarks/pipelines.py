@@ -50,7 +50,7 @@ PIPELINES = MappingProxyType({
     "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
                    volatile=("output_dir", "save_model", "cache_dir"),
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
-                          ("attention_unit", "kv-group"))),
+                          ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None))),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),
                        added=(("device", "cpu"), ("chip_full_maps", None))),

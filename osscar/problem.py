@@ -254,3 +254,24 @@ class LayerProblem:
         return cls(H=H, G=G, W_dense=W, group_size=group_size, k=k, damping=float(damping),
                    activations=activations, producer_weight=producer_weight, name=name,
                    G_is_HW=cross is None, blocks=blocks)
+
+
+def reconstruction_error(H_raw: Tensor, W: Tensor, W_dense: Tensor) -> tuple[float, float]:
+    """½‖X(W − Ŵ)‖²_F and its ratio to ½‖XŴ‖²_F, from ``H_raw = XᵀX`` alone (no activations).
+
+    H_raw: (p, p) undamped XᵀX of the inputs X: (rows, p) the error is measured on (calibration or
+    held-out); W: (p, m) pruned, refit weights; W_dense: (p, m) dense weights Ŵ. float64 throughout.
+    Returns (½ tr(ΔᵀHΔ) with Δ = W − Ŵ, that divided by ½ tr(ŴᵀHŴ); the ratio is NaN when the dense
+    output energy is 0). On calibration inputs with damping 0 and G = HŴ, the error is
+    ``Q(W) − Q(Ŵ)`` and the ratio ``(Q(W) − Q(Ŵ)) / (Q(0) − Q(Ŵ))`` (Q of :class:`LayerProblem`).
+    """
+    _check_square_symmetric("H_raw", H_raw)
+    p = H_raw.shape[0]
+    _check_matrix("W", W, rows=p)
+    _check_matrix("W_dense", W_dense, rows=p, cols=W.shape[1])
+    H = H_raw.to(SOLVER_DTYPE)
+    D = W.to(device=H.device, dtype=SOLVER_DTYPE) - W_dense.to(device=H.device, dtype=SOLVER_DTYPE)
+    Wd = W_dense.to(device=H.device, dtype=SOLVER_DTYPE)
+    err = 0.5 * float((D * (H @ D)).sum())
+    energy = 0.5 * float((Wd * (H @ Wd)).sum())
+    return err, (err / energy if energy > 0 else float("nan"))

@@ -46,6 +46,8 @@ SECTIONS = [  # (heading, table section, figure section, intro)
      "lm-eval zero-shot accuracy (acc and acc_norm) per task; mean over the tasks when all are present."),
     ("Language models: pruning cost, memory and speedup", "lm_cost", None,
      "Wall time, peak memory, parameters kept and FLOPs / measured speedups of the same runs."),
+    ("Language models: layer error, calibration vs held-out", "lm_layer_error", None,
+     "Per-layer reconstruction error on the calibration inputs beside the same error on held-out windows."),
     ("Vision: accuracy vs FLOPs", "vision_accuracy", "vision_accuracy",
      "Top-1 accuracy of the sliced network (no fine-tuning) per method and fraction of FLOPs removed."),
     ("Measured vs FLOPs speedup", "speedup", "speedup",

@@ -106,6 +106,19 @@ def _latency_point(rows: Any) -> tuple[float | None, str]:
     return num(p["speedup"]), f"batch {p.get('batch')} × {p.get('seqlen')} tok, {p.get('threads', '?')} thr"
 
 
+def layer_error_means(layers: Any) -> dict[str, float | None]:
+    """Mean over a run's layer records of ``calib_rel_error`` / ``heldout_rel_error`` per part:
+    ``err_calib:attn``, ``err_heldout:attn``, ``err_calib:mlp``, ``err_heldout:mlp`` (None when absent)."""
+    out: dict[str, float | None] = {}
+    for part in ("attn", "mlp"):
+        for which in ("calib", "heldout"):
+            vals = [num(L.get(f"{which}_rel_error")) for L in (layers or [])
+                    if isinstance(L, dict) and L.get("part") == part]
+            vals = [v for v in vals if v is not None and v == v]
+            out[f"err_{which}:{part}"] = sum(vals) / len(vals) if vals else None
+    return out
+
+
 def lm_row(r: RunRecord) -> dict[str, Any]:
     """One lm record → one flat row (``ppl:<corpus>``, ``dense_ppl:<corpus>``, ``acc:<task>``, ...)."""
     cfg, m = r.config or {}, r.metrics or {}
@@ -147,6 +160,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "zero_shot_limit": dig(m, "pruned", "zero_shot", "limit"),
         "lm_eval_version": dig(m, "pruned", "zero_shot", "lm_eval_version"),
     })
+    row.update(layer_error_means(m.get("layers")))
     for c in corpora:
         row[f"ppl:{c}"] = num(dig(m, "pruned", c, "ppl"))
         row[f"dense_ppl:{c}"] = num(dig(m, "dense", c, "ppl"))

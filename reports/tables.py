@@ -336,6 +336,47 @@ def lm_cost_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
     return tables
 
 
+def lm_layer_error_tables(records, experiment: str = "lm_perplexity") -> list[Table]:
+    """Per (model, calibration): rows = target × method; per consumer kind (attention, MLP) the mean over
+    layers of the relative reconstruction error on the calibration inputs and on the held-out windows,
+    and their ratio held-out / calibration."""
+    df = frame(records, experiment, "lm")
+    tables: list[Table] = []
+    if df.empty or "err_heldout:attn" not in df:
+        return tables
+    spec = [(f"{name} {what}", f"err_{which}:{part}") for part, name in (("attn", "attention"), ("mlp", "MLP"))
+            for what, which in (("calibration", "calib"), ("held-out", "heldout"))]
+    for g, sub in _groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
+        sub = sub.assign(method_label=_method_label(sub))
+        sub, notes = _dedupe(sub, ["target", "method_label"])
+        if not sub["err_heldout:attn"].notna().any() and not sub["err_heldout:mlp"].notna().any():
+            continue
+        data = pd.DataFrame({"target": sub["target"], "method": sub["method_label"], "_s": sub["target_sort"],
+                             **{name: sub[col] for name, col in spec}})
+        for part in ("attention", "MLP"):
+            data[f"{part} ratio"] = data[f"{part} held-out"] / data[f"{part} calibration"]
+        data = _method_sorted(data, ["_s"], col="method")
+        cols = [c for part in ("attention", "MLP") for c in (f"{part} calibration", f"{part} held-out", f"{part} ratio")]
+        missing = missing_metrics(sub, [col for _, col in spec])
+        if missing:
+            notes.append("Missing values: " + ", ".join(f"{k} in {v} record(s)" for k, v in missing.items()) + ".")
+        tables.append(Table(
+            name=_slug("lm_layer_error", g["model"], g["calib_corpus"], g["n_samples"]),
+            title=f"Layer error: calibration vs held-out — {g['model']}",
+            caption=("Relative reconstruction error ½‖X(W − Ŵ)‖² / ½‖XŴ‖² of every pruned consumer (W: pruned, "
+                     "refit weights; Ŵ: dense), averaged over the layers of each kind: on the calibration "
+                     "inputs the solver fitted, and on held-out windows of the calibration text (disjoint from "
+                     "the calibration and evaluation windows) pushed through the same pruned blocks; ratio = "
+                     "held-out / calibration (> 1: the refit generalises less well than its objective says). "
+                     + _provenance_caption(sub, "lm")),
+            data=data, label_cols=["target", "method"], value_cols=cols,
+            directions={c: LOWER for c in cols if not c.endswith("ratio")},
+            formats={c: (".2f" if c.endswith("ratio") else ".4f") for c in cols},
+            group_by=["target"], notes=_fixture_note(sub) + notes
+            + ["Errors on raw XᵀX (no damping); calibration column = the layer objective's reconstruction error."]))
+    return tables
+
+
 # ---------------------------------------------------------------------------------------------------
 # vision
 
@@ -590,6 +631,7 @@ BUILDERS: dict[str, Callable[..., list[Table]]] = {
     "lm_paired": lm_paired_tables,
     "lm_zeroshot": lm_zero_shot_tables,
     "lm_cost": lm_cost_tables,
+    "lm_layer_error": lm_layer_error_tables,
     "vision_accuracy": vision_accuracy_tables,
     "speedup": speedup_table,
     "pruning_runtime": runtime_tables,

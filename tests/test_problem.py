@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from osscar.problem import LayerProblem
+from osscar.problem import LayerProblem, reconstruction_error
 
 
 def _spd(p: int, seed: int = 0) -> torch.Tensor:
@@ -51,6 +51,29 @@ def test_objective_is_reconstruction_error_minus_constant():
     err = 0.5 * float(((X @ W_dense - X @ W) ** 2).sum())
     const = 0.5 * float(((X @ W_dense) ** 2).sum())
     assert math.isclose(P.objective(W) + const, err, rel_tol=1e-10)
+
+
+def test_reconstruction_error_is_the_objective_gap_on_calibration_inputs():
+    """With H = XᵀX, damping 0 and G = HŴ: reconstruction_error(H, W, Ŵ) = (½‖X(W−Ŵ)‖², ratio) with
+    ½‖X(W−Ŵ)‖² = Q(W) − Q(Ŵ) (Q(Ŵ) = dense_objective) and ratio = (Q(W) − Q(Ŵ)) / (Q(0) − Q(Ŵ)), Q(0) = 0;
+    W is an OSSCAR solution (pruned rows zero, kept rows refit)."""
+    from osscar.methods import make_method
+
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(60, 12, generator=g, dtype=torch.float64)
+    W_dense = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    P = LayerProblem.from_calibration(X.T @ X, W_dense, 2, 3, damping=0.0)
+    W = make_method("osscar").prune(P).W
+    assert int((W.abs().sum(1) == 0).sum()) == 6  # 3 of 6 groups of 2 pruned
+    err, rel = reconstruction_error(X.T @ X, W, W_dense)
+    q_w, q_dense, q_zero = P.objective(W), P.dense_objective(), 0.0
+    assert math.isclose(err, 0.5 * float((X @ (W - W_dense)).pow(2).sum()), rel_tol=1e-10)
+    assert math.isclose(err, q_w - q_dense, rel_tol=1e-9)
+    assert math.isclose(rel, (q_w - q_dense) / (q_zero - q_dense), rel_tol=1e-9)
+    assert 0 < rel < 1
+    assert reconstruction_error(X.T @ X, W_dense, W_dense)[0] == 0.0
+    with pytest.raises(ValueError, match="W_dense must have 4 columns"):
+        reconstruction_error(X.T @ X, W, W_dense[:, :3])
 
 
 @pytest.mark.parametrize(

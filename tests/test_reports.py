@@ -369,3 +369,32 @@ def test_perplexity_bold_needs_a_paired_range_below_one(tmp_path):
     (tmp_path / "store" / "lm_perplexity" / f"{RunRecord('lm_perplexity', 'lm', {**cfg, 'method': 'osscar'}, {}, {}, '', '').key}.json").unlink()
     t = only(lm_perplexity_tables(load_records(tmp_path / "store")))
     assert best_cells(t) == set()  # ziplm vs mp: inside the paired range
+
+
+def test_layer_error_table_means_over_layers_and_ratio(tmp_path):
+    from reports.tables import lm_layer_error_tables
+    from results.store import ResultStore, RunRecord
+
+    store = ResultStore(tmp_path / "store")
+    cfg = {"model": "smollm2-135m", "head_fraction": 0.5, "neuron_fraction": 0.5, "eval_corpora": ["wiki-gensim"],
+           "n_samples": 8, "seqlen": 128, "calib_corpus": "wiki-gensim"}
+    # (attn calib, attn held-out, mlp calib, mlp held-out) per block; two blocks
+    errs = {"mp": [(0.4, 0.5, 0.2, 0.3), (0.6, 0.7, 0.4, 0.5)], "osscar": [(0.1, 0.2, 0.05, 0.1), (0.3, 0.4, 0.15, 0.2)]}
+    for i, (m, blocks) in enumerate(errs.items()):
+        layers = [{"part": part, "calib_rel_error": e[2 * j], "heldout_rel_error": e[2 * j + 1]}
+                  for e in blocks for j, part in enumerate(("attn", "mlp"))]
+        store.put(RunRecord("lm_perplexity", "lm", {**cfg, "method": m},
+                            {"pruned": {"wiki-gensim": {"ppl": 30.0}}, "layers": layers}, {}, "t0", f"t{i}"))
+    store.put(RunRecord("lm_perplexity", "lm", {**cfg, "method": "ziplm"},  # an older record: no held-out errors
+                        {"pruned": {"wiki-gensim": {"ppl": 30.0}}, "layers": [{"part": "attn", "objective": -1.0}]},
+                        {}, "t0", "t9"))
+    t = only(lm_layer_error_tables(load_records(tmp_path / "store")))
+    rows = t.data.set_index("method")
+    assert rows.loc["osscar", "attention calibration"] == pytest.approx(0.2)
+    assert rows.loc["osscar", "attention held-out"] == pytest.approx(0.3)
+    assert rows.loc["osscar", "attention ratio"] == pytest.approx(1.5)
+    assert rows.loc["mp", "MLP held-out"] == pytest.approx(0.4)
+    assert rows.loc["mp", "MLP ratio"] == pytest.approx(0.4 / 0.3)
+    assert pd.isna(rows.loc["ziplm", "attention held-out"])
+    assert ("heads 50% / neurons 50%", "osscar", "attention held-out") in best_cells(t)
+    assert any("Missing values" in n for n in t.notes)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from osscar.devices import model_device
 from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.methods import PruneResult, PruningMethod
-from osscar.problem import LayerProblem
+from osscar.problem import LayerProblem, reconstruction_error
 from osscar.options import CALIBRATION_INPUTS  # noqa: F401  (re-exported)
 
 
@@ -194,6 +194,12 @@ class LayerRecord:
     dense_objective: float
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    # ½‖X(W − Ŵ)‖² (raw H, no damping) and its ratio to ½‖XŴ‖², on the calibration inputs and on the
+    # held-out windows (None: no held-out windows given); see osscar.problem.reconstruction_error
+    calib_error: float | None = None
+    calib_rel_error: float | None = None
+    heldout_error: float | None = None
+    heldout_rel_error: float | None = None
 
 
 @dataclass
@@ -202,6 +208,16 @@ class PruneOutcome:
     records: list[LayerRecord]
     seconds_total: float
     seconds_solver: float
+
+
+def _heldout_pass(adapter: ModelAdapter, layer: nn.Module, inputs: list[Batch]) -> tuple[dict[str, Tensor], list[Batch]]:
+    """Both consumers' ``H = XᵀX`` on the held-out batches in one block run, and the block's outputs."""
+    accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
+    try:
+        outputs = _run_block(layer, inputs)
+    finally:
+        Hs = {part: acc.remove() for part, acc in accs.items()}
+    return Hs, outputs
 
 
 def _keep_for(keep: int | Mapping[int, int], block: int) -> int:
@@ -293,6 +309,7 @@ def prune_model_sequential(
     batch_size: int = 8,
     shortcut_bytes: int = SHORTCUT_BYTES,
     inputs_from: str = "pruned",
+    heldout: Tensor | None = None,
 ) -> PruneOutcome:
     """Prune ``model`` in place, block by block, with ``method``.
 
@@ -312,6 +329,10 @@ def prune_model_sequential(
             dense model's inputs: one forward per block collects both consumers' H before either is
             pruned, and the next block gets the dense block's outputs). With ``"dense"`` every method
             solves the same layer problems, so end-to-end differences are not sequential drift.
+        heldout: optional (h, seqlen') long held-out windows, never given to the solver: they go
+            through the same blocks as the calibration windows (pruned, or dense with
+            ``inputs_from="dense"``), a second H per consumer is accumulated from them after the block
+            is pruned (before, with ``"dense"``) and each record gets its held-out error.
 
     Returns the kept group indices per block {block: {"attn": (k,), "mlp": (k,)}} and records.
     """
@@ -326,16 +347,22 @@ def prune_model_sequential(
         raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
     start = time.perf_counter()
     inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
+    h_inputs, h_per_layer = capture_inputs(model, adapter, heldout, batch_size) if heldout is not None else ([], [])
     shortcut = adapter.mlp_output_is_residual() and segments.numel() * adapter.ffn_dim * 4 <= shortcut_bytes
     kept: dict[int, dict[str, Tensor]] = {}
     records: list[LayerRecord] = []
     solver_s = 0.0
     for i, layer in enumerate(blocks):
         inputs = with_block_kwargs(inputs, per_layer, i)  # this block's own masks / positions
+        h_inputs = with_block_kwargs(h_inputs, h_per_layer, i)
         if i not in todo:
             inputs = _run_block(layer, inputs)
+            h_inputs = _run_block(layer, h_inputs) if todo and i < max(todo) else []  # none after the last pruned
             continue
         kept[i] = {}
+        weights: dict[str, tuple[LayerRecord, Tensor, Tensor]] = {}  # part -> (record, W written, Ŵ)
+        if heldout is not None and inputs_from == "dense":
+            h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs)
         if inputs_from == "dense":  # both consumers' H from the dense block, before either is pruned
             accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
             try:
@@ -367,18 +394,28 @@ def prune_model_sequential(
             else:
                 res = method.prune(problem)
             solver_s += res.seconds
-            W_old = consumer.weight.data.clone() if keep_x else None
+            W_old = consumer.weight.data.clone()
             write_consumer(consumer, res.W)
-            if W_old is not None:  # keep_x: acc kept this consumer's inputs
+            if keep_x:  # acc kept this consumer's inputs
                 inputs = _shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old)
             kept[i][part] = res.kept.clone()
+            err, rel = reconstruction_error(H, consumer.weight.data.T, W_old.T)
             records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
                                        kept=res.kept.tolist(), objective=res.objective,
                                        dense_objective=problem.dense_objective(), seconds=res.seconds,
-                                       info={k: v for k, v in res.info.items() if isinstance(v, (int, float))}))
+                                       info={k: v for k, v in res.info.items() if isinstance(v, (int, float))},
+                                       calib_error=err, calib_rel_error=rel))
+            weights[part] = (records[-1], consumer.weight.data.T.clone(), W_old.T)
             if progress is not None:
                 progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
-            del H, problem, acc, outputs
+            del H, problem, acc, outputs, W_old
+        if heldout is not None:
+            if inputs_from == "pruned":  # the pruned block: attention as pruned, the MLP's inputs through it
+                h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs)
+            for part, (rec, W_new, W_dense) in weights.items():
+                rec.heldout_error, rec.heldout_rel_error = reconstruction_error(h_H[part], W_new, W_dense)
+            del h_H
+        del weights
         if inputs_from == "dense":
             inputs = dense_outputs
             del dense_outputs

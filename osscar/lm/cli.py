@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Segments are cut as GPTQ's loaders do (README: LM evaluation protocol)")
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration segment")
+    p.add_argument("--heldout-samples", type=int, default=4,
+                   help="held-out windows of the calibration text (never solved on) for each layer's held-out error; 0: none")
+    p.add_argument("--heldout-seqlen", type=int, default=None, help="tokens per held-out window (None: --seqlen)")
     p.add_argument("--damping", type=float, default=0.01, help="λ: H + λ·mean(diag H)·I")
     p.add_argument("--eval-corpus", action="append", default=None, metavar="NAME|PATH",
                    help="perplexity corpus, repeatable, as --calib-corpus (wikitext2: test set, ptb: "
@@ -141,6 +144,7 @@ def config_from_args(args: argparse.Namespace):
         speedup=args.speedup, allocation=args.allocation, allocation_point=args.allocation_point,
         allocation_mlp_levels=args.allocation_mlp_levels, allocation_min_keep=args.allocation_min_keep,
         calib_corpus=args.calib_corpus, n_samples=args.n_samples, seqlen=args.seqlen,
+        heldout_samples=args.heldout_samples, heldout_seqlen=args.heldout_seqlen,
         damping=args.damping, eval_corpora=tuple(args.eval_corpus or ["wiki-gensim"]),
         eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows or None,
         zero_shot_tasks=tuple(t for t in args.tasks.split(",") if t), zero_shot_limit=args.limit or None,

@@ -270,14 +270,15 @@ def joined_tokens(name: str, tokenizer: Any, part: str) -> Tensor:
     return encode(tokenizer, JOINER.join(docs))
 
 
-def document_segments(docs: list[str], tokenizer: Any, n: int, seqlen: int, seed: int, what: str) -> Tensor:
-    """GPTQ's ``get_c4`` draw: ``n`` windows of ``seqlen`` tokens, one per random long document: (n, seqlen).
+def document_draws(docs: list[str], tokenizer: Any, n: int, seqlen: int, seed: int,
+                   what: str) -> list[tuple[int, Tensor, int]]:
+    """GPTQ's ``get_c4`` draws: ``n`` (document index, its token ids (L,), window start) triples.
 
     ValueError after ``100 * n`` draws without ``n`` documents longer than ``seqlen`` tokens.
     """
     rng = random.Random(seed)
     tokens: dict[int, Tensor] = {}  # a document drawn twice is tokenized once (same ids)
-    out: list[Tensor] = []
+    out: list[tuple[int, Tensor, int]] = []
     for _ in range(100 * n):
         if len(out) == n:
             break
@@ -287,31 +288,46 @@ def document_segments(docs: list[str], tokenizer: Any, n: int, seqlen: int, seed
         ids = tokens[d]
         if len(ids) > seqlen:
             i = rng.randint(0, len(ids) - seqlen - 1)
-            out.append(ids[i:i + seqlen])
+            out.append((d, ids, i))
     if len(out) < n:
         raise ValueError(f"{what}: found only {len(out)} of {n} documents longer than seqlen={seqlen} tokens "
                          f"in {100 * n} draws; lower seqlen")
-    return torch.stack(out)
+    return out
 
 
-def calibration_segments(name: str, tokenizer: Any, n_samples: int, seqlen: int, seed: int = 0) -> Tensor:
+def document_segments(docs: list[str], tokenizer: Any, n: int, seqlen: int, seed: int, what: str) -> Tensor:
+    """GPTQ's ``get_c4`` draw: ``n`` windows of ``seqlen`` tokens, one per random long document: (n, seqlen).
+
+    ValueError after ``100 * n`` draws without ``n`` documents longer than ``seqlen`` tokens.
+    """
+    return torch.stack([ids[i:i + seqlen] for _, ids, i in document_draws(docs, tokenizer, n, seqlen, seed, what)])
+
+
+def joined_starts(n_tokens: int, n_samples: int, seqlen: int, seed: int) -> list[int]:
+    """GPTQ's calibration window starts in a joined text of ``n_tokens`` tokens (may overlap)."""
+    rng = random.Random(seed)
+    return [rng.randint(0, n_tokens - seqlen - 1) for _ in range(n_samples)]
+
+
+def calibration_segments(name: str, tokenizer: Any, n_samples: int, seqlen: int, seed: int = 0,
+                         ids: Tensor | None = None) -> Tensor:
     """``n_samples`` random windows of ``seqlen`` tokens, seeded with ``seed`` (GPTQ): (n_samples, seqlen) long.
 
     Joined corpora: ``i = randint(0, N - seqlen - 1)`` in the joined calibration text (may overlap).
     Document corpora (c4, c4-train): :func:`document_segments` on the calibration documents.
-    Raises ValueError when the text is too short for ``n_samples × seqlen`` tokens.
+    Raises ValueError when the text is too short for ``n_samples × seqlen`` tokens. ``ids``: the joined
+    calibration text's tokens (:func:`joined_tokens`) when the caller has them (not tokenized again).
     """
     corpus = get_corpus(name)
     if corpus.sampling == "documents":
         return document_segments(corpus.calibration(), tokenizer, n_samples, seqlen, seed,
                                  f"corpus {name!r} calibration")
-    ids = joined_tokens(name, tokenizer, "calibration")
+    ids = joined_tokens(name, tokenizer, "calibration") if ids is None else ids
     if len(ids) < max(n_samples * seqlen, seqlen + 1):
         raise ValueError(
             f"corpus {name!r} calibration text has {len(ids)} tokens, fewer than n_samples×seqlen = "
             f"{n_samples}×{seqlen} = {n_samples * seqlen}; lower n_samples or seqlen")
-    rng = random.Random(seed)
-    starts = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(n_samples)]
+    starts = joined_starts(len(ids), n_samples, seqlen, seed)
     return torch.stack([ids[i:i + seqlen] for i in starts])
 
 

@@ -90,6 +90,9 @@ class LMRunConfig:
             allocation, measured block latency for runtime allocation).
         calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
         damping: λ in H + λ·mean(diag H)·I.
+        heldout_samples, heldout_seqlen (default: seqlen): windows of the calibration text disjoint from
+            the calibration and evaluation windows (:mod:`osscar.lm.heldout`), never given to the solver;
+            each layer record gets its reconstruction error on them beside the calibration one. 0: none.
         eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows, the full test text;
             C4: its 256 segments). Windows follow GPTQ's loaders (:mod:`osscar.lm.data`).
         zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
@@ -136,6 +139,8 @@ class LMRunConfig:
     n_samples: int = 32
     seqlen: int = 256
     damping: float = 0.01
+    heldout_samples: int = 4
+    heldout_seqlen: int | None = None
     eval_corpora: tuple[str, ...] = ("wiki-gensim",)
     eval_seqlen: int | None = None
     eval_windows: int | None = None
@@ -215,6 +220,9 @@ class LMRunConfig:
         _check_pos_int("n_samples", self.n_samples)
         _check_pos_int("seqlen", self.seqlen)
         _check_pos_int("eval_seqlen", self.eval_seqlen, allow_none=True)
+        if isinstance(self.heldout_samples, bool) or not isinstance(self.heldout_samples, int) or self.heldout_samples < 0:
+            raise ValueError(f"heldout_samples must be an integer ≥ 0 (0: no held-out error), got {self.heldout_samples!r}")
+        _check_pos_int("heldout_seqlen", self.heldout_seqlen, allow_none=True)
         _check_pos_int("eval_windows", self.eval_windows, allow_none=True)
         _check_pos_int("zero_shot_limit", self.zero_shot_limit, allow_none=True)
         _check_pos_int("threads", self.threads)
@@ -252,7 +260,7 @@ class LMRunConfig:
             asked = f"speedup={self.speedup:g}" if self.speedup is not None else f"head_fraction={self.fractions()[0]:g}"
             raise ValueError(f"{asked}: {config.model_type} {adapter.attention_fixed_reason}")
         maxpos = adapter.max_positions()
-        for name in ("seqlen", "eval_seqlen"):
+        for name in ("seqlen", "eval_seqlen", "heldout_seqlen"):
             v = getattr(self, name)
             if v is not None and v > maxpos:
                 raise ValueError(f"{name}={v} exceeds the model's max_position_embeddings={maxpos}")
@@ -319,6 +327,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     from osscar.lm.adapters import get_adapter
     from osscar.lm.calibration import prune_model_sequential
     from osscar.lm.evaluate import perplexity, zero_shot
+    from osscar.lm.heldout import heldout_segments
     from osscar.lm.latency import prefill_comparison
     from osscar.lm.measure import flops_per_token, param_count, peak_rss_mb
     from osscar.lm.models import load_model, load_tokenizer
@@ -333,9 +342,18 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     # 1. text first: fails fast on a short corpus, before any weights are loaded
     t = time.perf_counter()
     tok = load_tokenizer(config.model, config.cache_dir)
-    segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed)
+    cal_ids = None  # the joined calibration text, tokenized once for the calibration and held-out windows
+    if config.heldout_samples and lm_data.get_corpus(config.calib_corpus).sampling == "joined":
+        cal_ids = lm_data.joined_tokens(config.calib_corpus, tok, "calibration")
+    segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed,
+                                            ids=cal_ids)
     eval_len = config.eval_seqlen or config.seqlen
     windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows) for c in config.eval_corpora}
+    heldout, heldout_info = None, None
+    if config.heldout_samples:
+        heldout, heldout_info = heldout_segments(config.calib_corpus, tok, config.heldout_samples,
+                                                 config.heldout_seqlen or config.seqlen, config.n_samples,
+                                                 config.seqlen, config.seed, eval_len, ids=cal_ids)
     timings["data_s"] = time.perf_counter() - t
 
     # 2. model
@@ -426,7 +444,7 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
     t = time.perf_counter()
     outcome = prune_model_sequential(model, segments, _Router(), plan_attn, plan_mlp, damping=config.damping,
                                      layers=list(config.layers) if config.layers is not None else None,
-                                     inputs_from=config.calibration_inputs,
+                                     inputs_from=config.calibration_inputs, heldout=heldout,
                                      progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)))
     timings["prune_total_s"] = time.perf_counter() - t
     timings["prune_solver_s"] = outcome.seconds_solver
@@ -507,7 +525,8 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any) 
         "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
         "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
         "corpora": {c: lm_data.corpus_provenance(c) for c in dict.fromkeys((config.calib_corpus, *config.eval_corpora))},
-        "calib_segments_shape": list(segments.shape), "seed": config.seed, "threads": config.threads,
+        "calib_segments_shape": list(segments.shape), "heldout_windows": heldout_info,
+        "seed": config.seed, "threads": config.threads,
         "threads_used": torch.get_num_threads(), "device": device_label(device), "dtype": config.dtype,
         "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
         "versions": versions(),

@@ -37,6 +37,10 @@ def test_smollm2_prune_slice_reload(tmp_path):
     assert 5 < dense < 60, dense  # dequantised 4-bit instruct model on held-out Wikipedia text
     assert math.isfinite(pruned) and pruned > dense
     assert out["slicing"]["max_abs_logit_diff_vs_unsliced"] < 1e-3
+    # every pruned consumer: relative error on calibration inputs and on the 4 held-out windows
+    assert len(out["layers"]) == 60 and out["provenance"]["heldout_windows"]["n"] == 4
+    for L in out["layers"]:
+        assert 0 < L["calib_rel_error"] < 1 and 0 < L["heldout_rel_error"] < 10, L["name"]
     man = out["slicing"]["manifest"]
     assert (man["num_attention_heads"], man["num_key_value_heads"], man["intermediate_size"]) == (6, 3, 1075)
     # plain HF reload of the sliced Llama checkpoint gives the same logits as load_pruned
