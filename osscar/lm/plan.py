@@ -45,9 +45,10 @@ GiB = 2 ** 30
 # osscar/solver.py and baselines/*.py.
 _SOLVER_NOTES = {
     "osscar": "F=H⁻¹, E=H_SS⁻¹ and Stage B's trial copy E', pending-downdate buffers U, U' (p×max(64,p/8)), "
-              "pruned-set K (|J|×|J|) and R (|J|×m), W' (p×m)",
-    "ziplm": "E=H_SS⁻¹, pending-downdate buffer U (p×max(64,p/8)), W (p×m); refit H_SS, L (a×a)",
-    "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m)",
+              "pruned-set K (|J|×|J|, twice while a swap is accepted) and R (|J|×m), W' (p×m)",
+    "ziplm": "E=H_SS⁻¹, pending-downdate buffer U (p×max(64,p/8)), W (p×m); then the refit",
+    "lasso": "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit",
+    "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice",
 }
 
 
@@ -170,8 +171,10 @@ class MemoryPlan:
 
 
 def fmt_bytes(n: float) -> str:
-    """``n`` bytes as GiB (≥ 1 GiB) or MiB."""
-    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2**20:.0f} MiB"
+    """``n`` bytes as GiB (≥ 1 GiB), MiB (≥ 1 MiB) or KiB."""
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def parse_bytes(text: str | float | int) -> int:
@@ -194,21 +197,30 @@ def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int
 
     ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR: F and E (p×p; E compacts only
     once a quarter of its rows is removed, so p×p bounds it), Stage B's copy E' (p×p), the two
-    pending-downdate buffers, K (|J|×|J|), R (|J|×m) and W' (p×m). ZipLM: E, one buffer and the
-    final refit (a×a twice) while E is alive. Every other method: the refit (a×a twice) and W.
+    pending-downdate buffers, K (|J|×|J|) and an accepted swap's new K while the old one lives, R (|J|×m) and W' (p×m). ZipLM: E, one buffer and the
+    final refit while E is alive. Lasso: a p×p temporary and five (p, m) iterates, then the refit.
+    Every other method: the refit (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
     """
-    j = p - kept_rows
+    a, j = kept_rows, p - kept_rows
     u = p * max(64, p // 8)
+    refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
     if method == "osscar":
-        n = 3 * p * p + 2 * u + j * j + j * m + p * m
-        key = "osscar"
+        n, key = 3 * p * p + 2 * u + 2 * j * j + j * m + p * m, "osscar"
     elif method == "ziplm":
-        n = p * p + u + 2 * kept_rows * kept_rows + p * m
-        key = "ziplm"
+        n, key = p * p + u + p * m + refit, "ziplm"
+    elif method == "lasso":
+        n, key = p * p + 5 * p * m + refit, "lasso"
     else:
-        n = 2 * kept_rows * kept_rows + p * m
-        key = "refit"
+        n, key = refit, "refit"
     return F64 * n, _SOLVER_NOTES[key]
+
+
+def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+    """(bytes, what) of one consumer's solve: ``H_raw, H: (p, p)`` and ``G, Ŵ: (p, m)`` in float64,
+    plus the larger of the method's working set and the problem construction's temporaries (H's float64
+    copy and H + Hᵀ: (p, p) each; Ŵ's float64 copy: (p, m))."""
+    ws, what = solver_working_set(method, p, m, kept_rows)
+    return F64 * (2 * p * p + 2 * p * m) + max(ws, F64 * (2 * p * p + p * m)), what
 
 
 def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, dtype: str, method: str,
@@ -254,11 +266,7 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     fwd = (scores + 3 * batch_rows * ffn * b + batch_rows * max(ffn, shape.attn_p) * F32 + 4 * batch_rows * d * b)
     add("prune", "one batch's block forward", f"{min(CALIB_BATCH, n_samples)}×{seqlen}", fwd)
     consumers = (("attention", shape.attn_p, keep_fraction[0]), ("MLP", ffn, keep_fraction[1]))
-    solve = []
-    for part, p, keep in consumers:
-        ws, what = solver_working_set(method, p, d, int(round(keep * p)))
-        solve.append((F64 * (2 * p * p + 2 * p * d) + max(ws, F64 * 2 * p * p), part, p, what))
-    total, part, p, what = max(solve)
+    total, part, p = max((solve_bytes(method, p, d, round(keep * p))[0], part, p) for part, p, keep in consumers)
     add("prune", f"H_raw, H, G, Ŵ + {method} ({part})", f"p={p} m={d} f64", total)
     # evaluate: resident model, one window's logits, (latency) a dense copy
     add("evaluate", "model weights (resident)", f"{shape.params / 1e9:.2f}B params", weights)
