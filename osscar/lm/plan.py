@@ -177,6 +177,14 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
+def count(n: int) -> str:
+    """A parameter count: 1.32B, 50M, 16k."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
 def parse_bytes(text: str | float | int) -> int:
     """A size: a number of GiB (``32``, ``31.5``) or with a unit (``500MiB``, ``80GB``, ``24GiB``)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -250,12 +258,11 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
         items.append(PlanItem(phase, where, name, shp, int(n)))
 
     # load: the whole model on the host (then moved to a CUDA device)
-    add("load", "model weights", f"{shape.params / 1e9:.2f}B params", weights, "host")
+    add("load", "weights", f"{count(shape.params)} params", weights, "host")
     if device_type == "cuda":
-        add("load", "model weights", f"{shape.params / 1e9:.2f}B params", weights)
+        add("load", "weights", f"{count(shape.params)} params", weights)
     # prune: resident model, activations in/out, one batch's forward, the largest consumer's solve
-    add("prune", "model weights (all blocks resident)", f"{shape.n_layers}×{shape.block_params / 1e6:.0f}M"
-        f" + {shape.other_params / 1e6:.0f}M", weights)
+    add("prune", "weights (all blocks resident)", f"{shape.n_layers}×{count(shape.block_params)} + {count(shape.other_params)}", weights)
     add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b)
     add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b)
     if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
@@ -269,10 +276,10 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     total, part, p = max((solve_bytes(method, p, d, round(keep * p))[0], part, p) for part, p, keep in consumers)
     add("prune", f"H_raw, H, G, Ŵ + {method} ({part})", f"p={p} m={d} f64", total)
     # evaluate: resident model, one window's logits, (latency) a dense copy
-    add("evaluate", "model weights (resident)", f"{shape.params / 1e9:.2f}B params", weights)
+    add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
     add("evaluate", "logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
     if latency:
-        add("evaluate", "dense copy for latency (cache miss)", f"{shape.params / 1e9:.2f}B params", weights)
+        add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
     if device_type != "cuda":  # the device is the host: one set of items, listed for both
         items = [PlanItem(i.phase, w, i.name, i.shape, i.bytes) for w in ("device", "host") for i in items]
     return MemoryPlan(model=model, device_type=device_type, dtype=dtype, offload=offload, n_samples=n_samples,

@@ -106,7 +106,7 @@ def test_plan_counts_the_model_and_activations():
     plan = memory_plan(shape, model="t", n_samples=16, seqlen=64, dtype="bfloat16", method="osscar", device_type="cuda")
     by = {(i.phase, i.where, i.name): i.bytes for i in plan.items}
     assert by[("prune", "device", "activations in")] == 16 * 64 * cfg.hidden_size * 2
-    assert by[("load", "host", "model weights")] == shape.params * 2
+    assert by[("load", "host", "weights")] == shape.params * 2
     assert plan.peak("host", "prune") == 0  # CUDA: the host holds no copy after the move
     assert plan.peak("device") == max(plan.peak("device", ph) for ph in PHASES)
     lines = plan.format().splitlines()
