@@ -331,5 +331,5 @@ def fit_error(config: Any, shape: ModelShape, limit: int, limit_what: str) -> st
         if plan_for_run(config, shape, **change).peak("device") <= limit:
             return msg + f"it fits with {what}"
     floor = plan_for_run(config, shape, n_samples=1, dtype="bfloat16").peak("device")
-    return msg + (f"no dtype or n_samples makes it fit ({fmt_bytes(floor)} at bfloat16 and n_samples=1): it needs "
-                  "more memory than this (offload modes that keep one block resident are not implemented yet)")
+    return msg + (f"no dtype or n_samples makes it fit (the least is {fmt_bytes(floor)}, at bfloat16 and "
+                  "n_samples=1); offload modes that keep one block resident are not implemented yet")
