@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = parser_flags(parser, FIELD_FLAGS)
     from osscar.lm.data import CorpusUnavailable
-    from osscar.lm.run import check_memory, run_lm, write_json_atomic
+    from osscar.lm.plan import check_memory
+    from osscar.lm.run import run_lm, write_json_atomic
 
     try:
         config = config_from_args(args)

@@ -205,7 +205,8 @@ def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int
 
     ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR: F and E (p×p; E compacts only
     once a quarter of its rows is removed, so p×p bounds it), Stage B's copy E' (p×p), the two
-    pending-downdate buffers, K (|J|×|J|) and an accepted swap's new K while the old one lives, R (|J|×m) and W' (p×m). ZipLM: E, one buffer and the
+    pending-downdate buffers, K (|J|×|J|) and an accepted swap's new K while the old one lives,
+    R (|J|×m) and W' (p×m). ZipLM: E, one buffer and the
     final refit while E is alive. Lasso: a p×p temporary and five (p, m) iterates, then the refit.
     Every other method: the refit (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
     """
@@ -262,7 +263,8 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     if device_type == "cuda":
         add("load", "weights", f"{count(shape.params)} params", weights)
     # prune: resident model, activations in/out, one batch's forward, the largest consumer's solve
-    add("prune", "weights (all blocks resident)", f"{shape.n_layers}×{count(shape.block_params)} + {count(shape.other_params)}", weights)
+    add("prune", "weights (all blocks resident)",
+        f"{shape.n_layers}×{count(shape.block_params)} + {count(shape.other_params)}", weights)
     add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b)
     add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b)
     if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
@@ -298,15 +300,43 @@ def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
 
 
 def available_bytes(device: str) -> tuple[int, str]:
-    """(bytes, what) free for a run on ``device``: CUDA: ``torch.cuda.mem_get_info``; CPU: available
-    host memory (psutil)."""
+    """(bytes, what) free for a run on ``device``: CUDA: ``torch.cuda.mem_get_info``; CPU: the host's
+    available memory (``MemAvailable`` of /proc/meminfo; elsewhere free pages, ``os.sysconf``)."""
     if str(device).startswith("cuda"):
         import torch
 
         return int(torch.cuda.mem_get_info(torch.device(device))[0]), f"free on {device}"
-    import psutil
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    import os
 
-    return int(psutil.virtual_memory().available), "available host memory"
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free host memory"
+
+
+def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
+    """(the plan of an :class:`osscar.lm.run.LMRunConfig`, the limit it was checked against, the error or
+    None), from the config alone: no weights load.
+
+    The error (naming the largest item and an option that would fit, :func:`fit_error`) when the
+    plan's device peak exceeds ``max_device_memory`` or, unset, :func:`available_bytes`.
+    """
+    from osscar.devices import resolve_device
+    from osscar.lm.models import load_config
+
+    device = resolve_device(config.device, "device")
+    mconf = load_config(config.model, config.cache_dir)
+    mconf.osscar_attention_unit = config.attention_unit
+    shape = model_shape(mconf)
+    if config.max_device_memory is not None:
+        limit, what = parse_bytes(config.max_device_memory), "max_device_memory"
+    else:
+        limit, what = available_bytes(str(device))
+    return plan_for_run(config, shape), f"{what} {fmt_bytes(limit)}", fit_error(config, shape, limit, what)
 
 
 def fit_error(config: Any, shape: ModelShape, limit: int, limit_what: str) -> str | None:

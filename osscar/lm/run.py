@@ -308,31 +308,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def check_memory(config: LMRunConfig) -> tuple[Any, str, str | None]:
-    """(the run's :class:`osscar.lm.plan.MemoryPlan`, the limit it is checked against, the error or None),
-    from the config alone (no weights).
-
-    The error (naming the largest item and an option that would fit) when the plan's device peak
-    exceeds ``max_device_memory`` or, unset, the device's free memory (:func:`osscar.lm.plan.available_bytes`).
-    """
-    from osscar.lm.plan import available_bytes, fit_error, fmt_bytes, model_shape, parse_bytes, plan_for_run
-
-    device = resolve_device(config.device, "device")
-    mconf = load_config(config.model, config.cache_dir)
-    mconf.osscar_attention_unit = config.attention_unit
-    shape = model_shape(mconf)
-    if config.max_device_memory is not None:
-        limit, what = parse_bytes(config.max_device_memory), "max_device_memory"
-    else:
-        limit, what = available_bytes(str(device))
-    return plan_for_run(config, shape), f"{what} {fmt_bytes(limit)}", fit_error(config, shape, limit, what)
-
-
 def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = None,
            plan: Any = None) -> dict[str, Any]:
     """Calibrate, prune, slice and evaluate one model. Returns metrics and provenance.
 
-    First the memory plan (:func:`check_memory`; ``plan``: one already checked): a run that would
+    First the memory plan (:func:`osscar.lm.plan.check_memory`; ``plan``: one already checked): a run that would
     not fit stops here, before any weights load; the plan is recorded under ``memory_plan``.
     ``save_to``: folder for the sliced model (:func:`osscar.lm.slicing.save_pruned`).
     Runs with ``config.threads`` torch threads; the caller's count is restored afterwards.
@@ -340,6 +320,8 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
     from osscar.memory import MemoryMonitor
 
     if plan is None:
+        from osscar.lm.plan import check_memory
+
         plan, _, err = check_memory(config)
         if err is not None:
             raise ValueError(err)

@@ -147,7 +147,8 @@ def test_plan_over_the_limit_stops_the_cli_before_loading(tiny_llama_dir, monkey
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("osscar lm: error: the memory plan needs")
     assert "--max-device-memory is 64 KiB" in lines[0] and "largest item: " in lines[0]
-    from osscar.lm.run import LMRunConfig, check_memory
+    from osscar.lm.plan import check_memory
+    from osscar.lm.run import LMRunConfig
 
     plan, _, _ = check_memory(LMRunConfig(model=str(tiny_llama_dir), method="mp", n_samples=4, seqlen=32))
     assert f"largest item: {plan.largest('device').name} " in lines[0]
@@ -174,3 +175,33 @@ def test_run_lm_refuses_before_loading(tiny_llama_dir, monkeypatch):
     cfg = LMRunConfig(model=str(tiny_llama_dir), method="mp", n_samples=4, seqlen=32, max_device_memory="1KiB")
     with pytest.raises(ValueError, match="largest item"):
         run_lm(cfg)
+
+
+def test_fit_error_names_the_first_option_that_fits():
+    from types import SimpleNamespace
+
+    from osscar.lm.plan import fit_error, plan_for_run
+
+    shape = model_shape(tiny_llama_config(vocab_size=30000, hidden_size=256, intermediate_size=512, head_dim=32,
+                                          num_attention_heads=8, num_key_value_heads=4))
+    rc = SimpleNamespace(model="t", n_samples=64, seqlen=128, dtype="float32", method="osscar", device="cuda",
+                         offload="none", eval_seqlen=None, latency_points=(), fractions=lambda: (0.5, 0.5))
+    f32 = plan_for_run(rc, shape).peak("device")
+    half = plan_for_run(rc, shape, dtype="bfloat16").peak("device")
+    assert fit_error(rc, shape, f32, "max_device_memory") is None
+    err = fit_error(rc, shape, (f32 + half) // 2, "max_device_memory")
+    assert err.endswith("it fits with dtype=bfloat16 (or float16)") and "max_device_memory is" in err
+    err = fit_error(rc, shape, half - 1, "max_device_memory")  # n_samples halvings, then nothing
+    assert ("it fits with n_samples=" in err) or ("no dtype or n_samples makes it fit" in err)
+    err = fit_error(rc, shape, 1, "max_device_memory")
+    assert "no dtype or n_samples makes it fit" in err
+
+
+def test_bad_max_device_memory_is_a_cli_error(tiny_llama_dir, monkeypatch, capsys, tmp_path):
+    import osscar.lm.models as models
+    from osscar.lm.cli import main
+
+    monkeypatch.setattr(models, "load_model", _no_load)
+    assert main(["--model", str(tiny_llama_dir), "--max-device-memory", "lots", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "osscar lm: error: --max-device-memory: expected a size like 32, 24GiB or 500MiB, got 'lots'"
