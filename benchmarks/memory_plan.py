@@ -55,7 +55,8 @@ def table(n_samples: int, seqlen: int, dtype: str, method: str) -> str:
         rc = run_config(name, n_samples, seqlen, dtype, method)
         plan = plan_for_run(rc, shape)
         by = {i.name: i for i in plan.items if i.where == "device" and i.phase == "prune"}
-        solve = next(i for n, i in by.items() if n.startswith("H_raw"))
+        solve = sum(i.bytes for n, i in by.items() if n.startswith("solve "))
+        p = next(i.shape for n, i in by.items() if n.endswith("working set")).split()[0]
         acts = by["activations in"].bytes + by["activations out"].bytes
         fits = []
         for label, limit in DEVICES:
@@ -63,7 +64,7 @@ def table(n_samples: int, seqlen: int, dtype: str, method: str) -> str:
             fits.append("yes" if err is None else short(err))
         rows.append("| " + " | ".join([
             name.split("/")[-1], f"{shape.params / 1e9:.2f}B", fmt_bytes(shape.params * plan_bytes(dtype)),
-            fmt_bytes(acts), f"{fmt_bytes(solve.bytes)} ({solve.shape.split()[0]})",
+            fmt_bytes(acts), f"{fmt_bytes(solve)} ({p})",
             fmt_bytes(plan.peak("device", "prune")), fmt_bytes(plan.peak("device", "evaluate")),
             fmt_bytes(plan.peak("host", "load")), *fits]) + " |")
     return "\n".join(rows)

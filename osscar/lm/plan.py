@@ -11,8 +11,8 @@ phases, each one's peak the sum of its items:
   each; the MLP consumer's inputs kept for the no-rerun step (``n·seqlen·ffn`` float32, only when
   they fit in :data:`osscar.lm.calibration.SHORTCUT_BYTES`); one batch's block forward (attention
   scores, MLP intermediates, the Hessian hook's float32 copy); and the largest consumer's solve
-  in float64: the accumulated ``H_raw: (p, p)``, the problem's ``H: (p, p)``, ``G, Ŵ: (p, m)``
-  and the method's working set (:func:`solver_working_set`).
+  in float64 (:func:`solve_parts`): the accumulated ``H_raw: (p, p)``, the problem's ``H: (p, p)``,
+  ``G, Ŵ: (p, m)`` and the method's working set (:func:`solver_working_set`).
 * ``evaluate`` — the (dense, then sliced) resident model and one perplexity window's logits
   (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
   dense copy of the model (built on a latency-cache miss).
@@ -224,12 +224,18 @@ def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int
     return F64 * n, _SOLVER_NOTES[key]
 
 
-def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
-    """(bytes, what) of one consumer's solve: ``H_raw, H: (p, p)`` and ``G, Ŵ: (p, m)`` in float64,
-    plus the larger of the method's working set and the problem construction's temporaries (H's float64
+def solve_parts(method: str, p: int, m: int, kept_rows: int) -> list[tuple[str, str, int]]:
+    """[(name, shape, bytes)] of one consumer's solve in float64: ``H_raw, H: (p, p)``, ``G, Ŵ: (p, m)``
+    and the larger of the method's working set and the problem construction's temporaries (H's float64
     copy and H + Hᵀ: (p, p) each; Ŵ's float64 copy: (p, m))."""
-    ws, what = solver_working_set(method, p, m, kept_rows)
-    return F64 * (2 * p * p + 2 * p * m) + max(ws, F64 * (2 * p * p + p * m)), what
+    ws, _ = solver_working_set(method, p, m, kept_rows)
+    return [("H_raw, H", f"2×{p}×{p} f64", F64 * 2 * p * p), ("G, Ŵ", f"2×{p}×{m} f64", F64 * 2 * p * m),
+            (f"{method} working set", f"p={p} m={m} f64", max(ws, F64 * (2 * p * p + p * m)))]
+
+
+def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> int:
+    """Bytes of one consumer's solve: the sum of :func:`solve_parts`."""
+    return sum(n for _, _, n in solve_parts(method, p, m, kept_rows))
 
 
 def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, dtype: str, method: str,
@@ -263,8 +269,9 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     if device_type == "cuda":
         add("load", "weights", f"{count(shape.params)} params", weights)
     # prune: resident model, activations in/out, one batch's forward, the largest consumer's solve
-    add("prune", "weights (all blocks resident)",
-        f"{shape.n_layers}×{count(shape.block_params)} + {count(shape.other_params)}", weights)
+    add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
+        shape.n_layers * shape.block_params * b)
+    add("prune", "embeddings, LM head, norm", count(shape.other_params), shape.other_params * b)
     add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b)
     add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b)
     if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
@@ -275,8 +282,9 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     fwd = (scores + 3 * batch_rows * ffn * b + batch_rows * max(ffn, shape.attn_p) * F32 + 4 * batch_rows * d * b)
     add("prune", "one batch's block forward", f"{min(CALIB_BATCH, n_samples)}×{seqlen}", fwd)
     consumers = (("attention", shape.attn_p, keep_fraction[0]), ("MLP", ffn, keep_fraction[1]))
-    total, part, p = max((solve_bytes(method, p, d, round(keep * p))[0], part, p) for part, p, keep in consumers)
-    add("prune", f"H_raw, H, G, Ŵ + {method} ({part})", f"p={p} m={d} f64", total)
+    _, part, p, keep = max((solve_bytes(method, p, d, round(keep * p)), part, p, keep) for part, p, keep in consumers)
+    for name, shp, n in solve_parts(method, p, d, round(keep * p)):
+        add("prune", f"solve {part}: {name}", shp, n)
     # evaluate: resident model, one window's logits, (latency) a dense copy
     add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
     add("evaluate", "logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
