@@ -48,9 +48,10 @@ class Pipeline:
 
 PIPELINES = MappingProxyType({
     "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
-                   volatile=("output_dir", "save_model", "cache_dir"),
+                   volatile=("output_dir", "save_model", "cache_dir", "max_device_memory"),
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
-                          ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None))),
+                          ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None),
+                          ("offload", "none"))),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),
                        added=(("device", "cpu"), ("chip_full_maps", None))),

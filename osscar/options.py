@@ -17,6 +17,7 @@ CORPUS_NAMES = ("c4", "c4-train", "ptb", "wiki-gensim", "wikitext2")
 ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai")
 EMBEDDED_LM_NAMES = ("smollm2-135m",)
 ALLOCATIONS = ("uniform", "runtime")
+OFFLOAD_MODES = ("none",)  # LM memory plan: where blocks wait while not computed (cpu/disk: not implemented)
 ATTENTION_UNITS = ("head", "kv-group")  # GQA: query heads uniform per KV group, or whole KV groups
 VISION_DATASETS = ("fashion-mnist", "cifar10", "imagenet")
 DEFAULT_FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"

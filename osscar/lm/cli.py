@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "or from the dense model's (ablation: every method solves identical layer problems)")
     p.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES),
                    help="model weights/activations (H and the solvers are float64 regardless)")
+    p.add_argument("--max-device-memory", default=None, metavar="SIZE",
+                   help="stop before loading if the memory plan needs more than SIZE on --device (GiB, or with a "
+                        "unit: 24GiB, 500MiB; default: the device's free memory, CPU: available host memory)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the memory plan (predicted peak device and host memory per phase, from the model's "
+                        "config alone, for offload mode 'none': the whole model on --device, the only mode "
+                        "implemented) and whether it fits, then stop; every run prints this plan first")
     p.add_argument("--output-dir", default="results/lm", help="folder for the metrics JSON (and --save-model)")
     p.add_argument("--name", default=None, help="file stem of the metrics JSON (default: model_method_fractions)")
     p.add_argument("--save-model", action="store_true", help="save the sliced model under OUTPUT_DIR/NAME.model")
@@ -152,7 +159,7 @@ def config_from_args(args: argparse.Namespace):
         evaluate_dense=args.dense, layers=tuple(int(i) for i in args.layers.split(",") if i) or None,
         seed=args.seed, threads=args.threads, device=args.device, dtype=args.dtype,
         calibration_inputs=args.calibration_inputs, attention_unit=args.attention_unit,
-        output_dir=args.output_dir, save_model=args.save_model,
+        max_device_memory=args.max_device_memory, output_dir=args.output_dir, save_model=args.save_model,
         cache_dir=args.cache_dir)
 
 
@@ -180,13 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = parser_flags(parser, FIELD_FLAGS)
     from osscar.lm.data import CorpusUnavailable
+    from osscar.lm.plan import check_memory
     from osscar.lm.run import run_lm, write_json_atomic
 
     try:
         config = config_from_args(args)
+        plan, limit, err = check_memory(config)
     except ValueError as e:
         print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2
+    print(plan.format(), flush=True)
+    if err is not None:
+        print(f"osscar lm: error: {as_flags(err, flags)}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"dry run: the plan fits ({as_flags(limit, flags)}); nothing loaded")
+        return 0
     hf, nf = config.fractions()
     base = os.path.basename(config.model.rstrip('/'))
     stem = f"{base[:-5] if base.lower().endswith('.gguf') else base}_{config.method}"
@@ -197,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(config.output_dir, exist_ok=True)
     save_to = os.path.join(config.output_dir, f"{name}.model") if config.save_model else None
     try:
-        result = run_lm(config, progress=not args.no_progress, save_to=save_to)
+        result = run_lm(config, progress=not args.no_progress, save_to=save_to, plan=plan)
     except (ValueError, CorpusUnavailable) as e:  # a corpus too short, or a hub corpus not reachable
         print(f"osscar lm: error: {as_flags(str(e), flags)}", file=sys.stderr)
         return 2

@@ -57,7 +57,7 @@ from osscar.lm.calibration import CALIBRATION_INPUTS
 from osscar.lm.evaluate import ZERO_SHOT_TASKS
 from osscar.lm.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
 from osscar.lm.targets import heads_removed, removed_count  # noqa: F401  (re-exported)
-from osscar.options import ALLOCATIONS, ATTENTION_UNITS
+from osscar.options import ALLOCATIONS, ATTENTION_UNITS, OFFLOAD_MODES
 
 
 
@@ -120,6 +120,11 @@ class LMRunConfig:
         dtype: the model's weights and activations (``float32``, ``float16``, ``bfloat16``; the
             authors' OPT runs use float16 on a GPU). H is accumulated from float32 products into
             float64 and the solvers work in float64 whatever this is.
+        offload: where blocks wait while not computed: only ``none`` (today's behaviour: the whole model
+            on ``device``) is implemented; the memory plan (:mod:`osscar.lm.plan`) takes it as a parameter.
+        max_device_memory: a cap on the device memory the run may plan for (GiB, or a size with a unit:
+            ``24GiB``, ``500MiB``); None: the device's free memory. A plan over it stops the run before
+            any weights load.
         output_dir: where the CLI writes metrics (and the model with ``save_model``).
     """
 
@@ -156,6 +161,8 @@ class LMRunConfig:
     dtype: str = "float32"
     calibration_inputs: str = "pruned"
     attention_unit: str | None = None
+    offload: str = "none"
+    max_device_memory: str | float | None = None
     output_dir: str | None = None
     save_model: bool = False
     cache_dir: str | None = None
@@ -237,6 +244,12 @@ class LMRunConfig:
         if self.calibration_inputs not in CALIBRATION_INPUTS:
             raise ValueError(f"calibration_inputs must be 'pruned' or 'dense', got {self.calibration_inputs!r}")
         _check_pos_int("latency_repeats", self.latency_repeats)
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload={self.offload!r} is not implemented; allowed: {', '.join(OFFLOAD_MODES)}")
+        if self.max_device_memory is not None:
+            from osscar.lm.plan import parse_bytes
+
+            parse_bytes(self.max_device_memory)  # ValueError naming max_device_memory
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
         if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
@@ -306,17 +319,27 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = None) -> dict[str, Any]:
+def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = None,
+           plan: Any = None) -> dict[str, Any]:
     """Calibrate, prune, slice and evaluate one model. Returns metrics and provenance.
 
+    First the memory plan (:func:`osscar.lm.plan.check_memory`; ``plan``: one already checked): a run that would
+    not fit stops here, before any weights load; the plan is recorded under ``memory_plan``.
     ``save_to``: folder for the sliced model (:func:`osscar.lm.slicing.save_pruned`).
     Runs with ``config.threads`` torch threads; the caller's count is restored afterwards.
     """
     from osscar.memory import MemoryMonitor
 
+    if plan is None:
+        from osscar.lm.plan import check_memory
+
+        plan, _, err = check_memory(config)
+        if err is not None:
+            raise ValueError(err)
     with torch_threads(config.threads), MemoryMonitor(device=config.device) as mem:
         result = _run_lm(config, progress, save_to, mem)
     result["memory"].update(mem.summary())
+    result["memory_plan"] = plan.to_dict()
     return result
 
 

@@ -178,8 +178,14 @@ def test_cli_summary_prints_dense_beside_pruned(tiny_llama_dir, tmp_path, capsys
     assert main(["--model", str(tiny_llama_dir), "--method", "mp+", "--n-samples", "2", "--seqlen", "16",
                  "--eval-windows", "1", "--dense", "--output-dir", str(tmp_path), "--name", "run", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    head, row = out.splitlines()[0], next(line for line in out.splitlines() if line.startswith("ppl wiki-gensim"))
+    lines = out.splitlines()
+    assert lines[0].startswith("memory plan (")  # every run prints its plan first (osscar.lm.plan)
+    head, row = next(line for line in lines if line.startswith("metric")), next(
+        line for line in lines if line.startswith("ppl wiki-gensim"))
     assert head.split() == ["metric", "dense", "pruned"]
+    import json
+
+    assert json.loads((tmp_path / "run.json").read_text())["memory_plan"]["offload"] == "none"
     dense, pruned = (float(v) for v in row.split()[-2:])
     assert dense > 0 and pruned > 0 and dense != pruned
 

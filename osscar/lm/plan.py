@@ -1,0 +1,373 @@
+"""A memory plan of one LM run, from the model's config alone (no weights): bytes per phase and item.
+
+:func:`memory_plan` counts what :func:`osscar.lm.run.run_lm` holds today (offload mode ``none``,
+the only one implemented: the whole model moves to the run's device and stays there) in three
+phases, each one's peak the sum of its items:
+
+* ``load`` — ``from_pretrained`` builds the whole model on the host in ``dtype``; on a CUDA device
+  it is then moved there (the host copy is freed).
+* ``prune`` — on the device: the resident model; the calibration activations of one block, in
+  (block 0's captured inputs, then each block's outputs) and out, ``n·seqlen·d`` in ``dtype``
+  each; the MLP consumer's inputs kept for the no-rerun step (``n·seqlen·ffn`` float32, only when
+  they fit in :data:`osscar.lm.calibration.SHORTCUT_BYTES`); one batch's block forward (attention
+  scores, MLP intermediates, the Hessian hook's float32 copy); and the largest consumer's solve
+  in float64 (:func:`solve_parts`): the accumulated ``H_raw: (p, p)``, the problem's ``H: (p, p)``,
+  ``G, Ŵ: (p, m)`` and the method's working set (:func:`solver_working_set`).
+* ``evaluate`` — the (dense, then sliced) resident model and one perplexity window's logits
+  (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
+  dense copy of the model (built on a latency-cache miss).
+
+Byte counts are of the tensors named; allocator slack, CUDA context and library code (a few
+hundred MiB) are not in them. The model's sizes come from a one-block meta-device model
+(``torch.device("meta")``: shapes only), so any architecture transformers knows is counted
+exactly, tied embeddings once. ``offload`` is a parameter so that ``cpu``/``disk`` modes (one
+block resident, the rest on the host or disk) can be added; only ``none`` is accepted today.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from osscar.options import MODEL_DTYPES, OFFLOAD_MODES
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+F64 = 8
+F32 = 4
+CALIB_BATCH = 8  # prune_model_sequential's batch_size
+PHASES = ("load", "prune", "evaluate")
+GiB = 2 ** 30
+
+# Float64 (p, p) matrices each method holds at its high point, beyond the problem's H, G, Ŵ (see
+# solver_working_set): the code's own tensors, counted in osscar/obs.py, osscar/pruned_set.py,
+# osscar/solver.py and baselines/*.py.
+_SOLVER_NOTES = {
+    "osscar": "F=H⁻¹, E=H_SS⁻¹ and Stage B's trial copy E', pending-downdate buffers U, U' (p×max(64,p/8)), "
+              "pruned-set K (|J|×|J|, twice while a swap is accepted) and R (|J|×m), W' (p×m)",
+    "ziplm": "E=H_SS⁻¹, pending-downdate buffer U (p×max(64,p/8)), W (p×m); then the refit",
+    "lasso": "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit",
+    "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice",
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a causal LM that the plan needs (from its config; no weights).
+
+    Attributes:
+        model_type: ``config.model_type``.
+        n_layers, hidden: blocks and the residual width d.
+        ffn: MLP width (the MLP consumer's p).
+        attn_p: the attention consumer's input width (heads × head_dim).
+        n_heads: query heads (attention scores: (b, heads, seqlen, seqlen)).
+        vocab: vocabulary size (logits: (seqlen, vocab)).
+        block_params: parameters of one decoder block.
+        other_params: every parameter outside the blocks (embeddings, positions, final norm, LM head
+            unless tied to the embeddings).
+        mlp_residual: a block ends in ``residual + mlp_consumer(X)`` (the calibration's no-rerun step).
+        eager_attention: ``config._attn_implementation == "eager"``: attention materialises its
+            (b, heads, seqlen, seqlen) scores and the model passes every block a (b, 1, seqlen, seqlen)
+            mask (kept for every batch by the calibration capture); SDPA/flash kernels (the default) do not.
+    """
+
+    model_type: str
+    n_layers: int
+    hidden: int
+    ffn: int
+    attn_p: int
+    n_heads: int
+    vocab: int
+    block_params: int
+    other_params: int
+    mlp_residual: bool
+    eager_attention: bool = False
+
+    @property
+    def params(self) -> int:
+        return self.n_layers * self.block_params + self.other_params
+
+
+def model_shape(config: Any) -> ModelShape:
+    """:class:`ModelShape` of a transformers config, counted on a one-block meta-device model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from osscar.lm.adapters import get_adapter
+
+    adapter = get_adapter(config)
+    one = copy.deepcopy(config)
+    one.num_hidden_layers = 1
+    if isinstance(getattr(one, "layer_types", None), list):
+        one.layer_types = one.layer_types[:1]
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(one)
+    block = sum(p.numel() for p in adapter.layers(m)[0].parameters())
+    total = sum(p.numel() for p in m.parameters())  # parameters() yields a tied weight once
+    return ModelShape(model_type=str(config.model_type), n_layers=int(config.num_hidden_layers),
+                      hidden=int(config.hidden_size), ffn=int(adapter.ffn_dim),
+                      attn_p=int(adapter.n_heads * adapter.head_dim), n_heads=int(adapter.n_heads),
+                      vocab=int(config.vocab_size), block_params=int(block), other_params=int(total - block),
+                      mlp_residual=bool(adapter.mlp_output_is_residual()),
+                      eager_attention=getattr(config, "_attn_implementation", None) == "eager")
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One tensor (or group of tensors) a phase holds: ``bytes`` on ``where`` (``device``/``host``)."""
+
+    phase: str
+    where: str
+    name: str
+    shape: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Predicted memory of a run per phase; a phase's peak is the sum of its items."""
+
+    model: str
+    device_type: str
+    dtype: str
+    offload: str
+    n_samples: int
+    seqlen: int
+    method: str
+    items: tuple[PlanItem, ...]
+
+    def peak(self, where: str, phase: str | None = None) -> int:
+        """Bytes on ``where`` at the peak of ``phase`` (None: the largest phase)."""
+        phases = PHASES if phase is None else (phase,)
+        return max(sum(i.bytes for i in self.items if i.where == where and i.phase == ph) for ph in phases)
+
+    def peak_phase(self, where: str) -> str:
+        return max(PHASES, key=lambda ph: self.peak(where, ph))
+
+    def largest(self, where: str, phase: str | None = None) -> PlanItem:
+        """The largest item on ``where`` in ``phase`` (None: the peak phase)."""
+        phase = phase or self.peak_phase(where)
+        return max((i for i in self.items if i.where == where and i.phase == phase), key=lambda i: i.bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["items"] = [asdict(i) for i in self.items]
+        out["peak_bytes"] = {w: {ph: self.peak(w, ph) for ph in PHASES} for w in ("device", "host")}
+        return out
+
+    def format(self) -> str:
+        """A compact table: one row per phase, device and host peak and the phase's largest item."""
+        where = "device" if self.device_type == "cuda" else "host (= device)"
+        lines = [f"memory plan ({self.model}, {self.dtype}, {self.n_samples}×{self.seqlen} calibration, "
+                 f"{self.method}, offload {self.offload}; {where}):",
+                 f"  {'phase':<9}{'device':>10}{'host':>10}  largest item"]
+        for ph in PHASES:
+            big = self.largest("device", ph)
+            lines.append(f"  {ph:<9}{fmt_bytes(self.peak('device', ph)):>10}"
+                         f"{fmt_bytes(self.peak('host', ph)) if self.device_type == 'cuda' else '=':>10}"
+                         f"  {big.name} {big.shape} {fmt_bytes(big.bytes)}")
+        return "\n".join(lines)
+
+
+def fmt_bytes(n: float) -> str:
+    """``n`` bytes as GiB (≥ 1 GiB), MiB (≥ 1 MiB) or KiB."""
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def count(n: int) -> str:
+    """A parameter count: 1.32B, 50M, 16k."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def parse_bytes(text: str | float | int) -> int:
+    """A size: a number of GiB (``32``, ``31.5``) or with a unit (``500MiB``, ``80GB``, ``24GiB``)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), "gib"
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b)?\s*", str(text).lower())
+        if m is None:
+            raise ValueError(f"max_device_memory: expected a size like 32, 24GiB or 500MiB, got {text!r}")
+        value, unit = float(m.group(1)), m.group(2) or "gib"
+    scale = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    if value <= 0:
+        raise ValueError(f"max_device_memory must be > 0, got {text!r}")
+    return int(value * scale[unit])
+
+
+def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+    """(bytes, what) of the float64 tensors ``method`` adds at its high point on a (p, m) problem.
+
+    ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR: F and E (p×p; E compacts only
+    once a quarter of its rows is removed, so p×p bounds it), Stage B's copy E' (p×p), the two
+    pending-downdate buffers, K (|J|×|J|) and an accepted swap's new K while the old one lives,
+    R (|J|×m) and W' (p×m). ZipLM: E, one buffer and the
+    final refit while E is alive. Lasso: a p×p temporary and five (p, m) iterates, then the refit.
+    Every other method: the refit (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
+    """
+    a, j = kept_rows, p - kept_rows
+    u = p * max(64, p // 8)
+    refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
+    if method == "osscar":
+        n, key = 3 * p * p + 2 * u + 2 * j * j + j * m + p * m, "osscar"
+    elif method == "ziplm":
+        n, key = p * p + u + p * m + refit, "ziplm"
+    elif method == "lasso":
+        n, key = p * p + 5 * p * m + refit, "lasso"
+    else:
+        n, key = refit, "refit"
+    return F64 * n, _SOLVER_NOTES[key]
+
+
+def solve_parts(method: str, p: int, m: int, kept_rows: int) -> list[tuple[str, str, int]]:
+    """[(name, shape, bytes)] of one consumer's solve in float64: ``H_raw, H: (p, p)``, ``G, Ŵ: (p, m)``
+    and the larger of the method's working set and the problem construction's temporaries (H's float64
+    copy and H + Hᵀ: (p, p) each; Ŵ's float64 copy: (p, m))."""
+    ws, _ = solver_working_set(method, p, m, kept_rows)
+    return [("H_raw, H", f"2×{p}×{p} f64", F64 * 2 * p * p), ("G, Ŵ", f"2×{p}×{m} f64", F64 * 2 * p * m),
+            (f"{method} working set", f"p={p} m={m} f64", max(ws, F64 * (2 * p * p + p * m)))]
+
+
+def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> int:
+    """Bytes of one consumer's solve: the sum of :func:`solve_parts`."""
+    return sum(n for _, _, n in solve_parts(method, p, m, kept_rows))
+
+
+def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, dtype: str, method: str,
+                device_type: str, keep_fraction: tuple[float, float] = (0.5, 0.5), offload: str = "none",
+                eval_seqlen: int | None = None, latency: bool = False,
+                shortcut_bytes: int | None = None) -> MemoryPlan:
+    """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
+
+    ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
+    item is on ``device`` and the host column repeats it. ``offload``: only ``none`` today.
+    """
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload={offload!r} is not implemented; allowed: {', '.join(OFFLOAD_MODES)}")
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
+    if shortcut_bytes is None:
+        from osscar.lm.calibration import SHORTCUT_BYTES
+
+        shortcut_bytes = SHORTCUT_BYTES
+    b = DTYPE_BYTES[dtype]
+    d, ffn, L = shape.hidden, shape.ffn, eval_seqlen or seqlen
+    rows, batch_rows = n_samples * seqlen, min(CALIB_BATCH, n_samples) * seqlen
+    weights = shape.params * b
+    items: list[PlanItem] = []
+
+    def add(phase: str, name: str, shp: str, n: int, where: str = "device") -> None:
+        items.append(PlanItem(phase, where, name, shp, int(n)))
+
+    # load: the whole model on the host (then moved to a CUDA device)
+    add("load", "weights", f"{count(shape.params)} params", weights, "host")
+    if device_type == "cuda":
+        add("load", "weights", f"{count(shape.params)} params", weights)
+    # prune: resident model, activations in/out, one batch's forward, the largest consumer's solve
+    add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
+        shape.n_layers * shape.block_params * b)
+    add("prune", "embeddings, LM head, norm", count(shape.other_params), shape.other_params * b)
+    add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b)
+    add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b)
+    if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
+        add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32)
+    if shape.eager_attention:
+        add("prune", "attention masks (eager)", f"{n_samples}×{seqlen}×{seqlen}", n_samples * seqlen * seqlen * b)
+    scores = 2 * min(CALIB_BATCH, n_samples) * shape.n_heads * seqlen * seqlen * b if shape.eager_attention else 0
+    fwd = (scores + 3 * batch_rows * ffn * b + batch_rows * max(ffn, shape.attn_p) * F32 + 4 * batch_rows * d * b)
+    add("prune", "one batch's block forward", f"{min(CALIB_BATCH, n_samples)}×{seqlen}", fwd)
+    consumers = (("attention", shape.attn_p, keep_fraction[0]), ("MLP", ffn, keep_fraction[1]))
+    _, part, p, keep = max((solve_bytes(method, p, d, round(keep * p)), part, p, keep) for part, p, keep in consumers)
+    for name, shp, n in solve_parts(method, p, d, round(keep * p)):
+        add("prune", f"solve {part}: {name}", shp, n)
+    # evaluate: resident model, one window's logits, (latency) a dense copy
+    add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
+    add("evaluate", "logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
+    if latency:
+        add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
+    if device_type != "cuda":  # the device is the host: one set of items, listed for both
+        items = [PlanItem(i.phase, w, i.name, i.shape, i.bytes) for w in ("device", "host") for i in items]
+    return MemoryPlan(model=model, device_type=device_type, dtype=dtype, offload=offload, n_samples=n_samples,
+                      seqlen=seqlen, method=method, items=tuple(items))
+
+
+def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
+    """The plan of an :class:`osscar.lm.run.LMRunConfig` (``changes``: fields overridden, e.g. dtype)."""
+    c = {f: getattr(config, f) for f in ("model", "n_samples", "seqlen", "dtype", "method", "device", "offload",
+                                          "eval_seqlen", "latency_points")}
+    c.update(changes)
+    hf, nf = config.fractions()
+    return memory_plan(shape, model=c["model"], n_samples=c["n_samples"], seqlen=c["seqlen"], dtype=c["dtype"],
+                       method=c["method"], device_type=str(c["device"]).split(":")[0], keep_fraction=(1 - hf, 1 - nf),
+                       offload=c["offload"], eval_seqlen=c["eval_seqlen"], latency=bool(c["latency_points"]))
+
+
+def available_bytes(device: str) -> tuple[int, str]:
+    """(bytes, what) free for a run on ``device``: CUDA: ``torch.cuda.mem_get_info``; CPU: the host's
+    available memory (``MemAvailable`` of /proc/meminfo; elsewhere free pages, ``os.sysconf``)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]), f"free on {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free host memory"
+
+
+def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
+    """(the plan of an :class:`osscar.lm.run.LMRunConfig`, the limit it was checked against, the error or
+    None), from the config alone: no weights load.
+
+    The error (naming the largest item and an option that would fit, :func:`fit_error`) when the
+    plan's device peak exceeds ``max_device_memory`` or, unset, :func:`available_bytes`.
+    """
+    from osscar.devices import resolve_device
+    from osscar.lm.models import load_config
+
+    device = resolve_device(config.device, "device")
+    mconf = load_config(config.model, config.cache_dir)
+    mconf.osscar_attention_unit = config.attention_unit
+    shape = model_shape(mconf)
+    if config.max_device_memory is not None:
+        limit, what = parse_bytes(config.max_device_memory), "max_device_memory"
+    else:
+        limit, what = available_bytes(str(device))
+    return plan_for_run(config, shape), f"{what} {fmt_bytes(limit)}", fit_error(config, shape, limit, what)
+
+
+def fit_error(config: Any, shape: ModelShape, limit: int, limit_what: str) -> str | None:
+    """None if the plan's device peak fits in ``limit`` bytes; else a one-line reason naming the
+    largest item and the first change of the run's options that would fit (or that none does)."""
+    plan = plan_for_run(config, shape)
+    need = plan.peak("device")
+    if need <= limit:
+        return None
+    phase = plan.peak_phase("device")
+    big = plan.largest("device", phase)
+    msg = (f"the memory plan needs {fmt_bytes(need)} on {plan.device_type} (phase {phase}) but {limit_what} is "
+           f"{fmt_bytes(limit)}; largest item: {big.name} {big.shape} {fmt_bytes(big.bytes)}; ")
+    tries: list[tuple[str, dict[str, Any]]] = []
+    if config.dtype == "float32":
+        tries.append(("dtype=bfloat16 (or float16)", {"dtype": "bfloat16"}))
+    n = config.n_samples
+    while n > 1:
+        n //= 2
+        tries.append((f"n_samples={n}", {"n_samples": n}))
+    for what, change in tries:
+        if plan_for_run(config, shape, **change).peak("device") <= limit:
+            return msg + f"it fits with {what}"
+    floor = plan_for_run(config, shape, n_samples=1, dtype="bfloat16").peak("device")
+    return msg + (f"no dtype or n_samples makes it fit (the least is {fmt_bytes(floor)}, at bfloat16 and "
+                  "n_samples=1); offload modes that keep one block resident are not implemented yet")
