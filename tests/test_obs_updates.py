@@ -164,7 +164,8 @@ def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
     P = make_problem(7, 12, group_size, 5)
     st = SupportState(P, deferred=True, track_pruned=True)
     st.remove(torch.tensor([1, 4, 6, 10]))
-    st.remove(torch.tensor([8]))  # J grown one bordering per removal
+    st.track_pruned()
+    st.remove(torch.tensor([8]))  # J grown by one bordering
     kept = torch.nonzero(st.kept).flatten()
     out = torch.tensor([0, 5])
     trial = st.pruned.trial(out, *st.support_block(out))
