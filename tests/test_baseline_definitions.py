@@ -12,7 +12,7 @@ import torch
 
 from baselines.chip import channel_independence
 from baselines.lasso import group_soft_threshold
-from baselines.thinet import own_energy
+from baselines.thinet import own_energy, thinet_removed
 from conftest import random_problem
 from osscar.methods import available_methods, make_method
 from osscar.obs import refit
@@ -79,6 +79,38 @@ def test_thinet_own_energy_is_half_the_groups_output_energy():
     X, W = torch.randn(50, 6, generator=g, dtype=F64), torch.randn(6, 2, generator=g, dtype=F64)
     expected = torch.stack([0.5 * (X[:, 2 * j:2 * j + 2] @ W[2 * j:2 * j + 2]).square().sum() for j in range(3)])
     torch.testing.assert_close(own_energy(X.T @ X, W, 2), expected)
+
+
+def _joint_greedy_reference(P: LayerProblem, n_remove: int) -> list[int]:
+    """Luo et al. written from the definition: grow T one group at a time, each step the group g
+    whose T ∪ {g} has the smallest joint energy tr(Ŵ_Tᵀ H_TT Ŵ_T); with blocks, a block that has
+    lost n_remove / blocks groups offers no more."""
+    per = P.n_groups // P.blocks
+    T: list[int] = []
+    for _ in range(n_remove):
+        full = {b for b in range(P.blocks) if sum(t // per == b for t in T) == n_remove // P.blocks}
+        def energy(g):
+            rows = P.rows_of(torch.tensor(T + [g]))
+            return float((P.W_dense[rows] * (P.H[rows[:, None], rows] @ P.W_dense[rows])).sum())
+        T.append(min((g for g in range(P.n_groups) if g not in T and g // per not in full), key=energy))
+    return T
+
+
+@pytest.mark.parametrize(("seed", "group_size", "blocks", "n_remove"), [(0, 1, 1, 5), (1, 2, 1, 4), (2, 2, 2, 4), (3, 1, 3, 6)])
+def test_thinet_joint_greedy_order_is_the_greedy_on_the_removed_sets_joint_energy(seed, group_size, blocks, n_remove):
+    P = dataclasses.replace(random_problem(seed, 12, group_size, 12 - n_remove), blocks=blocks)
+    removed = thinet_removed(P.H, P.W_dense, group_size, n_remove, blocks)
+    assert removed.dtype == torch.long and removed.tolist() == _joint_greedy_reference(P, n_remove)
+
+
+def test_thinet_joint_greedy_never_removes_a_group_twice_and_defaults_to_one_block():
+    """On the cancelling pair of thinet_problem, after T = {0, 1} group 0's joint-energy increment
+    (1.19) is below group 2's own (1.6): a greedy that forgot T would remove 0 again."""
+    P = thinet_problem()
+    assert thinet_removed(P.H, P.W_dense, 1, 3).tolist() == [0, 1, 2]
+    assert thinet_removed(P.H, P.W_dense, 1, 0).dtype == torch.long  # nothing removed: still an index
+    r = make_method("thinet", selection="joint-greedy").prune(dataclasses.replace(P, k=4))
+    assert r.kept.tolist() == [0, 1, 2, 3]
 
 
 def test_thinet_rejects_an_unknown_selection():
@@ -236,9 +268,13 @@ def test_chip_drops_both_copies_of_a_duplicated_channel():
     assert make_method("chip").prune(P).kept.tolist() == [2, 3]
 
 
-def test_chip_scores_do_not_depend_on_the_memory_chunking():
+@pytest.mark.parametrize("max_bytes", [1, 3 * 8 * 3 * 7 * 11, 5 * 8 * 3 * 7 * 11 + 17])  # chunks of 1, 3 and 5 channels
+def test_chip_scores_do_not_depend_on_the_memory_chunking(max_bytes):
     A = torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(0), dtype=F64)
-    torch.testing.assert_close(channel_independence(A, max_bytes=1), channel_independence(A))
+    expected = torch.stack([(torch.linalg.matrix_norm(A, ord="nuc")
+                             - torch.linalg.matrix_norm(A * (torch.arange(7) != c)[None, :, None], ord="nuc")).mean()
+                            for c in range(7)])  # CI_c from its definition, one channel at a time
+    torch.testing.assert_close(channel_independence(A, max_bytes=max_bytes), expected)
 
 
 # -- every variant honours the partition constraint ------------------------------------------------

@@ -174,6 +174,8 @@ def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
     assert _rel(trial.gains(), expected) < 1e-8
     back = torch.tensor([4, 8])
     assert trial.joint_gain(back) == pytest.approx(_q(P, rest) - _q(P, torch.cat([rest, back])), rel=1e-9)
+    committed = st.pruned.trial(out, *st.support_block(out)).bordered()  # J ∪ out, before any add-back
+    assert committed.joint_gain(back) == pytest.approx(trial.joint_gain(back), rel=1e-9)
     new = trial.commit(back)
     swapped = SupportState(P, torch.cat([rest, back]), deferred=True, track_pruned=True)
     swapped.track_pruned()

@@ -87,3 +87,14 @@ def test_direct_construction_is_validated_too():
     with pytest.raises(ValueError, match="activations must have shape"):
         LayerProblem(H=H, G=H @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
                      group_size=2, k=1, activations=torch.ones(3, 4, 5))
+
+
+@pytest.mark.parametrize("two_stream", [False, True])
+def test_dense_objective_is_q_at_the_unconstrained_optimum(two_stream):
+    """Q(H⁻¹G) for G = HŴ (no solve needed) and for a two-stream G ≠ HŴ (the solve is needed)."""
+    H, C = _spd(6, 3), _spd(6, 4)
+    W = torch.randn(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 2, 1, damping=0.0, cross=C if two_stream else None)
+    assert P.G_is_HW is not two_stream
+    expected = P.objective(torch.linalg.solve(P.H, P.G))
+    assert expected < 0 and P.dense_objective() == pytest.approx(expected, rel=1e-10)
