@@ -85,24 +85,43 @@ def file_line(source: str, key: str, diff: str, names_of: Any) -> int:
     return min(hits, key=lambda i: abs(i - guess)) if hits else guess
 
 
-def load_equivalent(path: Path) -> dict[str, dict[str, str]]:
-    """{mutant name: {"reason", "mutated"}} from the committed TOML (absent file: none)."""
+def load_equivalent(path: Path) -> tuple[dict[str, dict[str, str]], list[dict[str, str]]]:
+    """The committed equivalent survivors: ``[mutant."NAME"]`` entries (reason, and the mutated line
+    it expects) and ``[[class]]`` families (name, reason, pattern, replacement: a survivor whose
+    original and mutated lines are equal once ``re.sub(pattern, replacement)`` is applied to both).
+    An absent file lists none."""
     if not path.exists():
-        return {}
+        return {}, []
     data = tomllib.loads(path.read_text())
-    for key, entry in data.items():
+    mutants, classes = data.get("mutant", {}), data.get("class", [])
+    for key, entry in [*mutants.items(), *((c.get("name", "?"), c) for c in classes)]:
         if not entry.get("reason"):
-            raise SystemExit(f"error: {path}: [{key!r}] needs a reason")
-    return data
+            raise SystemExit(f"error: {path}: {key!r} needs a reason")
+    for c in classes:
+        if "pattern" not in c:
+            raise SystemExit(f"error: {path}: class {c.get('name')!r} needs a pattern")
+    return mutants, classes
 
 
-def collect(equivalent: dict[str, dict[str, str]]) -> dict[str, Any]:
+def equivalent_class(old: str, new: str, classes: list[dict[str, str]]) -> dict[str, str] | None:
+    """The first family whose rewrite makes the original and the mutated line equal."""
+    for c in classes:
+        def norm(text: str, c: dict[str, str] = c) -> str:
+            text = re.sub(c["pattern"], c.get("replacement", ""), text)
+            return re.sub(r",\s*\)", ")", re.sub(r"\s+", " ", text)).strip()
+        if old != new and norm(old) == norm(new):
+            return c
+    return None
+
+
+def collect(equivalent: dict[str, dict[str, str]], classes: list[dict[str, str]]) -> dict[str, Any]:
     """The report's content from mutants/ (see the module docstring)."""
     SourceFileMutationData, get_diff, status_by_exit_code, walk, names_of = _mutmut()
     counts: Counter[str] = Counter()
     per_module: dict[str, dict[str, int]] = {}
     not_killed: list[dict[str, Any]] = []
     seen_equivalent: set[str] = set()
+    used_classes: Counter[str] = Counter()
     for path in walk():
         data = SourceFileMutationData(path=path)
         data.load()
@@ -119,13 +138,20 @@ def collect(equivalent: dict[str, dict[str, str]]) -> dict[str, Any]:
             _, old, new = mutated_line(diff)
             entry: dict[str, Any] = {"mutant": key, "status": status,
                                      "where": f"{path}:{file_line(source, key, diff, names_of)}", "diff": diff}
-            if key in equivalent and status == "survived":
+            family = equivalent_class(old, new, classes)
+            if status != "survived":
+                pass
+            elif key in equivalent:
                 expected = equivalent[key].get("mutated", "").strip()
                 if expected and expected != new.strip():
                     entry["stale_equivalent"] = f"the equivalent file expects {expected!r}, the mutant is {new.strip()!r}"
                 else:
                     entry["equivalent"] = equivalent[key]["reason"]
                     seen_equivalent.add(key)
+            elif family is not None:
+                entry["equivalent"] = f"[{family['name']}] {family['reason']}"
+                seen_equivalent.add(key)
+                used_classes[family["name"]] += 1
             not_killed.append(entry)
         per_module[str(path)] = dict(sorted(module_counts.items()))
         counts.update(module_counts)
@@ -144,7 +170,9 @@ def collect(equivalent: dict[str, dict[str, str]]) -> dict[str, Any]:
         "score": round(killed / max(checked - n_eq, 1), 4),
         "killed_fraction": round(counts["killed"] / max(checked, 1), 4),
         "per_module": per_module,
+        "equivalent_classes": {c["name"]: used_classes[c["name"]] for c in classes},
         "unused_equivalent_entries": sorted(set(equivalent) - seen_equivalent),
+        "survivors_not_equivalent": sum(1 for e in not_killed if e["status"] == "survived" and "equivalent" not in e),
         "not_killed": not_killed,
     }
 
@@ -159,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no mutants/ here: run `mutmut run` (nox -s mutation) from the repository root first",
               file=sys.stderr)
         return 2
-    report = collect(load_equivalent(args.equivalent))
+    report = collect(*load_equivalent(args.equivalent))
     if args.wall_s is not None:
         report["wall_s"] = round(args.wall_s, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

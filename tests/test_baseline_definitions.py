@@ -245,6 +245,18 @@ def test_fpgm_distances_are_among_the_candidates_only():
     assert make_method("fpgm", exclude_fraction=0.5).prune(P).kept.tolist() == list(range(9))
 
 
+def test_fpgm_breaks_norm_ties_by_group_index():
+    """20 integer rows of norm exactly 3: the 4 excluded at 0.2 are groups 0–3, the lowest indices (a
+    stable sort; torch's unstable CPU sort orders ties differently from 17 rows on)."""
+    rows = [[3, 0, 0], [0, 3, 0], [0, 0, 3], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]
+    rows += [[a, b, c] for a in (1, -1) for b in (2, -2) for c in (2, -2)] + [[2, 1, 2], [2, -1, 2], [-2, 1, 2], [2, 1, -2],
+                                                                          [-2, -1, 2], [2, -1, -2]]
+    W = torch.tensor(rows, dtype=F64)
+    assert len(W) == 20 and bool((W.norm(dim=1) == 3).all())
+    P = LayerProblem(H=torch.eye(20, dtype=F64), G=W.clone(), W_dense=W, group_size=1, k=4, G_is_HW=True)
+    assert make_method("fpgm").prune(P).kept.tolist() == [0, 1, 2, 3]
+
+
 def test_fpgm_producer_filters_need_the_producer_weight_and_bad_values_are_rejected(make_problem):
     with pytest.raises(ValueError, match="producer_weight"):
         make_method("fpgm", vectors="producer-filters").prune(make_problem(0, 6, 1, 2))
