@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from baselines.chip import channel_independence
-from baselines.lasso import group_soft_threshold
+from baselines.fpgm import fpgm_scores
+from baselines.lasso import group_lasso, group_soft_threshold, spectral_norm
 from baselines.thinet import own_energy, thinet_removed
 from conftest import random_problem
 from osscar.methods import available_methods, make_method
@@ -182,6 +183,15 @@ def lasso_all_zero_problem() -> LayerProblem:
     return LayerProblem.from_calibration(X.T @ X, W, 1, 2, damping=1e-6)
 
 
+def test_lasso_helpers_default_to_ir3_momentum_and_a_unit_step_for_a_zero_matrix():
+    P = random_problem(4, 6, 2, 2, damping=0.1)
+    lam = 0.005 * float(torch.trace(P.H))
+    torch.testing.assert_close(group_lasso(P.H, P.G, P.W_dense, 2, lam, 5),
+                               reference_apg(P, 5, [ir / (ir + 3) for ir in range(5)]), rtol=1e-12, atol=1e-12)
+    assert spectral_norm(0.25 * torch.eye(3, dtype=F64)) == pytest.approx(0.25)  # below 1: still λ_max
+    assert spectral_norm(torch.zeros(3, 3, dtype=F64)) == 1.0 and spectral_norm(torch.zeros(0, 0, dtype=F64)) == 1.0
+
+
 def test_lasso_default_keeps_its_one_lambda_and_the_halving_variant_retunes_it():
     """Default: one λ₁; every group is zero, so the k largest ‖Ŵ_g‖ are kept ({0, 1}). With
     max_halvings, λ₁ is halved until two groups survive, and the lasso drops the barely-varying
@@ -257,9 +267,22 @@ def test_fpgm_breaks_norm_ties_by_group_index():
     assert make_method("fpgm").prune(P).kept.tolist() == [0, 1, 2, 3]
 
 
+def test_fpgm_excluded_groups_rank_by_norm_above_every_candidate():
+    """k = 2 of the ten rows of the previous test with half excluded: the two largest excluded (0.4 and
+    0.5) are kept; with every row excluded (a fraction just under 1) the scores are 1 + ‖v_g‖."""
+    tiny = [[0.1 * (j + 1), 0.0] for j in range(5)]
+    W = torch.tensor(tiny + [[30.0, 0.0], [20.0, 10.0], [10.0, 0.0], [20.0, -10.0], [20.0, 1.0]], dtype=F64)
+    P = LayerProblem(H=torch.eye(10, dtype=F64), G=W.clone(), W_dense=W, group_size=1, k=2, G_is_HW=True)
+    assert make_method("fpgm", exclude_fraction=0.5).prune(P).kept.tolist() == [3, 4]
+    torch.testing.assert_close(fpgm_scores(W[:3], 1 - 1e-10), 1 + W[:3].norm(dim=1))
+
+
 def test_fpgm_producer_filters_need_the_producer_weight_and_bad_values_are_rejected(make_problem):
-    with pytest.raises(ValueError, match="producer_weight"):
+    with pytest.raises(ValueError, match=r"^fpgm with vectors='producer-filters' needs problem\.producer_weight \(n_groups, d\); "
+                                         r"this layer problem has none \(language-model consumers have no single producer conv\)$"):
         make_method("fpgm", vectors="producer-filters").prune(make_problem(0, 6, 1, 2))
+    with pytest.raises(ValueError, match="exclude_fraction must be a number"):
+        make_method("fpgm", exclude_fraction="0.1")
     with pytest.raises(ValueError, match="vectors.*allowed: consumer-rows, producer-filters"):
         make_method("fpgm", vectors="filters")
     with pytest.raises(ValueError, match="exclude_fraction"):
