@@ -119,6 +119,13 @@ def test_thinet_rejects_an_unknown_selection():
         make_method("thinet", selection="greedy")
 
 
+def test_ziplm_removes_one_group_per_stage_with_either_engine():
+    P = random_problem(3, 8, 2, 3)
+    eager, deferred = make_method("ziplm").prune(P), make_method("ziplm", deferred=True).prune(P)
+    assert eager.info["stages"] == deferred.info["stages"] == 8 - 3
+    assert eager.kept.tolist() == deferred.kept.tolist()
+
+
 # -- Lasso -------------------------------------------------------------------------------------
 
 def test_lasso_drops_a_large_weight_on_a_feature_that_barely_varies():
@@ -205,6 +212,43 @@ def test_lasso_default_keeps_its_one_lambda_and_the_halving_variant_retunes_it()
     assert h.info["halvings"] >= 1 and h.info["nonzero_groups"] >= 2 and h.kept.tolist() == [1, 2]
     assert h.info["lambda"] == pytest.approx(lam / 2 ** h.info["halvings"], rel=1e-12)
     torch.testing.assert_close(h.W, refit(P, h.kept))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"lambda_scale": 0.0}, "lambda_scale must be > 0"), ({"steps": 0}, "steps must be an integer"),
+    ({"steps": True}, "steps must be an integer"), ({"steps": 2.5}, "steps must be an integer"),
+    ({"max_halvings": -1}, "max_halvings must be an integer"), ({"max_halvings": True}, "max_halvings must be an integer"),
+    ({"max_halvings": 0.5}, "max_halvings must be an integer")])
+def test_lasso_rejects_bad_parameters_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_method("lasso", **kwargs)
+
+
+def test_lasso_accepts_the_smallest_valid_parameters():
+    r = make_method("lasso", steps=1, max_halvings=0, lambda_scale=1e-9).prune(random_problem(0, 6, 1, 3))
+    assert len(r.kept) == 3
+
+
+def test_lasso_stops_halving_once_k_groups_are_nonzero():
+    """The feature-that-barely-varies problem: one λ₁ already leaves exactly k = 2 groups nonzero, so
+    no halving happens even when 5 are allowed."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(400, 3, generator=g, dtype=F64)
+    X[:, 0] *= 0.01
+    P = LayerProblem.from_calibration(X.T @ X, torch.tensor([[2.0], [1.0], [0.9]], dtype=F64), 1, 2, damping=1e-6)
+    r = make_method("lasso", max_halvings=5).prune(P)
+    assert r.info["halvings"] == 0 and r.info["nonzero_groups"] == 2 and r.kept.tolist() == [1, 2]
+
+
+def test_lasso_ties_among_zeroed_groups_go_to_the_larger_dense_norm():
+    """A λ₁ so large that every group is zeroed: the k kept are the largest ‖Ŵ_g‖ (norms above 1)."""
+    P = random_problem(2, 6, 2, 2)
+    W = P.W_dense * 5
+    P = LayerProblem.from_calibration(P.H, W, 2, 2, damping=0.0)
+    r = make_method("lasso", lambda_scale=100.0).prune(P)
+    dense = W.reshape(6, -1).norm(dim=1)
+    assert r.info["nonzero_groups"] == 0 and float(dense.max()) > 1
+    assert r.kept.tolist() == sorted(torch.argsort(dense, descending=True)[:2].tolist())
 
 
 def test_lasso_rejects_an_unknown_momentum():
