@@ -6,6 +6,7 @@ import torch
 from conftest import brute_force, random_problem
 from osscar.methods import available_methods, make_method
 from osscar.problem import LayerProblem
+from osscar.solver import default_p_hat, default_t_hat
 
 OBS_METHODS = ["osscar", "ziplm"]
 
@@ -125,3 +126,16 @@ def test_ziplm_and_osscar_p1_t0_equal_greedy_obs_written_from_its_definition():
             ref = _greedy_obs_reference(P)
             assert make_method("ziplm").prune(P).kept.tolist() == ref
             assert make_method("osscar", p_hat=1, t_hat=0).prune(P).kept.tolist() == ref
+
+
+@pytest.mark.parametrize(("group_size", "n_remove", "expected"), [
+    (1, 800, 10), (1, 88, 10), (1, 44, 5), (1, 40, 5), (1, 3, 1), (4, 800, 2), (4, 8, 1)])
+def test_default_p_hat_is_the_opt_codes_stage_size_capped_at_an_eighth(group_size, n_remove, expected):
+    p_hat = default_p_hat(group_size, n_remove)
+    assert p_hat == expected and isinstance(p_hat, int)
+
+
+@pytest.mark.parametrize(("group_size", "k", "n_groups", "expected"), [
+    (1, 400, 800, 20), (1, 8, 16, 4), (1, 8, 10, 2), (4, 400, 800, 10), (4, 2, 16, 2), (4, 12, 16, 2)])
+def test_default_t_hat_is_twice_the_opt_codes_swap_capped_at_a_quarter_of_the_smaller_side(group_size, k, n_groups, expected):
+    assert default_t_hat(group_size, k, n_groups) == expected
