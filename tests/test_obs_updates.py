@@ -183,3 +183,22 @@ def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
     assert new.groups[order].tolist() == sorted(swapped.pruned.groups.tolist())
     assert _rel(new.gains()[order], swapped.pruned.gains()[torch.argsort(swapped.pruned.groups)]) < 1e-8
     assert new.excess() == pytest.approx(swapped.pruned.excess(), rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_copy_is_independent_and_keeps_the_pruned_set_inverse(make_problem, mode):
+    """copy() (default: with the pruned-set inverse) then updates on the copy only: the copy matches
+    direct recomputation on its support, the original is untouched."""
+    P = make_problem(2, 10, 2, 4)
+    st = SupportState(P, **MODES[mode])
+    st.remove(torch.tensor([3, 6]))
+    before = (st.kept.clone(), st.weights().clone())
+    c = st.copy()
+    assert (c.pruned is None) == (st.pruned is None)
+    if st.pruned is not None:
+        assert c.pruned is not st.pruned and torch.equal(c.pruned.K, st.pruned.K)
+    c.remove(torch.tensor([1]))
+    c.add(torch.tensor([6]))
+    _check_state(P, c)
+    assert torch.equal(st.kept, before[0]) and torch.equal(st.weights(), before[1])
+    _check_state(P, st)

@@ -6,7 +6,8 @@ import torch
 from conftest import brute_force, random_problem
 from osscar.methods import available_methods, make_method
 from osscar.problem import LayerProblem
-from osscar.solver import default_p_hat, default_t_hat
+from osscar.obs import SupportState
+from osscar.solver import default_p_hat, default_t_hat, local_search
 
 OBS_METHODS = ["osscar", "ziplm"]
 
@@ -139,3 +140,51 @@ def test_default_p_hat_is_the_opt_codes_stage_size_capped_at_an_eighth(group_siz
     (1, 400, 800, 20), (1, 8, 16, 4), (1, 8, 10, 2), (4, 400, 800, 10), (4, 2, 16, 2), (4, 12, 16, 2)])
 def test_default_t_hat_is_twice_the_opt_codes_swap_capped_at_a_quarter_of_the_smaller_side(group_size, k, n_groups, expected):
     assert default_t_hat(group_size, k, n_groups) == expected
+
+
+def _state_on(P, support):
+    """A deferred state with the pruned-set inverse, on ``support`` (removed one group at a time)."""
+    st = SupportState(P, deferred=True, track_pruned=True)
+    for g in sorted(set(range(P.n_groups)) - set(support)):
+        st.remove(torch.tensor([g]))
+    return st
+
+
+def test_local_search_at_the_optimum_stops_after_its_patience():
+    """Every swap from the exact optimum is rejected: the default patience of 1 stops after one trial
+    (min_swap = swap, the OPT rule); patience 3 tries the next-cheapest blocks first."""
+    P = random_problem(1, 8, 1, 4)
+    _, best = brute_force(P)
+    _, info = local_search(_state_on(P, best), swap=1, max_iter=10, min_swap=1)
+    assert info["swaps_tried"] == 1 and info["swaps_accepted"] == 0
+    _, info = local_search(_state_on(P, best), swap=1, max_iter=10, min_swap=1, patience=3)
+    assert info["swaps_tried"] == 3
+
+
+def test_local_search_swap_is_capped_by_both_sides_and_max_iter_counts_trials():
+    """A swap size above k (or above n − k) behaves exactly as the cap min(k, n − k); max_iter bounds
+    the trials; a full support (nothing pruned) tries nothing."""
+    for k in (2, 6):
+        P = random_problem(k, 8, 1, k)
+        start = list(range(8 - k, 8))  # the last k groups: a poor support, swaps get accepted
+        runs = [local_search(_state_on(P, start), swap=sw, max_iter=20, min_swap=1) for sw in (min(k, 8 - k), 5)]
+        assert runs[0][1] == runs[1][1] and runs[0][1]["swaps_accepted"] >= 1
+        assert torch.equal(runs[0][0].kept, runs[1][0].kept)
+        for max_iter in (1, 2, 3):
+            _, info = local_search(_state_on(P, start), swap=5, max_iter=max_iter, min_swap=1)
+            assert info["swaps_tried"] == max_iter
+    _, info = local_search(_state_on(P, range(8)), swap=2, max_iter=5, min_swap=1)
+    assert info["swaps_tried"] == 0
+
+
+def test_local_search_with_swap_one_exchanges_one_group_per_accepted_trial():
+    P = random_problem(4, 10, 1, 5)
+    start = list(range(5, 10))
+    st, info = local_search(_state_on(P, start), swap=1, max_iter=1, min_swap=1)
+    assert info["swaps_accepted"] == 1
+    assert len(set(torch.nonzero(st.kept).flatten().tolist()) ^ set(start)) == 2
+
+
+def test_local_search_needs_the_pruned_set_inverse():
+    with pytest.raises(ValueError, match=r"local_search needs SupportState\(problem, track_pruned=True\)"):
+        local_search(SupportState(random_problem(0, 6, 1, 3)), swap=1, max_iter=1, min_swap=1)
