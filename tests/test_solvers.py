@@ -188,3 +188,49 @@ def test_local_search_with_swap_one_exchanges_one_group_per_accepted_trial():
 def test_local_search_needs_the_pruned_set_inverse():
     with pytest.raises(ValueError, match=r"local_search needs SupportState\(problem, track_pruned=True\)"):
         local_search(SupportState(random_problem(0, 6, 1, 3)), swap=1, max_iter=1, min_swap=1)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"max_iter": None}, r"^max_iter must be an integer ≥ 0, got None$"),
+    ({"max_iter": -1}, r"^max_iter must be an integer ≥ 0, got -1$"),
+    ({"min_swap": -1}, r"^min_swap must be an integer ≥ 0 or None \(auto\), got -1$"),
+    ({"patience": None}, r"^patience must be an integer ≥ 0, got None$"),
+    ({"t_hat": 1.5}, r"^t_hat must be an integer ≥ 0 or None \(auto\), got 1.5$")])
+def test_osscar_rejects_bad_parameters_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_method("osscar", **kwargs)
+
+
+def test_osscar_defaults_follow_the_group_size_and_the_split():
+    """Neurons (group size 1), n = 100, k = 50: p̂ = min(10, 50 // 8) = 6, t̂ = 2·min(10, 50 // 4) = 20."""
+    P = random_problem(0, 100, 1, 50, m=2)
+    r = make_method("osscar").prune(P)
+    assert (r.info["p_hat"], r.info["t_hat"], r.info["stages"]) == (6, 20, 9)
+    assert make_method("osscar", p_hat=7, t_hat=4).prune(P).info["p_hat"] == 7
+
+
+def test_osscar_passes_its_search_parameters_to_the_local_search(monkeypatch):
+    import osscar.solver as solver_mod
+
+    seen = []
+    real = solver_mod.local_search
+
+    def spy(state, swap, max_iter, min_swap, patience=1):
+        seen.append((swap, max_iter, min_swap, patience))
+        return real(state, swap, max_iter, min_swap, patience)
+
+    monkeypatch.setattr(solver_mod, "local_search", spy)
+    P = random_problem(1, 12, 1, 6)
+    make_method("osscar", t_hat=4, max_iter=7, min_swap=1, patience=3).prune(P)
+    make_method("osscar", t_hat=4, min_swap=None).prune(P)
+    make_method("osscar", t_hat=6, min_swap=0).prune(P)
+    assert seen == [(2, 7, 1, 3), (2, 30, 2, 2), (3, 30, 0, 2)]
+
+
+@pytest.mark.parametrize(("k", "kwargs", "searches"), [
+    (6, {"t_hat": 0}, False), (6, {"t_hat": 1}, False), (0, {"t_hat": 4}, False), (12, {"t_hat": 4}, False),
+    (6, {"t_hat": 4, "max_iter": 0}, False), (1, {"t_hat": 4}, True), (11, {"t_hat": 4}, True),
+    (6, {"t_hat": 2, "max_iter": 1}, True)])
+def test_osscar_runs_the_local_search_exactly_when_a_swap_is_possible(k, kwargs, searches):
+    r = make_method("osscar", **kwargs).prune(random_problem(2, 12, 1, k))
+    assert ("swaps_tried" in r.info) is searches
