@@ -195,10 +195,17 @@ def test_local_search_needs_the_pruned_set_inverse():
     ({"max_iter": -1}, r"^max_iter must be an integer ≥ 0, got -1$"),
     ({"min_swap": -1}, r"^min_swap must be an integer ≥ 0 or None \(auto\), got -1$"),
     ({"patience": None}, r"^patience must be an integer ≥ 0, got None$"),
+    ({"patience": 0}, r"^patience must be an integer ≥ 1, got 0$"),
+    ({"p_hat": 0}, r"^p_hat must be ≥ 1 \(groups removed per stage\) or None \(auto\), got 0$"),
     ({"t_hat": 1.5}, r"^t_hat must be an integer ≥ 0 or None \(auto\), got 1.5$")])
 def test_osscar_rejects_bad_parameters_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_method("osscar", **kwargs)
+
+
+def test_osscar_accepts_the_smallest_valid_parameters():
+    r = make_method("osscar", p_hat=1, t_hat=2, max_iter=1, min_swap=0, patience=1).prune(random_problem(0, 6, 1, 3))
+    assert len(r.kept) == 3 and r.info["swaps_tried"] == 1
 
 
 def test_osscar_defaults_follow_the_group_size_and_the_split():
