@@ -211,3 +211,18 @@ def test_remove_and_add_reject_groups_on_the_wrong_side(make_problem):
         st.remove(torch.tensor([2]))
     with pytest.raises(ValueError, match=r"add\(\): every group must currently be pruned"):
         st.add(torch.tensor([1]))
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+@pytest.mark.parametrize("mode", ["eager", "deferred"])
+def test_E_applies_pending_downdates_and_zeroes_removed_rows_without_compacting(make_problem, group_size, mode):
+    """st.E after one removal (pending in the deferred engine: a single row for group size 1) is
+    H_SS⁻¹ on the live rows and zero on the removed ones, the working list still uncompacted."""
+    P = make_problem(4, 12, group_size, 6)
+    st = SupportState(P, **MODES[mode])
+    st.remove(torch.tensor([4]))
+    E = st.E
+    assert len(st.groups) == 12
+    live = P.rows_of(st.groups[st.live])
+    assert _rel(E[live[:, None], live], _direct(P, st.groups[st.live])[0]) < 1e-8
+    assert float(E[P.rows_of(torch.tensor([4]))].abs().max()) == 0
