@@ -226,3 +226,9 @@ def test_E_applies_pending_downdates_and_zeroes_removed_rows_without_compacting(
     live = P.rows_of(st.groups[st.live])
     assert _rel(E[live[:, None], live], _direct(P, st.groups[st.live])[0]) < 1e-8
     assert float(E[P.rows_of(torch.tensor([4]))].abs().max()) == 0
+
+
+def test_a_state_keeps_no_pruned_set_inverse_unless_asked(make_problem):
+    P = make_problem(0, 6, 1, 3)
+    assert SupportState(P).track_pruned() is False and SupportState(P).pruned is None
+    assert SupportState(P, track_pruned=True).track_pruned() is True
