@@ -232,3 +232,17 @@ def test_a_state_keeps_no_pruned_set_inverse_unless_asked(make_problem):
     P = make_problem(0, 6, 1, 3)
     assert SupportState(P).track_pruned() is False and SupportState(P).pruned is None
     assert SupportState(P, track_pruned=True).track_pruned() is True
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_updates_never_write_into_the_problem(make_problem, mode):
+    """W_S starts as the problem's Ŵ (shared, G = HŴ) and E as F: the first in-place update copies."""
+    P = make_problem(6, 10, 2, 4)
+    assert P.G_is_HW
+    before = {name: getattr(P, name).clone() for name in ("H", "G", "W_dense")}
+    st = SupportState(P, **MODES[mode])
+    for R in ([3], [0, 7], [5, 1, 2]):
+        st.remove(torch.tensor(R))
+    st.add(torch.tensor([7]))
+    _check_state(P, st)
+    assert all(torch.equal(getattr(P, name), t) for name, t in before.items())
