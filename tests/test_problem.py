@@ -98,3 +98,11 @@ def test_dense_objective_is_q_at_the_unconstrained_optimum(two_stream):
     assert P.G_is_HW is not two_stream
     expected = P.objective(torch.linalg.solve(P.H, P.G))
     assert expected < 0 and P.dense_objective() == pytest.approx(expected, rel=1e-10)
+
+
+def test_objective_of_float32_weights_is_computed_in_float64():
+    H = _spd(4, 6)
+    W = torch.randn(4, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 1, 2, damping=0.0)
+    W32 = (W * 0.5).float()
+    assert P.objective(W32) == pytest.approx(P.objective(W32.double()), rel=1e-12)
