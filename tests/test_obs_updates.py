@@ -246,3 +246,12 @@ def test_updates_never_write_into_the_problem(make_problem, mode):
     st.add(torch.tensor([7]))
     _check_state(P, st)
     assert all(torch.equal(getattr(P, name), t) for name, t in before.items())
+
+
+def test_refit_of_one_group_and_of_none(make_problem):
+    P = make_problem(3, 6, 2, 1)
+    rows = P.rows_of(torch.tensor([4]))
+    W = refit(P, torch.tensor([4]))
+    torch.testing.assert_close(W[rows], torch.linalg.solve(P.H[rows[:, None], rows], P.G[rows]))
+    assert float(W.abs().sum()) == float(W[rows].abs().sum()) > 0
+    assert float(refit(P, torch.tensor([], dtype=torch.long)).abs().sum()) == 0

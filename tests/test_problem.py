@@ -106,3 +106,12 @@ def test_objective_of_float32_weights_is_computed_in_float64():
     P = LayerProblem.from_calibration(H, W, 1, 2, damping=0.0)
     W32 = (W * 0.5).float()
     assert P.objective(W32) == pytest.approx(P.objective(W32.double()), rel=1e-12)
+
+
+def test_objective_counts_every_nonzero_row():
+    """A row with |w| summing to exactly 1 and a zero row: Q(W) = ½ tr(WᵀHW) − tr(GᵀW) over all rows."""
+    H = _spd(3, 8)
+    P = LayerProblem.from_calibration(H, torch.ones(3, 2, dtype=torch.float64), 1, 2, damping=0.0)
+    W = torch.tensor([[0.5, -0.5], [0.0, 0.0], [2.0, 1.0]], dtype=torch.float64)
+    expected = 0.5 * float((W * (P.H @ W)).sum()) - float((P.G * W).sum())
+    assert P.objective(W) == pytest.approx(expected, rel=1e-12)
