@@ -115,3 +115,10 @@ def test_objective_counts_every_nonzero_row():
     W = torch.tensor([[0.5, -0.5], [0.0, 0.0], [2.0, 1.0]], dtype=torch.float64)
     expected = 0.5 * float((W * (P.H @ W)).sum()) - float((P.G * W).sum())
     assert P.objective(W) == pytest.approx(expected, rel=1e-12)
+
+
+def test_from_calibration_defaults_to_one_percent_damping_and_no_name():
+    H = _spd(4, 9)
+    P = LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)
+    assert P.damping == 0.01 and P.name == ""
+    torch.testing.assert_close(P.H, H + 0.01 * float(torch.diagonal(H).mean()) * torch.eye(4, dtype=torch.float64))
