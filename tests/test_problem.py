@@ -67,6 +67,11 @@ def test_objective_is_reconstruction_error_minus_constant():
         (dict(k=3), r"k \(groups to keep\) must be an integer in \[0, 2\]"),
         (dict(damping=-1.0), "damping must be a finite number"),
         (dict(cross=torch.ones(3, 3, dtype=torch.float64)), "cross must have 4 rows"),
+        (dict(cross=torch.ones(4, 3, dtype=torch.float64)), "cross must have 4 columns"),
+        (dict(cross=torch.full((4, 4), float("nan"), dtype=torch.float64)), "cross contains NaN or Inf"),
+        (dict(damping=float("inf")), "damping must be a finite number"),
+        (dict(damping="0.1"), "damping must be a finite number"),
+        (dict(blocks=3), r"^blocks=3 must divide the number of groups 2$"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(kwargs, match):
