@@ -68,7 +68,7 @@ def test_objective_is_reconstruction_error_minus_constant():
         (dict(damping=-1.0), "damping must be a finite number"),
         (dict(cross=torch.ones(3, 3, dtype=torch.float64)), "cross must have 4 rows"),
         (dict(cross=torch.ones(4, 3, dtype=torch.float64)), "cross must have 4 columns"),
-        (dict(cross=torch.full((4, 4), float("nan"), dtype=torch.float64)), "cross contains NaN or Inf"),
+        (dict(cross=torch.full((4, 4), float("nan"), dtype=torch.float64)), r"^cross contains NaN or Inf"),
         (dict(damping=float("inf")), "damping must be a finite number"),
         (dict(damping="0.1"), "damping must be a finite number"),
         (dict(blocks=3), r"^blocks=3 must divide the number of groups 2$"),
@@ -127,3 +127,9 @@ def test_from_calibration_defaults_to_one_percent_damping_and_no_name():
     P = LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)
     assert P.damping == 0.01 and P.name == ""
     torch.testing.assert_close(P.H, H + 0.01 * float(torch.diagonal(H).mean()) * torch.eye(4, dtype=torch.float64))
+
+
+def test_from_calibration_solves_in_float64_whatever_the_input_dtype():
+    H = _spd(4, 10).float()
+    P = LayerProblem.from_calibration(H, torch.ones(4, 2), 2, 1, damping=0.0)
+    assert P.H.dtype == P.W_dense.dtype == P.G.dtype == torch.float64
