@@ -131,5 +131,16 @@ def test_from_calibration_defaults_to_one_percent_damping_and_no_name():
 
 def test_from_calibration_solves_in_float64_whatever_the_input_dtype():
     H = _spd(4, 10).float()
-    P = LayerProblem.from_calibration(H, torch.ones(4, 2), 2, 1, damping=0.0)
-    assert P.H.dtype == P.W_dense.dtype == P.G.dtype == torch.float64
+    for cross in (None, _spd(4, 11).float()):
+        P = LayerProblem.from_calibration(H, torch.ones(4, 2), 2, 1, damping=0.0, cross=cross)
+        assert P.H.dtype == P.W_dense.dtype == P.G.dtype == torch.float64
+
+
+def test_from_calibration_keeps_the_activations_and_producer_weight_and_zeroes_dead_cross_rows():
+    H, C = _spd(4, 12), _spd(4, 13)
+    H[1, :] = H[:, 1] = 0  # feature 1 never fires
+    A, V = torch.randn(2, 4, 5), torch.randn(4, 3)
+    P = LayerProblem.from_calibration(H, torch.ones(4, 2, dtype=torch.float64), 1, 2, cross=C, activations=A,
+                                      producer_weight=V)
+    assert P.activations is A and P.producer_weight is V
+    assert float(P.G[1].abs().sum()) == 0 and float(P.G.abs().sum()) > 0
