@@ -144,3 +144,8 @@ def test_from_calibration_keeps_the_activations_and_producer_weight_and_zeroes_d
                                       producer_weight=V)
     assert P.activations is A and P.producer_weight is V
     assert float(P.G[1].abs().sum()) == 0 and float(P.G.abs().sum()) > 0
+
+
+def test_from_calibration_records_its_damping_and_name():
+    P = LayerProblem.from_calibration(_spd(4, 14), torch.ones(4, 1, dtype=torch.float64), 1, 2, damping=0.25, name="l3.mlp")
+    assert P.damping == 0.25 and P.name == "l3.mlp"
