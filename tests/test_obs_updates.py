@@ -174,8 +174,6 @@ def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
     assert _rel(trial.gains(), expected) < 1e-8
     back = torch.tensor([4, 8])
     assert trial.joint_gain(back) == pytest.approx(_q(P, rest) - _q(P, torch.cat([rest, back])), rel=1e-9)
-    committed = st.pruned.trial(out, *st.support_block(out)).bordered()  # J ∪ out, before any add-back
-    assert committed.joint_gain(back) == pytest.approx(trial.joint_gain(back), rel=1e-9)
     new = trial.commit(back)
     swapped = SupportState(P, torch.cat([rest, back]), deferred=True, track_pruned=True)
     swapped.track_pruned()
@@ -255,3 +253,15 @@ def test_refit_of_one_group_and_of_none(make_problem):
     torch.testing.assert_close(W[rows], torch.linalg.solve(P.H[rows[:, None], rows], P.G[rows]))
     assert float(W.abs().sum()) == float(W[rows].abs().sum()) > 0
     assert float(refit(P, torch.tensor([], dtype=torch.long)).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_pruned_set_joint_gain_matches_direct_recomputation(make_problem, group_size):
+    """PrunedSetInverse.joint_gain(back): the decrease of Q from putting ``back`` (in J) into S together."""
+    P = make_problem(8, 12, group_size, 5)
+    st = SupportState(P, deferred=True, track_pruned=True)
+    st.remove(torch.tensor([1, 4, 6, 10]))
+    st.remove(torch.tensor([8]))
+    kept = torch.nonzero(st.kept).flatten()
+    back = torch.tensor([4, 8])
+    assert st.pruned.joint_gain(back) == pytest.approx(_q(P, kept) - _q(P, torch.cat([kept, back])), rel=1e-9)
