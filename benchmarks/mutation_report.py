@@ -161,7 +161,7 @@ def collect(equivalent: dict[str, dict[str, str]], classes: list[dict[str, str]]
     unchecked = counts["not checked"]
     checked = total - unchecked
     return {
-        "tool": "mutmut", "version": importlib.metadata.version("mutmut"),
+        "tool": "mutmut", "version": importlib.metadata.version("mutmut"), "session": "nox -s mutation",
         "partial": unchecked > 0, "unchecked": unchecked,
         "modules": sorted(per_module),
         "counts": {"total": total, "killed": counts["killed"], "timeout": counts["timeout"],
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results/mutation.json"))
     ap.add_argument("--equivalent", type=Path, default=Path("results/mutation_equivalent.toml"))
     ap.add_argument("--wall-s", type=float, default=None, help="wall time of the mutmut run, recorded as is")
+    ap.add_argument("--note", default=None, help="how the run was made (recorded as is)")
     args = ap.parse_args(argv)
     if not Path("mutants").is_dir():
         print("error: no mutants/ here: run `mutmut run` (nox -s mutation) from the repository root first",
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     report = collect(*load_equivalent(args.equivalent))
     if args.wall_s is not None:
         report["wall_s"] = round(args.wall_s, 1)
+    if args.note:
+        report["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     c = report["counts"]
