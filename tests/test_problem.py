@@ -146,6 +146,23 @@ def test_from_calibration_keeps_the_activations_and_producer_weight_and_zeroes_d
     assert float(P.G[1].abs().sum()) == 0 and float(P.G.abs().sum()) > 0
 
 
-def test_from_calibration_records_its_damping_and_name():
-    P = LayerProblem.from_calibration(_spd(4, 14), torch.ones(4, 1, dtype=torch.float64), 1, 2, damping=0.25, name="l3.mlp")
-    assert P.damping == 0.25 and P.name == "l3.mlp"
+def test_from_calibration_records_its_damping_name_and_blocks():
+    P = LayerProblem.from_calibration(_spd(4, 14), torch.ones(4, 1, dtype=torch.float64), 1, 2, damping=0.25, name="l3.mlp",
+                                      blocks=2)
+    assert P.damping == 0.25 and P.name == "l3.mlp" and P.blocks == 2
+
+
+_H4 = _spd(4)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"W_dense": torch.ones(3, 1, dtype=torch.float64)}, r"^W_dense must have 4 rows"),
+    ({"W_dense": torch.full((4, 1), float("nan"), dtype=torch.float64)}, r"^W_dense contains NaN or Inf"),
+    ({"G": torch.ones(3, 1, dtype=torch.float64)}, r"^G must have 4 rows"),
+    ({"H": _H4.to("meta")}, r"^H, G and W_dense must be on one device \(the solver's\), got ")])
+def test_direct_construction_names_the_bad_field(kwargs, match):
+    args = dict(H=_H4, G=_H4 @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
+                group_size=1, k=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        LayerProblem(**args)
