@@ -159,6 +159,7 @@ _H4 = _spd(4)
     ({"W_dense": torch.ones(3, 1, dtype=torch.float64)}, r"^W_dense must have 4 rows"),
     ({"W_dense": torch.full((4, 1), float("nan"), dtype=torch.float64)}, r"^W_dense contains NaN or Inf"),
     ({"G": torch.ones(3, 1, dtype=torch.float64)}, r"^G must have 4 rows"),
+    ({"G": torch.full((4, 1), float("inf"), dtype=torch.float64)}, r"^G contains NaN or Inf"),
     ({"H": _H4.to("meta")}, r"^H, G and W_dense must be on one device \(the solver's\), got ")])
 def test_direct_construction_names_the_bad_field(kwargs, match):
     args = dict(H=_H4, G=_H4 @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
