@@ -160,7 +160,12 @@ _H4 = _spd(4)
     ({"W_dense": torch.full((4, 1), float("nan"), dtype=torch.float64)}, r"^W_dense contains NaN or Inf"),
     ({"G": torch.ones(3, 1, dtype=torch.float64)}, r"^G must have 4 rows"),
     ({"G": torch.full((4, 1), float("inf"), dtype=torch.float64)}, r"^G contains NaN or Inf"),
-    ({"H": _H4.to("meta")}, r"^H, G and W_dense must be on one device \(the solver's\), got ")])
+    ({"H": _H4.to("meta")}, r"^H, G and W_dense must be on one device \(the solver's\), got "),
+    ({"damping": float("inf")}, r"^damping must be a finite number ≥ 0, got inf$"),
+    ({"damping": "0.1"}, r"^damping must be a finite number ≥ 0, got '0.1'$"),
+    ({"activations": torch.full((2, 4, 3), float("nan"))}, r"^activations contains NaN or Inf"),
+    ({"producer_weight": torch.ones(3, 2)}, r"^producer_weight must have shape \(n_groups=4, d\), got \(3, 2\)$"),
+    ({"producer_weight": torch.full((4, 2), float("nan"))}, r"^producer_weight contains NaN or Inf")])
 def test_direct_construction_names_the_bad_field(kwargs, match):
     args = dict(H=_H4, G=_H4 @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
                 group_size=1, k=2)
