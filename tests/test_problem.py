@@ -172,3 +172,11 @@ def test_direct_construction_names_the_bad_field(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         LayerProblem(**args)
+
+
+def test_direct_construction_casts_to_float64():
+    H = _spd(4, 15)
+    P = LayerProblem(H=H.float(), G=(H @ torch.ones(4, 1, dtype=torch.float64)).float(), W_dense=torch.ones(4, 1),
+                     group_size=2, k=1, G_is_HW=True)
+    assert P.H.dtype == P.G.dtype == P.W_dense.dtype == torch.float64
+    torch.testing.assert_close(P.H, H.float().double())
