@@ -72,6 +72,11 @@ def test_objective_is_reconstruction_error_minus_constant():
         (dict(damping=float("inf")), "damping must be a finite number"),
         (dict(damping="0.1"), "damping must be a finite number"),
         (dict(blocks=3), r"^blocks=3 must divide the number of groups 2$"),
+        (dict(blocks=1.5), r"^blocks must be a positive integer, got 1.5$"),
+        (dict(group_size=2.0), r"^group_size must be a positive integer, got 2.0$"),
+        (dict(k=1.0), r"^k \(groups to keep\) must be an integer in \[0, 2\], got 1.0$"),
+        (dict(H_raw=[[1.0]]), r"^H_raw must be a torch.Tensor, got list$"),
+        (dict(H_raw=torch.ones(4, dtype=torch.float64)), r"^H_raw must be a 2-D matrix, got shape \(4,\)$"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(kwargs, match):
@@ -180,3 +185,17 @@ def test_direct_construction_casts_to_float64():
                      group_size=2, k=1, G_is_HW=True)
     assert P.H.dtype == P.G.dtype == P.W_dense.dtype == torch.float64
     torch.testing.assert_close(P.H, H.float().double())
+
+
+def test_group_count_is_an_integer_and_rounding_level_asymmetry_is_accepted():
+    from osscar.problem import check_group_size
+
+    assert check_group_size(6, 2) == 3 and isinstance(check_group_size(6, 2), int)
+    H = _spd(4, 16)
+    H[0, 1] += 1e-12 * float(H.abs().max())  # float summation order, not a bug in the caller's H
+    assert LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2).p == 4
+
+
+def test_a_layer_with_no_features_is_a_valid_empty_problem():
+    P = LayerProblem.from_calibration(torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64), 1, 0)
+    assert P.n_groups == 0 and P.k == 0
