@@ -27,8 +27,8 @@ def test_the_committed_families_match_only_their_own_kind_of_mutant():
 
     assert family("x = torch.zeros(n, device=A.device)", "x = torch.zeros(n, )") == "cpu-device"
     assert family("x = torch.zeros(n, device=A.device)", "x = torch.zeros(n + 1, device=A.device)") is None
-    assert family('raise ValueError("k must be > 0")', 'raise ValueError("XXk must be > 0XX")') == "message-text"
-    assert family('return {"stages": s}', 'return {"STAGES": s}') is None  # a key, not a message
+    assert family('return {"stages": s}', 'return {"STAGES": s}') is None
+    assert family('new._owned = {"E": True, "W": True}', 'new._owned = {"E": False, "W": True}') == "ownership-flag"
     assert family('d[~a] = float("inf")', 'd[~a] = float("INF")') == "inf-spelling"
     assert family("n = H.shape[0] // s", "n = H.shape[1] // s") == "square-matrix"
     assert family("n = W.shape[0] // s", "n = W.shape[1] // s") is None

@@ -205,9 +205,9 @@ def test_a_copy_is_independent_and_keeps_the_pruned_set_inverse(make_problem, mo
 def test_remove_and_add_reject_groups_on_the_wrong_side(make_problem):
     st = SupportState(make_problem(0, 6, 1, 3))
     st.remove(torch.tensor([2]))
-    with pytest.raises(ValueError, match=r"remove\(\): every group must currently be kept"):
+    with pytest.raises(ValueError, match=r"^remove\(\): every group must currently be kept$"):
         st.remove(torch.tensor([2]))
-    with pytest.raises(ValueError, match=r"add\(\): every group must currently be pruned"):
+    with pytest.raises(ValueError, match=r"^add\(\): every group must currently be pruned$"):
         st.add(torch.tensor([1]))
 
 

@@ -97,3 +97,10 @@ def test_plugins_are_imported_from_their_entry_points_module(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
     methods_mod.available_methods()
     assert groups == ["osscar.methods"] and "json.decoder" in imported
+
+
+def test_unknown_parameters_are_all_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"^method 'mp' has no parameter\(s\) a, b; allowed: none$"):
+        make_method("mp", b=1, a=2)
+    with pytest.raises(ValueError, match=r"^method 'fpgm' has no parameter\(s\) x; allowed: exclude_fraction, vectors$"):
+        make_method("fpgm", x=1)

@@ -186,7 +186,7 @@ def test_local_search_with_swap_one_exchanges_one_group_per_accepted_trial():
 
 
 def test_local_search_needs_the_pruned_set_inverse():
-    with pytest.raises(ValueError, match=r"local_search needs SupportState\(problem, track_pruned=True\)"):
+    with pytest.raises(ValueError, match=r"^local_search needs SupportState\(problem, track_pruned=True\)$"):
         local_search(SupportState(random_problem(0, 6, 1, 3)), swap=1, max_iter=1, min_swap=1)
 
 
