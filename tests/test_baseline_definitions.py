@@ -366,3 +366,7 @@ def test_every_variant_keeps_the_same_count_in_every_block(name, params):
         P = dataclasses.replace(P, blocks=blocks, producer_weight=V)
         r = make_method(name, **params).prune(P)  # prune() itself rejects a result that breaks the counts
         assert torch.bincount(P.block_of(r.kept), minlength=blocks).tolist() == [keep] * blocks
+
+
+def test_fpgm_reports_its_exclude_fraction():
+    assert make_method("fpgm").prune(fpgm_problem()).info["exclude_fraction"] == 0.2

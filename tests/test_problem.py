@@ -199,3 +199,15 @@ def test_group_count_is_an_integer_and_rounding_level_asymmetry_is_accepted():
 def test_a_layer_with_no_features_is_a_valid_empty_problem():
     P = LayerProblem.from_calibration(torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64), 1, 0)
     assert P.n_groups == 0 and P.k == 0
+
+
+@pytest.mark.parametrize(("scale", "rel_asym", "ok"), [(1e6, 1e-12, True), (1e-6, 1e-3, False)])
+def test_symmetry_is_judged_relative_to_the_scale_of_H(scale, rel_asym, ok):
+    H = _spd(4, 17)
+    H = H * (scale / float(H.abs().max()))
+    H[0, 1] += rel_asym * scale
+    if ok:
+        LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)
+    else:
+        with pytest.raises(ValueError, match="H_raw must be symmetric"):
+            LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)

@@ -241,3 +241,23 @@ def test_osscar_passes_its_search_parameters_to_the_local_search(monkeypatch):
 def test_osscar_runs_the_local_search_exactly_when_a_swap_is_possible(k, kwargs, searches):
     r = make_method("osscar", **kwargs).prune(random_problem(2, 12, 1, k))
     assert ("swaps_tried" in r.info) is searches
+
+
+def test_local_search_halves_the_swap_and_restarts_from_the_cheapest_groups(monkeypatch):
+    """From the optimum every trial is rejected: with patience 1 the trials take out the 4, then 2,
+    then 1 cheapest kept groups (halving, each size restarting at the cheapest block)."""
+    P = random_problem(5, 10, 1, 5)
+    _, best = brute_force(P)
+    st = _state_on(P, best)
+    order = torch.argsort(st.costs())
+    outs = []
+    real = SupportState.support_block
+    monkeypatch.setattr(SupportState, "support_block", lambda self, g: outs.append(g.tolist()) or real(self, g))
+    _, info = local_search(st, swap=4, max_iter=10, min_swap=1)
+    assert outs == [order[:4].tolist(), order[:2].tolist(), order[:1].tolist()] and info["swaps_tried"] == 3
+
+
+def test_local_search_counts_every_accepted_swap():
+    P = random_problem(6, 8, 1, 4)
+    _, info = local_search(_state_on(P, [4, 5, 6, 7]), swap=1, max_iter=20, min_swap=1)
+    assert info["swaps_accepted"] == len(info["local_search_objective"]) - 1 >= 2
