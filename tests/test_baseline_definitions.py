@@ -97,7 +97,7 @@ def _joint_greedy_reference(P: LayerProblem, n_remove: int) -> list[int]:
     return T
 
 
-@pytest.mark.parametrize(("seed", "group_size", "blocks", "n_remove"), [(0, 1, 1, 5), (1, 2, 1, 4), (2, 2, 2, 4), (3, 1, 3, 6)])
+@pytest.mark.parametrize(("seed", "group_size", "blocks", "n_remove"), [(0, 1, 1, 5), (1, 2, 1, 4), (2, 2, 2, 4), (3, 1, 3, 6), (1, 1, 1, 8)])
 def test_thinet_joint_greedy_order_is_the_greedy_on_the_removed_sets_joint_energy(seed, group_size, blocks, n_remove):
     P = dataclasses.replace(random_problem(seed, 12, group_size, 12 - n_remove), blocks=blocks)
     removed = thinet_removed(P.H, P.W_dense, group_size, n_remove, blocks)
