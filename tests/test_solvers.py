@@ -261,3 +261,35 @@ def test_local_search_counts_every_accepted_swap():
     P = random_problem(6, 8, 1, 4)
     _, info = local_search(_state_on(P, [4, 5, 6, 7]), swap=1, max_iter=20, min_swap=1)
     assert info["swaps_accepted"] == len(info["local_search_objective"]) - 1 >= 2
+
+
+def test_local_search_takes_out_the_cheapest_groups_of_the_current_support(monkeypatch):
+    """patience 1, swap 1: every trial, after an accepted swap too, takes out the cheapest kept group."""
+    P = random_problem(6, 8, 1, 4)
+    seen = []
+    real = SupportState.support_block
+
+    def spy(self, g):
+        seen.append(g.tolist() == torch.argsort(self.costs())[:len(g)].tolist())
+        return real(self, g)
+
+    monkeypatch.setattr(SupportState, "support_block", spy)
+    _, info = local_search(_state_on(P, [4, 5, 6, 7]), swap=1, max_iter=20, min_swap=1)
+    assert info["swaps_accepted"] >= 2 and len(seen) == info["swaps_tried"] and all(seen)
+
+
+def test_local_search_under_a_partition_skips_a_block_with_nothing_to_put_back(monkeypatch):
+    """blocks of 4 groups keeping 3: taking 2 out of one block leaves one candidate there, so
+    best_back has nothing to offer (None) and the trial is rejected without scoring."""
+    import dataclasses
+
+    import osscar.solver as solver_mod
+
+    nones = []
+    real = solver_mod.best_back
+    monkeypatch.setattr(solver_mod, "best_back", lambda *a: (lambda r: nones.append(r is None) or r)(real(*a)))
+    for seed in range(6):
+        P = dataclasses.replace(random_problem(seed, 8, 1, 6), blocks=2)
+        st, _ = local_search(_state_on(P, [0, 1, 2, 4, 5, 6]), swap=2, max_iter=6, min_swap=2, patience=6)
+        assert torch.bincount(P.block_of(torch.nonzero(st.kept).flatten()), minlength=2).tolist() == [3, 3]
+    assert any(nones)
