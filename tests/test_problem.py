@@ -90,6 +90,16 @@ def test_reconstruction_error_is_the_objective_gap_on_calibration_inputs():
         (dict(k=3), r"k \(groups to keep\) must be an integer in \[0, 2\]"),
         (dict(damping=-1.0), "damping must be a finite number"),
         (dict(cross=torch.ones(3, 3, dtype=torch.float64)), "cross must have 4 rows"),
+        (dict(cross=torch.ones(4, 3, dtype=torch.float64)), "cross must have 4 columns"),
+        (dict(cross=torch.full((4, 4), float("nan"), dtype=torch.float64)), r"^cross contains NaN or Inf"),
+        (dict(damping=float("inf")), "damping must be a finite number"),
+        (dict(damping="0.1"), "damping must be a finite number"),
+        (dict(blocks=3), r"^blocks=3 must divide the number of groups 2$"),
+        (dict(blocks=1.5), r"^blocks must be a positive integer, got 1.5$"),
+        (dict(group_size=2.0), r"^group_size must be a positive integer, got 2.0$"),
+        (dict(k=1.0), r"^k \(groups to keep\) must be an integer in \[0, 2\], got 1.0$"),
+        (dict(H_raw=[[1.0]]), r"^H_raw must be a torch.Tensor, got list$"),
+        (dict(H_raw=torch.ones(4, dtype=torch.float64)), r"^H_raw must be a 2-D matrix, got shape \(4,\)$"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(kwargs, match):
@@ -110,3 +120,117 @@ def test_direct_construction_is_validated_too():
     with pytest.raises(ValueError, match="activations must have shape"):
         LayerProblem(H=H, G=H @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
                      group_size=2, k=1, activations=torch.ones(3, 4, 5))
+
+
+@pytest.mark.parametrize("two_stream", [False, True])
+def test_dense_objective_is_q_at_the_unconstrained_optimum(two_stream):
+    """Q(H⁻¹G) for G = HŴ (no solve needed) and for a two-stream G ≠ HŴ (the solve is needed)."""
+    H, C = _spd(6, 3), _spd(6, 4)
+    W = torch.randn(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 2, 1, damping=0.0, cross=C if two_stream else None)
+    assert P.G_is_HW is not two_stream
+    expected = P.objective(torch.linalg.solve(P.H, P.G))
+    assert expected < 0 and P.dense_objective() == pytest.approx(expected, rel=1e-10)
+
+
+def test_objective_of_float32_weights_is_computed_in_float64():
+    H = _spd(4, 6)
+    W = torch.randn(4, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    P = LayerProblem.from_calibration(H, W, 1, 2, damping=0.0)
+    W32 = (W * 0.5).float()
+    assert P.objective(W32) == pytest.approx(P.objective(W32.double()), rel=1e-12)
+
+
+def test_objective_counts_every_nonzero_row():
+    """A row with |w| summing to exactly 1 and a zero row: Q(W) = ½ tr(WᵀHW) − tr(GᵀW) over all rows."""
+    H = _spd(3, 8)
+    P = LayerProblem.from_calibration(H, torch.ones(3, 2, dtype=torch.float64), 1, 2, damping=0.0)
+    W = torch.tensor([[0.5, -0.5], [0.0, 0.0], [2.0, 1.0]], dtype=torch.float64)
+    expected = 0.5 * float((W * (P.H @ W)).sum()) - float((P.G * W).sum())
+    assert P.objective(W) == pytest.approx(expected, rel=1e-12)
+
+
+def test_from_calibration_defaults_to_one_percent_damping_and_no_name():
+    H = _spd(4, 9)
+    P = LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)
+    assert P.damping == 0.01 and P.name == ""
+    torch.testing.assert_close(P.H, H + 0.01 * float(torch.diagonal(H).mean()) * torch.eye(4, dtype=torch.float64))
+
+
+def test_from_calibration_solves_in_float64_whatever_the_input_dtype():
+    H = _spd(4, 10).float()
+    for cross in (None, _spd(4, 11).float()):
+        P = LayerProblem.from_calibration(H, torch.ones(4, 2), 2, 1, damping=0.0, cross=cross)
+        assert P.H.dtype == P.W_dense.dtype == P.G.dtype == torch.float64
+
+
+def test_from_calibration_keeps_the_activations_and_producer_weight_and_zeroes_dead_cross_rows():
+    H, C = _spd(4, 12), _spd(4, 13)
+    H[1, :] = H[:, 1] = 0  # feature 1 never fires
+    A, V = torch.randn(2, 4, 5), torch.randn(4, 3)
+    P = LayerProblem.from_calibration(H, torch.ones(4, 2, dtype=torch.float64), 1, 2, cross=C, activations=A,
+                                      producer_weight=V)
+    assert P.activations is A and P.producer_weight is V
+    assert float(P.G[1].abs().sum()) == 0 and float(P.G.abs().sum()) > 0
+
+
+def test_from_calibration_records_its_damping_name_and_blocks():
+    P = LayerProblem.from_calibration(_spd(4, 14), torch.ones(4, 1, dtype=torch.float64), 1, 2, damping=0.25, name="l3.mlp",
+                                      blocks=2)
+    assert P.damping == 0.25 and P.name == "l3.mlp" and P.blocks == 2
+
+
+_H4 = _spd(4)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"W_dense": torch.ones(3, 1, dtype=torch.float64)}, r"^W_dense must have 4 rows"),
+    ({"W_dense": torch.full((4, 1), float("nan"), dtype=torch.float64)}, r"^W_dense contains NaN or Inf"),
+    ({"G": torch.ones(3, 1, dtype=torch.float64)}, r"^G must have 4 rows"),
+    ({"G": torch.full((4, 1), float("inf"), dtype=torch.float64)}, r"^G contains NaN or Inf"),
+    ({"H": _H4.to("meta")}, r"^H, G and W_dense must be on one device \(the solver's\), got "),
+    ({"damping": float("inf")}, r"^damping must be a finite number ≥ 0, got inf$"),
+    ({"damping": "0.1"}, r"^damping must be a finite number ≥ 0, got '0.1'$"),
+    ({"activations": torch.full((2, 4, 3), float("nan"))}, r"^activations contains NaN or Inf"),
+    ({"producer_weight": torch.ones(3, 2)}, r"^producer_weight must have shape \(n_groups=4, d\), got \(3, 2\)$"),
+    ({"producer_weight": torch.full((4, 2), float("nan"))}, r"^producer_weight contains NaN or Inf")])
+def test_direct_construction_names_the_bad_field(kwargs, match):
+    args = dict(H=_H4, G=_H4 @ torch.ones(4, 1, dtype=torch.float64), W_dense=torch.ones(4, 1, dtype=torch.float64),
+                group_size=1, k=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        LayerProblem(**args)
+
+
+def test_direct_construction_casts_to_float64():
+    H = _spd(4, 15)
+    P = LayerProblem(H=H.float(), G=(H @ torch.ones(4, 1, dtype=torch.float64)).float(), W_dense=torch.ones(4, 1),
+                     group_size=2, k=1, G_is_HW=True)
+    assert P.H.dtype == P.G.dtype == P.W_dense.dtype == torch.float64
+    torch.testing.assert_close(P.H, H.float().double())
+
+
+def test_group_count_is_an_integer_and_rounding_level_asymmetry_is_accepted():
+    from osscar.problem import check_group_size
+
+    assert check_group_size(6, 2) == 3 and isinstance(check_group_size(6, 2), int)
+    H = _spd(4, 16)
+    H[0, 1] += 1e-12 * float(H.abs().max())  # float summation order, not a bug in the caller's H
+    assert LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2).p == 4
+
+
+def test_a_layer_with_no_features_is_a_valid_empty_problem():
+    P = LayerProblem.from_calibration(torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64), 1, 0)
+    assert P.n_groups == 0 and P.k == 0
+
+
+@pytest.mark.parametrize(("scale", "rel_asym", "ok"), [(1e6, 1e-12, True), (1e-6, 1e-3, False)])
+def test_symmetry_is_judged_relative_to_the_scale_of_H(scale, rel_asym, ok):
+    H = _spd(4, 17)
+    H = H * (scale / float(H.abs().max()))
+    H[0, 1] += rel_asym * scale
+    if ok:
+        LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)
+    else:
+        with pytest.raises(ValueError, match="H_raw must be symmetric"):
+            LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)

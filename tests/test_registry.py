@@ -50,3 +50,57 @@ def test_a_decorated_class_is_found_by_name(make_problem):
 def test_chip_requires_activations(make_problem):
     with pytest.raises(ValueError, match="needs problem.activations"):
         make_method("chip").prune(make_problem(0, 6, 1, 2))
+
+
+def test_an_unknown_name_with_no_close_match_lists_the_allowed_ones_only():
+    with pytest.raises(ValueError, match=r"^unknown method 'zzzzzz'; allowed: chip, fpgm, lasso, mp, mp\+, osscar, thinet, ziplm\.$"):
+        get_method("zzzzzz")
+
+
+def test_two_classes_under_one_name_are_an_error_and_a_subclass_inherits_no_registration():
+    @register_method("test-dup")
+    @dataclass(frozen=True)
+    class First(PruningMethod):
+        def solve(self, problem):
+            return torch.arange(problem.k), problem.W_dense, {}
+
+    @dataclass(frozen=True)
+    class Child(First):  # not decorated: it has First's name by inheritance only
+        pass
+
+    try:
+        assert available_methods()["test-dup"] is First
+        Second = register_method("test-dup")(dataclass(frozen=True)(type("Second", (PruningMethod,), {
+            "solve": lambda self, problem: (torch.arange(problem.k), problem.W_dense, {})})))
+        try:
+            with pytest.raises(RuntimeError, match=r"method name 'test-dup' is registered twice: .*First.* and .*Second|"
+                                                   r"method name 'test-dup' is registered twice: .*Second.* and .*First"):
+                available_methods()
+        finally:
+            Second.name = ""
+    finally:
+        First.name = ""  # unregister for the other tests
+    assert Child.name == "" and "test-dup" not in available_methods()
+
+
+def test_plugins_are_imported_from_their_entry_points_module(monkeypatch):
+    """An entry point 'module:attr' of the osscar.methods group imports its module."""
+    import importlib
+    import types
+
+    import osscar.methods as methods_mod
+
+    groups, imported = [], []
+    monkeypatch.setattr(methods_mod, "entry_points",
+                        lambda group: groups.append(group) or [types.SimpleNamespace(value="json.decoder:JSONDecoder")])
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
+    methods_mod.available_methods()
+    assert groups == ["osscar.methods"] and "json.decoder" in imported
+
+
+def test_unknown_parameters_are_all_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"^method 'mp' has no parameter\(s\) a, b; allowed: none$"):
+        make_method("mp", b=1, a=2)
+    with pytest.raises(ValueError, match=r"^method 'fpgm' has no parameter\(s\) x; allowed: exclude_fraction, vectors$"):
+        make_method("fpgm", x=1)

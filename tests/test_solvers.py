@@ -6,6 +6,8 @@ import torch
 from conftest import brute_force, random_problem
 from osscar.methods import available_methods, make_method
 from osscar.problem import LayerProblem
+from osscar.obs import SupportState
+from osscar.solver import default_p_hat, default_t_hat, local_search
 
 OBS_METHODS = ["osscar", "ziplm"]
 
@@ -125,3 +127,169 @@ def test_ziplm_and_osscar_p1_t0_equal_greedy_obs_written_from_its_definition():
             ref = _greedy_obs_reference(P)
             assert make_method("ziplm").prune(P).kept.tolist() == ref
             assert make_method("osscar", p_hat=1, t_hat=0).prune(P).kept.tolist() == ref
+
+
+@pytest.mark.parametrize(("group_size", "n_remove", "expected"), [
+    (1, 800, 10), (1, 88, 10), (1, 44, 5), (1, 40, 5), (1, 3, 1), (4, 800, 2), (4, 8, 1)])
+def test_default_p_hat_is_the_opt_codes_stage_size_capped_at_an_eighth(group_size, n_remove, expected):
+    p_hat = default_p_hat(group_size, n_remove)
+    assert p_hat == expected and isinstance(p_hat, int)
+
+
+@pytest.mark.parametrize(("group_size", "k", "n_groups", "expected"), [
+    (1, 400, 800, 20), (1, 8, 16, 4), (1, 8, 10, 2), (4, 400, 800, 10), (4, 2, 16, 2), (4, 12, 16, 2)])
+def test_default_t_hat_is_twice_the_opt_codes_swap_capped_at_a_quarter_of_the_smaller_side(group_size, k, n_groups, expected):
+    assert default_t_hat(group_size, k, n_groups) == expected
+
+
+def _state_on(P, support):
+    """A deferred state with the pruned-set inverse, on ``support`` (removed one group at a time)."""
+    st = SupportState(P, deferred=True, track_pruned=True)
+    for g in sorted(set(range(P.n_groups)) - set(support)):
+        st.remove(torch.tensor([g]))
+    return st
+
+
+def test_local_search_at_the_optimum_stops_after_its_patience():
+    """Every swap from the exact optimum is rejected: the default patience of 1 stops after one trial
+    (min_swap = swap, the OPT rule); patience 3 tries the next-cheapest blocks first."""
+    P = random_problem(1, 8, 1, 4)
+    _, best = brute_force(P)
+    _, info = local_search(_state_on(P, best), swap=1, max_iter=10, min_swap=1)
+    assert info["swaps_tried"] == 1 and info["swaps_accepted"] == 0
+    _, info = local_search(_state_on(P, best), swap=1, max_iter=10, min_swap=1, patience=3)
+    assert info["swaps_tried"] == 3
+
+
+def test_local_search_swap_is_capped_by_both_sides_and_max_iter_counts_trials():
+    """A swap size above k (or above n − k) behaves exactly as the cap min(k, n − k); max_iter bounds
+    the trials; a full support (nothing pruned) tries nothing."""
+    for k in (2, 6):
+        P = random_problem(k, 8, 1, k)
+        start = list(range(8 - k, 8))  # the last k groups: a poor support, swaps get accepted
+        runs = [local_search(_state_on(P, start), swap=sw, max_iter=20, min_swap=1) for sw in (min(k, 8 - k), 5)]
+        assert runs[0][1] == runs[1][1] and runs[0][1]["swaps_accepted"] >= 1
+        assert torch.equal(runs[0][0].kept, runs[1][0].kept)
+        for max_iter in (1, 2, 3):
+            _, info = local_search(_state_on(P, start), swap=5, max_iter=max_iter, min_swap=1)
+            assert info["swaps_tried"] == max_iter
+    _, info = local_search(_state_on(P, range(8)), swap=2, max_iter=5, min_swap=1)
+    assert info["swaps_tried"] == 0
+
+
+def test_local_search_with_swap_one_exchanges_one_group_per_accepted_trial():
+    P = random_problem(4, 10, 1, 5)
+    start = list(range(5, 10))
+    st, info = local_search(_state_on(P, start), swap=1, max_iter=1, min_swap=1)
+    assert info["swaps_accepted"] == 1
+    assert len(set(torch.nonzero(st.kept).flatten().tolist()) ^ set(start)) == 2
+
+
+def test_local_search_needs_the_pruned_set_inverse():
+    with pytest.raises(ValueError, match=r"^local_search needs SupportState\(problem, track_pruned=True\)$"):
+        local_search(SupportState(random_problem(0, 6, 1, 3)), swap=1, max_iter=1, min_swap=1)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"max_iter": None}, r"^max_iter must be an integer ≥ 0, got None$"),
+    ({"max_iter": -1}, r"^max_iter must be an integer ≥ 0, got -1$"),
+    ({"min_swap": -1}, r"^min_swap must be an integer ≥ 0 or None \(auto\), got -1$"),
+    ({"patience": None}, r"^patience must be an integer ≥ 0, got None$"),
+    ({"patience": 0}, r"^patience must be an integer ≥ 1, got 0$"),
+    ({"p_hat": 0}, r"^p_hat must be ≥ 1 \(groups removed per stage\) or None \(auto\), got 0$"),
+    ({"t_hat": 1.5}, r"^t_hat must be an integer ≥ 0 or None \(auto\), got 1.5$")])
+def test_osscar_rejects_bad_parameters_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_method("osscar", **kwargs)
+
+
+def test_osscar_accepts_the_smallest_valid_parameters():
+    r = make_method("osscar", p_hat=1, t_hat=2, max_iter=1, min_swap=0, patience=1).prune(random_problem(0, 6, 1, 3))
+    assert len(r.kept) == 3 and r.info["swaps_tried"] == 1
+
+
+def test_osscar_defaults_follow_the_group_size_and_the_split():
+    """Neurons (group size 1), n = 100, k = 50: p̂ = min(10, 50 // 8) = 6, t̂ = 2·min(10, 50 // 4) = 20."""
+    P = random_problem(0, 100, 1, 50, m=2)
+    r = make_method("osscar").prune(P)
+    assert (r.info["p_hat"], r.info["t_hat"], r.info["stages"]) == (6, 20, 9)
+    assert make_method("osscar", p_hat=7, t_hat=4).prune(P).info["p_hat"] == 7
+
+
+def test_osscar_passes_its_search_parameters_to_the_local_search(monkeypatch):
+    import osscar.solver as solver_mod
+
+    seen = []
+    real = solver_mod.local_search
+
+    def spy(state, swap, max_iter, min_swap, patience=1):
+        seen.append((swap, max_iter, min_swap, patience))
+        return real(state, swap, max_iter, min_swap, patience)
+
+    monkeypatch.setattr(solver_mod, "local_search", spy)
+    P = random_problem(1, 12, 1, 6)
+    make_method("osscar", t_hat=4, max_iter=7, min_swap=1, patience=3).prune(P)
+    make_method("osscar", t_hat=4, min_swap=None).prune(P)
+    make_method("osscar", t_hat=6, min_swap=0).prune(P)
+    assert seen == [(2, 7, 1, 3), (2, 30, 2, 2), (3, 30, 0, 2)]
+
+
+@pytest.mark.parametrize(("k", "kwargs", "searches"), [
+    (6, {"t_hat": 0}, False), (6, {"t_hat": 1}, False), (0, {"t_hat": 4}, False), (12, {"t_hat": 4}, False),
+    (6, {"t_hat": 4, "max_iter": 0}, False), (1, {"t_hat": 4}, True), (11, {"t_hat": 4}, True),
+    (6, {"t_hat": 2, "max_iter": 1}, True)])
+def test_osscar_runs_the_local_search_exactly_when_a_swap_is_possible(k, kwargs, searches):
+    r = make_method("osscar", **kwargs).prune(random_problem(2, 12, 1, k))
+    assert ("swaps_tried" in r.info) is searches
+
+
+def test_local_search_halves_the_swap_and_restarts_from_the_cheapest_groups(monkeypatch):
+    """From the optimum every trial is rejected: with patience 1 the trials take out the 4, then 2,
+    then 1 cheapest kept groups (halving, each size restarting at the cheapest block)."""
+    P = random_problem(5, 10, 1, 5)
+    _, best = brute_force(P)
+    st = _state_on(P, best)
+    order = torch.argsort(st.costs())
+    outs = []
+    real = SupportState.support_block
+    monkeypatch.setattr(SupportState, "support_block", lambda self, g: outs.append(g.tolist()) or real(self, g))
+    _, info = local_search(st, swap=4, max_iter=10, min_swap=1)
+    assert outs == [order[:4].tolist(), order[:2].tolist(), order[:1].tolist()] and info["swaps_tried"] == 3
+
+
+def test_local_search_counts_every_accepted_swap():
+    P = random_problem(6, 8, 1, 4)
+    _, info = local_search(_state_on(P, [4, 5, 6, 7]), swap=1, max_iter=20, min_swap=1)
+    assert info["swaps_accepted"] == len(info["local_search_objective"]) - 1 >= 2
+
+
+def test_local_search_takes_out_the_cheapest_groups_of_the_current_support(monkeypatch):
+    """patience 1, swap 1: every trial, after an accepted swap too, takes out the cheapest kept group."""
+    P = random_problem(6, 8, 1, 4)
+    seen = []
+    real = SupportState.support_block
+
+    def spy(self, g):
+        seen.append(g.tolist() == torch.argsort(self.costs())[:len(g)].tolist())
+        return real(self, g)
+
+    monkeypatch.setattr(SupportState, "support_block", spy)
+    _, info = local_search(_state_on(P, [4, 5, 6, 7]), swap=1, max_iter=20, min_swap=1)
+    assert info["swaps_accepted"] >= 2 and len(seen) == info["swaps_tried"] and all(seen)
+
+
+def test_local_search_under_a_partition_skips_a_block_with_nothing_to_put_back(monkeypatch):
+    """blocks of 4 groups keeping 3: taking 2 out of one block leaves one candidate there, so
+    best_back has nothing to offer (None) and the trial is rejected without scoring."""
+    import dataclasses
+
+    import osscar.solver as solver_mod
+
+    nones = []
+    real = solver_mod.best_back
+    monkeypatch.setattr(solver_mod, "best_back", lambda *a: (lambda r: nones.append(r is None) or r)(real(*a)))
+    for seed in range(6):
+        P = dataclasses.replace(random_problem(seed, 8, 1, 6), blocks=2)
+        st, _ = local_search(_state_on(P, [0, 1, 2, 4, 5, 6]), swap=2, max_iter=6, min_swap=2, patience=6)
+        assert torch.bincount(P.block_of(torch.nonzero(st.kept).flatten()), minlength=2).tolist() == [3, 3]
+    assert any(nones)

@@ -1,0 +1,34 @@
+"""benchmarks/mutation_report.py: the diff reader and the equivalent families of the committed file."""
+
+from pathlib import Path
+
+from benchmarks.mutation_report import equivalent_class, load_equivalent, mutated_line
+
+DIFF = """--- osscar/x.py
++++ osscar/x.py
+@@ -1,4 +1,4 @@
+ def f(a):
+     b = 1
+-    return torch.zeros(a, device=a.device)
++    return torch.zeros(a, )
+"""
+
+
+def test_mutated_line_is_the_first_changed_line_of_the_diff():
+    assert mutated_line(DIFF) == (3, "    return torch.zeros(a, device=a.device)", "    return torch.zeros(a, )")
+
+
+def test_the_committed_families_match_only_their_own_kind_of_mutant():
+    _, classes = load_equivalent(Path("results/mutation_equivalent.toml"))
+
+    def family(old, new):
+        c = equivalent_class(old, new, classes)
+        return c and c["name"]
+
+    assert family("x = torch.zeros(n, device=A.device)", "x = torch.zeros(n, )") == "cpu-device"
+    assert family("x = torch.zeros(n, device=A.device)", "x = torch.zeros(n + 1, device=A.device)") is None
+    assert family('return {"stages": s}', 'return {"STAGES": s}') is None
+    assert family('new._owned = {"E": True, "W": True}', 'new._owned = {"E": False, "W": True}') == "ownership-flag"
+    assert family('d[~a] = float("inf")', 'd[~a] = float("INF")') == "inf-spelling"
+    assert family("n = H.shape[0] // s", "n = H.shape[1] // s") == "square-matrix"
+    assert family("n = W.shape[0] // s", "n = W.shape[1] // s") is None
