@@ -262,7 +262,8 @@ def test_pruned_set_joint_gain_matches_direct_recomputation(make_problem, group_
     P = make_problem(8, 12, group_size, 5)
     st = SupportState(P, deferred=True, track_pruned=True)
     st.remove(torch.tensor([1, 4, 6, 10]))
-    st.remove(torch.tensor([8]))
+    st.track_pruned()
+    st.remove(torch.tensor([8]))  # bordered onto the built pruned-set inverse
     kept = torch.nonzero(st.kept).flatten()
     back = torch.tensor([4, 8])
     assert st.pruned.joint_gain(back) == pytest.approx(_q(P, kept) - _q(P, torch.cat([kept, back])), rel=1e-9)
