@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves
 from osscar.lm.plan import PHASES, memory_plan, model_shape, parse_bytes, solve_bytes
 from osscar.methods import make_method
 from osscar.problem import LayerProblem
-from tests.lm.conftest import tiny_llama_config, tiny_opt_config
+from .conftest import tiny_llama_config, tiny_opt_config
 
 
 class LiveBytes(TorchDispatchMode):
@@ -99,7 +99,7 @@ def test_attention_consumer_with_head_groups(method):  # s = head_dim, p = m (o_
 def test_plan_counts_the_model_and_activations():
     cfg = tiny_llama_config()
     shape = model_shape(cfg)
-    from tests.lm.conftest import make_model
+    from .conftest import make_model
 
     model = make_model(cfg)
     assert shape.params == sum(p.numel() for p in model.parameters())
