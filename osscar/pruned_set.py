@@ -16,6 +16,12 @@ from osscar.blockmath import diag_blocks, quad_over_blocks, take_square
 from osscar.groups import block_rows
 
 
+def joint_gain(K_II: Tensor, R_I: Tensor) -> float:
+    """½ tr(R_Iᵀ K_II⁻¹ R_I): the decrease of Q from adding a block I of J back. K_II: (b, b) SPD, R_I: (b, m)."""
+    L = torch.linalg.cholesky(K_II)
+    return float(0.5 * torch.linalg.solve_triangular(L, R_I, upper=False).square().sum())
+
+
 class PrunedSetInverse:
     """``K = (F_JJ)⁻¹`` and ``R = K W*_J`` for the pruned groups J, with F = H⁻¹ and W* = F G.
 
@@ -70,8 +76,7 @@ class PrunedSetInverse:
     def joint_gain(self, groups: Tensor) -> float:
         """Decrease of Q from adding ``groups`` (all in J) back together: ½ tr(R_Iᵀ K_II⁻¹ R_I)."""
         pos = self._positions(groups)
-        L = torch.linalg.cholesky(self.K[pos[:, None], pos])
-        return float(0.5 * torch.linalg.solve_triangular(L, self.R[pos], upper=False).square().sum())
+        return joint_gain(self.K[pos[:, None], pos], self.R[pos])
 
     def shrink(self, groups: Tensor) -> None:
         """Groups leave J and rejoin S: OBS downdate of K and R, then drop their rows."""
@@ -116,9 +121,7 @@ class SwapTrial:
     def joint_gain(self, groups: Tensor) -> float:
         """Decrease of Q from adding ``groups`` (all in J) back together once ``self.groups`` are out."""
         pos = self.base._positions(groups)
-        K_II = self.base.K[pos[:, None], pos] + self.bC[pos] @ self.b[pos].T
-        L = torch.linalg.cholesky(K_II)
-        return float(0.5 * torch.linalg.solve_triangular(L, self.R_J[pos], upper=False).square().sum())
+        return joint_gain(self.base.K[pos[:, None], pos] + self.bC[pos] @ self.b[pos].T, self.R_J[pos])
 
     def bordered(self) -> PrunedSetInverse:
         """The pruned-set inverse of J ∪ groups (the full bordered K)."""
