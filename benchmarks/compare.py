@@ -187,8 +187,13 @@ def _index(store: ResultStore) -> dict[tuple[str, str], RunRecord]:
     return {(r.experiment, r.key): r for r in store.records()}
 
 
-def compare_stores(new_root: str | Path, ref_root: str | Path) -> list[Comparison]:
+def compare_stores(new_root: str | Path, ref_root: str | Path, experiments: Iterable[str] | None = None) -> list[Comparison]:
+    """Every run of either store (or of ``experiments`` only), matched by (experiment, key)."""
     new, ref = _index(ResultStore(new_root)), _index(ResultStore(ref_root))
+    if experiments is not None:
+        wanted = set(experiments)
+        new = {k: v for k, v in new.items() if k[0] in wanted}
+        ref = {k: v for k, v in ref.items() if k[0] in wanted}
     out = []
     for ident in sorted(set(new) | set(ref)):
         if ident not in new:
@@ -244,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("new", help="store of the fresh run (e.g. runs/reproduce/records)")
     p.add_argument("reference", help="store of the reference records (e.g. results/records)")
     p.add_argument("--out", help="write the Markdown table here too")
+    p.add_argument("--experiments", help="comma-separated experiment names: compare only these (default: all in "
+                   "either store)")
     p.add_argument("--update-reference", action="store_true",
                    help="after comparing, replace the reference experiments with the new records")
     args = p.parse_args(argv)
@@ -251,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_dir():
             print(f"error: {flag} store {path!r} is not a folder", file=sys.stderr)
             return 2
-    rows = compare_stores(args.new, args.reference)
+    experiments = [e for e in args.experiments.split(",") if e] if args.experiments else None
+    rows = compare_stores(args.new, args.reference, experiments)
     text = format_report(rows, args.new, args.reference)
     print(text)
     if args.out:
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written: {args.out}")
     failed = [r for r in rows if r.failed]
     if args.update_reference:
-        n = update_reference(args.new, args.reference)
+        n = update_reference(args.new, args.reference, experiments)
         print(f"reference updated: {n} record(s) copied into {args.reference}")
         return 0
     if failed:
