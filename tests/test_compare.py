@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -76,6 +77,21 @@ def test_stores_missing_new_and_exit_status(tmp_path, capsys):
     assert main([str(new.root), str(ref.root)]) == 1  # DRIFTED
     new.put(lm_record())
     assert main([str(new.root), str(ref.root)]) == 0
+
+
+def test_experiments_restricts_both_stores(tmp_path):
+    """reproduce compares only its own sweeps: a long ablation's reference records are not 'missing'."""
+    new, ref = ResultStore(tmp_path / "new"), ResultStore(tmp_path / "ref")
+    for store in (new, ref):
+        store.put(lm_record())
+    long_run = dataclasses.replace(lm_record(seed=7), experiment="ablation_calibration_lm")
+    ref.put(long_run)  # in the reference only, under another experiment
+    assert sorted(c.status for c in compare_stores(new.root, ref.root)) == ["missing", "reproduced"]
+    assert [c.status for c in compare_stores(new.root, ref.root, ["lm_perplexity"])] == ["reproduced"]
+    assert main([str(new.root), str(ref.root), "--experiments", "lm_perplexity"]) == 0
+    assert main([str(new.root), str(ref.root)]) == 1
+    assert main([str(new.root), str(ref.root), "--experiments", "lm_perplexity", "--update-reference"]) == 0
+    assert {r.experiment for r in ref.records()} == {"lm_perplexity", "ablation_calibration_lm"}  # left alone
 
 
 def test_update_reference_replaces_the_experiments(tmp_path):
