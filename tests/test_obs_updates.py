@@ -88,7 +88,9 @@ def test_deferred_updates_across_flushes_match_direct(make_problem, mode):
         eager.remove(R)
         if step in (5, 12):
             st.track_pruned()
-            st2 = st.copy()  # copies keep the pending state intact
+            st2 = st.copy()  # copies keep the pending state intact, the pruned-set inverse included
+            assert (st2.pruned is None) == (mode == "deferred") and (st2.pruned is None or st2.pruned is not st.pruned)
+            assert st.copy(with_pruned=False).pruned is None
             _check_state(P, st2)
     _check_state(P, st)
 

@@ -76,6 +76,30 @@ def test_reconstruction_error_is_the_objective_gap_on_calibration_inputs():
         reconstruction_error(X.T @ X, W, W_dense[:, :3])
 
 
+def test_reconstruction_error_inputs_dtypes_and_zero_energy():
+    """Bad shapes name the argument; float32 inputs are computed in float64; a dense output of zero
+    energy gives a NaN ratio (the error itself is still defined); the ratio is scale-free."""
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    H = X.T @ X
+    W_dense = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    W = W_dense.clone()
+    W[:2] = 0
+    with pytest.raises(ValueError, match=r"^H_raw must be square"):
+        reconstruction_error(H[:, :5], W, W_dense)
+    with pytest.raises(ValueError, match=r"^W must have 6 rows"):
+        reconstruction_error(H, W[:5], W_dense)
+    with pytest.raises(ValueError, match=r"^W_dense must have 6 rows"):
+        reconstruction_error(H, W, W_dense[:5])
+    err, rel = reconstruction_error(H, W, W_dense)
+    assert err == pytest.approx(0.5 * float((X @ (W - W_dense)).pow(2).sum()), rel=1e-12)
+    assert reconstruction_error(H.float(), W.float(), W_dense.float()) == pytest.approx((err, rel), rel=1e-5)
+    tiny = 1e-4 / float((W_dense * (H @ W_dense)).sum())  # dense output energy 0.5e-4 < 1
+    assert reconstruction_error(H * tiny, W, W_dense) == pytest.approx((err * tiny, rel), rel=1e-10)
+    err0, rel0 = reconstruction_error(H, W, torch.zeros_like(W_dense))
+    assert err0 == pytest.approx(0.5 * float((X @ W).pow(2).sum()), rel=1e-12) and math.isnan(rel0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
