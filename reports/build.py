@@ -22,11 +22,12 @@ from typing import Any
 import pandas as pd
 import tomllib
 
+from osscar.io import atomic_write_text as write_text_atomic
 from reports import reference as ref
 from reports.figures import all_figures
 from reports.records import describe, frame, load_records, summarize
 from reports.table import Table
-from reports.tables import all_tables, write_text_atomic
+from reports.tables import all_tables
 
 # the paper's experiments; sweep files in benchmarks/sweeps/ add to this list
 EXPECTED_EXPERIMENTS = {
