@@ -22,6 +22,7 @@ from reports.plotting import (Figure, figure_legend, fixture_tag, jitter, log_ax
                               methods_of, publication_style, save, slug, subplots, titles)
 from reports.records import describe, frame
 from reports.table import clear_best
+from reports.figures_ablation import lm_calibration_figures, lm_damping_figures
 from reports.paired import paired_ratios
 from reports.tables_ablation import tp_frame, tp_margin
 from reports.tables_common import method_labels, method_rank
@@ -395,6 +396,8 @@ BUILDERS = {
     "ablation_calibration": calibration_curves,
     "ablation_tp": tp_heatmaps,
     "speedup": speedup_scatter,
+    "lm_calibration": lm_calibration_figures,
+    "lm_damping": lm_damping_figures,
 }
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from reports.table import Table
 from reports.tables_ablation import calibration_tables, tp_tables
-from reports.tables_lm import (lm_cost_tables, lm_layer_error_tables, lm_paired_tables, lm_perplexity_tables,
-                               lm_zero_shot_tables)
+from reports.tables_lm import (lm_calibration_tables, lm_cost_tables, lm_damping_tables, lm_layer_error_section,
+                               lm_paired_tables, lm_perplexity_tables, lm_zero_shot_tables)
 from reports.tables_runtime import runtime_tables, speedup_table
 from reports.tables_vision import vision_accuracy_tables
 
@@ -22,12 +22,14 @@ BUILDERS: dict[str, Callable[..., list[Table]]] = {
     "lm_paired": lm_paired_tables,
     "lm_zeroshot": lm_zero_shot_tables,
     "lm_cost": lm_cost_tables,
-    "lm_layer_error": lm_layer_error_tables,
+    "lm_layer_error": lm_layer_error_section,
     "vision_accuracy": vision_accuracy_tables,
     "speedup": speedup_table,
     "pruning_runtime": runtime_tables,
     "ablation_calibration": calibration_tables,
     "ablation_tp": tp_tables,
+    "lm_calibration": lm_calibration_tables,
+    "lm_damping": lm_damping_tables,
 }
 
 

@@ -1,4 +1,5 @@
-"""Language-model tables: perplexity, zero-shot accuracy, paired ratio to ZipLM, pruning cost, layer error."""
+"""Language-model tables: perplexity, zero-shot accuracy, paired ratio to ZipLM, pruning cost, layer error,
+and the LM ablations of #16 (calibration size, damping) over calibration seeds."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from reports.lm_ablation import CALIBRATION, DAMPING, REFERENCE, LmAblation, ablation_runs, seed_ratios, seed_summary
+from reports.lm_ablation import corpora as ab_corpora
 from reports.paired import paired_nll_ratio, paired_ratios
 from reports.records import describe, frame, missing_metrics
 from reports.table import HIGHER, LOWER, Table, binomial_margin, relative_margin
 from reports.tables_common import (BINOMIAL_NOTE, MEMORY_NOISE, SPEEDUP_NOISE, TIME_NOISE, TIME_NOTE, config_groups,
                                    dedupe, eval_n, fixture_note, method_labels, method_sorted, present_cols,
                                    provenance_caption, slug)
+
+# (column title, frame column) of the layer-error tables, per consumer kind
+LAYER_ERROR_COLS = [(f"{name} {what}", f"err_{which}:{part}") for part, name in (("attn", "attention"), ("mlp", "MLP"))
+                    for what, which in (("calibration", "calib"), ("held-out", "heldout"))]
 
 def _lm_rows(sub: pd.DataFrame, keys: list[str], column: Callable[[str], str], scale: float = 1.0) -> pd.DataFrame:
     """Rows target × method, the dense model first (from the latest record that evaluated it).
@@ -211,8 +218,7 @@ def lm_layer_error_tables(records, experiment: str = "lm_perplexity") -> list[Ta
     tables: list[Table] = []
     if df.empty or "err_heldout:attn" not in df:
         return tables
-    spec = [(f"{name} {what}", f"err_{which}:{part}") for part, name in (("attn", "attention"), ("mlp", "MLP"))
-            for what, which in (("calibration", "calib"), ("held-out", "heldout"))]
+    spec = LAYER_ERROR_COLS
     for g, sub in config_groups(df, ["model", "calib_corpus", "n_samples", "seqlen"]):
         sub = sub.assign(method_label=method_labels(sub))
         sub, notes = dedupe(sub, ["target", "method_label"])
@@ -242,3 +248,108 @@ def lm_layer_error_tables(records, experiment: str = "lm_perplexity") -> list[Ta
             group_by=["target"], notes=fixture_note(sub) + notes
             + ["Errors on raw XᵀX (no damping); calibration column = the layer objective's reconstruction error."]))
     return tables
+
+
+# ---------------------------------------------------------------------------------------------------
+# the LM ablations of #16 (calibration size, damping): spread over seeds, paired ratio to ZipLM per seed
+
+
+def _x_label(spec: LmAblation, sub: pd.DataFrame) -> pd.Series:
+    """The swept setting as a row label: tokens with their n × seqlen, or λ (* = a borrowed run)."""
+    if spec.x == "calib_tokens":
+        return sub.apply(lambda r: f"{r['calib_tokens']:.0f} ({r['calib_tokens'] / r['seqlen']:.0f} × "
+                         f"{r['seqlen']:.0f})", axis=1)
+    return sub.apply(lambda r: f"{r[spec.x]:g}" + (" *" if r["borrowed"] else ""), axis=1)
+
+
+TIE_RULE = ("Ratio per seed: ppl(method) / ppl(ZipLM) of the same calibration seed on the same evaluation windows, "
+            "exp of the mean per-window NLL difference (as in the paired table); its mean is the geometric mean "
+            "over seeds. Tie rule (vs ZipLM column): a tie when 1 lies inside the spread (min–max) of the per-seed "
+            "ratios, lower / higher when every seed's ratio is below / above 1, not called from a single seed; "
+            "bold: a mean ratio whose seeds all lie below 1.")
+
+
+def lm_ablation_tables(records, spec: LmAblation = CALIBRATION) -> list[Table]:
+    """Per (group, corpus): rows = setting × method; perplexity over seeds (mean, min, max), the ratio to
+    ZipLM per seed and its geometric mean with :func:`reports.lm_ablation.seed_verdict`, and the mean layer
+    error on the calibration inputs and on held-out windows."""
+    df, notes = ablation_runs(records, spec)
+    tables: list[Table] = []
+    for g, sub in config_groups(df, list(spec.keys)):
+        for c in ab_corpora(sub):
+            summ = seed_summary(sub, seed_ratios(sub, c, spec), c, spec.x)
+            if summ.empty:
+                continue
+            label = spec.x_label.split(" (", 1)[0]
+            rcols = [k for k in summ.columns if k.startswith("ratio:")]
+            data = pd.DataFrame({label: _x_label(spec, summ.assign(seqlen=g.get("seqlen", np.nan))),
+                                 "method": summ["method_label"], "seeds": summ["seeds"],
+                                 "ppl mean": summ["ppl mean"], "ppl min": summ["ppl min"], "ppl max": summ["ppl max"],
+                                 **{f"ratio s={k.split(':', 1)[1]}": summ[k] for k in rcols},
+                                 "ratio (geo. mean)": summ["ratio gmean"], f"vs {REFERENCE}": summ["verdict"],
+                                 "calib. error": summ["err_calib:all"], "held-out error": summ["err_heldout:all"]})
+            data["held-out / calib."] = data["held-out error"] / data["calib. error"]
+            vcols = [k for k in data.columns if k not in (label, "method")]
+            bold = pd.DataFrame(False, index=data.index, columns=vcols)
+            bold["ratio (geo. mean)"] = data[f"vs {REFERENCE}"] == "lower"
+            what = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in g.items()
+                             if k in ("damping", "n_samples", "target"))
+            tables.append(Table(
+                name=slug("lm_calibration" if spec is CALIBRATION else "lm_damping", g["model"], g["calib_corpus"], c),
+                title=f"{label.capitalize()} ablation — {g['model']}, {c} ({what})",
+                caption=(f"Perplexity on {c} per {label} and method over calibration seeds (mean, min, max), the ratio "
+                         f"to {REFERENCE}, and the relative layer error ½‖X(W − Ŵ)‖² / ½‖XŴ‖² averaged over every "
+                         "pruned layer (attention and MLP) and over seeds, on the calibration inputs and on held-out "
+                         "windows of the calibration text. " + TIE_RULE + " " + provenance_caption(sub, "lm")),
+                data=data, label_cols=[label, "method"], value_cols=vcols,
+                directions={"ppl mean": LOWER, "ratio (geo. mean)": LOWER, "held-out error": LOWER},
+                formats={**{k: ".2f" for k in ("ppl mean", "ppl min", "ppl max", "held-out / calib.")},
+                         **{k: ".3f" for k in vcols if k.startswith("ratio")}, "seeds": ".0f",
+                         "calib. error": ".4f", "held-out error": ".4f"},
+                group_by=[label], notes=fixture_note(sub) + notes, significant=bold))
+    if len(tables) == 1:  # the usual case: one model, one corpus
+        tables[0].name = "lm_calibration" if spec is CALIBRATION else "lm_damping"
+    return tables
+
+
+def lm_calibration_tables(records) -> list[Table]:
+    return lm_ablation_tables(records, CALIBRATION)
+
+
+def lm_damping_tables(records) -> list[Table]:
+    return lm_ablation_tables(records, DAMPING)
+
+
+def lm_ablation_layer_error_tables(records, spec: LmAblation) -> list[Table]:
+    """The layer-error table of an LM ablation: rows = setting × method, each column the mean over seeds."""
+    df, notes = ablation_runs(records, spec)
+    tables: list[Table] = []
+    if df.empty or not df.get("err_heldout:all", pd.Series(dtype=float)).notna().any():
+        return tables
+    for g, sub in config_groups(df, list(spec.keys)):
+        label = spec.x_label.split(" (", 1)[0]
+        means = sub.groupby([spec.x, "method_label"], sort=True).agg(
+            borrowed=("borrowed", "any"), seeds=("seed", "nunique"),
+            **{name: (col, "mean") for name, col in LAYER_ERROR_COLS}).reset_index()
+        means = method_sorted(means, [spec.x]).reset_index(drop=True)
+        for part in ("attention", "MLP"):
+            means[f"{part} ratio"] = means[f"{part} held-out"] / means[f"{part} calibration"]
+        cols = [c for part in ("attention", "MLP") for c in (f"{part} calibration", f"{part} held-out", f"{part} ratio")]
+        data = pd.DataFrame({label: _x_label(spec, means.assign(seqlen=g.get("seqlen", np.nan))),
+                             "method": means["method_label"], "seeds": means["seeds"], **{c: means[c] for c in cols}})
+        tables.append(Table(
+            name=slug("lm_layer_error", spec.experiment, g["model"], g["calib_corpus"]),
+            title=f"Layer error: calibration vs held-out — {spec.experiment}, {g['model']}",
+            caption=(f"As the table above, per {label} and method of {spec.experiment}, each value the mean over "
+                     "calibration seeds; ratio = mean held-out / mean calibration error. "
+                     + provenance_caption(sub, "lm")),
+            data=data, label_cols=[label, "method"], value_cols=["seeds", *cols],
+            formats={"seeds": ".0f", **{c: (".2f" if c.endswith("ratio") else ".4f") for c in cols}},
+            notes=fixture_note(sub) + notes + ["Not ranked: the spread over seeds is in the ablation's own table."]))
+    return tables
+
+
+def lm_layer_error_section(records) -> list[Table]:
+    """The lm_layer_error section: the main experiment's table, then one per LM ablation."""
+    return lm_layer_error_tables(records) + [t for spec in (CALIBRATION, DAMPING)
+                                             for t in lm_ablation_layer_error_tables(records, spec)]
