@@ -22,11 +22,12 @@ from typing import Any
 import pandas as pd
 import tomllib
 
+from osscar.io import atomic_write_text as write_text_atomic
 from reports import reference as ref
 from reports.figures import all_figures
 from reports.records import describe, frame, load_records, summarize
 from reports.table import Table
-from reports.tables import all_tables, write_text_atomic
+from reports.tables import all_tables
 
 # the paper's experiments; sweep files in benchmarks/sweeps/ add to this list
 EXPECTED_EXPERIMENTS = {
@@ -58,6 +59,12 @@ SECTIONS = [  # (heading, table section, figure section, intro)
      "Quality vs the number of calibration samples."),
     ("Ablation: t̂ / p̂", "ablation_tp", "ablation_tp",
      "OSSCAR's quality and time over its two step-size parameters."),
+    ("Ablation: calibration size, language model", "lm_calibration", "lm_calibration",
+     "Perplexity over calibration seeds and the paired ratio to ZipLM per seed vs the number of calibration "
+     "tokens, beside the calibration and held-out layer error (issue #16)."),
+    ("Ablation: damping, language model", "lm_damping", "lm_damping",
+     "The same against the damping λ of the layer problems; the default λ comes from the calibration-size "
+     "sweep's runs of the same configuration (issue #16)."),
 ]
 
 

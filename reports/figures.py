@@ -22,7 +22,10 @@ from reports.plotting import (Figure, figure_legend, fixture_tag, jitter, log_ax
                               methods_of, publication_style, save, slug, subplots, titles)
 from reports.records import describe, frame
 from reports.table import clear_best
-from reports.tables import _method_label, _tp_frame, _tp_margin, method_rank, paired_ratios
+from reports.figures_ablation import lm_calibration_figures, lm_damping_figures
+from reports.paired import paired_ratios
+from reports.tables_ablation import tp_frame, tp_margin
+from reports.tables_common import method_labels, method_rank
 
 REFERENCE_METHOD = "ziplm"
 CLOSE_RATIO = 3.0       # methods within this perplexity ratio of the reference get the ratio panel
@@ -57,7 +60,7 @@ def _method_lines(ax: Any, sub: pd.DataFrame, x: str, y: str, scale: float = 1.0
 
 
 def _paired_ratios(sub: pd.DataFrame, corpus: str) -> pd.DataFrame:
-    """:func:`reports.tables.paired_ratios` with each row's x (target speedup); the reference keeps its own name."""
+    """:func:`reports.paired.paired_ratios` with each row's x (target speedup); the reference keeps its own name."""
     pr = paired_ratios(sub, corpus, REFERENCE_METHOD)
     if pr.empty:
         return pr
@@ -72,7 +75,7 @@ def ppl_vs_speedup(records, out: Path, experiment: str = "lm_perplexity") -> lis
     figs: list[Figure] = []
     if df.empty:
         return figs
-    df = df.assign(method_label=_method_label(df))
+    df = df.assign(method_label=method_labels(df))
     df["x"] = df["speedup_target"].fillna(df["block_flops_speedup"])
     for (model, calib, n, seqlen), sub in df.groupby(["model", "calib_corpus", "n_samples", "seqlen"], dropna=False):
         sub = sub.drop_duplicates(["target", "method_label", "seed"], keep="last")
@@ -132,7 +135,7 @@ def accuracy_vs_flops(records, out: Path, experiment: str = "vision_accuracy") -
     figs: list[Figure] = []
     if df.empty:
         return figs
-    df = df.assign(method_label=_method_label(df))
+    df = df.assign(method_label=method_labels(df))
     for (arch, ds, ckpt, n), sub in df.groupby(["arch", "dataset", "checkpoint", "n_calib"], dropna=False):
         sub = sub.drop_duplicates(["flops_fraction", "method_label", "seed"], keep="last")
         if sub["top1"].notna().sum() == 0:
@@ -179,7 +182,7 @@ def speedup_scatter(records, out: Path) -> list[Figure]:
         for pipeline in ("lm", "vision"):
             d = frame(records, exp, pipeline)
             if not d.empty and "latency_speedup" in d:
-                frames.append(d.assign(method_label=_method_label(d)))
+                frames.append(d.assign(method_label=method_labels(d)))
     if not frames:
         return []
     df = pd.concat(frames, ignore_index=True)
@@ -221,7 +224,7 @@ def runtime_bars(records, out: Path, experiment: str = "pruning_runtime") -> lis
     df = frame(records, experiment, "solver")
     if df.empty or df["prune_seconds"].notna().sum() == 0:
         return []
-    df = df.assign(method_label=_method_label(df)).drop_duplicates(["shape", "keep", "method_label"], keep="last")
+    df = df.assign(method_label=method_labels(df)).drop_duplicates(["shape", "keep", "method_label"], keep="last")
     shapes = list(df.sort_values("p", kind="stable")["shape"].drop_duplicates())
     methods = methods_of(df)
     bars = methods + ["one p×p inverse"]
@@ -258,7 +261,7 @@ def calibration_curves(records, out: Path, experiment: str = "ablation_calibrati
     figs: list[Figure] = []
     lm = frame(records, experiment, "lm")
     if not lm.empty:
-        lm = lm.assign(method_label=_method_label(lm))
+        lm = lm.assign(method_label=method_labels(lm))
         for (model, calib, seqlen), sub in lm.groupby(["model", "calib_corpus", "seqlen"], dropna=False):
             sub = sub.drop_duplicates(["target", "method_label", "n_samples"], keep="last")
             corpora = [c.split(":", 1)[1] for c in sub.columns if c.startswith("ppl:") and sub[c].notna().any()]
@@ -288,7 +291,7 @@ def calibration_curves(records, out: Path, experiment: str = "ablation_calibrati
             figs.append(Figure(name, title, f"{title}. {sub_t}. Lower is better.", paths))
     vis = frame(records, experiment, "vision")
     if not vis.empty:
-        vis = vis.assign(method_label=_method_label(vis))
+        vis = vis.assign(method_label=method_labels(vis))
         for (arch, ds, ckpt), sub in vis.groupby(["arch", "dataset", "checkpoint"], dropna=False):
             sub = sub.drop_duplicates(["flops_fraction", "method_label", "n_calib"], keep="last")
             if sub["top1"].notna().sum() == 0:
@@ -322,7 +325,7 @@ def calibration_curves(records, out: Path, experiment: str = "ablation_calibrati
 def tp_heatmaps(records, out: Path, experiment: str = "ablation_tp") -> list[Figure]:
     """Per t̂/p̂ group: heatmaps of the quality metric and of prune time over (p̂, t̂); best cell boxed."""
     figs: list[Figure] = []
-    for pipeline, df in _tp_frame(records, experiment):
+    for pipeline, df in tp_frame(records, experiment):
         if df.empty:
             continue
         if pipeline == "lm":
@@ -359,7 +362,7 @@ def tp_heatmaps(records, out: Path, experiment: str = "ablation_tp") -> list[Fig
                     ax.set_ylabel("p̂ (groups removed per step)")
                     ax.grid(False)
                     # boxed only when it beats the runner-up by more than its noise (as bold in the tables)
-                    margin, _ = _tp_margin(col, sub)  # top-1 in %: the binomial margin is in % too
+                    margin, _ = tp_margin(col, sub)  # top-1 in %: the binomial margin is in % too
                     flat = clear_best(vals.ravel(), "min" if direction == "min" else "max", margin)
                     best = {(int(i), int(j)) for i, j in zip(*np.unravel_index(np.flatnonzero(flat), vals.shape))}
                     lo, hi = np.nanmin(vals), np.nanmax(vals)
@@ -393,6 +396,8 @@ BUILDERS = {
     "ablation_calibration": calibration_curves,
     "ablation_tp": tp_heatmaps,
     "speedup": speedup_scatter,
+    "lm_calibration": lm_calibration_figures,
+    "lm_damping": lm_damping_figures,
 }
 
 

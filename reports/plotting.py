@@ -20,7 +20,7 @@ import matplotlib as mpl
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
-from reports.tables import METHOD_ORDER, method_rank
+from reports.tables_common import METHOD_ORDER, method_rank
 
 STYLE: dict[str, Any] = {
     "figure.dpi": 100, "savefig.dpi": 200, "savefig.bbox": "tight", "savefig.pad_inches": 0.05,

@@ -108,12 +108,14 @@ def _latency_point(rows: Any) -> tuple[float | None, str]:
 
 def layer_error_means(layers: Any) -> dict[str, float | None]:
     """Mean over a run's layer records of ``calib_rel_error`` / ``heldout_rel_error`` per part:
-    ``err_calib:attn``, ``err_heldout:attn``, ``err_calib:mlp``, ``err_heldout:mlp`` (None when absent)."""
+    ``err_calib:attn``, ``err_heldout:attn``, ``err_calib:mlp``, ``err_heldout:mlp``, and over every
+    layer of both parts, ``err_calib:all`` / ``err_heldout:all`` (None when absent)."""
     out: dict[str, float | None] = {}
-    for part in ("attn", "mlp"):
+    for part in ("attn", "mlp", "all"):
+        parts = ("attn", "mlp") if part == "all" else (part,)
         for which in ("calib", "heldout"):
             vals = [num(L.get(f"{which}_rel_error")) for L in (layers or [])
-                    if isinstance(L, dict) and L.get("part") == part]
+                    if isinstance(L, dict) and L.get("part") in parts]
             vals = [v for v in vals if v is not None and v == v]
             out[f"err_{which}:{part}"] = sum(vals) / len(vals) if vals else None
     return out
@@ -142,6 +144,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
     row.update({
         "model": model, "model_source": dig(m, "provenance", "model_source"),
         "calib_corpus": cfg.get("calib_corpus"), "n_samples": cfg.get("n_samples"), "seqlen": cfg.get("seqlen"),
+        "damping": num(cfg.get("damping")),
         "eval_seqlen": cfg.get("eval_seqlen") or cfg.get("seqlen"),
         "eval_corpora": ",".join(corpora), "eval_windows": cfg.get("eval_windows"),
         "target": target, "target_sort": target_sort, "speedup_target": speedup,

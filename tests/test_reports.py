@@ -20,16 +20,10 @@ import pytest
 from reports import build_report
 from reports.records import load_records
 from reports.table import HIGHER, LOWER, Table, latex_escape
-from reports.tables import (
-    calibration_tables,
-    lm_cost_tables,
-    lm_perplexity_tables,
-    lm_zero_shot_tables,
-    runtime_tables,
-    speedup_table,
-    tp_tables,
-    vision_accuracy_tables,
-)
+from reports.tables_ablation import calibration_tables, tp_tables
+from reports.tables_lm import lm_cost_tables, lm_perplexity_tables, lm_zero_shot_tables
+from reports.tables_runtime import runtime_tables, speedup_table
+from reports.tables_vision import vision_accuracy_tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -314,7 +308,7 @@ def test_degenerate_records_do_not_crash(tmp_path):
 def test_paired_nll_ratio_is_the_ppl_ratio_with_a_paired_range():
     import math
 
-    from reports.tables import paired_nll_ratio
+    from reports.paired import paired_nll_ratio
 
     ratio, lo, hi = paired_nll_ratio([1.0, 1.2, 1.1], [1.0, 1.0, 1.0])
     se = 0.1 / math.sqrt(3)  # sd of the differences (0, 0.2, 0.1) is 0.1
@@ -328,7 +322,7 @@ def test_paired_nll_ratio_is_the_ppl_ratio_with_a_paired_range():
 def test_lm_paired_table_compares_each_method_with_ziplm_on_the_same_windows(tmp_path):
     import math
 
-    from reports.tables import lm_paired_tables
+    from reports.tables_lm import lm_paired_tables
     from results.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
@@ -353,7 +347,7 @@ def test_lm_paired_table_compares_each_method_with_ziplm_on_the_same_windows(tmp
 def test_perplexity_bold_needs_a_paired_range_below_one(tmp_path):
     import math
 
-    from reports.tables import lm_perplexity_tables
+    from reports.tables_lm import lm_perplexity_tables
     from results.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
@@ -372,7 +366,7 @@ def test_perplexity_bold_needs_a_paired_range_below_one(tmp_path):
 
 
 def test_layer_error_table_means_over_layers_and_ratio(tmp_path):
-    from reports.tables import lm_layer_error_tables
+    from reports.tables_lm import lm_layer_error_tables
     from results.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
