@@ -81,36 +81,22 @@ def mutation(session: nox.Session) -> None:
 
 REFERENCE_STORE = "results/records"   # the committed reference records
 REPRODUCE_STORE = "runs/reproduce/records"  # git-ignored: what `reproduce` runs into
-# cpu-profile sweeps too long for `reproduce` (30 minutes): `nox -s ablation_lm` runs them
-LONG_SWEEPS = ("ablation_calibration_lm", "ablation_damping_lm")
 
 
-def _reproduce_sweeps() -> list[str]:
-    """Every sweep file's stem in benchmarks/sweeps/ but the long ones."""
+def _sweeps_in_reproduce(wanted: bool) -> list[str]:
+    """The stems of benchmarks/sweeps/*.toml whose ``in_reproduce`` (default true) is ``wanted``.
+
+    The long sweeps (``in_reproduce = false``: the LM ablations) have their own session."""
+    import tomllib
     from pathlib import Path
 
-    return [p.stem for p in sorted(Path("benchmarks/sweeps").glob("*.toml")) if p.stem not in LONG_SWEEPS]
-
-
-def _profile_args(session: nox.Session) -> tuple[str, list[str]]:
-    profile = "paper" if "--profile" in session.posargs and "paper" in session.posargs else "cpu"
-    extra = [a for a in session.posargs if a not in ("--profile", "paper", "cpu", "--fresh")]
-    return profile, extra
-
-
-def _sweep(session: nox.Session, *sweeps: str, store: str = REFERENCE_STORE) -> None:
-    profile, extra = _profile_args(session)
-    targets = [f"benchmarks/sweeps/{s}.toml" for s in sweeps] if sweeps else ["--all"]
-    session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, "--store", store, *extra, env=_env())
-
-
-def _report(session: nox.Session, store: str = REFERENCE_STORE, out: str = "reports/output") -> None:
-    session.run("python", "-m", "reports", "--store", store, "--out", out, env=_env())
+    files = sorted(Path("benchmarks/sweeps").glob("*.toml"))
+    return [p.stem for p in files if tomllib.loads(p.read_text()).get("in_reproduce", True) is wanted]
 
 
 @nox.session(python=PYTHON)
 def reproduce(session: nox.Session) -> None:
-    """Rerun the cpu-profile sweeps (all but LONG_SWEEPS) into a fresh store; check them against the records.
+    """Rerun the cpu-profile sweeps (all but the long ones) into a fresh store; check them against the records.
 
     Runs go to runs/reproduce/records (git-ignored; an interrupted reproduce resumes there,
     ``-- --fresh`` empties it first), the report of those runs to runs/reproduce/report, and the
@@ -123,7 +109,7 @@ def reproduce(session: nox.Session) -> None:
     _install(session)
     if "--fresh" in session.posargs:
         shutil.rmtree(REPRODUCE_STORE, ignore_errors=True)
-    sweeps = _reproduce_sweeps()
+    sweeps = _sweeps_in_reproduce(True)
     _sweep(session, *sweeps, store=REPRODUCE_STORE)
     _report(session, store=REPRODUCE_STORE, out="runs/reproduce/report")
     session.run("python", "-m", "benchmarks.compare", REPRODUCE_STORE, REFERENCE_STORE, "--experiments", ",".join(sweeps),
@@ -139,9 +125,9 @@ def ablation_calibration(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def ablation_lm(session: nox.Session) -> None:
-    """LM calibration-size and damping ablations (#16; cpu profile: ~2 h on one core) into results/records."""
+    """The long sweeps (``in_reproduce = false``: LM calibration-size and damping ablations, #16) into results/records."""
     _install(session)
-    _sweep(session, *LONG_SWEEPS)
+    _sweep(session, *_sweeps_in_reproduce(False))
 
 
 @nox.session(python=PYTHON)

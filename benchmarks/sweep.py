@@ -5,6 +5,7 @@ A sweep file::
     name = "lm_perplexity"                 # experiment name (folder in the result store)
     pipeline = "lm"                        # lm | vision | solver
     description = "..."
+    in_reproduce = true                    # optional (default true); false: too long for `nox -s reproduce`
 
     [profiles.cpu.base]                    # fields shared by every run of the profile
     n_samples = 16
@@ -82,6 +83,7 @@ class Sweep:
     extra: tuple[dict[str, Any], ...] = ()
     source: str = ""
     resources: dict[str, Any] = field(default_factory=dict)
+    in_reproduce: bool = True  # part of `nox -s reproduce` (false: a long sweep with its own session)
 
     def points(self) -> list[dict[str, Any]]:
         """The raw config dicts of the grid, base merged in, in a stable order."""
@@ -141,13 +143,15 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
     except ValueError as exc:
         if "pipeline" in data:
             raise SweepError(f"{path}: key 'pipeline': {exc}") from None
-    top = {"name", "pipeline", "description", "profiles"}
+    top = {"name", "pipeline", "description", "profiles", "in_reproduce"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise SweepError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(top))}")
     for key in ("name", "pipeline"):
         if key not in data:
             raise SweepError(f"{path}: missing required key {key!r}")
+    if not isinstance(data.get("in_reproduce", True), bool):
+        raise SweepError(f"{path}: key 'in_reproduce' must be true or false, got {data['in_reproduce']!r}")
     profiles = data.get("profiles", {})
     if profile not in profiles:
         raise SweepError(f"{path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
@@ -174,7 +178,7 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
             raise SweepError(f"{path}: grid axis {axis!r} must be a non-empty array")
     return Sweep(name=data["name"], pipeline=data["pipeline"], description=data.get("description", ""),
                  base=dict(prof.get("base", {})), grid=dict(grid), extra=tuple(extra), source=str(path),
-                 resources=resources)
+                 resources=resources, in_reproduce=data.get("in_reproduce", True))
 
 
 def sweep_files(folder: str | Path | None = None) -> list[Path]:

@@ -54,11 +54,16 @@ def test_fields_added_later_keep_old_run_keys_at_their_neutral_value():
     assert config_key("lm", lm.key_config({**old, "device": "cpu", "dtype": "float32"})) == config_key("lm", old)
     assert lm.key_config({**old, "device": "cuda", "dtype": "float16"}) == {**old, "device": "cuda", "dtype": "float16"}
     assert lm.key_config({**old, "output_dir": "x"}) == old  # volatile
-    # every committed record is still found under the key its sweep computes now
+    # every committed record is still found under the key its sweep computes now: every run of a
+    # reproduce sweep has its record; a long sweep (in_reproduce = false) may be partly run, but each
+    # of its records is one of its runs
     store = ResultStore(ROOT / "results" / "records")
     for f in sweep_files():
-        for spec in load_sweep(f, "cpu").runs():
-            assert store.has(spec.experiment, config_key(spec.pipeline, spec.key_config)), spec
+        sweep = load_sweep(f, "cpu")
+        keys = {config_key(spec.pipeline, spec.key_config) for spec in sweep.runs()}
+        if sweep.in_reproduce:
+            assert all(store.has(sweep.name, key) for key in keys), sweep.name
+        assert {r.key for r in store.records(sweep.name)} <= keys, sweep.name
 
 
 @pytest.mark.parametrize("body, match", [
@@ -73,6 +78,8 @@ def test_fields_added_later_keep_old_run_keys_at_their_neutral_value():
     (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace("[profiles.cpu.grid]", "[profiles.cpu.grid"),
      "TOML syntax error: .*line 6"),
     (SOLVER_SWEEP.format(methods="[]", seeds="[0]"), "grid axis 'method' must be a non-empty array"),
+    (SOLVER_SWEEP.format(methods='["osscar"]', seeds="[0]").replace('pipeline = "solver"', 'pipeline = "solver"\nin_reproduce = "no"'),
+     "key 'in_reproduce' must be true or false, got 'no'"),
 ])
 def test_bad_sweeps_exit_2_with_one_line_naming_file_and_key(tmp_path, capsys, body, match):
     import re
