@@ -94,6 +94,22 @@ def _sweeps_in_reproduce(wanted: bool) -> list[str]:
     return [p.stem for p in files if tomllib.loads(p.read_text()).get("in_reproduce", True) is wanted]
 
 
+def _profile_args(session: nox.Session) -> tuple[str, list[str]]:
+    profile = "paper" if "--profile" in session.posargs and "paper" in session.posargs else "cpu"
+    extra = [a for a in session.posargs if a not in ("--profile", "paper", "cpu", "--fresh")]
+    return profile, extra
+
+
+def _sweep(session: nox.Session, *sweeps: str, store: str = REFERENCE_STORE) -> None:
+    profile, extra = _profile_args(session)
+    targets = [f"benchmarks/sweeps/{s}.toml" for s in sweeps] if sweeps else ["--all"]
+    session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, "--store", store, *extra, env=_env())
+
+
+def _report(session: nox.Session, store: str = REFERENCE_STORE, out: str = "reports/output") -> None:
+    session.run("python", "-m", "reports", "--store", store, "--out", out, env=_env())
+
+
 @nox.session(python=PYTHON)
 def reproduce(session: nox.Session) -> None:
     """Rerun the cpu-profile sweeps (all but the long ones) into a fresh store; check them against the records.
