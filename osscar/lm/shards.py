@@ -86,3 +86,24 @@ class ShardWriter:
             tokenizer.save_pretrained(self.folder)
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
         return self.folder
+
+
+def finish_disk_model(model: nn.Module, store: Any, writer: ShardWriter, kept: dict[int, dict[str, Tensor]],
+                      tokenizer: Any = None, source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Complete a folder whose blocks a disk store wrote as they were pruned (and sliced): the
+    non-block tensors (read through ``store``, written, dropped), the sliced config and manifest
+    (:func:`osscar.lm.slicing.finish_slicing`), the index and tokenizer. Returns the manifest."""
+    from osscar.lm.adapters import get_adapter
+    from osscar.lm.slicing import finish_slicing, kept_widths, original_widths
+
+    adapter = get_adapter(model)
+    per_layer = kept_widths(adapter, len(adapter.layers(model)), kept)
+    original = original_widths(adapter)
+    store.fetch_rest()
+    try:
+        writer.write_rest(model, adapter.layers_path)
+    finally:
+        store.release_rest()
+    manifest = finish_slicing(model, adapter, per_layer, original)
+    writer.finish(model.config, manifest, tokenizer, source)
+    return manifest

@@ -69,17 +69,23 @@ def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[st
     """
     adapter = get_adapter(model)
     layers = adapter.layers(model)
-    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
-    per_layer = []
-    for i in range(len(layers)):
-        k = kept.get(i, {})
-        per_layer.append((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
-    if any(ka < 1 or km < 1 for ka, km in per_layer):
-        raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {per_layer}")
+    per_layer = kept_widths(adapter, len(layers), kept)
     original = original_widths(adapter)
     for i, layer in enumerate(layers):
         slice_block(adapter, layer, kept.get(i, {}))
     return finish_slicing(model, adapter, per_layer, original)
+
+
+def kept_widths(adapter: Any, n_blocks: int, kept: dict[int, dict[str, Tensor]]) -> list[tuple[int, int]]:
+    """(attention groups, neurons) kept per block (a block or part absent from ``kept``: all)."""
+    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
+    per_layer = []
+    for i in range(n_blocks):
+        k = kept.get(i, {})
+        per_layer.append((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
+    if any(ka < 1 or km < 1 for ka, km in per_layer):
+        raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {per_layer}")
+    return per_layer
 
 
 @torch.no_grad()

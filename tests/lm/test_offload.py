@@ -1,0 +1,174 @@
+"""Block offloading (osscar.lm.offload): offload none, cpu and disk give bit-identical pruned weights and
+perplexities on tiny random models of every adapter family; the disk output reloads with equal logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from osscar.lm.adapters import get_adapter
+from osscar.lm.calibration import prune_model_sequential
+from osscar.lm.evaluate import perplexity
+from osscar.lm.offload import (DiskBlocks, HostBlocks, LazyCheckpoint, ResidentBlocks, build_skeleton,
+                               check_disk_source)
+from osscar.lm.shards import ShardWriter, finish_disk_model
+from osscar.lm.slicing import MANIFEST, load_pruned, slice_model
+from osscar.lm.streaming_eval import streamed_perplexity
+from osscar.methods import make_method
+
+from .conftest import make_model, tiny_llama_config, tiny_opt_config
+from .test_families import family_config
+
+CPU = torch.device("cpu")
+SEGMENTS = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(5))
+HELDOUT = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(6))
+WINDOWS = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(7))
+
+
+def _config(family: str):
+    import transformers as tf
+
+    if family == "opt":
+        return tiny_opt_config()
+    if family == "llama":
+        return tiny_llama_config()
+    if family in ("mistral", "qwen2", "qwen3"):
+        cls = {"mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config}[family]
+        cfg = cls(vocab_size=300, hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                  intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128, attn_implementation="eager",
+                  tie_word_embeddings=family == "qwen3")
+        cfg.osscar_attention_unit = "head"
+        return cfg
+    return family_config(family)
+
+
+FAMILIES = ["opt", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"]
+
+
+def _saved(family: str, tmp_path):
+    cfg = _config(family)
+    src = tmp_path / "src"
+    make_model(cfg).save_pretrained(src)
+    return src
+
+
+def _load(src):
+    return AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+
+
+def _keep(model, frac_attn: float = 0.5):
+    a = get_adapter(model)
+    if a.attention_fixed_reason:
+        k_attn = a.n_attn_groups
+    elif a.attn_blocks > 1:
+        k_attn = a.attn_blocks * max(1, (a.n_attn_groups // a.attn_blocks) // 2)
+    else:
+        k_attn = max(1, round(a.n_attn_groups * frac_attn))
+    return k_attn, a.ffn_dim // 2
+
+
+def _prune(model, method: str, blocks=None):
+    k_attn, k_mlp = _keep(model)
+    return prune_model_sequential(model, SEGMENTS, make_method(method), k_attn, k_mlp, heldout=HELDOUT,
+                                  batch_size=2, blocks=blocks)
+
+
+def _run_none(src, method):
+    m = _load(src)
+    out = _prune(m, method)
+    slice_model(m, out.kept)
+    return m, out, perplexity(m, WINDOWS)
+
+
+def _run_cpu(src, method):
+    m = _load(src)
+    out = _prune(m, method, HostBlocks(m, CPU))
+    slice_model(m, out.kept)
+    return m, out, streamed_perplexity(m, HostBlocks(m, CPU), WINDOWS)
+
+
+def _run_disk(src, method, dst):
+    sk = build_skeleton(src, torch.float32)
+    n = len(get_adapter(sk).layers(sk))
+    writer = ShardWriter(dst, n)
+    store = DiskBlocks(sk, LazyCheckpoint(src), CPU, torch.float32, writer)
+    out = _prune(sk, method, store)
+    manifest = finish_disk_model(sk, store, writer, out.kept, source=src)
+    ppl = streamed_perplexity(sk, DiskBlocks(sk, LazyCheckpoint(dst), CPU, torch.float32), WINDOWS)
+    return sk, out, ppl, manifest
+
+
+def _records(out):
+    return [(r.name, r.kept, r.objective, r.calib_error, r.heldout_error) for r in out.records]
+
+
+@pytest.mark.parametrize("method", ["osscar", "mp"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_none_cpu_disk_are_bit_identical(family, method, tmp_path):
+    src = _saved(family, tmp_path)
+    m0, out0, ppl0 = _run_none(src, method)
+    m1, out1, ppl1 = _run_cpu(src, method)
+    _, out2, ppl2, manifest = _run_disk(src, method, tmp_path / "out")
+    assert _records(out1) == _records(out0) and _records(out2) == _records(out0)  # same kept groups, same floats
+    sd0 = {k: v for k, v in m0.state_dict().items()}
+    for name, t in m1.state_dict().items():
+        assert torch.equal(t, sd0[name]), name
+    disk = LazyCheckpoint(tmp_path / "out")
+    written = disk.read(list(disk.weight_map))
+    tied = {"lm_head.weight"} if m0.config.tie_word_embeddings else set()
+    assert set(written) == set(sd0) - tied
+    for name, t in written.items():
+        assert torch.equal(t, sd0[name]), name
+    assert ppl1["window_nll"] == ppl0["window_nll"] and ppl2["window_nll"] == ppl0["window_nll"]
+    assert ppl2["ppl"] == ppl0["ppl"]
+    # the folder reloads with the usual loaders and gives the in-memory sliced model's logits
+    with torch.no_grad():
+        expect = m0(WINDOWS).logits
+        reloaded = load_pruned(tmp_path / "out") if manifest.get("needs_load_pruned") else _load(tmp_path / "out")
+        got = reloaded(WINDOWS).logits
+    assert torch.equal(got, expect)
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
+
+
+def test_streamed_perplexity_equals_in_memory_on_the_dense_model(tmp_path):
+    src = _saved("llama", tmp_path)
+    m = _load(src)
+    ref = perplexity(m, WINDOWS)
+    assert streamed_perplexity(m, ResidentBlocks(m, CPU), WINDOWS)["window_nll"] == ref["window_nll"]
+    assert streamed_perplexity(m, HostBlocks(m, CPU), WINDOWS, host_bytes=1)["window_nll"] == ref["window_nll"]
+    sk = build_skeleton(src, torch.float32)
+    got = streamed_perplexity(sk, DiskBlocks(sk, LazyCheckpoint(src), CPU, torch.float32), WINDOWS)
+    assert got["window_nll"] == ref["window_nll"]
+    assert all(p.device.type == "meta" for p in sk.parameters())  # nothing stays materialised
+
+
+def test_skeleton_allocates_no_weights(tmp_path):
+    src = _saved("opt", tmp_path)
+    sk = build_skeleton(src, torch.float32)
+    assert all(p.device.type == "meta" for p in sk.parameters())
+    assert sk.lm_head.weight is sk.model.decoder.embed_tokens.weight  # tied as the config says
+
+
+def test_disk_source_needs_safetensors(tmp_path):
+    src = tmp_path / "bin"
+    src.mkdir()
+    (src / "config.json").write_text(tiny_llama_config().to_json_string())
+    (src / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"offload='disk' reads the weights lazily from safetensors.*pytorch_model\.bin"):
+        check_disk_source(str(src))
+    ok = _saved("llama", tmp_path)
+    check_disk_source(str(ok))
+
+
+def test_lazy_checkpoint_reads_hub_opt_names_without_the_model_prefix(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"decoder.embed_tokens.weight": torch.ones(2, 3)}, str(tmp_path / "model.safetensors"))
+    ck = LazyCheckpoint(tmp_path)
+    assert ck.name("model.decoder.embed_tokens.weight") == "decoder.embed_tokens.weight"
+    assert torch.equal(ck.read(["model.decoder.embed_tokens.weight"])["model.decoder.embed_tokens.weight"], torch.ones(2, 3))
+    with pytest.raises(KeyError, match="no tensor"):
+        ck.read(["lm_head.weight"])
