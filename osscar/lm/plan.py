@@ -1,8 +1,8 @@
 """A memory plan of one LM run, from the model's config alone (no weights): bytes per phase and item.
 
-:func:`memory_plan` counts what :func:`osscar.lm.run.run_lm` holds today (offload mode ``none``,
-the only one implemented: the whole model moves to the run's device and stays there) in three
-phases, each one's peak the sum of its items:
+:func:`memory_plan` counts what :func:`osscar.lm.run.run_lm` holds (offload mode ``none``: the
+whole model moves to the run's device and stays there) in three phases, each one's peak the sum
+of its items:
 
 * ``load`` — ``from_pretrained`` builds the whole model on the host in ``dtype``; on a CUDA device
   it is then moved there (the host copy is freed).
@@ -17,11 +17,20 @@ phases, each one's peak the sum of its items:
   (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
   dense copy of the model (built on a latency-cache miss).
 
+With block offloading (``offload`` ``cpu`` or ``disk``, :mod:`osscar.lm.offload`) the device holds
+one block at a time. ``prune``: one block's weights, the embeddings / LM head / final norm
+(counted beside it, although they visit the device only for the capture), one batch's block
+input and output, and the same forward and solve; the activations of all segments (in, out and
+the no-rerun step's MLP inputs) wait on the host. ``evaluate``: one block, the embeddings and LM
+head, one window's hidden states and logits on the device; one chunk of windows' hidden states
+(at most :data:`osscar.lm.streaming_eval.EVAL_HOST_BYTES`) on the host. ``cpu`` keeps the whole
+model in host memory; ``disk`` holds there only the block being read (and, pruning, its sliced
+copy being written). On a CPU device the host column repeats the device's.
+
 Byte counts are of the tensors named; allocator slack, CUDA context and library code (a few
 hundred MiB) are not in them. The model's sizes come from a one-block meta-device model
 (``torch.device("meta")``: shapes only), so any architecture transformers knows is counted
-exactly, tied embeddings once. ``offload`` is a parameter so that ``cpu``/``disk`` modes (one
-block resident, the rest on the host or disk) can be added; only ``none`` is accepted today.
+exactly, tied embeddings once.
 """
 
 from __future__ import annotations
@@ -245,10 +254,11 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
-    item is on ``device`` and the host column repeats it. ``offload``: only ``none`` today.
+    item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
+    (module docstring).
     """
     if offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload={offload!r} is not implemented; allowed: {', '.join(OFFLOAD_MODES)}")
+        raise ValueError(f"offload={offload!r} is unknown; allowed: {', '.join(OFFLOAD_MODES)}")
     if dtype not in MODEL_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     if shortcut_bytes is None:
@@ -259,23 +269,34 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     d, ffn, L = shape.hidden, shape.ffn, eval_seqlen or seqlen
     rows, batch_rows = n_samples * seqlen, min(CALIB_BATCH, n_samples) * seqlen
     weights = shape.params * b
+    block, rest = shape.block_params * b, shape.other_params * b
+    offloaded = offload != "none"
+    acts_on = "host" if offloaded else "device"  # where the activations of all segments wait
     items: list[PlanItem] = []
 
     def add(phase: str, name: str, shp: str, n: int, where: str = "device") -> None:
         items.append(PlanItem(phase, where, name, shp, int(n)))
 
-    # load: the whole model on the host (then moved to a CUDA device)
-    add("load", "weights", f"{count(shape.params)} params", weights, "host")
-    if device_type == "cuda":
+    # load: the whole model on the host (then moved to a CUDA device); disk: one block's tensors at a time
+    if offload == "disk":
+        add("load", "one block read from the shards", count(shape.block_params), block, "host")
+    else:
+        add("load", "weights", f"{count(shape.params)} params", weights, "host")
+    if device_type == "cuda" and not offloaded:
         add("load", "weights", f"{count(shape.params)} params", weights)
-    # prune: resident model, activations in/out, one batch's forward, the largest consumer's solve
-    add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
-        shape.n_layers * shape.block_params * b)
-    add("prune", "embeddings, LM head, norm", count(shape.other_params), shape.other_params * b)
-    add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b)
-    add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b)
+    # prune: the resident model (or one block), activations in/out, one batch's forward, the largest solve
+    if offloaded:
+        add("prune", "one block (resident)", count(shape.block_params), block)
+        add("prune", "embeddings, LM head, norm (capture only)", count(shape.other_params), rest)
+        add("prune", "one batch in and out", f"2×{min(CALIB_BATCH, n_samples)}×{seqlen}×{d}", 2 * batch_rows * d * b)
+    else:
+        add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
+            shape.n_layers * shape.block_params * b)
+        add("prune", "embeddings, LM head, norm", count(shape.other_params), rest)
+    add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
+    add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
     if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
-        add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32)
+        add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32, acts_on)
     if shape.eager_attention:
         add("prune", "attention masks (eager)", f"{n_samples}×{seqlen}×{seqlen}", n_samples * seqlen * seqlen * b)
     scores = 2 * min(CALIB_BATCH, n_samples) * shape.n_heads * seqlen * seqlen * b if shape.eager_attention else 0
@@ -285,12 +306,35 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     _, part, p, keep = max((solve_bytes(method, p, d, round(keep * p)), part, p, keep) for part, p, keep in consumers)
     for name, shp, n in solve_parts(method, p, d, round(keep * p)):
         add("prune", f"solve {part}: {name}", shp, n)
-    # evaluate: resident model, one window's logits, (latency) a dense copy
-    add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
-    add("evaluate", "logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
-    if latency:
-        add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
+    if device_type == "cuda" and offload == "cpu":
+        add("prune", "the model (host)", f"{count(shape.params)} params", weights, "host")
+    elif device_type == "cuda" and offload == "disk":
+        add("prune", "one block read and its sliced copy (host)", f"2×{count(shape.block_params)}", 2 * block, "host")
+    # evaluate: the resident model (or one block, the embeddings and LM head), one window's logits
+    logits = ("logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
+    if offloaded:
+        from osscar.lm.streaming_eval import EVAL_HOST_BYTES
+
+        add("evaluate", "one block (resident)", count(shape.block_params), block)
+        add("evaluate", "embeddings, LM head, norm", count(shape.other_params), rest)
+        add("evaluate", "hidden states of one window in and out", f"2×{L}×{d}", 2 * L * d * b)
+        add("evaluate", *logits)
+        add("evaluate", "hidden states of one chunk of windows", f"≤ {fmt_bytes(EVAL_HOST_BYTES)}",
+            max(L * d * b, EVAL_HOST_BYTES // max(1, L * d * b) * L * d * b), "host")
+        if device_type == "cuda" and offload == "cpu":
+            add("evaluate", "the model (host)", f"{count(shape.params)} params", weights, "host")
+        elif device_type == "cuda":
+            add("evaluate", "one block read (host)", count(shape.block_params), block, "host")
+    else:
+        add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
+        add("evaluate", *logits)
+        if latency:
+            add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
     if device_type != "cuda":  # the device is the host: one set of items, listed for both
+        if offload == "cpu":  # the whole model waits in host memory beside the resident block
+            for ph in PHASES[1:]:
+                add(ph, "the rest of the model (host)", f"{shape.n_layers - 1}×{count(shape.block_params)}",
+                    (shape.n_layers - 1) * block)
         items = [PlanItem(i.phase, w, i.name, i.shape, i.bytes) for w in ("device", "host") for i in items]
     return MemoryPlan(model=model, device_type=device_type, dtype=dtype, offload=offload, n_samples=n_samples,
                       seqlen=seqlen, method=method, items=tuple(items))
@@ -365,9 +409,16 @@ def fit_error(config: Any, shape: ModelShape, limit: int, limit_what: str) -> st
     while n > 1:
         n //= 2
         tries.append((f"n_samples={n}", {"n_samples": n}))
+    modes = [] if config.offload == "disk" else (["disk"] if config.offload == "cpu" or plan.device_type != "cuda"
+                                                  else ["cpu", "disk"])
+    for mode in modes:  # one block resident: cpu keeps the model on the host, disk reads it from the shards
+        tries.append((f"offload={mode}", {"offload": mode}))
+        if config.dtype == "float32":
+            tries.append((f"offload={mode} and dtype=bfloat16", {"offload": mode, "dtype": "bfloat16"}))
     for what, change in tries:
         if plan_for_run(config, shape, **change).peak("device") <= limit:
             return msg + f"it fits with {what}"
-    floor = plan_for_run(config, shape, n_samples=1, dtype="bfloat16").peak("device")
-    return msg + (f"no dtype or n_samples makes it fit (the least is {fmt_bytes(floor)}, at bfloat16 and "
-                  "n_samples=1); offload modes that keep one block resident are not implemented yet")
+    least = {"n_samples": 1, "dtype": "bfloat16", "offload": "disk"}
+    floor = plan_for_run(config, shape, **least).peak("device")
+    return msg + (f"no dtype, n_samples or offload makes it fit (the least is {fmt_bytes(floor)}, at bfloat16, "
+                  "n_samples=1 and offload=disk)")

@@ -68,7 +68,7 @@ def streamed_logits(model: nn.Module, store: BlockStore, windows: Tensor,
         returned: list[bool] = []  # whether the last block returns a tuple (the model's loop expects the same)
         for i in range(n_blocks):
             layer = store.fetch(i)
-            hook = layer.register_forward_hook(lambda m, a, out: returned.append(isinstance(out, tuple))) \
+            hook = layer.register_forward_hook(lambda m, a, out, seen=returned: seen.append(isinstance(out, tuple))) \
                 if i == n_blocks - 1 else None
             try:
                 hidden = run_block(layer, with_block_kwargs(hidden, per_layer, i), store.device, store.host)
