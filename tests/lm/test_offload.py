@@ -172,3 +172,133 @@ def test_lazy_checkpoint_reads_hub_opt_names_without_the_model_prefix(tmp_path):
     assert torch.equal(ck.read(["model.decoder.embed_tokens.weight"])["model.decoder.embed_tokens.weight"], torch.ones(2, 3))
     with pytest.raises(KeyError, match="no tensor"):
         ck.read(["lm_head.weight"])
+
+
+# -- the whole run (run_lm, CLI, plan, config) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_opt_dir(tmp_path_factory, tiny_tokenizer_dir):
+    import os
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny_opt")
+    make_model(tiny_opt_config(max_position_embeddings=256)).save_pretrained(path)
+    for f in os.listdir(tiny_tokenizer_dir):
+        shutil.copy(os.path.join(tiny_tokenizer_dir, f), path)
+    return path
+
+
+def _timeless(layers):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in layers]
+
+
+def _run(model_dir, offload, save_to=None, tmp_path=None):
+    from osscar.lm.run import LMRunConfig, run_lm
+
+    cfg = LMRunConfig(model=str(model_dir), method="osscar", n_samples=2, seqlen=16, heldout_samples=2,
+                      eval_windows=2, evaluate_dense=True, offload=offload,
+                      output_dir=str(tmp_path) if tmp_path else None)
+    return run_lm(cfg, save_to=save_to)
+
+
+@pytest.mark.parametrize("which", ["llama", "opt"])
+def test_run_lm_offload_modes_agree_and_disk_output_reloads(which, tiny_llama_dir, tiny_opt_dir, tmp_path):
+    from osscar.lm.models import load_model
+
+    src = tiny_llama_dir if which == "llama" else tiny_opt_dir
+    out = {m: _run(src, m, save_to=str(tmp_path / m), tmp_path=tmp_path) for m in ("none", "cpu", "disk")}
+    for m in ("cpu", "disk"):
+        assert _timeless(out[m]["layers"]) == _timeless(out["none"]["layers"])  # kept groups, objectives, errors
+        for tag in ("dense", "pruned"):
+            assert out[m][tag]["wiki-gensim"]["window_nll"] == out["none"][tag]["wiki-gensim"]["window_nll"]
+        assert out[m]["size"] == out["none"]["size"] and out[m]["slicing"]["manifest"] == out["none"]["slicing"]["manifest"]
+        assert out[m]["offload"]["mode"] == m and out[m]["memory_plan"]["offload"] == m
+    assert "offload" not in out["none"]  # offload none: the record as before
+    assert out["cpu"]["slicing"]["max_abs_logit_diff_vs_unsliced"] is not None
+    ref, disk = load_model(str(tmp_path / "none")), load_model(str(tmp_path / "disk"))
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(disk.model(ids).logits, ref.model(ids).logits)
+    assert not list(tmp_path.glob("osscar-disk-*")) and not list(tmp_path.glob(".disk-*"))  # nothing left behind
+
+
+def test_disk_run_without_save_model_leaves_no_folder(tiny_llama_dir, tmp_path):
+    out = _run(tiny_llama_dir, "disk", tmp_path=tmp_path)
+    assert "saved_to" not in out and not any(tmp_path.iterdir())
+
+
+def test_default_config_key_is_unchanged():
+    """offload='none' (the default) is left out of a run's key: a committed record's key is what its
+    config hashes to with every field this version adds at its default."""
+    import dataclasses
+    from pathlib import Path
+
+    from benchmarks.pipelines import get_pipeline
+    from osscar.lm.run import LMRunConfig
+    from results.store import config_key
+
+    rec = json.loads(next(iter(sorted((Path(__file__).parents[2] / "results/records/lm_perplexity").glob("*.json")))).read_text())
+    full = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(LMRunConfig)}
+    full.update(rec["config"])
+    pipe = get_pipeline("lm")
+    assert full["offload"] == "none"
+    assert config_key("lm", pipe.key_config(full)) == rec["key"]
+    assert config_key("lm", pipe.key_config({**full, "offload": "disk"})) != rec["key"]
+
+
+def test_cli_offload_flag(tiny_llama_dir, tmp_path, capsys):
+    from osscar.lm.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--offload", "gpu"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--offload" in err and "'none', 'cpu', 'disk'" in err
+    assert "--offload" in build_parser().format_help()
+    rc = main(["--model", str(tiny_llama_dir), "--method", "mp", "--n-samples", "4", "--seqlen", "32", "--offload", "disk",
+               "--dry-run", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "offload disk" in out and "one block (resident)" not in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"offload": "disk", "zero_shot_tasks": ("piqa",)}, "offload='disk': zero_shot_tasks"),
+    ({"offload": "cpu", "latency_points": ((1, 16),)}, "offload='cpu': latency_points"),
+    ({"offload": "cpu", "allocation": "runtime", "speedup": 1.5}, "allocation='runtime' is not implemented with offloading"),
+    ({"offload": "disk", "layers": (0,)}, "leave layers unset"),
+])
+def test_offload_config_errors(kw, match, tiny_llama_dir):
+    from osscar.lm.run import LMRunConfig
+
+    with pytest.raises(ValueError, match=match):
+        LMRunConfig(model=str(tiny_llama_dir), **kw)
+
+
+def test_disk_offload_of_a_bin_checkpoint_fails_before_work(tmp_path, tiny_tokenizer_dir, monkeypatch, capsys):
+    import osscar.lm.models as models
+    from osscar.lm.cli import main
+
+    src = tmp_path / "bin"
+    make_model(tiny_llama_config()).save_pretrained(src)
+    (src / "model.safetensors").rename(src / "pytorch_model.bin")  # not safetensors any more (by name)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert main(["--model", str(src), "--offload", "disk", "--output-dir", str(tmp_path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("osscar lm:")]
+    assert len(err) == 1 and "--offload='disk' reads the weights lazily from safetensors" in err[0]
+
+
+def test_plan_counts_one_block_on_the_device():
+    from osscar.lm.plan import memory_plan, model_shape
+
+    shape = model_shape(tiny_llama_config(num_hidden_layers=8))
+    kw = dict(model="t", n_samples=16, seqlen=64, dtype="bfloat16", method="osscar", device_type="cuda")
+    none, cpu, disk = (memory_plan(shape, offload=m, **kw) for m in ("none", "cpu", "disk"))
+    by = {(i.phase, i.where, i.name): i.bytes for i in cpu.items}
+    assert by[("prune", "device", "one block (resident)")] == shape.block_params * 2
+    assert by[("prune", "host", "activations in")] == 16 * 64 * shape.hidden * 2
+    assert by[("prune", "host", "the model (host)")] == shape.params * 2
+    assert cpu.peak("device", "prune") < none.peak("device", "prune")
+    assert disk.peak("device") == cpu.peak("device")
+    assert disk.peak("host") < cpu.peak("host")
+    assert disk.peak("host", "load") == shape.block_params * 2
+
