@@ -250,12 +250,13 @@ def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> int:
 def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, dtype: str, method: str,
                 device_type: str, keep_fraction: tuple[float, float] = (0.5, 0.5), offload: str = "none",
                 eval_seqlen: int | None = None, latency: bool = False,
-                shortcut_bytes: int | None = None) -> MemoryPlan:
+                shortcut_bytes: int | None = None, eval_windows: int | None = None) -> MemoryPlan:
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
     item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
-    (module docstring).
+    (module docstring). ``eval_windows``: windows per corpus if capped (offloaded evaluation keeps a
+    chunk of them on the host; None: a full chunk).
     """
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload={offload!r} is unknown; allowed: {', '.join(OFFLOAD_MODES)}")
@@ -319,8 +320,10 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
         add("evaluate", "embeddings, LM head, norm", count(shape.other_params), rest)
         add("evaluate", "hidden states of one window in and out", f"2×{L}×{d}", 2 * L * d * b)
         add("evaluate", *logits)
-        add("evaluate", "hidden states of one chunk of windows", f"≤ {fmt_bytes(EVAL_HOST_BYTES)}",
-            max(L * d * b, EVAL_HOST_BYTES // max(1, L * d * b) * L * d * b), "host")
+        per_window = L * d * b
+        chunk = max(1, EVAL_HOST_BYTES // per_window)
+        chunk = min(chunk, eval_windows) if eval_windows else chunk
+        add("evaluate", "hidden states of one chunk of windows", f"{chunk}×{L}×{d}", chunk * per_window, "host")
         if device_type == "cuda" and offload == "cpu":
             add("evaluate", "the model (host)", f"{count(shape.params)} params", weights, "host")
         elif device_type == "cuda":
@@ -343,12 +346,13 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
 def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
     """The plan of an :class:`osscar.lm.run.LMRunConfig` (``changes``: fields overridden, e.g. dtype)."""
     c = {f: getattr(config, f) for f in ("model", "n_samples", "seqlen", "dtype", "method", "device", "offload",
-                                          "eval_seqlen", "latency_points")}
+                                          "eval_seqlen", "latency_points", "eval_windows")}
     c.update(changes)
     hf, nf = config.fractions()
     return memory_plan(shape, model=c["model"], n_samples=c["n_samples"], seqlen=c["seqlen"], dtype=c["dtype"],
                        method=c["method"], device_type=str(c["device"]).split(":")[0], keep_fraction=(1 - hf, 1 - nf),
-                       offload=c["offload"], eval_seqlen=c["eval_seqlen"], latency=bool(c["latency_points"]))
+                       offload=c["offload"], eval_seqlen=c["eval_seqlen"], latency=bool(c["latency_points"]),
+                       eval_windows=c["eval_windows"])
 
 
 def available_bytes(device: str) -> tuple[int, str]:

@@ -52,7 +52,8 @@ class ShardWriter:
     def _file(self, shard: int) -> str:
         return f"model-{shard + 1:05d}-of-{self.n_shards:05d}.safetensors"
 
-    def _write(self, shard: int, tensors: dict[str, Tensor]) -> None:
+    def write_shard(self, shard: int, tensors: dict[str, Tensor]) -> None:
+        """``tensors`` (names as in the model) as shard number ``shard`` (0-based)."""
         from safetensors.torch import save_file
 
         name = self._file(shard)
@@ -63,11 +64,11 @@ class ShardWriter:
 
     def write_block(self, i: int, prefix: str, layer: nn.Module) -> None:
         """Block ``i`` (its path in the model: ``prefix``) as shard ``i``."""
-        self._write(i, state_tensors(layer, prefix + "."))
+        self.write_shard(i, state_tensors(layer, prefix + "."))
 
     def write_rest(self, model: nn.Module, skip: str) -> None:
         """Everything of ``model`` outside the blocks (path ``skip``), as the last shard."""
-        self._write(self.n_shards - 1, state_tensors(model, skip=skip))
+        self.write_shard(self.n_shards - 1, state_tensors(model, skip=skip))
 
     def finish(self, config: Any, manifest: dict[str, Any], tokenizer: Any = None,
                source: str | os.PathLike | None = None) -> Path:
