@@ -346,7 +346,8 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
 def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
     """The plan of an :class:`osscar.lm.run.LMRunConfig` (``changes``: fields overridden, e.g. dtype)."""
     c = {f: getattr(config, f) for f in ("model", "n_samples", "seqlen", "dtype", "method", "device", "offload",
-                                          "eval_seqlen", "latency_points", "eval_windows")}
+                                          "eval_seqlen", "latency_points")}
+    c["eval_windows"] = getattr(config, "eval_windows", None)
     c.update(changes)
     hf, nf = config.fractions()
     return memory_plan(shape, model=c["model"], n_samples=c["n_samples"], seqlen=c["seqlen"], dtype=c["dtype"],
