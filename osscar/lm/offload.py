@@ -232,6 +232,27 @@ def materialize(module: nn.Module, ckpt: LazyCheckpoint, prefix: str, device: to
 def to_meta(module: nn.Module, skip: str | None = None) -> None:
     """Drop ``module``'s parameter storage (outside ``skip``): meta tensors of the same shapes remain."""
     _replace(_slots(module, skip), lambda names, old: torch.empty(old.shape, dtype=old.dtype, device="meta"))
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; elsewhere nothing).
+
+    A block's tensors of a few MiB come from glibc's heap (its mmap threshold rises to the largest
+    freed mapping, up to 32 MiB), and freed heap pages stay resident: without this, a ``disk`` run's
+    RSS grew by about one block per block (measured: 30–40 MiB per 40 MiB block on a 167-block
+    model, 3.75 GiB peak for a 6.5 GiB model) although the live tensors stayed at 25 MiB."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 # -- block stores ------------------------------------------------------------------------------------
