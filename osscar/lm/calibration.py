@@ -3,7 +3,8 @@
 1. A catcher on block 0 records its inputs (hidden states, one tensor per batch of
    ``batch_size`` calibration segments) and the keyword arguments the model passes to the block
    with each batch (masks, rotary embeddings, ...).
-2. For each block, one at a time, activations on the model's device (H and the solver too):
+2. For each block, one at a time (fetched from its block store and released after, see
+   :mod:`osscar.lm.offload`), on the model's device (H and the solver too):
    a. hooks on the attention consumer accumulate ``H = XᵀX`` over all segments
       (:class:`HessianAccumulator`: float32 products of row chunks summed into a float64 H);
       the layer problem ``LayerProblem.from_calibration(H, W.T, group_size, k, damping)`` is
@@ -37,148 +38,14 @@ from torch import Tensor, nn
 
 from osscar.devices import model_device
 from osscar.lm.adapters import ModelAdapter, get_adapter
+from osscar.lm.capture import (HESSIAN_CHUNK_ROWS, Batch, HessianAccumulator, capture_inputs,  # noqa: F401  (re-exported)
+                               run_block, shift_outputs, with_block_kwargs, write_consumer)
+from osscar.lm.offload import BlockStore, ResidentBlocks
 from osscar.methods import PruneResult, PruningMethod
 from osscar.problem import LayerProblem, reconstruction_error
 from osscar.options import CALIBRATION_INPUTS  # noqa: F401  (re-exported)
 
-
-class _Caught(Exception):
-    pass
-
-
-HESSIAN_CHUNK_ROWS = 512  # rows per float32 XᵀX product (error bound: see HessianAccumulator)
 SHORTCUT_BYTES = 1 << 30  # largest stored MLP-consumer input (all segments) for the no-rerun step c
-
-Batch = tuple[Tensor, dict[str, Any]]  # block input (b, seqlen, d) and the kwargs the model passed with it
-
-
-class HessianAccumulator:
-    """Forward hook: ``H += XᵀX`` of a Linear's input ``X: (rows, p)``. ``H: (p, p)`` float64; ``n`` rows.
-
-    Each hook call splits X into chunks of at most ``chunk_rows`` rows; a chunk's ``XᵀX`` is one
-    float32 matmul (float64 if X is float64), added to the float64 H. Each entry of a chunk
-    product is a dot product of at most ``chunk_rows`` terms, so its rounding error is below
-    ``chunk_rows · 2⁻²⁴ · Σ|x_i x_j|`` ≤ ``chunk_rows · 2⁻²⁴ · sqrt(H_ii H_jj)`` (3·10⁻⁵ relative
-    for 512 rows); the float64 sum over chunks adds nothing visible. ``keep_inputs`` also keeps X
-    (float32, in call order) in ``inputs``.
-    """
-
-    def __init__(self, module: nn.Linear, chunk_rows: int = HESSIAN_CHUNK_ROWS, keep_inputs: bool = False) -> None:
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-        p = module.in_features
-        self.H = torch.zeros(p, p, dtype=torch.float64, device=module.weight.device)
-        self.n = 0
-        self.chunk_rows = chunk_rows
-        self.inputs: list[Tensor] | None = [] if keep_inputs else None
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        X = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
-        X = X if X.dtype == torch.float64 else X.float()
-        for c in range(0, X.shape[0], self.chunk_rows):
-            Xc = X[c:c + self.chunk_rows]
-            self.H.add_(Xc.T @ Xc)
-        self.n += X.shape[0]
-        if self.inputs is not None:
-            self.inputs.append(X)
-
-    def remove(self) -> Tensor:
-        self.handle.remove()
-        return self.H
-
-
-class _LayerStub(nn.Module):
-    """Stands in for one decoder block during capture: records the block's input (block 0 only) and
-    the keyword arguments the model passes to *this* block, returns its input unchanged, and stops
-    the forward after the last block. Attributes the model's loop may read (attention type) are copied."""
-
-    COPIED = ("attention_type", "is_sliding", "layer_type", "sliding_window", "layer_idx")
-
-    def __init__(self, original: nn.Module, index: int, last: bool, record: dict[int, list]) -> None:
-        super().__init__()
-        self.index, self.last, self.record = index, last, record
-        for name in self.COPIED:
-            if hasattr(original, name):
-                object.__setattr__(self, name, getattr(original, name))
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        for key in ("cache", "past_key_values", "past_key_value"):
-            if key in kwargs:
-                kwargs[key] = None
-        kwargs["use_cache"] = False
-        self.record.setdefault(self.index, []).append((hidden.detach().clone() if self.index == 0 else None, kwargs))
-        if self.last:
-            raise _Caught
-        return hidden
-
-
-@torch.no_grad()
-def capture_inputs(model: nn.Module, adapter: ModelAdapter, segments: Tensor,
-                   batch_size: int = 8) -> tuple[list[Batch], list[list[dict[str, Any]]]]:
-    """Block 0's input per batch, and the keyword arguments the model passes to every block.
-
-    Models whose blocks differ (sliding-window vs full attention, per-layer rotary settings) pass
-    each block its own masks and position embeddings; they are taken from the model's own forward,
-    with every block replaced by a stub that returns its input (no block runs, so this costs the
-    embeddings only). segments: (n, seqlen) long. Returns ([(hidden (b, seqlen, d), kwargs of block
-    0)] per batch, [[kwargs of block i for i in blocks] per batch]).
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    layers = adapter.layers(model)
-    device = model_device(model)
-    originals = list(layers)
-    record: dict[int, list] = {}
-    for i, layer in enumerate(originals):
-        layers[i] = _LayerStub(layer, i, i == len(originals) - 1, record)
-    try:
-        for i in range(0, len(segments), batch_size):
-            try:
-                model(segments[i:i + batch_size].to(device), use_cache=False)
-            except _Caught:
-                pass
-    finally:
-        for i, layer in enumerate(originals):
-            layers[i] = layer
-    n_batches = len(record.get(0, []))
-    if any(len(record.get(i, [])) != n_batches for i in range(len(originals))):
-        raise RuntimeError("capture_inputs: the model did not call every block once per batch")
-    batches = [(record[0][b][0], record[0][b][1]) for b in range(n_batches)]
-    per_layer = [[record[i][b][1] for i in range(len(originals))] for b in range(n_batches)]
-    return batches, per_layer
-
-
-def with_block_kwargs(inputs: list[Batch], per_layer: list[list[dict[str, Any]]], block: int) -> list[Batch]:
-    """The batches of ``inputs`` with the keyword arguments the model passes to ``block``."""
-    return [(x, per_layer[b][block]) for b, (x, _) in enumerate(inputs)]
-
-
-def _run_block(layer: nn.Module, inputs: list[Batch]) -> list[Batch]:
-    """The block's outputs on every batch, each paired with the batch's kwargs."""
-    outs = []
-    for x, kwargs in inputs:
-        y = layer(x, **kwargs)
-        outs.append(((y[0] if isinstance(y, tuple) else y).detach(), kwargs))
-    return outs
-
-
-def _shift_outputs(outputs: list[Batch], consumer_inputs: list[Tensor], delta_W: Tensor) -> list[Batch]:
-    """``y + X ΔWᵀ`` per batch: block outputs after the residual consumer's weights change by ΔW (m, p).
-
-    outputs: (b, seqlen, d) per batch; consumer_inputs: the consumer's (b·seqlen, p) inputs, same order.
-    """
-    if len(outputs) != len(consumer_inputs):
-        raise ValueError(f"consumer_inputs: one per batch expected ({len(outputs)}), got {len(consumer_inputs)}")
-    dW = delta_W.T.to(consumer_inputs[0].dtype)
-    return [((y + (X @ dW).reshape(y.shape).to(y.dtype)), kw) for (y, kw), X in zip(outputs, consumer_inputs)]
-
-
-def write_consumer(consumer: nn.Linear, W: Tensor) -> None:
-    """Write solver weights ``W: (p, m)`` into ``consumer.weight: (m, p)`` (pruned columns zero)."""
-    consumer.weight.data.copy_(W.T.to(consumer.weight.dtype))
 
 
 @dataclass
@@ -210,11 +77,13 @@ class PruneOutcome:
     seconds_solver: float
 
 
-def _heldout_pass(adapter: ModelAdapter, layer: nn.Module, inputs: list[Batch]) -> tuple[dict[str, Tensor], list[Batch]]:
+def _heldout_pass(adapter: ModelAdapter, layer: nn.Module, inputs: list[Batch],
+                  run: Callable[[nn.Module, list[Batch]], list[Batch]] = run_block,
+                  ) -> tuple[dict[str, Tensor], list[Batch]]:
     """Both consumers' ``H = XᵀX`` on the held-out batches in one block run, and the block's outputs."""
     accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
     try:
-        outputs = _run_block(layer, inputs)
+        outputs = run(layer, inputs)
     finally:
         Hs = {part: acc.remove() for part, acc in accs.items()}
     return Hs, outputs
@@ -267,11 +136,11 @@ def collect_loss_curves(
     for i, layer in enumerate(blocks):
         inputs = with_block_kwargs(inputs, per_layer, i)
         if i not in todo:
-            inputs = _run_block(layer, inputs)
+            inputs = run_block(layer, inputs)
             continue
         accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
         try:
-            outputs = _run_block(layer, inputs)
+            outputs = run_block(layer, inputs)
         finally:
             Hs = {part: acc.remove() for part, acc in accs.items()}
         out[i] = {}
@@ -310,6 +179,7 @@ def prune_model_sequential(
     shortcut_bytes: int = SHORTCUT_BYTES,
     inputs_from: str = "pruned",
     heldout: Tensor | None = None,
+    blocks: BlockStore | None = None,
 ) -> PruneOutcome:
     """Prune ``model`` in place, block by block, with ``method``.
 
@@ -333,6 +203,10 @@ def prune_model_sequential(
             through the same blocks as the calibration windows (pruned, or dense with
             ``inputs_from="dense"``), a second H per consumer is accumulated from them after the block
             is pruned (before, with ``"dense"``) and each record gets its held-out error.
+        blocks: where the blocks wait (:mod:`osscar.lm.offload`; default: the whole model resident on
+            its device). Each block is fetched before its first forward and released after its last
+            with its kept groups (a disk store with a writer slices and writes it then); activations
+            wait on ``blocks.host``. The same arithmetic runs whatever the store.
 
     Returns the kept group indices per block {block: {"attn": (k,), "mlp": (k,)}} and records.
     """
@@ -341,32 +215,45 @@ def prune_model_sequential(
     if inputs_from not in CALIBRATION_INPUTS:
         raise ValueError(f"inputs_from must be one of {', '.join(CALIBRATION_INPUTS)}, got {inputs_from!r}")
     adapter = get_adapter(model)
-    blocks = adapter.layers(model)
-    todo = set(range(len(blocks)) if layers is None else layers)
+    n_blocks = len(adapter.layers(model))
+    todo = set(range(n_blocks) if layers is None else layers)
     if adapter.attention_fixed_reason and any(_keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
         raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
+    store = blocks if blocks is not None else ResidentBlocks(model, model_device(model))
+    host = store.host
+
+    def _run(layer: nn.Module, batches: list[Batch]) -> list[Batch]:
+        return run_block(layer, batches, store.device, host)
+
     start = time.perf_counter()
-    inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
-    h_inputs, h_per_layer = capture_inputs(model, adapter, heldout, batch_size) if heldout is not None else ([], [])
+    store.fetch_rest()  # the embeddings (and whatever runs before block 0) for the capture
+    try:
+        inputs, per_layer = capture_inputs(model, adapter, segments, batch_size, store.device, host)
+        h_inputs, h_per_layer = (capture_inputs(model, adapter, heldout, batch_size, store.device, host)
+                                 if heldout is not None else ([], []))
+    finally:
+        store.release_rest()
     shortcut = adapter.mlp_output_is_residual() and segments.numel() * adapter.ffn_dim * 4 <= shortcut_bytes
     kept: dict[int, dict[str, Tensor]] = {}
     records: list[LayerRecord] = []
     solver_s = 0.0
-    for i, layer in enumerate(blocks):
+    for i in range(n_blocks):
+        layer = store.fetch(i)
         inputs = with_block_kwargs(inputs, per_layer, i)  # this block's own masks / positions
         h_inputs = with_block_kwargs(h_inputs, h_per_layer, i)
         if i not in todo:
-            inputs = _run_block(layer, inputs)
-            h_inputs = _run_block(layer, h_inputs) if todo and i < max(todo) else []  # none after the last pruned
+            inputs = _run(layer, inputs)
+            h_inputs = _run(layer, h_inputs) if todo and i < max(todo) else []  # none after the last pruned
+            store.release(i, layer, None)
             continue
         kept[i] = {}
         weights: dict[str, tuple[LayerRecord, Tensor, Tensor]] = {}  # part -> (record, W written, Ŵ)
         if heldout is not None and inputs_from == "dense":
-            h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs)
+            h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs, _run)
         if inputs_from == "dense":  # both consumers' H from the dense block, before either is pruned
             accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
             try:
-                dense_outputs = _run_block(layer, inputs)
+                dense_outputs = _run(layer, inputs)
             finally:
                 dense_H = {part: acc.remove() for part, acc in accs.items()}
         for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
@@ -376,9 +263,9 @@ def prune_model_sequential(
             if inputs_from == "dense":
                 H, outputs = dense_H.pop(part), dense_outputs
             else:
-                acc = HessianAccumulator(consumer, keep_inputs=keep_x)
+                acc = HessianAccumulator(consumer, keep_inputs=keep_x, host=host)
                 try:
-                    outputs = _run_block(layer, inputs)
+                    outputs = _run(layer, inputs)
                 finally:
                     H = acc.remove()
             if hessian_hook is not None:
@@ -397,7 +284,7 @@ def prune_model_sequential(
             W_old = consumer.weight.data.clone()
             write_consumer(consumer, res.W)
             if keep_x:  # acc kept this consumer's inputs
-                inputs = _shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old)
+                inputs = shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old, host)
             kept[i][part] = res.kept.clone()
             err, rel = reconstruction_error(H, consumer.weight.data.T, W_old.T)
             records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
@@ -411,7 +298,7 @@ def prune_model_sequential(
             del H, problem, acc, outputs, W_old
         if heldout is not None:
             if inputs_from == "pruned":  # the pruned block: attention as pruned, the MLP's inputs through it
-                h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs)
+                h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs, _run)
             for part, (rec, W_new, W_dense) in weights.items():
                 rec.heldout_error, rec.heldout_rel_error = reconstruction_error(h_H[part], W_new, W_dense)
             del h_H
@@ -420,6 +307,7 @@ def prune_model_sequential(
             inputs = dense_outputs
             del dense_outputs
         elif not shortcut:
-            inputs = _run_block(layer, inputs)
+            inputs = _run(layer, inputs)
+        store.release(i, layer, kept[i])
     return PruneOutcome(kept=kept, records=records, seconds_total=time.perf_counter() - start,
                         seconds_solver=solver_s)

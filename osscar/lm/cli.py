@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
-                            ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
+                            OFFLOAD_MODES, ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
 
 # the model_types osscar.lm.adapters registers (tests/lm/test_families.py checks the two agree)
 LM_FAMILIES = ("opt, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text (Gemma 3 text-only), phi3, "
@@ -122,13 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "or from the dense model's (ablation: every method solves identical layer problems)")
     p.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES),
                    help="model weights/activations (H and the solvers are float64 regardless)")
+    p.add_argument("--offload", default="none", choices=list(OFFLOAD_MODES),
+                   help="where blocks wait while another is computed: 'none' keeps the whole model on --device; "
+                        "'cpu' keeps the weights in host memory and moves one block at a time to --device "
+                        "(activations wait on the host, one batch at a time on the device); 'disk' reads each block "
+                        "from the model's safetensors shards when needed and writes each pruned block, sliced, to the "
+                        "output folder as it finishes (the model is never whole in memory; the folder reloads with "
+                        "from_pretrained, or osscar's loader for OPT). Same results as 'none'; not with --tasks, "
+                        "--latency or --allocation runtime")
     p.add_argument("--max-device-memory", default=None, metavar="SIZE",
                    help="stop before loading if the memory plan needs more than SIZE on --device (GiB, or with a "
                         "unit: 24GiB, 500MiB; default: the device's free memory, CPU: available host memory)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the memory plan (predicted peak device and host memory per phase, from the model's "
-                        "config alone, for offload mode 'none': the whole model on --device, the only mode "
-                        "implemented) and whether it fits, then stop; every run prints this plan first")
+                        "config alone, for the chosen --offload mode) and whether it fits, then stop; every run "
+                        "prints this plan first")
     p.add_argument("--output-dir", default="results/lm", help="folder for the metrics JSON (and --save-model)")
     p.add_argument("--name", default=None, help="file stem of the metrics JSON (default: model_method_fractions)")
     p.add_argument("--save-model", action="store_true", help="save the sliced model under OUTPUT_DIR/NAME.model")
@@ -158,7 +166,7 @@ def config_from_args(args: argparse.Namespace):
         latency_points=tuple(args.latency or ()), latency_repeats=args.latency_repeats,
         evaluate_dense=args.dense, layers=tuple(int(i) for i in args.layers.split(",") if i) or None,
         seed=args.seed, threads=args.threads, device=args.device, dtype=args.dtype,
-        calibration_inputs=args.calibration_inputs, attention_unit=args.attention_unit,
+        calibration_inputs=args.calibration_inputs, attention_unit=args.attention_unit, offload=args.offload,
         max_device_memory=args.max_device_memory, output_dir=args.output_dir, save_model=args.save_model,
         cache_dir=args.cache_dir)
 

@@ -58,12 +58,22 @@ def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1,
     device = model_device(model)
     for i in range(0, len(windows), batch_size):
         ids = windows[i:i + batch_size].to(device)
-        logits = model(ids, use_cache=False).logits[:, :-1].float()
-        nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                          reduction="none").reshape(len(ids), -1)
-        window_nll += nll.mean(dim=1).tolist()
+        window_nll += window_nlls(model(ids, use_cache=False).logits, ids)
         if progress is not None:
             progress(len(ids))
+    return perplexity_summary(window_nll, windows)
+
+
+def window_nlls(logits: Tensor, ids: Tensor) -> list[float]:
+    """Mean next-token NLL of each window: ``logits: (b, seqlen, vocab)`` of ``ids: (b, seqlen)``."""
+    logits = logits[:, :-1].float()
+    nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                      reduction="none").reshape(len(ids), -1)
+    return nll.mean(dim=1).tolist()
+
+
+def perplexity_summary(window_nll: list[float], windows: Tensor) -> dict[str, Any]:
+    """:func:`perplexity`'s result from the per-window NLLs of ``windows: (n, seqlen)``."""
     total_tok = int(windows[:, 1:].numel())
     mean = sum(window_nll) / max(len(window_nll), 1)  # equal-length windows: the mean over all tokens
     return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tok, "windows": int(len(windows)),

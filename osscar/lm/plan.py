@@ -1,8 +1,8 @@
 """A memory plan of one LM run, from the model's config alone (no weights): bytes per phase and item.
 
-:func:`memory_plan` counts what :func:`osscar.lm.run.run_lm` holds today (offload mode ``none``,
-the only one implemented: the whole model moves to the run's device and stays there) in three
-phases, each one's peak the sum of its items:
+:func:`memory_plan` counts what :func:`osscar.lm.run.run_lm` holds (offload mode ``none``: the
+whole model moves to the run's device and stays there) in three phases, each one's peak the sum
+of its items:
 
 * ``load`` — ``from_pretrained`` builds the whole model on the host in ``dtype``; on a CUDA device
   it is then moved there (the host copy is freed).
@@ -17,20 +17,29 @@ phases, each one's peak the sum of its items:
   (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
   dense copy of the model (built on a latency-cache miss).
 
+With block offloading (``offload`` ``cpu`` or ``disk``, :mod:`osscar.lm.offload`) the device holds
+one block at a time. ``prune``: one block's weights, the embeddings / LM head / final norm
+(counted beside it, although they visit the device only for the capture), one batch's block
+input and output, and the same forward and solve; the activations of all segments (in, out and
+the no-rerun step's MLP inputs) wait on the host. ``evaluate``: one block, the embeddings and LM
+head, one window's hidden states and logits on the device; one chunk of windows' hidden states
+(at most :data:`osscar.lm.streaming_eval.EVAL_HOST_BYTES`) on the host. ``cpu`` keeps the whole
+model in host memory; ``disk`` holds there only the block being read (and, pruning, its sliced
+copy being written). On a CPU device the host column repeats the device's.
+
 Byte counts are of the tensors named; allocator slack, CUDA context and library code (a few
 hundred MiB) are not in them. The model's sizes come from a one-block meta-device model
 (``torch.device("meta")``: shapes only), so any architecture transformers knows is counted
-exactly, tied embeddings once. ``offload`` is a parameter so that ``cpu``/``disk`` modes (one
-block resident, the rest on the host or disk) can be added; only ``none`` is accepted today.
+exactly, tied embeddings once.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from osscar.lm.shape import ModelShape, model_shape  # noqa: F401  (re-exported)
 from osscar.options import MODEL_DTYPES, OFFLOAD_MODES
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -50,67 +59,6 @@ _SOLVER_NOTES = {
     "lasso": "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit",
     "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice",
 }
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a causal LM that the plan needs (from its config; no weights).
-
-    Attributes:
-        model_type: ``config.model_type``.
-        n_layers, hidden: blocks and the residual width d.
-        ffn: MLP width (the MLP consumer's p).
-        attn_p: the attention consumer's input width (heads × head_dim).
-        n_heads: query heads (attention scores: (b, heads, seqlen, seqlen)).
-        vocab: vocabulary size (logits: (seqlen, vocab)).
-        block_params: parameters of one decoder block.
-        other_params: every parameter outside the blocks (embeddings, positions, final norm, LM head
-            unless tied to the embeddings).
-        mlp_residual: a block ends in ``residual + mlp_consumer(X)`` (the calibration's no-rerun step).
-        eager_attention: ``config._attn_implementation == "eager"``: attention materialises its
-            (b, heads, seqlen, seqlen) scores and the model passes every block a (b, 1, seqlen, seqlen)
-            mask (kept for every batch by the calibration capture); SDPA/flash kernels (the default) do not.
-    """
-
-    model_type: str
-    n_layers: int
-    hidden: int
-    ffn: int
-    attn_p: int
-    n_heads: int
-    vocab: int
-    block_params: int
-    other_params: int
-    mlp_residual: bool
-    eager_attention: bool = False
-
-    @property
-    def params(self) -> int:
-        return self.n_layers * self.block_params + self.other_params
-
-
-def model_shape(config: Any) -> ModelShape:
-    """:class:`ModelShape` of a transformers config, counted on a one-block meta-device model."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from osscar.lm.adapters import get_adapter
-
-    adapter = get_adapter(config)
-    one = copy.deepcopy(config)
-    one.num_hidden_layers = 1
-    if isinstance(getattr(one, "layer_types", None), list):
-        one.layer_types = one.layer_types[:1]
-    with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(one)
-    block = sum(p.numel() for p in adapter.layers(m)[0].parameters())
-    total = sum(p.numel() for p in m.parameters())  # parameters() yields a tied weight once
-    return ModelShape(model_type=str(config.model_type), n_layers=int(config.num_hidden_layers),
-                      hidden=int(config.hidden_size), ffn=int(adapter.ffn_dim),
-                      attn_p=int(adapter.n_heads * adapter.head_dim), n_heads=int(adapter.n_heads),
-                      vocab=int(config.vocab_size), block_params=int(block), other_params=int(total - block),
-                      mlp_residual=bool(adapter.mlp_output_is_residual()),
-                      eager_attention=getattr(config, "_attn_implementation", None) == "eager")
 
 
 @dataclass(frozen=True)
@@ -241,14 +189,16 @@ def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> int:
 def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, dtype: str, method: str,
                 device_type: str, keep_fraction: tuple[float, float] = (0.5, 0.5), offload: str = "none",
                 eval_seqlen: int | None = None, latency: bool = False,
-                shortcut_bytes: int | None = None) -> MemoryPlan:
+                shortcut_bytes: int | None = None, eval_windows: int | None = None) -> MemoryPlan:
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
-    item is on ``device`` and the host column repeats it. ``offload``: only ``none`` today.
+    item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
+    (module docstring). ``eval_windows``: windows per corpus if capped (offloaded evaluation keeps a
+    chunk of them on the host; None: a full chunk).
     """
     if offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload={offload!r} is not implemented; allowed: {', '.join(OFFLOAD_MODES)}")
+        raise ValueError(f"offload={offload!r} is unknown; allowed: {', '.join(OFFLOAD_MODES)}")
     if dtype not in MODEL_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     if shortcut_bytes is None:
@@ -259,23 +209,34 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     d, ffn, L = shape.hidden, shape.ffn, eval_seqlen or seqlen
     rows, batch_rows = n_samples * seqlen, min(CALIB_BATCH, n_samples) * seqlen
     weights = shape.params * b
+    block, rest = shape.block_params * b, shape.other_params * b
+    offloaded = offload != "none"
+    acts_on = "host" if offloaded else "device"  # where the activations of all segments wait
     items: list[PlanItem] = []
 
     def add(phase: str, name: str, shp: str, n: int, where: str = "device") -> None:
         items.append(PlanItem(phase, where, name, shp, int(n)))
 
-    # load: the whole model on the host (then moved to a CUDA device)
-    add("load", "weights", f"{count(shape.params)} params", weights, "host")
-    if device_type == "cuda":
+    # load: the whole model on the host (then moved to a CUDA device); disk: one block's tensors at a time
+    if offload == "disk":
+        add("load", "one block read from the shards", count(shape.block_params), block, "host")
+    else:
+        add("load", "weights", f"{count(shape.params)} params", weights, "host")
+    if device_type == "cuda" and not offloaded:
         add("load", "weights", f"{count(shape.params)} params", weights)
-    # prune: resident model, activations in/out, one batch's forward, the largest consumer's solve
-    add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
-        shape.n_layers * shape.block_params * b)
-    add("prune", "embeddings, LM head, norm", count(shape.other_params), shape.other_params * b)
-    add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b)
-    add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b)
+    # prune: the resident model (or one block), activations in/out, one batch's forward, the largest solve
+    if offloaded:
+        add("prune", "one block (resident)", count(shape.block_params), block)
+        add("prune", "embeddings, LM head, norm (capture only)", count(shape.other_params), rest)
+        add("prune", "one batch in and out", f"2×{min(CALIB_BATCH, n_samples)}×{seqlen}×{d}", 2 * batch_rows * d * b)
+    else:
+        add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
+            shape.n_layers * shape.block_params * b)
+        add("prune", "embeddings, LM head, norm", count(shape.other_params), rest)
+    add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
+    add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
     if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
-        add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32)
+        add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32, acts_on)
     if shape.eager_attention:
         add("prune", "attention masks (eager)", f"{n_samples}×{seqlen}×{seqlen}", n_samples * seqlen * seqlen * b)
     scores = 2 * min(CALIB_BATCH, n_samples) * shape.n_heads * seqlen * seqlen * b if shape.eager_attention else 0
@@ -285,12 +246,37 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     _, part, p, keep = max((solve_bytes(method, p, d, round(keep * p)), part, p, keep) for part, p, keep in consumers)
     for name, shp, n in solve_parts(method, p, d, round(keep * p)):
         add("prune", f"solve {part}: {name}", shp, n)
-    # evaluate: resident model, one window's logits, (latency) a dense copy
-    add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
-    add("evaluate", "logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
-    if latency:
-        add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
+    if device_type == "cuda" and offload == "cpu":
+        add("prune", "the model (host)", f"{count(shape.params)} params", weights, "host")
+    elif device_type == "cuda" and offload == "disk":
+        add("prune", "one block read and its sliced copy (host)", f"2×{count(shape.block_params)}", 2 * block, "host")
+    # evaluate: the resident model (or one block, the embeddings and LM head), one window's logits
+    logits = ("logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
+    if offloaded:
+        from osscar.lm.streaming_eval import EVAL_HOST_BYTES
+
+        add("evaluate", "one block (resident)", count(shape.block_params), block)
+        add("evaluate", "embeddings, LM head, norm", count(shape.other_params), rest)
+        add("evaluate", "hidden states of one window in and out", f"2×{L}×{d}", 2 * L * d * b)
+        add("evaluate", *logits)
+        per_window = L * d * b
+        chunk = max(1, EVAL_HOST_BYTES // per_window)
+        chunk = min(chunk, eval_windows) if eval_windows else chunk
+        add("evaluate", "hidden states of one chunk of windows", f"{chunk}×{L}×{d}", chunk * per_window, "host")
+        if device_type == "cuda" and offload == "cpu":
+            add("evaluate", "the model (host)", f"{count(shape.params)} params", weights, "host")
+        elif device_type == "cuda":
+            add("evaluate", "one block read (host)", count(shape.block_params), block, "host")
+    else:
+        add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
+        add("evaluate", *logits)
+        if latency:
+            add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
     if device_type != "cuda":  # the device is the host: one set of items, listed for both
+        if offload == "cpu":  # the whole model waits in host memory beside the resident block
+            for ph in PHASES[1:]:
+                add(ph, "the rest of the model (host)", f"{shape.n_layers - 1}×{count(shape.block_params)}",
+                    (shape.n_layers - 1) * block)
         items = [PlanItem(i.phase, w, i.name, i.shape, i.bytes) for w in ("device", "host") for i in items]
     return MemoryPlan(model=model, device_type=device_type, dtype=dtype, offload=offload, n_samples=n_samples,
                       seqlen=seqlen, method=method, items=tuple(items))
@@ -300,11 +286,13 @@ def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
     """The plan of an :class:`osscar.lm.run.LMRunConfig` (``changes``: fields overridden, e.g. dtype)."""
     c = {f: getattr(config, f) for f in ("model", "n_samples", "seqlen", "dtype", "method", "device", "offload",
                                           "eval_seqlen", "latency_points")}
+    c["eval_windows"] = getattr(config, "eval_windows", None)
     c.update(changes)
     hf, nf = config.fractions()
     return memory_plan(shape, model=c["model"], n_samples=c["n_samples"], seqlen=c["seqlen"], dtype=c["dtype"],
                        method=c["method"], device_type=str(c["device"]).split(":")[0], keep_fraction=(1 - hf, 1 - nf),
-                       offload=c["offload"], eval_seqlen=c["eval_seqlen"], latency=bool(c["latency_points"]))
+                       offload=c["offload"], eval_seqlen=c["eval_seqlen"], latency=bool(c["latency_points"]),
+                       eval_windows=c["eval_windows"])
 
 
 def available_bytes(device: str) -> tuple[int, str]:
@@ -365,9 +353,16 @@ def fit_error(config: Any, shape: ModelShape, limit: int, limit_what: str) -> st
     while n > 1:
         n //= 2
         tries.append((f"n_samples={n}", {"n_samples": n}))
+    modes = [] if config.offload == "disk" else (["disk"] if config.offload == "cpu" or plan.device_type != "cuda"
+                                                  else ["cpu", "disk"])
+    for mode in modes:  # one block resident: cpu keeps the model on the host, disk reads it from the shards
+        tries.append((f"offload={mode}", {"offload": mode}))
+        if config.dtype == "float32":
+            tries.append((f"offload={mode} and dtype=bfloat16", {"offload": mode, "dtype": "bfloat16"}))
     for what, change in tries:
         if plan_for_run(config, shape, **change).peak("device") <= limit:
             return msg + f"it fits with {what}"
-    floor = plan_for_run(config, shape, n_samples=1, dtype="bfloat16").peak("device")
-    return msg + (f"no dtype or n_samples makes it fit (the least is {fmt_bytes(floor)}, at bfloat16 and "
-                  "n_samples=1); offload modes that keep one block resident are not implemented yet")
+    least = {"n_samples": 1, "dtype": "bfloat16", "offload": "disk"}
+    floor = plan_for_run(config, shape, **least).peak("device")
+    return msg + (f"no dtype, n_samples or offload makes it fit (the least is {fmt_bytes(floor)}, at bfloat16, "
+                  "n_samples=1 and offload=disk)")

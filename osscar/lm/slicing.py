@@ -69,23 +69,48 @@ def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[st
     """
     adapter = get_adapter(model)
     layers = adapter.layers(model)
+    per_layer = kept_widths(adapter, len(layers), kept)
+    original = original_widths(adapter)
+    for i, layer in enumerate(layers):
+        slice_block(adapter, layer, kept.get(i, {}))
+    return finish_slicing(model, adapter, per_layer, original)
+
+
+def kept_widths(adapter: Any, n_blocks: int, kept: dict[int, dict[str, Tensor]]) -> list[tuple[int, int]]:
+    """(attention groups, neurons) kept per block (a block or part absent from ``kept``: all)."""
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     per_layer = []
-    for i in range(len(layers)):
+    for i in range(n_blocks):
         k = kept.get(i, {})
         per_layer.append((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
     if any(ka < 1 or km < 1 for ka, km in per_layer):
         raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {per_layer}")
-    original = {"attn_groups": n_attn, "ffn_dim": n_mlp, "num_attention_heads": adapter.n_heads,
-                "num_key_value_heads": adapter.n_kv_heads, "head_dim": adapter.head_dim,
-                "attention_unit": adapter.attention_unit}
+    return per_layer
+
+
+@torch.no_grad()
+def slice_block(adapter: Any, layer: nn.Module, kept: dict[str, Tensor]) -> None:
+    """Slice one block in place to its kept groups (``kept["attn" | "mlp"]``; a part absent or
+    complete is left whole). The config is not touched (:func:`finish_slicing`)."""
+    if "attn" in kept and len(kept["attn"]) < adapter.n_attn_groups:
+        adapter.slice_attention(layer, kept["attn"])
+    if "mlp" in kept and len(kept["mlp"]) < adapter.ffn_dim:
+        adapter.slice_mlp(layer, kept["mlp"])
+
+
+def original_widths(adapter: Any) -> dict[str, Any]:
+    """The dense widths a manifest records under ``original`` (read before the config changes)."""
+    return {"attn_groups": adapter.n_attn_groups, "ffn_dim": adapter.ffn_dim, "num_attention_heads": adapter.n_heads,
+            "num_key_value_heads": adapter.n_kv_heads, "head_dim": adapter.head_dim,
+            "attention_unit": adapter.attention_unit}
+
+
+def finish_slicing(model: nn.Module, adapter: Any, per_layer: list[tuple[int, int]],
+                   original: dict[str, Any]) -> dict[str, Any]:
+    """After every block is sliced to ``per_layer`` (attention groups, neurons) widths: uniform
+    widths go into the config, non-uniform ones into the manifest only (module docstring). Returns
+    the manifest (also ``model.config.osscar_pruned``)."""
     uniform = len(set(per_layer)) == 1
-    for i, layer in enumerate(layers):
-        k = kept.get(i, {})
-        if "attn" in k and len(k["attn"]) < n_attn:
-            adapter.slice_attention(layer, k["attn"])
-        if "mlp" in k and len(k["mlp"]) < n_mlp:
-            adapter.slice_mlp(layer, k["mlp"])
     if uniform:
         (ka, km) = per_layer[0]
         manifest = adapter.update_config(model.config, ka, km)

@@ -113,11 +113,11 @@ def test_plan_counts_the_model_and_activations():
     assert len(lines) == 2 + len(PHASES)
 
 
-def test_offload_modes_other_than_none_are_refused():
+def test_unknown_offload_mode_is_refused():
     shape = model_shape(tiny_llama_config())
-    with pytest.raises(ValueError, match="offload='cpu' is not implemented; allowed: none"):
+    with pytest.raises(ValueError, match="offload='gpu' is unknown; allowed: none, cpu, disk"):
         memory_plan(shape, model="t", n_samples=1, seqlen=8, dtype="float32", method="mp", device_type="cpu",
-                    offload="cpu")
+                    offload="gpu")
 
 
 def test_parse_bytes():
@@ -191,10 +191,13 @@ def test_fit_error_names_the_first_option_that_fits():
     assert fit_error(rc, shape, f32, "max_device_memory") is None
     err = fit_error(rc, shape, (f32 + half) // 2, "max_device_memory")
     assert err.endswith("it fits with dtype=bfloat16 (or float16)") and "max_device_memory is" in err
-    err = fit_error(rc, shape, half - 1, "max_device_memory")  # n_samples halvings, then nothing
-    assert ("it fits with n_samples=" in err) or ("no dtype or n_samples makes it fit" in err)
+    err = fit_error(rc, shape, half - 1, "max_device_memory")  # n_samples halvings, then offloading, then nothing
+    assert ("it fits with n_samples=" in err) or ("it fits with offload=" in err)
+    one_block = plan_for_run(rc, shape, offload="cpu").peak("device")
+    err = fit_error(rc, shape, one_block, "max_device_memory")
+    assert one_block < f32 and (err is None or "it fits with" in err)
     err = fit_error(rc, shape, 1, "max_device_memory")
-    assert "no dtype or n_samples makes it fit" in err
+    assert "no dtype, n_samples or offload makes it fit" in err and "offload=disk" in err
 
 
 def test_bad_max_device_memory_is_a_cli_error(tiny_llama_dir, monkeypatch, capsys, tmp_path):

@@ -1,0 +1,292 @@
+"""The configuration of one language-model pruning run, validated before any weights load.
+
+``LMRunConfig.__post_init__`` checks everything cheap before any weights are loaded (names,
+fractions, method parameters, sequence length vs the model's maximum positions — read from the
+config only; with ``offload='disk'``, that the weights are safetensors). :func:`osscar.lm.run.run_lm`
+runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from osscar.devices import check_device_name, check_model_dtype
+from osscar.lm import data as lm_data
+from osscar.lm.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
+from osscar.options import ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, OFFLOAD_MODES, ZERO_SHOT_TASKS
+
+
+def _check_fraction(name: str, v: Any) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 1):
+        raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+
+
+def _check_pos_int(name: str, v: Any, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class LMRunConfig:
+    """Everything one run needs. Validation happens here, before any model load.
+
+    Attributes:
+        model: ``smollm2-135m`` (embedded), a local folder, or a hub id such as ``facebook/opt-1.3b``.
+        method: registered pruning method (``osscar``, ``ziplm``, ``mp``, ``mp+``, ...).
+        method_params: parameters for both consumers (e.g. ``{"t_hat": 20, "p_hat": 10}``).
+        attn_params / mlp_params: per-consumer overrides of ``method_params``.
+        head_fraction / neuron_fraction: fraction of attention groups / neurons removed per block.
+        speedup: target decoder-block speedup (> 1) instead of the fractions (block FLOPs for uniform
+            allocation, measured block latency for runtime allocation).
+        calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
+        damping: λ in H + λ·mean(diag H)·I.
+        heldout_samples, heldout_seqlen (default: seqlen): windows of the calibration text disjoint from
+            the calibration and evaluation windows (:mod:`osscar.lm.heldout`), never given to the solver;
+            each layer record gets its reconstruction error on them beside the calibration one. 0: none.
+        eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows, the full test text;
+            C4: its 256 segments). Windows follow GPTQ's loaders (:mod:`osscar.lm.data`).
+        zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
+        latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips. Latency depends
+            only on the architecture: runs slicing to the same widths on the same device and thread
+            count share one cached measurement (:func:`osscar.lm.latency.prefill_comparison`).
+        evaluate_dense: also evaluate the dense model (ppl and zero-shot).
+        layers: only prune these block indices (None: all) — for quick tests.
+        allocation: ``uniform`` (default: same widths in every block) or ``runtime`` (per-block widths
+            for a measured-latency ``speedup``; see the module docstring; needs ``speedup``).
+        allocation_point: (batch, seqlen) of the latency table for ``runtime`` (None: (1, seqlen)).
+        allocation_mlp_levels: MLP widths timed and offered to the allocator (evenly spaced).
+        allocation_min_keep: with ``runtime``, no consumer keeps fewer than this fraction of its
+            groups (at least one group): a guard against the normalised loss under-rating layers.
+        seed, threads: recorded; ``torch.set_num_threads(threads)``.
+        device: where the model, the calibration forwards, H and the solvers run (``cpu``, ``cuda``,
+            ``cuda:N``; checked here, before any load); latency is measured there too.
+        calibration_inputs: ``pruned`` (default, the sequential protocol: each block's H from the
+            inputs of the already-pruned model) or ``dense`` (ablation: every H from the dense model,
+            so all methods solve identical layer problems; see ``prune_model_sequential``).
+        attention_unit: for grouped-query models, ``head`` (prune query heads, the same number in
+            every KV group) or ``kv-group`` (whole KV groups, K/V heads included); None: ``head``, or
+            ``kv-group`` with ``allocation='runtime'`` (its latency tables are per KV group). See
+            :mod:`osscar.lm.adapters`. Head counts per KV group are rounded by :func:`heads_removed`.
+        dtype: the model's weights and activations (``float32``, ``float16``, ``bfloat16``; the
+            authors' OPT runs use float16 on a GPU). H is accumulated from float32 products into
+            float64 and the solvers work in float64 whatever this is.
+        offload: where blocks wait while not computed (:mod:`osscar.lm.offload`): ``none`` (the whole
+            model on ``device``), ``cpu`` (weights in host memory, one block on ``device`` at a time) or
+            ``disk`` (weights read from the model's safetensors shards one block at a time; each pruned
+            block is sliced and written to the output folder as it finishes). ``cpu``/``disk`` give the
+            same kept groups, weights and perplexities as ``none`` on one device; they need uniform
+            allocation and no latency points or zero-shot tasks (those need the whole model on the
+            device), and ``disk`` prunes every block (``layers`` unset).
+        max_device_memory: a cap on the device memory the run may plan for (GiB, or a size with a unit:
+            ``24GiB``, ``500MiB``); None: the device's free memory. A plan over it stops the run before
+            any weights load.
+        output_dir: where the CLI writes metrics (and the model with ``save_model``).
+    """
+
+    model: str = "smollm2-135m"
+    method: str = "osscar"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    attn_params: dict[str, Any] = field(default_factory=dict)
+    mlp_params: dict[str, Any] = field(default_factory=dict)
+    head_fraction: float | None = None
+    neuron_fraction: float | None = None
+    speedup: float | None = None
+    allocation: str = "uniform"
+    allocation_point: tuple[int, int] | None = None
+    allocation_mlp_levels: int = 16
+    allocation_min_keep: float = 0.0
+    calib_corpus: str = "wiki-gensim"
+    n_samples: int = 32
+    seqlen: int = 256
+    damping: float = 0.01
+    heldout_samples: int = 4
+    heldout_seqlen: int | None = None
+    eval_corpora: tuple[str, ...] = ("wiki-gensim",)
+    eval_seqlen: int | None = None
+    eval_windows: int | None = None
+    zero_shot_tasks: tuple[str, ...] = ()
+    zero_shot_limit: int | None = 200
+    latency_points: tuple[tuple[int, int], ...] = ()
+    latency_repeats: int = 5
+    evaluate_dense: bool = False
+    layers: tuple[int, ...] | None = None
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    calibration_inputs: str = "pruned"
+    attention_unit: str | None = None
+    offload: str = "none"
+    max_device_memory: str | float | None = None
+    output_dir: str | None = None
+    save_model: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from osscar.methods import available_methods, make_method
+
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation={self.allocation!r} is unknown; allowed: {', '.join(ALLOCATIONS)}")
+        if self.allocation == "runtime":
+            if self.speedup is None:
+                raise ValueError("allocation='runtime' needs a target speedup (speedup=..., --speedup); "
+                                 "head_fraction/neuron_fraction apply to the uniform allocation only")
+            pt = self.allocation_point
+            if pt is not None and (not isinstance(pt, tuple) or len(pt) != 2
+                                   or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pt)):
+                raise ValueError(f"allocation_point must be a (batch, seqlen) pair of positive ints, got {pt!r}")
+        _check_pos_int("allocation_mlp_levels", self.allocation_mlp_levels)
+        _check_fraction("allocation_min_keep", self.allocation_min_keep)
+        if isinstance(self.model, str):
+            check_gguf_model(self.model)  # a .gguf that is missing, not GGUF, or of an unsupported architecture
+        if not isinstance(self.model, str) or not is_known_model(self.model):
+            raise ValueError(
+                f"model={self.model!r} is not known; allowed: {', '.join(EMBEDDED_MODELS)} (embedded), "
+                "a GGUF file (or a folder with one), an existing local folder, or a hub id 'org/repo' "
+                "(e.g. facebook/opt-1.3b)")
+        methods = available_methods()
+        if self.method not in methods:
+            raise ValueError(f"method={self.method!r} is unknown; allowed: {', '.join(methods)}")
+        for name in ("method_params", "attn_params", "mlp_params"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        for part in ("attn", "mlp"):
+            make_method(self.method, **self.params_for(part))  # unknown / invalid params -> ValueError
+        _check_fraction("head_fraction", self.head_fraction)
+        _check_fraction("neuron_fraction", self.neuron_fraction)
+        if self.head_fraction == 0 and self.neuron_fraction == 0:
+            raise ValueError("head_fraction and neuron_fraction are both 0: nothing would be pruned "
+                             "(evaluate the dense model without pruning instead)")
+        if self.speedup is not None:
+            if isinstance(self.speedup, bool) or not isinstance(self.speedup, (int, float)) or not self.speedup > 1 \
+                    or not math.isfinite(self.speedup):
+                raise ValueError(f"speedup must be a finite number > 1, got {self.speedup!r}")
+            if self.head_fraction is not None or self.neuron_fraction is not None:
+                raise ValueError("give either speedup or head_fraction/neuron_fraction, not both")
+        for key, c in (("calib_corpus", self.calib_corpus), *(("eval_corpora", e) for e in self.eval_corpora)):
+            if not isinstance(c, str):
+                raise ValueError(f"{key}: corpus names must be strings, got {c!r}")
+            if c not in lm_data.CORPORA:
+                if not lm_data.is_user_corpus(c):
+                    raise ValueError(f"{key}: corpus {c!r} is unknown; allowed: "
+                                     f"{', '.join(lm_data.CORPORA)}, or {lm_data.USER_TEXT_HELP}")
+                try:
+                    lm_data.user_corpus_files(c)  # exists and has a known format
+                except ValueError as e:
+                    raise ValueError(f"{key}: {e}") from None
+        if not isinstance(self.eval_corpora, tuple) or not isinstance(self.zero_shot_tasks, tuple):
+            raise ValueError("eval_corpora and zero_shot_tasks must be tuples of names")
+        for t in self.zero_shot_tasks:
+            if t not in ZERO_SHOT_TASKS:
+                raise ValueError(f"zero_shot_tasks: {t!r} is unknown; allowed: {', '.join(ZERO_SHOT_TASKS)}")
+        _check_pos_int("n_samples", self.n_samples)
+        _check_pos_int("seqlen", self.seqlen)
+        _check_pos_int("eval_seqlen", self.eval_seqlen, allow_none=True)
+        if isinstance(self.heldout_samples, bool) or not isinstance(self.heldout_samples, int) or self.heldout_samples < 0:
+            raise ValueError(f"heldout_samples must be an integer ≥ 0 (0: no held-out error), got {self.heldout_samples!r}")
+        _check_pos_int("heldout_seqlen", self.heldout_seqlen, allow_none=True)
+        _check_pos_int("eval_windows", self.eval_windows, allow_none=True)
+        _check_pos_int("zero_shot_limit", self.zero_shot_limit, allow_none=True)
+        _check_pos_int("threads", self.threads)
+        check_device_name(self.device, "device")  # availability: where the run executes
+        check_model_dtype(self.dtype, "dtype")
+        if self.attention_unit is None:
+            object.__setattr__(self, "attention_unit", "kv-group" if self.allocation == "runtime" else "head")
+        if self.attention_unit not in ATTENTION_UNITS:
+            raise ValueError(f"attention_unit={self.attention_unit!r} is unknown; allowed: {', '.join(ATTENTION_UNITS)}")
+        if self.allocation == "runtime" and self.attention_unit == "head":
+            raise ValueError("allocation='runtime' measures latency per KV group: use attention_unit='kv-group'")
+        if self.calibration_inputs not in CALIBRATION_INPUTS:
+            raise ValueError(f"calibration_inputs must be 'pruned' or 'dense', got {self.calibration_inputs!r}")
+        _check_pos_int("latency_repeats", self.latency_repeats)
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload={self.offload!r} is unknown; allowed: {', '.join(OFFLOAD_MODES)}")
+        if self.offload != "none":
+            self._check_offload()
+        if self.max_device_memory is not None:
+            from osscar.lm.plan import parse_bytes
+
+            parse_bytes(self.max_device_memory)  # ValueError naming max_device_memory
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer ≥ 0, got {self.seed!r}")
+        if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
+            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
+        for pt in self.latency_points:
+            if len(pt) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pt):
+                raise ValueError(f"latency_points must be (batch, seqlen) pairs of positive ints, got {pt!r}")
+        try:
+            config = load_config(self.model, self.cache_dir)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"model={self.model!r}: cannot read its config ({type(e).__name__}: {str(e)[:200]})") from e
+        from osscar.lm.adapters import get_adapter
+
+        config.osscar_attention_unit = self.attention_unit
+        adapter = get_adapter(config)  # unsupported architecture -> ValueError
+        if (self.attention_unit == "kv-group" and adapter.n_kv_heads == 1 and adapter.n_heads > 1
+                and (self.head_fraction or 0) > 0):
+            raise ValueError("attention_unit='kv-group' on a model with one KV head (multi-query attention) "
+                             "cannot prune attention; use attention_unit='head' (prunes query heads)")
+        if adapter.attention_fixed_reason and self.fractions()[0] > 0:
+            asked = f"speedup={self.speedup:g}" if self.speedup is not None else f"head_fraction={self.fractions()[0]:g}"
+            raise ValueError(f"{asked}: {config.model_type} {adapter.attention_fixed_reason}")
+        maxpos = adapter.max_positions()
+        for name in ("seqlen", "eval_seqlen", "heldout_seqlen"):
+            v = getattr(self, name)
+            if v is not None and v > maxpos:
+                raise ValueError(f"{name}={v} exceeds the model's max_position_embeddings={maxpos}")
+        points = list(self.latency_points)
+        if self.allocation == "runtime" and self.allocation_point is not None:
+            points.append(self.allocation_point)
+        for _b, s in points:
+            if s > maxpos:
+                raise ValueError(f"latency_points seqlen {s} exceeds the model's max_position_embeddings={maxpos}")
+        if self.layers is not None:
+            n = int(config.num_hidden_layers)
+            if not isinstance(self.layers, tuple) or any(not isinstance(i, int) or not 0 <= i < n for i in self.layers):
+                raise ValueError(f"layers must be a tuple of block indices in [0, {n}), got {self.layers!r}")
+
+    def _check_offload(self) -> None:
+        """What block offloading cannot do yet, refused before any work (module docstring)."""
+        whole = "needs the whole model on the device"
+        if self.zero_shot_tasks:
+            raise ValueError(f"offload={self.offload!r}: zero_shot_tasks (lm-eval) {whole}; use offload='none', or "
+                             "evaluate the saved model (save_model) separately")
+        if self.latency_points:
+            raise ValueError(f"offload={self.offload!r}: latency_points time the whole model and {whole}; "
+                             "use offload='none'")
+        if self.allocation != "uniform":
+            raise ValueError(f"offload={self.offload!r}: allocation={self.allocation!r} is not implemented with "
+                             "offloading; use allocation='uniform' or offload='none'")
+        if self.offload == "disk":
+            if self.layers is not None:
+                raise ValueError("offload='disk' writes a sliced model and prunes every block: leave layers unset")
+            from osscar.lm.offload import check_disk_source
+
+            check_disk_source(self.model, self.cache_dir)
+
+    # -- derived --------------------------------------------------------------------------------
+    def params_for(self, part: str) -> dict[str, Any]:
+        p = dict(self.method_params)
+        p.update(self.attn_params if part == "attn" else self.mlp_params)
+        return p
+
+    def fractions(self) -> tuple[float, float]:
+        """(head_fraction, neuron_fraction) requested; defaults 0.5 / 0.5."""
+        if self.speedup is not None:
+            from osscar.lm.measure import fractions_for_speedup
+
+            f = fractions_for_speedup(self.speedup)
+            return f, f
+        hf = 0.5 if self.head_fraction is None else float(self.head_fraction)
+        nf = 0.5 if self.neuron_fraction is None else float(self.neuron_fraction)
+        return hf, nf
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
