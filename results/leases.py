@@ -118,6 +118,21 @@ def read_lease(path: Path) -> LeaseInfo | None:
         return LeaseInfo("unreadable", "", -1, "", 0.0, heartbeat_age_s=float("inf"))
 
 
+def _create_exclusive(path: Path, body: str) -> None:
+    """Create ``path`` holding ``body``, or raise FileExistsError: written to a private file first and
+    hard-linked into place, so no other worker ever reads a lease that exists but is still empty
+    (with O_EXCL + write, a concurrent claim could read it half-written, call it stale and take it)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Coordinator:
     """Leases and failure entries of one store root."""
 
@@ -141,9 +156,10 @@ class Coordinator:
         path.parent.mkdir(parents=True, exist_ok=True)
         info = LeaseInfo(worker or worker_id(), socket.gethostname(), os.getpid(), _now(), self.expiry_s)
         taken_over = None
+        body = json.dumps({k: v for k, v in asdict(info).items() if k != "heartbeat_age_s"})
         for _ in range(3):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _create_exclusive(path, body)
             except FileExistsError:
                 held = read_lease(path)
                 if held is None:
@@ -158,10 +174,6 @@ class Coordinator:
                 aside.unlink(missing_ok=True)
                 taken_over = held
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({k: v for k, v in asdict(info).items() if k != "heartbeat_age_s"}, f)
-                f.flush()
-                os.fsync(f.fileno())
             return Lease(path, info), taken_over
         held = read_lease(path)
         return None, held
