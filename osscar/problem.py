@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from osscar.blockmath import take_square
 from osscar.groups import block_rows
 
 SOLVER_DTYPE = torch.float64
@@ -181,9 +182,13 @@ class LayerProblem:
     def objective(self, W: Tensor) -> float:
         """Q(W) = ½ tr(WᵀHW) − tr(GᵀW), computed directly in float64. W: (p, m)."""
         W = W.to(SOLVER_DTYPE)
-        live = W.abs().sum(dim=1) != 0
-        Ws, Hs, Gs = W[live], self.H[live][:, live], self.G[live]
-        return float(0.5 * (Ws * (Hs @ Ws)).sum() - (Gs * Ws).sum())
+        live = torch.nonzero((W != 0).any(dim=1)).flatten()
+        Ws = W[live]
+        HW = take_square(self.H, live) @ Ws  # (|S|, m); products in place, one temporary at a time
+        quad = HW.mul_(Ws).sum()
+        del HW
+        lin = self.G[live].mul_(Ws).sum()
+        return float(0.5 * quad - lin)
 
     def dense_objective(self) -> float:
         """Q at the unconstrained optimum W* = H⁻¹G (the value with every group kept).

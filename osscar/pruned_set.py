@@ -1,10 +1,13 @@
-"""Stage B's add-back bookkeeping: the pruned-set inverse K = (F_JJ)⁻¹ and swap trials on it.
+"""Stage B's add-back bookkeeping: the pruned-set matrix K and swap trials on it.
 
-With F = H̄⁻¹ and W* = F G, the Schur-complement identity H_JJ − H_JS H_SS⁻¹ H_SJ = (F_JJ)⁻¹ puts
-every add-back quantity of ``shared/spec/ALGORITHM.md`` §3 on K: the add-back Schur complement of
-group j is K_jj and its residual G_j − H_jS W_S is (K W*_J)_j. A swap trial (take ``out`` out of S)
-borders K; :class:`SwapTrial` keeps only what scoring needs (the diagonal blocks of the bordered
-K on J and the bordered residuals) and builds the full bordered K only when the swap is accepted.
+For a support S with inverse E = H_SS⁻¹ and weights W_S, the pruned groups J carry
+K = H_JJ − H_JS E H_SJ (the Schur complement of H_SS in H; equal to ((H⁻¹)_JJ)⁻¹) and the residuals
+R = G_J − H_JS W_S. Every add-back quantity of ``shared/spec/ALGORITHM.md`` §3 sits on them: the
+add-back Schur complement of group j is K_jj and its residual R_j. No full p×p inverse is needed:
+K is built from H and E once, then kept current by borderings (groups leave S) and downdates
+(groups rejoin S). A swap trial (take ``out`` out of S) borders K; :class:`SwapTrial` keeps only what
+scoring needs (the diagonal blocks of the bordered K on J and the bordered residuals) and builds
+the full bordered K only when the swap is accepted.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from osscar.blockmath import diag_blocks, quad_over_blocks, take_square
+from osscar.blockmath import compact_rows_, compact_square_, diag_blocks, quad_over_blocks, symmetric_downdate_, take_square
 from osscar.groups import block_rows
 
 
@@ -22,51 +25,57 @@ def joint_gain(K_II: Tensor, R_I: Tensor) -> float:
     return float(0.5 * torch.linalg.solve_triangular(L, R_I, upper=False).square().sum())
 
 
+def schur_complement(H: Tensor, G: Tensor, E: Tensor, W_S: Tensor, jrows: Tensor, srows: Tensor) -> tuple[Tensor, Tensor]:
+    """``K = H_JJ − H_JS E H_SJ: (|J|, |J|)`` and ``R = G_J − H_JS W_S: (|J|, m)``.
+
+    H: (p, p), G: (p, m); E: (|S|, |S|) = H_SS⁻¹ and W_S: (|S|, m) on the rows ``srows``; jrows: the
+    rows of J. Works through (|J|, |S|) products only: H_JS E once, then the symmetric product.
+    """
+    H_JS = take_square(H, jrows, srows)
+    T = H_JS @ E  # (|J|, |S|)
+    K = take_square(H, jrows)
+    symmetric_downdate_(K, T, H_JS)
+    del T
+    R = torch.addmm(G[jrows], H_JS, W_S, alpha=-1.0)
+    return K, R
+
+
 class PrunedSetInverse:
-    """``K = (F_JJ)⁻¹`` and ``R = K W*_J`` for the pruned groups J, with F = H⁻¹ and W* = F G.
+    """``K = H_JJ − H_JS H_SS⁻¹ H_SJ`` and ``R = G_J − H_JS W_S`` for the pruned groups J.
 
     Moving groups between S and J is a rank-|block| update of K and R. ``groups`` is the working
-    list of J (append order, not sorted). F: (p, p) and W*: (p, m) are shared between copies and
-    never written.
+    list of J (append order, not sorted). K: (|J|·s, |J|·s), R: (|J|·s, m).
     """
 
-    def __init__(self, F: Tensor, Wstar: Tensor, s: int, groups: Tensor) -> None:
-        self.F, self.Wstar, self.s = F, Wstar, s
-        self.groups = groups.clone()
-        rows = block_rows(groups, s)
-        F_JJ = take_square(F, rows)
-        self.K = torch.cholesky_inverse(torch.linalg.cholesky(F_JJ)) if len(rows) else F_JJ
-        self.R = self.K @ Wstar[rows]
-        self._excess = float(0.5 * (Wstar[rows] * self.R).sum())
+    def __init__(self, K: Tensor, R: Tensor, s: int, groups: Tensor) -> None:
+        self.K, self.R, self.s, self.groups = K, R, s, groups
 
     @classmethod
-    def _from(cls, like: PrunedSetInverse, K: Tensor, R: Tensor, groups: Tensor, excess: float) -> PrunedSetInverse:
-        new = object.__new__(cls)
-        new.F, new.Wstar, new.s = like.F, like.Wstar, like.s
-        new.K, new.R, new.groups, new._excess = K, R, groups, excess
-        return new
+    def from_support(cls, H: Tensor, G: Tensor, E: Tensor, W_S: Tensor, srows: Tensor, s: int,
+                     groups: Tensor) -> PrunedSetInverse:
+        """The pruned set ``groups`` of a support whose E and W_S live on the rows ``srows``."""
+        K, R = schur_complement(H, G, E, W_S, block_rows(groups, s), srows)
+        return cls(K, R, s, groups.clone())
 
     def copy(self) -> PrunedSetInverse:
-        return PrunedSetInverse._from(self, self.K.clone(), self.R.clone(), self.groups.clone(), self._excess)
+        return PrunedSetInverse(self.K.clone(), self.R.clone(), self.s, self.groups.clone())
 
     def excess(self) -> float:
-        """Q(S) − Q* = ½ tr(W*_Jᵀ K W*_J) = ½ ⟨W*_J, R⟩: the loss over the dense optimum Q*.
-
-        Computed once at construction and then carried through each bordering (:meth:`SwapTrial.bordered`: + the
-        joint removal cost of the new groups) and :meth:`shrink` (− their joint gain).
-        """
-        return self._excess
+        """Q(S) − Q* = ½ tr(Rᵀ K⁻¹ R): the loss over the dense optimum Q* (with W* = H⁻¹G, R = K W*_J)."""
+        if len(self.groups) == 0:
+            return 0.0
+        return joint_gain(self.K, self.R)
 
     def gains(self) -> Tensor:
         """(|J|,) gain ½ tr(R_jᵀ K_jj⁻¹ R_j) of adding each working pruned group back alone."""
         n = len(self.groups)
         return quad_over_blocks(diag_blocks(self.K, self.s), self.R.reshape(n, self.s, -1))
 
-    def trial(self, groups: Tensor, E_gg: Tensor, W_g: Tensor) -> SwapTrial:
-        """Score taking ``groups`` (kept) out of S, given the support's ``E_gg = (H_SS⁻¹)_gg: (b, b)``
-        and ``W_g = (W_S)_g: (b, m)`` on their rows (by the same identity, the bordering's Schur
-        complement and residual). Self unchanged."""
-        return SwapTrial(self, groups, E_gg, W_g)
+    def trial(self, groups: Tensor, E_gg: Tensor, W_g: Tensor, b: Tensor) -> SwapTrial:
+        """Score taking ``groups`` (kept) out of S, given the support's ``E_gg = (H_SS⁻¹)_gg: (b, b)``,
+        ``W_g = (W_S)_g: (b, m)`` on their rows (the bordering's Schur complement and residual) and
+        ``b = −H_JS (H_SS⁻¹)_Sg: (|J|·s, b)`` (the bordering column K (H⁻¹)_Jg). Self unchanged."""
+        return SwapTrial(self, groups, E_gg, W_g, b)
 
     def _positions(self, groups: Tensor) -> Tensor:
         lookup = {int(g): i for i, g in enumerate(self.groups.tolist())}
@@ -88,22 +97,20 @@ class PrunedSetInverse:
         idx = torch.nonzero(keep).flatten()
         D = torch.linalg.solve_triangular(L, self.R[pos], upper=False)
         Vk = V[idx]
-        self.K = take_square(self.K, idx).addmm_(Vk, Vk.T, alpha=-1.0)
-        self.R = self.R.index_select(0, idx).addmm_(Vk, D, alpha=-1.0)
+        del V
+        self.K = compact_square_(self.K, idx).addmm_(Vk, Vk.T, alpha=-1.0)  # in place: K is never shared
+        self.R = compact_rows_(self.R, idx).addmm_(Vk, D, alpha=-1.0)
         self.groups = self.groups[keep.reshape(-1, self.s)[:, 0]]
-        self._excess -= float(0.5 * D.square().sum())  # − their joint gain
 
 
 class SwapTrial:
-    """J ∪ g for a swap trial, kept lazily: with b = K F_Jg (|J|, |g|), C the block's Schur complement
+    """J ∪ g for a swap trial, kept lazily: with b = K (H⁻¹)_Jg (|J|, |g|), C the block's Schur complement
     and y its residual given J, the bordered K restricted to J is K + b C⁻¹ bᵀ and the bordered
-    residuals on J are R − b C⁻¹ y. Only their diagonal blocks and R − b C⁻¹ y are formed — O(|J|·|g|·m)
-    plus one (|J|, |J|)·(|J|, |g|) product; the full bordered K waits for :meth:`commit`."""
+    residuals on J are R − b C⁻¹ y. Only their diagonal blocks and R − b C⁻¹ y are formed — O(|J|·|g|·m);
+    the full bordered K waits for :meth:`commit`."""
 
-    def __init__(self, base: PrunedSetInverse, groups: Tensor, C: Tensor, y: Tensor) -> None:
-        self.base, self.groups = base, groups
-        g_rows, j_rows = block_rows(groups, base.s), block_rows(base.groups, base.s)
-        self.b = base.K @ base.F[j_rows[:, None], g_rows]  # (|J|, |g|)
+    def __init__(self, base: PrunedSetInverse, groups: Tensor, C: Tensor, y: Tensor, b: Tensor) -> None:
+        self.base, self.groups, self.b = base, groups, b
         L = torch.linalg.cholesky(C)
         self.z = torch.cholesky_solve(y, L)  # (|g|, m) = C⁻¹ y
         self.C_inv = torch.cholesky_inverse(L)
@@ -124,7 +131,7 @@ class SwapTrial:
         return joint_gain(self.base.K[pos[:, None], pos] + self.bC[pos] @ self.b[pos].T, self.R_J[pos])
 
     def bordered(self) -> PrunedSetInverse:
-        """The pruned-set inverse of J ∪ groups (the full bordered K)."""
+        """The pruned-set matrices of J ∪ groups (the full bordered K)."""
         base, a, na = self.base, self.base.K.shape[0], self.C_inv.shape[0]
         K = base.K.new_empty((a + na, a + na))
         torch.addmm(base.K, self.bC, self.b.T, out=K[:a, :a])
@@ -132,11 +139,14 @@ class SwapTrial:
         K[a:, :a] = -self.bC.T
         K[a:, a:] = self.C_inv
         R = torch.cat([self.R_J, self.z])
-        return PrunedSetInverse._from(base, K, R, torch.cat([base.groups, self.groups]),
-                                      base.excess() + self.removal_cost)
+        return PrunedSetInverse(K, R, base.s, torch.cat([base.groups, self.groups]))
 
     def commit(self, back: Tensor) -> PrunedSetInverse:
-        """The pruned-set inverse after the swap: ``groups`` out of S, ``back`` (in J) into S."""
+        """The pruned-set matrices after the swap: ``groups`` out of S, ``back`` (in J) into S.
+
+        Ends the trial: its base is released once bordered (drop other references to the base
+        first, and its K is freed before the downdate)."""
         new = self.bordered()
+        self.base = self.b = self.bC = self.R_J = None
         new.shrink(back)
         return new

@@ -77,7 +77,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
                  patience: int = 1) -> tuple[SupportState, dict[str, Any]]:
     """Stage B: swap the ``swap`` cheapest kept groups for the ``swap`` best other pruned ones.
 
-    A trial runs on the pruned-set inverse only (:class:`~osscar.pruned_set.PrunedSetInverse`: take the
+    A trial runs on the pruned-set matrix only (:class:`~osscar.pruned_set.PrunedSetInverse`: take the
     block out, score every pruned group, read the swap's ΔQ off K as the joint removal cost minus
     the joint gain of the best groups put back); when Q strictly decreases the swap is applied to
     a copy of the support state and accepted only if the exact least-squares objective
@@ -86,7 +86,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
     ``patience`` rejections in a row; then the swap size is halved while it stays ≥ ``min_swap``.
     ``patience=1, min_swap=swap`` is the OPT code's rule: stop at the first failure; the vision
     code halves down to 1. At most ``max_iter`` trials in all. ``state`` must keep a pruned-set
-    inverse (``SupportState(..., track_pruned=True)``).
+    matrix (``SupportState(..., track_pruned=True)``); it is updated in place and returned.
     """
     if not state.track_pruned():
         raise ValueError("local_search needs SupportState(problem, track_pruned=True)")
@@ -103,7 +103,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
         if len(out) < swap or not state.kept[out].all():
             rejected = patience  # ran out of candidates at this swap size
         else:
-            trial = state.pruned.trial(out, *state.support_block(out))
+            trial = state.swap_trial(out)
             gains = torch.full((n_groups,), float("-inf"), dtype=torch.float64, device=state.pruned.K.device)
             gains[state.pruned.groups] = trial.gains()  # `out` stays at -inf: a real swap puts other groups back
             back = best_back(gains, out, state.problem)  # None: a block of `out` has nothing to put back
@@ -116,13 +116,19 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
                 new.add(back)
                 q_new = new.objective()
                 if q_new < q - 1e-12 * max(1.0, abs(q)):
-                    new.pruned = trial.commit(back)
-                    state, q = new, q_new
+                    state.take(new)  # in place: the old E and W go (the caller holds this state too)
+                    del new
+                    q = q_new
+                    state.pruned = None  # the trial holds the old pruned set until it is bordered
+                    state.pruned = trial.commit(back)
+                    del trial
                     order = torch.argsort(state.costs())
                     accepted += 1
                     rejected = 0
                     history.append(q)
                     continue
+                del new
+            del trial
             rejected += 1
         if rejected >= patience:
             if swap // 2 >= max(min_swap, 1) and min_swap < swap:
@@ -198,4 +204,5 @@ class OSSCAR(PruningMethod):
             state, ls_info = local_search(state, swap, self.max_iter, min_swap, self.patience)
             info.update(ls_info)
         kept = torch.nonzero(state.kept).flatten()
+        del state  # E, W_S and K go before the refit allocates its own
         return kept, refit(problem, kept), info

@@ -170,7 +170,7 @@ def test_swap_trial_scores_match_direct_recomputation(make_problem, group_size):
     st.remove(torch.tensor([8]))  # J grown by one bordering
     kept = torch.nonzero(st.kept).flatten()
     out = torch.tensor([0, 5])
-    trial = st.pruned.trial(out, *st.support_block(out))
+    trial = st.swap_trial(out)
     rest = kept[~torch.isin(kept, out)]
     assert trial.removal_cost == pytest.approx(_q(P, rest) - _q(P, kept), rel=1e-9)
     expected = _direct_gains(P, rest)[st.pruned.groups]

@@ -251,8 +251,8 @@ def test_local_search_halves_the_swap_and_restarts_from_the_cheapest_groups(monk
     st = _state_on(P, best)
     order = torch.argsort(st.costs())
     outs = []
-    real = SupportState.support_block
-    monkeypatch.setattr(SupportState, "support_block", lambda self, g: outs.append(g.tolist()) or real(self, g))
+    real = SupportState.swap_trial
+    monkeypatch.setattr(SupportState, "swap_trial", lambda self, g: outs.append(g.tolist()) or real(self, g))
     _, info = local_search(st, swap=4, max_iter=10, min_swap=1)
     assert outs == [order[:4].tolist(), order[:2].tolist(), order[:1].tolist()] and info["swaps_tried"] == 3
 
@@ -267,13 +267,13 @@ def test_local_search_takes_out_the_cheapest_groups_of_the_current_support(monke
     """patience 1, swap 1: every trial, after an accepted swap too, takes out the cheapest kept group."""
     P = random_problem(6, 8, 1, 4)
     seen = []
-    real = SupportState.support_block
+    real = SupportState.swap_trial
 
     def spy(self, g):
         seen.append(g.tolist() == torch.argsort(self.costs())[:len(g)].tolist())
         return real(self, g)
 
-    monkeypatch.setattr(SupportState, "support_block", spy)
+    monkeypatch.setattr(SupportState, "swap_trial", spy)
     _, info = local_search(_state_on(P, [4, 5, 6, 7]), swap=1, max_iter=20, min_swap=1)
     assert info["swaps_accepted"] >= 2 and len(seen) == info["swaps_tried"] and all(seen)
 
