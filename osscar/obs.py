@@ -286,10 +286,12 @@ class SupportState:
             # Rows R are now zero in exact arithmetic: zero them (contiguous); the columns hold
             # rounding residue only and are masked in later updates or dropped at compaction.
             E[rows] = 0
+            del E
         else:
             self._U_buf[:, self._r:self._r + n_rows] = V
             self._r += n_rows
             self._U_blocks += pending_blocks(V, s)
+        del W, V, E_R  # no local reference may keep an old storage alive through the compaction
         self.kept[groups] = False
         if eager and int((~self.live).sum()) * 4 > len(self.groups):
             self._flush(compact=True)

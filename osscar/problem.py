@@ -237,9 +237,9 @@ class LayerProblem:
         if cross is not None:
             _check_matrix("cross", cross, rows=p, cols=p)
             _check_finite("cross", cross)
-        H = H_raw.to(SOLVER_DTYPE).clone()
-        H = 0.5 * (H + H.T)
-        W = W_dense.to(SOLVER_DTYPE).clone()
+        H = H_raw.to(SOLVER_DTYPE, copy=True)
+        H = torch.add(H, H.T).mul_(0.5)  # symmetrised with one temporary: H + Hᵀ, halved in place
+        W = W_dense.to(SOLVER_DTYPE, copy=True)
         dead = torch.diagonal(H) == 0
         if dead.any():  # features that never fire: their weights cannot matter; pin them
             H[dead, :] = 0

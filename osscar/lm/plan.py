@@ -53,9 +53,12 @@ GiB = 2 ** 30
 # solver_working_set): the code's own tensors, counted in osscar/obs.py, osscar/pruned_set.py,
 # osscar/solver.py and baselines/*.py.
 _SOLVER_NOTES = {
-    "osscar": "F=H⁻¹, E=H_SS⁻¹ and Stage B's trial copy E', pending-downdate buffers U, U' (p×max(64,p/8)), "
-              "pruned-set K (|J|×|J|, twice while a swap is accepted) and R (|J|×m), W' (p×m)",
-    "ziplm": "E=H_SS⁻¹, pending-downdate buffer U (p×max(64,p/8)), W (p×m); then the refit",
+    "osscar": "Stage A: E=H⁻¹ (compacted in place, p×p storage), pending-downdate buffer U (p×max(64,p/8)), W (p×m), "
+              "E's compact copy when the storage is given back; Stage B: E=H_SS⁻¹, a trial's copy E' and its bordered "
+              "E'' (a×a each), pruned-set K (|J|×|J|, built from H and E), W_S twice, R and a trial's R_J (|J|×m); "
+              "then the refit (no full p×p inverse is kept)",
+    "ziplm": "E=H_SS⁻¹ (compacted in place), pending-downdate buffer U (p×max(64,p/8)), W (p×m), E's compact copy "
+             "when the storage is given back; then the refit",
     "lasso": "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit",
     "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice",
 }
@@ -151,20 +154,21 @@ def parse_bytes(text: str | float | int) -> int:
 def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
     """(bytes, what) of the float64 tensors ``method`` adds at its high point on a (p, m) problem.
 
-    ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR: F and E (p×p; E compacts only
-    once a quarter of its rows is removed, so p×p bounds it), Stage B's copy E' (p×p), the two
-    pending-downdate buffers, K (|J|×|J|) and an accepted swap's new K while the old one lives,
-    R (|J|×m) and W' (p×m). ZipLM: E, one buffer and the
-    final refit while E is alive. Lasso: a p×p temporary and five (p, m) iterates, then the refit.
-    Every other method: the refit (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
+    ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR and ZipLM (the lean solver,
+    ``osscar/obs.py``): the larger of Stage A (E's p×p storage, the pending-downdate buffer, W and E's
+    compact copy when the storage is given back), OSSCAR's Stage B (E, a trial's E' and E'': a×a; K:
+    |J|×|J|; W_S twice: a×m; R and R_J: |J|×m) and the refit, which runs after the state is freed.
+    Lasso: a p×p temporary and five (p, m) iterates, then the refit. Every other method: the refit
+    (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
     """
     a, j = kept_rows, p - kept_rows
     u = p * max(64, p // 8)
     refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
+    stage_a = p * p + u + p * m + a * a + 2 * 64 * p  # + a compaction's chunk of rows, gathered and cut
     if method == "osscar":
-        n, key = 3 * p * p + 2 * u + 2 * j * j + j * m + p * m, "osscar"
+        n, key = max(stage_a, 3 * a * a + j * j + 2 * a * m + 2 * j * m, refit), "osscar"
     elif method == "ziplm":
-        n, key = p * p + u + p * m + refit, "ziplm"
+        n, key = max(stage_a, refit), "ziplm"
     elif method == "lasso":
         n, key = p * p + 5 * p * m + refit, "lasso"
     else:
