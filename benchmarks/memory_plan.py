@@ -1,6 +1,7 @@
 """The README's memory-plan table: OPT-1.3B…30B and Llama-3-8B/70B, from their configs alone (no weights).
 
     python -m benchmarks.memory_plan [--n-samples 128] [--seqlen 2048] [--dtype float16] [--method osscar]
+                                     [--offload none|cpu|disk]
 
 Builds each model's transformers config with its published sizes (offline: no hub access), plans
 a CUDA run with :func:`osscar.lm.plan.plan_for_run` and checks it against 32 GB and 80 GB devices
@@ -13,7 +14,7 @@ import argparse
 from types import SimpleNamespace
 from typing import Any
 
-from osscar.options import MODEL_DTYPES
+from osscar.options import MODEL_DTYPES, OFFLOAD_MODES
 
 # published sizes (the models' config.json on the hub)
 OPT = {"facebook/opt-1.3b": (2048, 8192, 24, 32), "facebook/opt-2.7b": (2560, 10240, 32, 32),
@@ -38,13 +39,14 @@ def configs() -> dict[str, Any]:
     return out
 
 
-def run_config(model: str, n_samples: int, seqlen: int, dtype: str, method: str) -> SimpleNamespace:
+def run_config(model: str, n_samples: int, seqlen: int, dtype: str, method: str,
+               offload: str = "none") -> SimpleNamespace:
     """The fields of an LMRunConfig the plan reads (an LMRunConfig would read the hub config)."""
     return SimpleNamespace(model=model, n_samples=n_samples, seqlen=seqlen, dtype=dtype, method=method, device="cuda",
-                           offload="none", eval_seqlen=None, latency_points=(), fractions=lambda: (0.5, 0.5))
+                           offload=offload, eval_seqlen=None, latency_points=(), fractions=lambda: (0.5, 0.5))
 
 
-def table(n_samples: int, seqlen: int, dtype: str, method: str) -> str:
+def table(n_samples: int, seqlen: int, dtype: str, method: str, offload: str = "none") -> str:
     from osscar.lm.plan import fit_error, fmt_bytes, model_shape, plan_for_run
 
     head = ["model", "params", "weights", "activations in+out", "largest solve (f64)", "prune peak", "evaluate peak",
@@ -52,7 +54,7 @@ def table(n_samples: int, seqlen: int, dtype: str, method: str) -> str:
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, cfg in configs().items():
         shape = model_shape(cfg)
-        rc = run_config(name, n_samples, seqlen, dtype, method)
+        rc = run_config(name, n_samples, seqlen, dtype, method, offload)
         plan = plan_for_run(rc, shape)
         by = {i.name: i for i in plan.items if i.where == "device" and i.phase == "prune"}
         solve = sum(i.bytes for n, i in by.items() if n.startswith("solve "))
@@ -89,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per segment")
     p.add_argument("--dtype", default="float16", choices=MODEL_DTYPES, help="model weights/activations")
     p.add_argument("--method", default="osscar", help="pruning method (its solver working set)")
+    p.add_argument("--offload", default="none", choices=OFFLOAD_MODES, help="where the blocks wait (default: none)")
     a = p.parse_args(argv)
-    print(f"Memory plan, CUDA device, offload none, {a.n_samples}×{a.seqlen} calibration, {a.dtype}, {a.method} "
+    from osscar.methods import available_methods
+
+    if a.method not in available_methods():
+        p.error(f"--method: unknown method {a.method!r}; allowed: {', '.join(available_methods())}")
+    print(f"Memory plan, CUDA device, offload {a.offload}, {a.n_samples}×{a.seqlen} calibration, {a.dtype}, {a.method} "
           f"(`python -m benchmarks.memory_plan --n-samples {a.n_samples} --seqlen {a.seqlen} --dtype {a.dtype} "
-          f"--method {a.method}`):\n")
-    print(table(a.n_samples, a.seqlen, a.dtype, a.method))
+          f"--method {a.method} --offload {a.offload}`):\n")
+    print(table(a.n_samples, a.seqlen, a.dtype, a.method, a.offload))
     return 0
 
 

@@ -26,7 +26,9 @@ SOLVER_DTYPE = torch.float64
 
 
 def _check_finite(name: str, t: Tensor) -> None:
-    if not torch.isfinite(t).all():
+    # in slices of ~2^16 entries: torch.isfinite makes full-size temporaries (|t| and masks)
+    parts = t.split(max(1, (1 << 16) // max(1, t[0].numel()))) if t.ndim and len(t) else (t,)
+    if not all(bool(torch.isfinite(part).all()) for part in parts):
         raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
 
 
@@ -46,8 +48,11 @@ def _check_square_symmetric(name: str, H: Tensor) -> None:
     if H.shape[0] != H.shape[1]:
         raise ValueError(f"{name} must be square (p, p), got shape {tuple(H.shape)}")
     _check_finite(name, H)
-    scale = float(H.abs().max()) if H.numel() else 0.0
-    asym = float((H - H.T).abs().max()) if H.numel() else 0.0
+    scale = asym = 0.0
+    for i0 in range(0, H.shape[0], 64):  # a block of rows at a time: no (p, p) temporaries
+        rows = H[i0:i0 + 64]
+        scale = max(scale, float(rows.abs().max()))
+        asym = max(asym, float((rows - H[:, i0:i0 + 64].T).abs().max()))
     if asym > 1e-6 * max(scale, 1e-300):
         raise ValueError(f"{name} must be symmetric: max |{name} - {name}ᵀ| = {asym:.3g} (scale {scale:.3g})")
 
@@ -97,6 +102,8 @@ class LayerProblem:
         blocks: a partition constraint: the groups form ``blocks`` contiguous, equal blocks (e.g. the
             query heads of each KV group) and every block keeps ``k / blocks`` groups. 1 (default):
             no constraint.
+        diag_shift: what damping added to H's diagonal (λ·mean(diag XᵀX)), so that XᵀX = H − diag_shift·I
+            on the features that fire (:meth:`calibration_error` needs no copy of the raw XᵀX).
     """
 
     H: Tensor
@@ -110,6 +117,7 @@ class LayerProblem:
     name: str = ""
     G_is_HW: bool = False
     blocks: int = 1
+    diag_shift: float = 0.0
 
     def __post_init__(self) -> None:
         devices = {name: getattr(self, name).device for name in ("H", "G", "W_dense") if isinstance(getattr(self, name), Tensor)}
@@ -198,6 +206,20 @@ class LayerProblem:
         W = self.W_dense if self.G_is_HW else torch.cholesky_solve(self.G, torch.linalg.cholesky(self.H))
         return float(-0.5 * (self.G * W).sum())
 
+    def calibration_error(self, W: Tensor) -> tuple[float, float]:
+        """:func:`reconstruction_error` on the calibration inputs, from the damped H alone:
+        XᵀX = H − diag_shift·I on the features that fire (those that never fire have zero rows in
+        Ŵ and in every refit W, so they add nothing). W: (p, m) pruned weights.
+        Returns (½ tr(ΔᵀXᵀXΔ) with Δ = W − Ŵ, that over ½ tr(ŴᵀXᵀXŴ); NaN when the latter is 0)."""
+        _check_matrix("W", W, rows=self.p, cols=self.m)
+        Wd = self.W_dense
+        D = W.to(device=Wd.device, dtype=SOLVER_DTYPE) - Wd
+        sq = float(D.square().sum())
+        err = 0.5 * (float((self.H @ D).mul_(D).sum()) - self.diag_shift * sq)  # one (p, m) temporary at a time
+        del D
+        energy = 0.5 * (float((self.H @ Wd).mul_(Wd).sum()) - self.diag_shift * float(Wd.square().sum()))
+        return err, (err / energy if energy > 0 else float("nan"))
+
     # -- construction from calibration statistics ----------------------------------------
     @classmethod
     def from_calibration(
@@ -247,8 +269,9 @@ class LayerProblem:
             H[dead, dead] = 1
             W[dead] = 0
         diag_mean = float(torch.diagonal(H).mean()) if p else 0.0
+        shift = damping * diag_mean if damping > 0 else 0.0
         if damping > 0:
-            H.diagonal().add_(damping * diag_mean)
+            H.diagonal().add_(shift)
         if cross is None:
             G = H @ W
         else:
@@ -258,7 +281,7 @@ class LayerProblem:
             G = C @ W
         return cls(H=H, G=G, W_dense=W, group_size=group_size, k=k, damping=float(damping),
                    activations=activations, producer_weight=producer_weight, name=name,
-                   G_is_HW=cross is None, blocks=blocks)
+                   G_is_HW=cross is None, blocks=blocks, diag_shift=shift)
 
 
 def reconstruction_error(H_raw: Tensor, W: Tensor, W_dense: Tensor) -> tuple[float, float]:

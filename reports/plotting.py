@@ -93,7 +93,8 @@ def save(fig: Any, folder: Path, name: str) -> dict[str, Path]:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".{ext}")
         os.close(fd)
         try:
-            fig.savefig(tmp, format=ext)
+            # no creation date in the PDF: the same records give the same bytes
+            fig.savefig(tmp, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:

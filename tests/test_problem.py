@@ -76,6 +76,32 @@ def test_reconstruction_error_is_the_objective_gap_on_calibration_inputs():
         reconstruction_error(X.T @ X, W, W_dense[:, :3])
 
 
+@pytest.mark.parametrize("method", ["osscar", "mp"])
+@pytest.mark.parametrize("damping", [0.0, 0.01, 1.0])
+def test_calibration_error_from_the_damped_H_equals_the_raw_one(method, damping):
+    """LayerProblem.calibration_error(W) (from H − diag_shift·I, no raw XᵀX kept) equals
+    reconstruction_error(XᵀX, W, Ŵ) with the original dense weights, dead features included
+    (a feature that never fires: its H row is zero, its dense weights are not)."""
+    from osscar.methods import make_method
+
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(50, 12, generator=g, dtype=torch.float64)
+    X[:, 5] = 0  # feature 5 never fires
+    W_dense = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    H_raw = X.T @ X
+    P = LayerProblem.from_calibration(H_raw, W_dense, 2, 3, damping=damping)
+    assert P.diag_shift == pytest.approx(damping * float(torch.diagonal(H_raw).sum() + 1) / 12, rel=1e-12)
+    W = make_method(method).prune(P).W
+    err, rel = P.calibration_error(W)
+    ref_err, ref_rel = reconstruction_error(H_raw, W, W_dense)
+    assert err == pytest.approx(ref_err, rel=1e-9) and rel == pytest.approx(ref_rel, rel=1e-9)
+    assert P.calibration_error(P.W_dense) == pytest.approx((0.0, 0.0), abs=1e-9)
+    zero = LayerProblem.from_calibration(torch.zeros(12, 12, dtype=torch.float64), W_dense, 2, 3, damping=damping)
+    assert math.isnan(zero.calibration_error(torch.zeros_like(W_dense))[1])
+    with pytest.raises(ValueError, match=r"^W must have 4 columns"):
+        P.calibration_error(W[:, :3])
+
+
 def test_reconstruction_error_inputs_dtypes_and_zero_energy():
     """Bad shapes name the argument; float32 inputs are computed in float64; a dense output of zero
     energy gives a NaN ratio (the error itself is still defined); the ratio is scale-free."""

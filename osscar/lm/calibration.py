@@ -274,6 +274,9 @@ def prune_model_sequential(
             problem = LayerProblem.from_calibration(
                 H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name,
                 blocks=adapter.blocks(part))
+            del H  # the raw XᵀX: the problem's damped H gives the calibration error (calibration_error)
+            if acc is not None:
+                acc.H = None
             if keep == problem.n_groups:  # nothing to remove: not solved, weights kept
                 res = PruneResult(kept=torch.arange(problem.n_groups), W=problem.W_dense,
                                   objective=problem.dense_objective(), seconds=0.0, method="none",
@@ -286,7 +289,7 @@ def prune_model_sequential(
             if keep_x:  # acc kept this consumer's inputs
                 inputs = shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old, host)
             kept[i][part] = res.kept.clone()
-            err, rel = reconstruction_error(H, consumer.weight.data.T, W_old.T)
+            err, rel = problem.calibration_error(consumer.weight.data.T)
             records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
                                        kept=res.kept.tolist(), objective=res.objective,
                                        dense_objective=problem.dense_objective(), seconds=res.seconds,
@@ -295,7 +298,7 @@ def prune_model_sequential(
             weights[part] = (records[-1], consumer.weight.data.T.clone(), W_old.T)
             if progress is not None:
                 progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
-            del H, problem, acc, outputs, W_old
+            del problem, acc, outputs, W_old
         if heldout is not None:
             if inputs_from == "pruned":  # the pruned block: attention as pruned, the MLP's inputs through it
                 h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs, _run)

@@ -11,7 +11,7 @@ of its items:
   each; the MLP consumer's inputs kept for the no-rerun step (``n·seqlen·ffn`` float32, only when
   they fit in :data:`osscar.lm.calibration.SHORTCUT_BYTES`); one batch's block forward (attention
   scores, MLP intermediates, the Hessian hook's float32 copy); and the largest consumer's solve
-  in float64 (:func:`solve_parts`): the accumulated ``H_raw: (p, p)``, the problem's ``H: (p, p)``,
+  in float64 (:func:`solve_parts`): the problem's ``H: (p, p)`` (the accumulated ``H_raw`` only while it is built),
   ``G, Ŵ: (p, m)`` and the method's working set (:func:`solver_working_set`).
 * ``evaluate`` — the (dense, then sliced) resident model and one perplexity window's logits
   (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
@@ -164,7 +164,7 @@ def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int
     a, j = kept_rows, p - kept_rows
     u = p * max(64, p // 8)
     refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
-    stage_a = p * p + u + p * m + a * a + 2 * 64 * p  # + a compaction's chunk of rows, gathered and cut
+    stage_a = p * p + u + p * m + a * a + 6 * 64 * p  # + a compaction's 64-row chunks (gathered, cut, written)
     if method == "osscar":
         n, key = max(stage_a, 3 * a * a + j * j + 2 * a * m + 2 * j * m, refit), "osscar"
     elif method == "ziplm":
@@ -177,12 +177,13 @@ def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int
 
 
 def solve_parts(method: str, p: int, m: int, kept_rows: int) -> list[tuple[str, str, int]]:
-    """[(name, shape, bytes)] of one consumer's solve in float64: ``H_raw, H: (p, p)``, ``G, Ŵ: (p, m)``
-    and the larger of the method's working set and the problem construction's temporaries (H's float64
-    copy and H + Hᵀ: (p, p) each; Ŵ's float64 copy: (p, m))."""
+    """[(name, shape, bytes)] of one consumer's solve in float64: the problem's ``H: (p, p)``, ``G, Ŵ: (p, m)``
+    and the larger of the method's working set and the problem construction's transients (the
+    accumulated ``H_raw`` and H's float64 copy while H + Hᵀ is formed: (p, p) each; the pipeline drops
+    ``H_raw`` once the problem is built, :meth:`osscar.problem.LayerProblem.calibration_error`)."""
     ws, _ = solver_working_set(method, p, m, kept_rows)
-    return [("H_raw, H", f"2×{p}×{p} f64", F64 * 2 * p * p), ("G, Ŵ", f"2×{p}×{m} f64", F64 * 2 * p * m),
-            (f"{method} working set", f"p={p} m={m} f64", max(ws, F64 * (2 * p * p + p * m)))]
+    return [("H", f"{p}×{p} f64", F64 * p * p), ("G, Ŵ", f"2×{p}×{m} f64", F64 * 2 * p * m),
+            (f"{method} working set", f"p={p} m={m} f64", max(ws, F64 * 2 * p * p))]
 
 
 def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> int:
