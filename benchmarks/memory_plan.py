@@ -49,8 +49,8 @@ def run_config(model: str, n_samples: int, seqlen: int, dtype: str, method: str,
 def table(n_samples: int, seqlen: int, dtype: str, method: str, offload: str = "none") -> str:
     from osscar.lm.plan import fit_error, fmt_bytes, model_shape, plan_for_run
 
-    head = ["model", "params", "weights", "activations in+out", "largest solve (f64)", "prune peak", "evaluate peak",
-            "load (host)"] + [f"fits {d}" for d, _ in DEVICES]
+    head = ["model", "params", "weights", "activations in+out" + (" (host)" if offload != "none" else ""),
+            "largest solve (f64)", "prune peak", "evaluate peak", "load (host)"] + [f"fits {d}" for d, _ in DEVICES]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, cfg in configs().items():
         shape = model_shape(cfg)
@@ -59,7 +59,7 @@ def table(n_samples: int, seqlen: int, dtype: str, method: str, offload: str = "
         by = {i.name: i for i in plan.items if i.where == "device" and i.phase == "prune"}
         solve = sum(i.bytes for n, i in by.items() if n.startswith("solve "))
         p = next(i.shape for n, i in by.items() if n.endswith("working set")).split()[0]
-        acts = by["activations in"].bytes + by["activations out"].bytes
+        acts = sum(i.bytes for i in plan.items if i.phase == "prune" and i.name in ("activations in", "activations out"))
         fits = []
         for label, limit in DEVICES:
             err = fit_error(rc, shape, limit, label)

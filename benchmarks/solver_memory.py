@@ -7,8 +7,9 @@ construction needed, then solves under ``memray.Tracker``, which records every a
 the solve (native allocations included: torch's tensors are malloc'd). The solver's peak is the
 problem's bytes plus memray's high-water mark of the solve — the bytes of all tensors alive at the
 solve's high point, not an RSS estimate — and is compared with the budget (2p² + 3pm)·8 bytes that
-issue #11 states (H and one inverse; G, Ŵ and W). Beside it: the solve's wall time, its objective and
-a hash of its kept groups, so that a memory change can be checked to change no result. Writes
+issue #11 states (H and one inverse; G, Ŵ and W). Beside it: the solve's wall time (with the
+machine's 1-minute load average: other jobs inflate it), its objective and a hash of its kept
+groups, so that a memory change can be checked to change no result. Writes
 ``results/solver_memory.json`` with the versions and thread count used.
 """
 
@@ -62,7 +63,7 @@ def measure_one(shape: str, method: str, threads: int) -> dict[str, Any]:
     return {"shape": shape, "method": method, "p": P.p, "m": P.m, "group_size": P.group_size, "k": P.k,
             "blocks": P.blocks, "threads": threads, "problem_bytes": problem_bytes, "solve_peak_bytes": tracked,
             "peak_bytes": peak, "budget_bytes": budget, "peak_over_budget": peak / budget,
-            "seconds": seconds, "objective": result.objective,
+            "seconds": seconds, "load_average_1min": os.getloadavg()[0], "objective": result.objective,
             "kept_sha1": hashlib.sha1(json.dumps(kept).encode()).hexdigest()[:16]}
 
 

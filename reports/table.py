@@ -103,6 +103,7 @@ class Table:
     margins: dict[str, Margin] = field(default_factory=dict)  # value col -> noise (see module docstring)
     margin_note: str = ""  # how the margins were set, for the caption
     significant: pd.DataFrame | None = None  # explicit bold mask over value_cols (overrides the ranking)
+    significant_note: str = "Bold: significantly better than the reference"  # what that mask means
 
     def __post_init__(self) -> None:
         self.data = self.data.reset_index(drop=True)
@@ -162,7 +163,7 @@ class Table:
         parts = [f"{DIRECTION_WORDS[d]}: {', '.join(cs) if len(cs) < len(self.directions) else 'all ranked columns'}"
                  for d, cs in by.items()]
         if self.significant is not None:
-            scope = "Bold: significantly better than the reference"
+            scope = self.significant_note
         else:
             where = ("over the whole grid" if self.scope == "table" else
                      f"per column{' within each ' + ' / '.join(self.group_by) if self.group_by else ''}")

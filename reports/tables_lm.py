@@ -306,7 +306,9 @@ def lm_ablation_tables(records, spec: LmAblation = CALIBRATION) -> list[Table]:
                 formats={**{k: ".2f" for k in ("ppl mean", "ppl min", "ppl max", "held-out / calib.")},
                          **{k: ".3f" for k in vcols if k.startswith("ratio")}, "seeds": ".0f",
                          "calib. error": ".4f", "held-out error": ".4f"},
-                group_by=[label], notes=fixture_note(sub) + notes, significant=bold))
+                group_by=[label], notes=fixture_note(sub) + notes, significant=bold,
+                significant_note="Bold: the per-seed ratio to the reference is below 1 on every seed (not a "
+                                 "significance test: see the paired 95% ranges in the figure)"))
     if len(tables) == 1:  # the usual case: one model, one corpus
         tables[0].name = "lm_calibration" if spec is CALIBRATION else "lm_damping"
     return tables
