@@ -68,12 +68,24 @@ def tiny_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir):
     """A saved tiny Llama (GQA) with the tiny tokenizer: a local model folder for run_lm / CLI."""
+    return saved_model_dir(tmp_path_factory.mktemp("tiny_llama"), tiny_llama_config(max_position_embeddings=256),
+                           tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_opt_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A saved tiny OPT with the tiny tokenizer: a local model folder for run_lm / CLI."""
+    return saved_model_dir(tmp_path_factory.mktemp("tiny_opt"), tiny_opt_config(max_position_embeddings=256),
+                           tiny_tokenizer_dir)
+
+
+def saved_model_dir(path, config, tokenizer_dir):
+    """A random model of ``config`` saved to ``path`` with the tokenizer files of ``tokenizer_dir``."""
     import shutil
 
-    path = tmp_path_factory.mktemp("tiny_llama")
-    make_model(tiny_llama_config(max_position_embeddings=256)).save_pretrained(path)
-    for f in os.listdir(tiny_tokenizer_dir):
-        shutil.copy(os.path.join(tiny_tokenizer_dir, f), path)
+    make_model(config).save_pretrained(path)
+    for f in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, f), path)
     return path
 
 

@@ -175,18 +175,6 @@ def test_lazy_checkpoint_reads_hub_opt_names_without_the_model_prefix(tmp_path):
 
 
 # -- the whole run (run_lm, CLI, plan, config) ------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_opt_dir(tmp_path_factory, tiny_tokenizer_dir):
-    import os
-    import shutil
-
-    path = tmp_path_factory.mktemp("tiny_opt")
-    make_model(tiny_opt_config(max_position_embeddings=256)).save_pretrained(path)
-    for f in os.listdir(tiny_tokenizer_dir):
-        shutil.copy(os.path.join(tiny_tokenizer_dir, f), path)
-    return path
-
-
 def _timeless(layers):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in layers]
 
