@@ -95,7 +95,7 @@ class SupportState:
             self._W = problem.W_dense  # H⁻¹(H Ŵ) = Ŵ exactly; shared until the first write
         else:
             self._W = self._E @ problem.G[rows]
-        self._owned = {"E": True, "W": self._W is not problem.W_dense}
+        self._W_shared = self._W is problem.W_dense  # E is always this state's own; W until its first write
         self.deferred = deferred
         self._track = track_pruned
         self.pruned: PrunedSetInverse | None = None
@@ -112,13 +112,12 @@ class SupportState:
     def _U(self) -> Tensor:
         return self._U_buf[:, :self._r]
 
-    def _writable(self, name: str) -> Tensor:
-        """``_E`` or ``_W`` for an in-place update, copied first if it is shared."""
-        attr = "_" + name
-        if not self._owned[name]:
-            setattr(self, attr, getattr(self, attr).clone())
-            self._owned[name] = True
-        return getattr(self, attr)
+    def _writable_W(self) -> Tensor:
+        """``_W`` for an in-place update, copied first while it is still the problem's Ŵ."""
+        if self._W_shared:
+            self._W = self._W.clone()
+            self._W_shared = False
+        return self._W
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -144,7 +143,7 @@ class SupportState:
         new = object.__new__(SupportState)
         new.__dict__.update(self.__dict__)  # problem, s and deferred are shared and read-only
         new.groups, new.kept = self.groups.clone(), self.kept.clone()
-        new._E, new._W, new._owned = self._E.clone(), self._W.clone(), {"E": True, "W": True}
+        new._E, new._W, new._W_shared = self._E.clone(), self._W.clone(), False
         new._U_buf, new._U_blocks = self._U_buf.clone(), self._U_blocks.clone()
         new.pruned = self.pruned.copy() if with_pruned and self.pruned is not None else None
         return new
@@ -277,11 +276,11 @@ class SupportState:
         L = torch.linalg.cholesky(E_R[:, rows])
         V = torch.linalg.solve_triangular(L, E_R, upper=False).T  # (a, b) = E[:, R] L⁻ᵀ
         D = torch.linalg.solve_triangular(L, self._W[rows], upper=False)  # (b, m) = L⁻¹ W_R
-        W = self._writable("W")
+        W = self._writable_W()
         W.addmm_(V, D, alpha=-1.0)
         W[rows] = 0
         if eager:
-            E = self._writable("E")
+            E = self._E
             E.addmm_(V, V.T, alpha=-1.0)
             # Rows R are now zero in exact arithmetic: zero them (contiguous); the columns hold
             # rounding residue only and are masked in later updates or dropped at compaction.
@@ -310,13 +309,12 @@ class SupportState:
         if not compact and self._r == 0:
             return
         E, W = self._E, self._W
-        if compact:  # in place (E is always owned; W and U once owned): no second copy of either
+        if compact:  # in place: no second copy of E, W or U (W is this state's own once a removal wrote it)
             pos = block_rows(torch.nonzero(live).flatten(), self.s)
             E = compact_square_(E, pos)
-            W = compact_rows_(W, pos) if self._owned["W"] else W.index_select(0, pos)
+            W = compact_rows_(self._writable_W(), pos)
             U = compact_rows_(self._U_buf, pos)[:, :self._r] if self._r else U[:len(pos)]
             self.groups = self.groups[live]
-            self._owned["W"] = True
         if U.shape[1]:
             E = symmetric_downdate_(E, U)
         if not compact:
@@ -355,7 +353,7 @@ class SupportState:
         torch.addmm(self._W, B, W_A, alpha=-1.0, out=W[:a])  # into place, the old one freed before
         W[a:] = W_A                                         # the next is allocated
         self._W = W
-        self._owned = {"E": True, "W": True}
+        self._W_shared = False
         del W
         E = self._E.new_empty((a + na, a + na))
         torch.addmm(self._E, BC, B.T, out=E[:a, :a])

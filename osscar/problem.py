@@ -259,7 +259,7 @@ class LayerProblem:
         if cross is not None:
             _check_matrix("cross", cross, rows=p, cols=p)
             _check_finite("cross", cross)
-        H = H_raw.to(SOLVER_DTYPE, copy=True)
+        H = H_raw.to(SOLVER_DTYPE)  # H_raw itself when float64: the sum below is the new matrix
         H = torch.add(H, H.T).mul_(0.5)  # symmetrised with one temporary: H + Hᵀ, halved in place
         W = W_dense.to(SOLVER_DTYPE, copy=True)
         dead = torch.diagonal(H) == 0
@@ -275,9 +275,8 @@ class LayerProblem:
         if cross is None:
             G = H @ W
         else:
-            C = cross.to(SOLVER_DTYPE).clone()
-            C[dead, :] = 0
-            C[:, dead] = 0
+            C = cross.to(SOLVER_DTYPE, copy=True)
+            C[dead, :] = 0  # (its dead columns meet the zero rows of W)
             G = C @ W
         return cls(H=H, G=G, W_dense=W, group_size=group_size, k=k, damping=float(damping),
                    activations=activations, producer_weight=producer_weight, name=name,

@@ -109,8 +109,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
             back = best_back(gains, out, state.problem)  # None: a block of `out` has nothing to put back
             # ΔQ of the swap, read off K: the joint cost of taking `out` out minus the joint gain
             # of putting `back` in (the full bordered K is built only for an accepted swap)
-            q_trial = (trial.removal_cost - trial.joint_gain(back)) if back is not None else 0.0
-            if q_trial < -1e-12 * max(1.0, abs(q)):
+            if back is not None and trial.removal_cost - trial.joint_gain(back) < -1e-12 * max(1.0, abs(q)):
                 new = state.copy(with_pruned=False)
                 new.remove(out)
                 new.add(back)
@@ -119,8 +118,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
                     state.take(new)  # in place: the old E and W go (the caller holds this state too)
                     del new
                     q = q_new
-                    state.pruned = None  # the trial holds the old pruned set until it is bordered
-                    state.pruned = trial.commit(back)
+                    state.pruned = trial.commit(back)  # take() left none: the trial holds the old one
                     del trial
                     order = torch.argsort(state.costs())
                     accepted += 1
@@ -131,7 +129,7 @@ def local_search(state: SupportState, swap: int, max_iter: int, min_swap: int,
             del trial
             rejected += 1
         if rejected >= patience:
-            if swap // 2 >= max(min_swap, 1) and min_swap < swap:
+            if swap // 2 >= max(min_swap, 1):
                 swap //= 2
                 rejected = 0
             else:

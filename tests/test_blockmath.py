@@ -1,5 +1,7 @@
 """osscar.blockmath's in-place compactions and gathers, and the pruned-set matrix built from H and E."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -118,3 +120,19 @@ def test_take_refuses_a_state_of_another_problem(make_problem):
     a, b = SupportState(make_problem(0, 6, 1, 3)), SupportState(make_problem(1, 6, 1, 3))
     with pytest.raises(ValueError, match=r"^take\(\): the other state must belong to the same problem$"):
         a.take(b)
+
+
+def test_gather_matmul_writes_each_chunk_into_its_own_rows():
+    """Every chunk's product lands in its slice of the output (no deprecated resize of a wrong-sized
+    ``out``: warnings are errors here)."""
+    A, B = torch.randn(12, 12, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    rows, cols = torch.tensor([0, 5, 6, 7, 11]), torch.tensor([1, 2, 3, 9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = gather_matmul(A, rows, cols, B, chunk=2)
+    torch.testing.assert_close(out, A[rows][:, cols] @ B, rtol=1e-14, atol=1e-14)
+
+
+def test_compact_square_of_every_row_is_the_matrix_itself():
+    A = _spd(6)
+    assert compact_square_(A, torch.arange(6)) is A

@@ -28,7 +28,10 @@ def test_the_committed_families_match_only_their_own_kind_of_mutant():
     assert family("x = torch.zeros(n, device=A.device)", "x = torch.zeros(n, )") == "cpu-device"
     assert family("x = torch.zeros(n, device=A.device)", "x = torch.zeros(n + 1, device=A.device)") is None
     assert family('return {"stages": s}', 'return {"STAGES": s}') is None
-    assert family('new._owned = {"E": True, "W": True}', 'new._owned = {"E": False, "W": True}') == "ownership-flag"
+    assert family("self._W_shared = False", "self._W_shared = None") == "ownership-flag"
+    assert family("self._W_shared = self._W is problem.W_dense", "self._W_shared = self._W is not problem.W_dense") is None
+    assert family("for i0 in range(0, len(rows), chunk):", "for i0 in range(0, len(rows), ):") == "slice-size"
+    assert family("for i0 in range(0, H.shape[0], 64):", "for i0 in range(1, H.shape[0], 64):") is None
     assert family('d[~a] = float("inf")', 'd[~a] = float("INF")') == "inf-spelling"
     assert family("n = H.shape[0] // s", "n = H.shape[1] // s") == "square-matrix"
     assert family("n = W.shape[0] // s", "n = W.shape[1] // s") is None

@@ -269,3 +269,38 @@ def test_pruned_set_joint_gain_matches_direct_recomputation(make_problem, group_
     kept = torch.nonzero(st.kept).flatten()
     back = torch.tensor([4, 8])
     assert st.pruned.joint_gain(back) == pytest.approx(_q(P, kept) - _q(P, torch.cat([kept, back])), rel=1e-9)
+
+
+def test_the_support_inverse_is_row_major_and_a_deferred_state_keeps_removals_pending(make_problem):
+    """E comes out of LAPACK column-major and is stored as its (equal) transpose, so in-place
+    compactions need no copy; a deferred state keeps a small removal as a pending factor."""
+    P = make_problem(3, 12, 2, 6)
+    for deferred in (False, True):
+        st = SupportState(P, deferred=deferred)
+        assert st._E.is_contiguous()
+        st.remove(torch.tensor([3]))
+        assert (st._r > 0) == deferred
+        _check_state(P, st)
+
+
+def test_a_state_on_no_groups_has_empty_matrices(make_problem):
+    P = make_problem(2, 6, 2, 3)
+    st = SupportState(P, torch.zeros(0, dtype=torch.long))
+    assert st.E.shape == (0, 0) and st.W.shape == (0, P.m) and st.objective() == 0.0
+    assert bool(torch.isinf(st.costs()).all())
+    st.add(torch.tensor([1, 4]))
+    _check_state(P, st)
+
+
+def test_swap_trial_needs_the_pruned_set_inverse(make_problem):
+    with pytest.raises(ValueError, match=r"^swap_trial needs SupportState\(problem, track_pruned=True\)$"):
+        SupportState(make_problem(0, 6, 1, 3)).swap_trial(torch.tensor([0]))
+
+
+def test_the_excess_of_a_full_support_is_zero(make_problem):
+    P = make_problem(0, 6, 1, 3)
+    st = SupportState(P, track_pruned=True)
+    st.track_pruned()
+    assert st.pruned.excess() == 0.0
+    st.remove(torch.tensor([2]))
+    assert st.pruned.excess() == pytest.approx(_q(P, [0, 1, 3, 4, 5]) - P.dense_objective(), rel=1e-8)

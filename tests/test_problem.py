@@ -284,3 +284,50 @@ def test_symmetry_is_judged_relative_to_the_scale_of_H(scale, rel_asym, ok):
     else:
         with pytest.raises(ValueError, match="H_raw must be symmetric"):
             LayerProblem.from_calibration(H, torch.ones(4, 1, dtype=torch.float64), 1, 2)
+
+
+def test_from_calibration_leaves_its_inputs_alone():
+    """Damping, symmetrising and pinning dead features work on copies: the caller's float64 H_raw,
+    Ŵ and cross (the same tensors a sweep reuses for the next method) are unchanged."""
+    H, C = _spd(4, 21), _spd(4, 22)
+    H[2, :] = H[:, 2] = 0  # a dead feature: its row of W is zeroed in the problem only
+    W = torch.randn(4, 3, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    before = (H.clone(), W.clone(), C.clone())
+    for cross in (None, C):
+        P = LayerProblem.from_calibration(H, W, 1, 2, damping=0.1, cross=cross)
+        assert float(P.W_dense[2].abs().sum()) == 0 and float(P.H[2, 2]) > 0
+    for t, b in zip((H, W, C), before):
+        assert torch.equal(t, b)
+
+
+def test_objective_counts_a_row_of_ones():
+    """Rows are live when nonzero: a row whose entries are all 1 counts like any other."""
+    H = _spd(3, 24)
+    P = LayerProblem.from_calibration(H, torch.ones(3, 2, dtype=torch.float64), 1, 2, damping=0.0)
+    W = torch.tensor([[1.0, 1.0], [0.0, 0.0], [2.0, -1.0]], dtype=torch.float64)
+    expected = 0.5 * float((W * (P.H @ W)).sum()) - float((P.G * W).sum())
+    assert P.objective(W) == pytest.approx(expected, rel=1e-12)
+
+
+def test_calibration_error_names_a_wrong_shape_and_keeps_small_energies():
+    H = _spd(4, 25) * 1e-6  # output energy far below 1: still a ratio, not NaN
+    W = torch.randn(4, 2, generator=torch.Generator().manual_seed(26), dtype=torch.float64) * 1e-3
+    P = LayerProblem.from_calibration(H, W, 1, 2, damping=0.0)
+    err, rel = P.calibration_error(W * 0.5)
+    assert rel == pytest.approx(0.25, rel=1e-9) and err > 0
+    with pytest.raises(ValueError, match="W must have 4 rows"):
+        P.calibration_error(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="W must have 2 columns"):
+        P.calibration_error(torch.zeros(4, 3, dtype=torch.float64))
+
+
+def test_the_scale_of_the_symmetry_check_includes_the_first_row():
+    """The largest entry of H is H[0, 0]: an asymmetry of 1e-3 is 1e-7 of that scale (accepted) though it
+    is 1e-3 of every other row's."""
+    H = torch.eye(8, dtype=torch.float64)
+    H[0, 0] = 1e4
+    H[5, 6] = 1e-3
+    assert LayerProblem.from_calibration(H, torch.ones(8, 1, dtype=torch.float64), 1, 4).p == 8
+    H[0, 0] = 1.0
+    with pytest.raises(ValueError, match="H_raw must be symmetric"):
+        LayerProblem.from_calibration(H, torch.ones(8, 1, dtype=torch.float64), 1, 4)

@@ -293,3 +293,35 @@ def test_local_search_under_a_partition_skips_a_block_with_nothing_to_put_back(m
         st, _ = local_search(_state_on(P, [0, 1, 2, 4, 5, 6]), swap=2, max_iter=6, min_swap=2, patience=6)
         assert torch.bincount(P.block_of(torch.nonzero(st.kept).flatten()), minlength=2).tolist() == [3, 3]
     assert any(nones)
+
+
+def test_local_search_builds_the_pruned_set_inverse_once_and_copies_none(monkeypatch):
+    """An accepted swap carries the trial's bordered, shrunk K into the state (no rebuild from H̄ and E
+    for the next trial) and the trial copies of the support leave K out."""
+    from osscar.pruned_set import PrunedSetInverse
+
+    P = random_problem(4, 10, 1, 5)
+    st = _state_on(P, list(range(5, 10)))
+    st.track_pruned()
+    built, copied = [], []
+    monkeypatch.setattr(PrunedSetInverse, "from_support", classmethod(lambda *a, **k: built.append(1)))
+    monkeypatch.setattr(PrunedSetInverse, "copy", lambda self: copied.append(1))
+    st, info = local_search(st, swap=2, max_iter=10, min_swap=1)
+    assert info["swaps_accepted"] >= 2 and info["swaps_tried"] > info["swaps_accepted"]
+    assert built == [] and copied == []
+    monkeypatch.undo()
+    direct = SupportState(P, torch.nonzero(st.kept).flatten(), track_pruned=True)
+    direct.track_pruned()
+    torch.testing.assert_close(st.gains(), direct.gains(), rtol=1e-8, atol=1e-10)
+
+
+def test_local_search_halves_the_swap_down_to_min_swap():
+    """From the exact optimum every trial is rejected: swap 4 → 2 → 1 with min_swap 1 (patience trials
+    each), 4 → 2 with min_swap 2, and no halving with min_swap = swap (the OPT rule); an odd swap halves
+    by integer division (3 → 1)."""
+    P = random_problem(1, 16, 1, 8)
+    _, best = brute_force(P)
+    for swap, min_swap, patience, tried in ((4, 1, 1, 3), (4, 2, 1, 2), (4, 4, 1, 1), (4, 1, 2, 6), (3, 1, 1, 2),
+                                            (3, 2, 1, 1)):
+        _, info = local_search(_state_on(P, best), swap=swap, max_iter=30, min_swap=min_swap, patience=patience)
+        assert (info["swaps_tried"], info["swaps_accepted"]) == (tried, 0), (swap, min_swap, patience)
