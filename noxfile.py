@@ -55,7 +55,7 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff on the code."""
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "osscar", "baselines", "benchmarks", "results", "reports", "tests", "noxfile.py")
+    session.run("ruff", "check", "osscar", "baselines", "benchmarks", "reports", "tests", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

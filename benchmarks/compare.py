@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from results.store import ResultStore, RunRecord
+from benchmarks.store import ResultStore, RunRecord
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 from benchmarks.resources import Resources, resources_for  # noqa: F401  (re-exported)
 from benchmarks.sweep import RunSpec
 from benchmarks.worker import Outcome, run_claimed
-from results.store import config_key
+from benchmarks.store import config_key
 
 EXECUTORS = ("local", "ray", "slurm", "submitit-local")
 EXTRA = "pip install -e '.[cluster]'  (ray, submitit)"

@@ -56,7 +56,7 @@ def layers_for(family: str, vocab: int, target_bytes: int) -> int:
 
 def write_corpus_and_tokenizer(work: Path, vocab: int = 8192, seed: int = 0) -> tuple[Path, Any]:
     """A synthetic text corpus (``corpus.txt``, 400 documents of random words, blank-line separated: a
-    user corpus, :mod:`osscar.lm.data`) and a byte-level BPE tokenizer of ``vocab`` tokens trained on it."""
+    user corpus, :mod:`osscar.lm.text.data`) and a byte-level BPE tokenizer of ``vocab`` tokens trained on it."""
     import random
 
     from tokenizers import ByteLevelBPETokenizer
@@ -81,7 +81,7 @@ def write_random_model(folder: Path, family: str, target_bytes: int, tok: Any, s
     from transformers import AutoModelForCausalLM
 
     from osscar.lm.adapters import get_adapter
-    from osscar.lm.shards import ShardWriter
+    from osscar.lm.offloading.shards import ShardWriter
 
     n_layers = layers_for(family, len(tok), target_bytes)
     config = family_config(family, len(tok), n_layers)

@@ -6,7 +6,7 @@
     python -m benchmarks.run --all --executor ray --ray-address HEAD:6379 --store /shared/osscar/records
 
 All sweeps named are expanded and validated before the first run starts. Every run is claimed
-with a lease in the store (results.leases), so several submissions on one store, from any
+with a lease in the store (benchmarks.leases), so several submissions on one store, from any
 executor, run each config once; a run that fails leaves a failure entry that --retry-failed
 reruns. `python -m benchmarks.status STORE [SWEEP...]` shows where a store stands.
 """
@@ -22,8 +22,8 @@ from benchmarks.executors import EXECUTORS, ExecutorError, Options, make_executo
 from benchmarks.resources import resources_for
 from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
 from benchmarks.worker import execute  # noqa: F401  (re-exported: one run without a lease)
-from results.leases import DEFAULT_EXPIRY_S, Coordinator
-from results.store import ResultStore, config_key
+from benchmarks.leases import DEFAULT_EXPIRY_S, Coordinator
+from benchmarks.store import ResultStore, config_key
 
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "records"
 

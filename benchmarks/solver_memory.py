@@ -68,7 +68,7 @@ def measure_one(shape: str, method: str, threads: int) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str | None]:
-    from results.provenance import git_state, package_versions
+    from benchmarks.provenance import git_state, package_versions
 
     return {**package_versions(("torch", "numpy", "memray", "osscar-harness")), "git": git_state()}
 

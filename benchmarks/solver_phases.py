@@ -28,7 +28,7 @@ from osscar.methods import make_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
 from osscar.solver import OSSCAR, default_p_hat, default_t_hat, gradual_removal, local_search
-from results.provenance import cpu_model, git_state, package_versions
+from benchmarks.provenance import cpu_model, git_state, package_versions
 
 HEAD_SHAPES = ("heads-9x64", "heads-12x64", "heads-32x64", "gqa-32x64-kv8")
 VARIANTS = {"ziplm": ("ziplm", {}), "osscar": ("osscar", {}),

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
-from results.leases import Coordinator
-from results.store import ResultStore, config_key
+from benchmarks.leases import Coordinator
+from benchmarks.store import ResultStore, config_key
 
 STATES = ("done", "running", "stale", "failed", "not started")
 

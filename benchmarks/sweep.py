@@ -102,7 +102,7 @@ class Sweep:
 
     def runs(self) -> list[RunSpec]:
         """Build every run's config; unknown keys or invalid values raise before any run."""
-        from results.store import canonical_json
+        from benchmarks.store import canonical_json
 
         pipeline = get_pipeline(self.pipeline)
         cls = pipeline.config_class()

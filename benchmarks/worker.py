@@ -16,9 +16,9 @@ from typing import Any
 
 from benchmarks.pipelines import get_pipeline
 from benchmarks.sweep import RunSpec
-from results.leases import DEFAULT_EXPIRY_S, Coordinator, worker_id
-from results.provenance import provenance
-from results.store import ResultStore, RunRecord, config_key
+from benchmarks.leases import DEFAULT_EXPIRY_S, Coordinator, worker_id
+from benchmarks.provenance import provenance
+from benchmarks.store import ResultStore, RunRecord, config_key
 
 
 def _now() -> str:

@@ -162,7 +162,7 @@ class OSSCAR(PruningMethod):
         max_iter: maximum number of Stage-B swap trials.
         min_swap: after rejected swaps, halve the swap size down to this floor (default 1, the
             vision code's rule; None: no halving, the OPT code's rule). On SmolLM2's FFN layers the
-            halving is what lets OSSCAR beat ZipLM's objective (python -m osscar.lm.diagnose).
+            halving is what lets OSSCAR beat ZipLM's objective (python -m osscar.lm.evaluation.diagnose).
         patience: rejected trials in a row before halving or stopping; each retry takes out the
             next-cheapest block of groups (1: stop at the first failure, the OPT code's rule;
             the default 2 allows one retry, which on 10–14-group problems lifts the share of exact

@@ -23,7 +23,7 @@ import pandas as pd
 from reports.paired import paired_ratios
 from reports.records import frame
 from reports.tables_common import dedupe, method_labels, method_rank
-from results.store import RunRecord, canonical_json
+from benchmarks.store import RunRecord, canonical_json
 
 REFERENCE = "ziplm"
 GRID_FIELDS = ("method", "seed", "damping")  # ignored when matching a borrowed run to the damping runs

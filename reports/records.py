@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from results.store import ResultStore, RunRecord
+from benchmarks.store import ResultStore, RunRecord
 
 
 def dig(obj: Any, *path: Any) -> Any:

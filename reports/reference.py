@@ -18,7 +18,7 @@ SOURCE_PPL = "GPTQ / SparseGPT papers (dense fp16 OPT, GPTQ perplexity protocol)
 SOURCE_CLAIMS = "OSSCAR paper abstract (Meng et al., ICML 2024), via PROTOCOL.md"
 SOURCE_VISION = "earlier papers of the OSSCAR authors' lab, via PROTOCOL.md (unverified)"
 
-# model id -> corpus (our corpus names, osscar.lm.data.CORPORA) -> published dense perplexity
+# model id -> corpus (our corpus names, osscar.lm.text.data.CORPORA) -> published dense perplexity
 DENSE_PPL: dict[str, dict[str, float]] = {
     "facebook/opt-1.3b": {"wikitext2": 14.62, "ptb": 20.29, "c4": 16.07},
     "facebook/opt-2.7b": {"wikitext2": 12.47, "ptb": 17.97, "c4": 14.34},

@@ -44,8 +44,8 @@ def test_each_default_is_printed_once(name):
 
 def test_option_lists_agree_with_their_implementations():
     from osscar import options
-    from osscar.lm.data import CORPORA
-    from osscar.lm.models import EMBEDDED_MODELS
+    from osscar.lm.text.data import CORPORA
+    from osscar.lm.sources.models import EMBEDDED_MODELS
     from osscar.lm.run import ALLOCATIONS
 
     assert tuple(sorted(CORPORA)) == options.CORPUS_NAMES

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from benchmarks.compare import TOLERANCES, compare_pair, compare_stores, main, update_reference
-from results.store import ResultStore, RunRecord
+from benchmarks.store import ResultStore, RunRecord
 
 
 def lm_record(ppl: float = 100.0, kept=(0, 1), objective: float = -10.0, acc: float = 0.5, wall: float = 10.0,

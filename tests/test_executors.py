@@ -14,8 +14,8 @@ import pytest
 
 from benchmarks.run import main as run_main
 from benchmarks.status import main as status_main
-from results.leases import Coordinator
-from results.store import ResultStore
+from benchmarks.leases import Coordinator
+from benchmarks.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLVER_SWEEP = """
@@ -214,7 +214,7 @@ def test_status_shows_running_stale_and_not_started(tmp_path, capsys):
     store = tmp_path / "store"
     store.mkdir()
     from benchmarks.sweep import load_sweep
-    from results.store import config_key
+    from benchmarks.store import config_key
 
     specs = load_sweep(sweep).runs()
     keys = [config_key(s.pipeline, s.key_config) for s in specs]

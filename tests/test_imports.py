@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("osscar", "baselines", "benchmarks", "reports", "results")
+PACKAGES = ("osscar", "baselines", "benchmarks", "reports")
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -281,7 +281,7 @@ def test_stale_outputs_removed(tmp_path):
 
 def test_degenerate_records_do_not_crash(tmp_path):
     """Records with empty metrics (a pipeline that returned nothing) are reported as missing, not invented."""
-    from results.store import ResultStore, RunRecord
+    from benchmarks.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
     lm_cfg = {"model": "smollm2-135m", "method": "osscar", "head_fraction": 0.3, "neuron_fraction": 0.2,
@@ -323,7 +323,7 @@ def test_lm_paired_table_compares_each_method_with_ziplm_on_the_same_windows(tmp
     import math
 
     from reports.tables_lm import lm_paired_tables
-    from results.store import ResultStore, RunRecord
+    from benchmarks.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
     cfg = {"model": "smollm2-135m", "head_fraction": 0.5, "neuron_fraction": 0.5, "eval_corpora": ["wiki-gensim"],
@@ -348,7 +348,7 @@ def test_perplexity_bold_needs_a_paired_range_below_one(tmp_path):
     import math
 
     from reports.tables_lm import lm_perplexity_tables
-    from results.store import ResultStore, RunRecord
+    from benchmarks.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
     cfg = {"model": "smollm2-135m", "head_fraction": 0.5, "neuron_fraction": 0.5, "eval_corpora": ["wiki-gensim"],
@@ -367,7 +367,7 @@ def test_perplexity_bold_needs_a_paired_range_below_one(tmp_path):
 
 def test_layer_error_table_means_over_layers_and_ratio(tmp_path):
     from reports.tables_lm import lm_layer_error_tables
-    from results.store import ResultStore, RunRecord
+    from benchmarks.store import ResultStore, RunRecord
 
     store = ResultStore(tmp_path / "store")
     cfg = {"model": "smollm2-135m", "head_fraction": 0.5, "neuron_fraction": 0.5, "eval_corpora": ["wiki-gensim"],

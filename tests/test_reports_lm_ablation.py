@@ -23,7 +23,7 @@ from reports import build_report
 from reports.lm_ablation import CALIBRATION, DAMPING, ablation_runs, seed_verdict
 from reports.records import load_records
 from reports.tables_lm import lm_calibration_tables, lm_damping_tables, lm_layer_error_section
-from results.store import ResultStore, RunRecord
+from benchmarks.store import ResultStore, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "results" / "records" / "lm_perplexity" / "1d4892c8cee27ae6.json"  # osscar, 50% heads+neurons

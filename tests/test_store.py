@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.run import main as run_main
-from results.store import QUARANTINE, BadRecord, ResultStore, RunRecord
+from benchmarks.store import QUARANTINE, BadRecord, ResultStore, RunRecord
 
 SWEEP = """
 name = "toy"

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.run import main as run_main
 from benchmarks.sweep import load_sweep, sweep_files
-from results.store import ResultStore
+from benchmarks.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def test_fields_added_later_keep_old_run_keys_at_their_neutral_value():
     """A new config field at the value that reproduces the old behaviour (device="cpu") is left
     out of the run key, so committed records keep their keys; any other value is part of it."""
     from benchmarks.pipelines import get_pipeline
-    from results.store import config_key
+    from benchmarks.store import config_key
 
     lm = get_pipeline("lm")
     old = {"model": "smollm2-135m", "method": "osscar", "threads": 1}

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     flags = parser_flags(parser, FIELD_FLAGS)
-    from osscar.lm.data import CorpusUnavailable
+    from osscar.lm.text.data import CorpusUnavailable
     from osscar.lm.plan import check_memory
     from osscar.lm.run import run_lm, write_json_atomic
 

@@ -9,7 +9,7 @@ of its items:
 * ``prune`` — on the device: the resident model; the calibration activations of one block, in
   (block 0's captured inputs, then each block's outputs) and out, ``n·seqlen·d`` in ``dtype``
   each; the MLP consumer's inputs kept for the no-rerun step (``n·seqlen·ffn`` float32, only when
-  they fit in :data:`osscar.lm.calibration.SHORTCUT_BYTES`); one batch's block forward (attention
+  they fit in :data:`osscar.lm.calibrate.calibration.SHORTCUT_BYTES`); one batch's block forward (attention
   scores, MLP intermediates, the Hessian hook's float32 copy); and the largest consumer's solve
   in float64 (:func:`solve_parts`): the problem's ``H: (p, p)`` (the accumulated ``H_raw`` only while it is built),
   ``G, Ŵ: (p, m)`` and the method's working set (:func:`solver_working_set`).
@@ -17,13 +17,13 @@ of its items:
   (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
   dense copy of the model (built on a latency-cache miss).
 
-With block offloading (``offload`` ``cpu`` or ``disk``, :mod:`osscar.lm.offload`) the device holds
+With block offloading (``offload`` ``cpu`` or ``disk``, :mod:`osscar.lm.offloading.offload`) the device holds
 one block at a time. ``prune``: one block's weights, the embeddings / LM head / final norm
 (counted beside it, although they visit the device only for the capture), one batch's block
 input and output, and the same forward and solve; the activations of all segments (in, out and
 the no-rerun step's MLP inputs) wait on the host. ``evaluate``: one block, the embeddings and LM
 head, one window's hidden states and logits on the device; one chunk of windows' hidden states
-(at most :data:`osscar.lm.streaming_eval.EVAL_HOST_BYTES`) on the host. ``cpu`` keeps the whole
+(at most :data:`osscar.lm.offloading.streaming_eval.EVAL_HOST_BYTES`) on the host. ``cpu`` keeps the whole
 model in host memory; ``disk`` holds there only the block being read (and, pruning, its sliced
 copy being written). On a CPU device the host column repeats the device's.
 
@@ -207,7 +207,7 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     if dtype not in MODEL_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
     if shortcut_bytes is None:
-        from osscar.lm.calibration import SHORTCUT_BYTES
+        from osscar.lm.calibrate.calibration import SHORTCUT_BYTES
 
         shortcut_bytes = SHORTCUT_BYTES
     b = DTYPE_BYTES[dtype]
@@ -258,7 +258,7 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     # evaluate: the resident model (or one block, the embeddings and LM head), one window's logits
     logits = ("logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
     if offloaded:
-        from osscar.lm.streaming_eval import EVAL_HOST_BYTES
+        from osscar.lm.offloading.streaming_eval import EVAL_HOST_BYTES
 
         add("evaluate", "one block (resident)", count(shape.block_params), block)
         add("evaluate", "embeddings, LM head, norm", count(shape.other_params), rest)
@@ -327,7 +327,7 @@ def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
     plan's device peak exceeds ``max_device_memory`` or, unset, :func:`available_bytes`.
     """
     from osscar.devices import resolve_device
-    from osscar.lm.models import load_config
+    from osscar.lm.sources.models import load_config
 
     device = resolve_device(config.device, "device")
     mconf = load_config(config.model, config.cache_dir)

@@ -7,7 +7,7 @@ for ``n_samples × seqlen`` tokens) before it loads the weights.
 
 Per-layer targets: ``head_fraction`` of the attention groups (heads for OPT, whole KV groups for
 Llama/GQA) and ``neuron_fraction`` of the MLP neurons are removed in every block; or ``speedup``
-S sets both to 1 − 1/S (block-FLOPs model in :mod:`osscar.lm.measure`). A fraction r of n groups
+S sets both to 1 − 1/S (block-FLOPs model in :mod:`osscar.lm.evaluation.measure`). A fraction r of n groups
 removes round(r·n) groups, ties rounded down, at least one group kept; the fractions actually
 applied are reported (``applied``).
 
@@ -17,19 +17,19 @@ target ``speedup`` is then a *measured-latency* speedup of the decoder blocks at
 FLOPs; embeddings and the LM head are neither pruned nor counted — and every block gets its own
 widths. Two passes:
 
-1. *Loss curves on the dense model.* :func:`osscar.lm.calibration.collect_loss_curves` runs one
+1. *Loss curves on the dense model.* :func:`osscar.lm.calibrate.calibration.collect_loss_curves` runs one
    calibration forward through the dense model (nothing pruned) and, for every block and
    consumer, one Stage-A gradual-removal pass (:func:`osscar.allocation.removal_path`) giving the
    least-squares loss at every candidate level, normalised by the dense output energy
    ½ tr(ŴᵀHŴ) so that layers are comparable.
-2. *Allocate.* :func:`osscar.lm.latency.latency_table` (measured once, cached) gives the latency
+2. *Allocate.* :func:`osscar.lm.evaluation.latency.latency_table` (measured once, cached) gives the latency
    of each candidate level: attention at every group count, the MLP at ``allocation_mlp_levels``
    widths. With T_dense the table's predicted dense latency and T_fixed its unprunable part
    (embeddings, norms, LM head, per-block rest, blocks not pruned) and T_model the embeddings/LM
    head alone, the multiple-choice knapsack :func:`osscar.allocation.allocate` picks one level per
    consumer minimising the summed loss subject to
    Σ latency ≤ T_model + (T_dense − T_model) / speedup − T_fixed.
-3. *Prune.* :func:`osscar.lm.calibration.prune_model_sequential` prunes sequentially (pruned-model
+3. *Prune.* :func:`osscar.lm.calibrate.calibration.prune_model_sequential` prunes sequentially (pruned-model
    inputs, as in the uniform case) with the chosen per-block counts and the requested method.
 
 The loss curves come from dense inputs while pass 3 sees pruned inputs: the allocation is an
@@ -49,7 +49,7 @@ from typing import Any
 
 from osscar.devices import device_label, peak_accelerator_mb, resolve_device, torch_threads
 from osscar.io import atomic_write_json
-from osscar.lm import data as lm_data
+from osscar.lm.text import data as lm_data
 from osscar.lm.run_config import LMRunConfig  # noqa: F401  (re-exported: the sweep pipeline names it here)
 from osscar.lm.runtime_allocation import _orig_config, runtime_allocation  # noqa: F401  (re-exported)
 from osscar.lm.targets import heads_removed, removed_count  # noqa: F401  (re-exported)
@@ -97,13 +97,13 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any, 
     from tqdm.auto import tqdm
 
     from osscar.lm.adapters import get_adapter
-    from osscar.lm.calibration import prune_model_sequential
-    from osscar.lm.evaluate import zero_shot
-    from osscar.lm.heldout import heldout_segments
-    from osscar.lm.latency import prefill_comparison
-    from osscar.lm.measure import flops_per_token, param_count, peak_rss_mb
-    from osscar.lm.models import load_model, load_tokenizer
-    from osscar.lm.offload_run import OffloadedModel, load_skeleton
+    from osscar.lm.calibrate.calibration import prune_model_sequential
+    from osscar.lm.evaluation.evaluate import zero_shot
+    from osscar.lm.text.heldout import heldout_segments
+    from osscar.lm.evaluation.latency import prefill_comparison
+    from osscar.lm.evaluation.measure import flops_per_token, param_count, peak_rss_mb
+    from osscar.lm.sources.models import load_model, load_tokenizer
+    from osscar.lm.offloading.offload_run import OffloadedModel, load_skeleton
     from osscar.lm.slicing import save_pruned, slice_model
     from osscar.methods import make_method
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from osscar.devices import check_device_name, check_model_dtype
-from osscar.lm import data as lm_data
-from osscar.lm.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
+from osscar.lm.text import data as lm_data
+from osscar.lm.sources.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
 from osscar.options import ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, OFFLOAD_MODES, ZERO_SHOT_TASKS
 
 
@@ -48,14 +48,14 @@ class LMRunConfig:
         calib_corpus, n_samples, seqlen: calibration windows (seeded with ``seed``).
         damping: λ in H + λ·mean(diag H)·I.
         heldout_samples, heldout_seqlen (default: seqlen): windows of the calibration text disjoint from
-            the calibration and evaluation windows (:mod:`osscar.lm.heldout`), never given to the solver;
+            the calibration and evaluation windows (:mod:`osscar.lm.text.heldout`), never given to the solver;
             each layer record gets its reconstruction error on them beside the calibration one. 0: none.
         eval_corpora, eval_seqlen (default: seqlen), eval_windows (None: all windows, the full test text;
-            C4: its 256 segments). Windows follow GPTQ's loaders (:mod:`osscar.lm.data`).
+            C4: its 256 segments). Windows follow GPTQ's loaders (:mod:`osscar.lm.text.data`).
         zero_shot_tasks, zero_shot_limit: lm-eval tasks on offline data, examples per task.
         latency_points: (batch, seqlen) prefill points timed dense vs sliced; () skips. Latency depends
             only on the architecture: runs slicing to the same widths on the same device and thread
-            count share one cached measurement (:func:`osscar.lm.latency.prefill_comparison`).
+            count share one cached measurement (:func:`osscar.lm.evaluation.latency.prefill_comparison`).
         evaluate_dense: also evaluate the dense model (ppl and zero-shot).
         layers: only prune these block indices (None: all) — for quick tests.
         allocation: ``uniform`` (default: same widths in every block) or ``runtime`` (per-block widths
@@ -77,7 +77,7 @@ class LMRunConfig:
         dtype: the model's weights and activations (``float32``, ``float16``, ``bfloat16``; the
             authors' OPT runs use float16 on a GPU). H is accumulated from float32 products into
             float64 and the solvers work in float64 whatever this is.
-        offload: where blocks wait while not computed (:mod:`osscar.lm.offload`): ``none`` (the whole
+        offload: where blocks wait while not computed (:mod:`osscar.lm.offloading.offload`): ``none`` (the whole
             model on ``device``), ``cpu`` (weights in host memory, one block on ``device`` at a time) or
             ``disk`` (weights read from the model's safetensors shards one block at a time; each pruned
             block is sliced and written to the output folder as it finishes). ``cpu``/``disk`` give the
@@ -267,7 +267,7 @@ class LMRunConfig:
         if self.offload == "disk":
             if self.layers is not None:
                 raise ValueError("offload='disk' writes a sliced model and prunes every block: leave layers unset")
-            from osscar.lm.offload import check_disk_source
+            from osscar.lm.offloading.offload import check_disk_source
 
             check_disk_source(self.model, self.cache_dir)
 
@@ -280,7 +280,7 @@ class LMRunConfig:
     def fractions(self) -> tuple[float, float]:
         """(head_fraction, neuron_fraction) requested; defaults 0.5 / 0.5."""
         if self.speedup is not None:
-            from osscar.lm.measure import fractions_for_speedup
+            from osscar.lm.evaluation.measure import fractions_for_speedup
 
             f = fractions_for_speedup(self.speedup)
             return f, f

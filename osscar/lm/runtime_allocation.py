@@ -24,8 +24,8 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
     """
     from osscar.allocation import allocate
     from osscar.lm.adapters import get_adapter
-    from osscar.lm.calibration import collect_loss_curves
-    from osscar.lm.latency import latency_table
+    from osscar.lm.calibrate.calibration import collect_loss_curves
+    from osscar.lm.evaluation.latency import latency_table
 
     adapter = get_adapter(model)
     n_all = len(adapter.layers(model))

@@ -1,6 +1,6 @@
 """Physical removal of pruned heads / KV groups and neurons, saving and reloading.
 
-After :func:`osscar.lm.calibration.prune_model_sequential` the consumers' pruned columns are
+After :func:`osscar.lm.calibrate.calibration.prune_model_sequential` the consumers' pruned columns are
 zero. :func:`slice_model` deletes them together with the producers' rows (q/k/v + biases for an
 OPT head; q rows and the k/v head for a Llama KV group; fc1 / gate+up rows for a neuron) and
 writes the new widths into the config. With **uniform** widths across blocks:
@@ -22,7 +22,7 @@ and ``osscar_pruned.json`` carries the per-block widths::
      "per_layer": [{"attn_groups": 2, "neurons": 1024}, ...],   # one entry per block
      "kept_attn_groups": [2, ...], "kept_neurons": [1024, ...], "original": {...}, ...}
 
-Load it with :func:`load_pruned` (``osscar.lm.models.load_model`` does so for any folder with
+Load it with :func:`load_pruned` (``osscar.lm.sources.models.load_model`` does so for any folder with
 ``osscar_pruned.json``): it builds the model from the dense config, slices every block's shapes
 to its recorded widths and loads the state dict strictly. Plain ``from_pretrained`` refuses the
 folder with a size-mismatch error.

@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from osscar.lm import models as lm_models
+from osscar.lm.sources import models as lm_models
 from osscar.lm.adapters import get_adapter
-from osscar.lm.latency import LatencyTable, default_levels, latency_table
+from osscar.lm.evaluation.latency import LatencyTable, default_levels, latency_table
 from osscar.lm.run import LMRunConfig, run_lm
 from osscar.lm.slicing import MANIFEST, load_pruned, save_pruned, slice_model
 
@@ -71,7 +71,7 @@ def test_latency_table_env_cache_dir(tmp_path, monkeypatch):
 # -- loss curves (pass 1) ------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["opt", "llama"])
 def test_loss_curves_normalised_and_monotone(family):
-    from osscar.lm.calibration import collect_loss_curves
+    from osscar.lm.calibrate.calibration import collect_loss_curves
 
     model = make_model(_cfg(family))
     a = get_adapter(model)
@@ -111,7 +111,7 @@ def tiny_opt_dir(tmp_path_factory, tiny_tokenizer_dir):
 
 @pytest.mark.parametrize("family, method, min_keep", [("llama", "osscar", 0.0), ("opt", "mp+", 0.3)])
 def test_runtime_allocation_meets_predicted_budget(family, method, min_keep, request, tmp_path, monkeypatch):
-    import osscar.lm.latency as lat
+    import osscar.lm.evaluation.latency as lat
 
     monkeypatch.setattr(lat, "latency_table", _synthetic_table)
     folder = request.getfixturevalue("tiny_llama_dir" if family == "llama" else "tiny_opt_dir")
@@ -148,7 +148,7 @@ def test_runtime_allocation_meets_predicted_budget(family, method, min_keep, req
 
 
 def test_runtime_allocation_unreachable_target(tiny_llama_dir, monkeypatch):
-    import osscar.lm.latency as lat
+    import osscar.lm.evaluation.latency as lat
 
     monkeypatch.setattr(lat, "latency_table", _synthetic_table)
     cfg = LMRunConfig(model=str(tiny_llama_dir), speedup=50.0, allocation="runtime", n_samples=2, seqlen=16,
@@ -220,7 +220,7 @@ def test_uniform_is_default(tiny_llama_dir):
 
 
 def test_cli_allocation_flag(tiny_llama_dir, tmp_path, monkeypatch):
-    import osscar.lm.latency as lat
+    import osscar.lm.evaluation.latency as lat
     from osscar.lm.cli import build_parser, config_from_args, main
 
     args = build_parser().parse_args(["--model", str(tiny_llama_dir), "--speedup", "1.5", "--allocation", "runtime",
@@ -242,7 +242,7 @@ def test_cli_allocation_flag(tiny_llama_dir, tmp_path, monkeypatch):
 
 def test_prefill_comparison_cached_per_architecture(tmp_path):
     """Same dense config + widths + threads + points: measured once, then read back without the dense model."""
-    from osscar.lm.latency import prefill_comparison
+    from osscar.lm.evaluation.latency import prefill_comparison
 
 
     cfg = tiny_llama_config()

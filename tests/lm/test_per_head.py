@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from osscar.lm.adapters import get_adapter
-from osscar.lm.calibration import prune_model_sequential
+from osscar.lm.calibrate.calibration import prune_model_sequential
 from osscar.lm.slicing import save_pruned, slice_model
 from osscar.methods import make_method
 

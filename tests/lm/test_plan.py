@@ -55,7 +55,7 @@ class LiveBytes(TorchDispatchMode):
 
 def _measured_solve(method: str, p: int, m: int, keep: float, group_size: int) -> int:
     """Bytes held at the high point of one consumer's solve as the pipeline runs it: H_raw while the
-    problem is built (dropped after, as osscar.lm.calibration does), everything from_calibration and
+    problem is built (dropped after, as osscar.lm.calibrate.calibration does), everything from_calibration and
     the method allocate (the dense weights, like the model's, are not the solver's)."""
     torch.manual_seed(0)
     X = torch.randn(4 * p, p, dtype=torch.float64) @ torch.randn(p, p, dtype=torch.float64) / p ** 0.5
@@ -137,7 +137,7 @@ def _no_load(*a, **k):
 
 
 def test_plan_over_the_limit_stops_the_cli_before_loading(tiny_llama_dir, monkeypatch, capsys, tmp_path):
-    import osscar.lm.models as models
+    import osscar.lm.sources.models as models
     from osscar.lm.cli import main
 
     monkeypatch.setattr(models, "load_model", _no_load)
@@ -158,7 +158,7 @@ def test_plan_over_the_limit_stops_the_cli_before_loading(tiny_llama_dir, monkey
 
 
 def test_dry_run_prints_the_plan_and_loads_nothing(tiny_llama_dir, monkeypatch, capsys, tmp_path):
-    import osscar.lm.models as models
+    import osscar.lm.sources.models as models
     from osscar.lm.cli import main
 
     monkeypatch.setattr(models, "load_model", _no_load)
@@ -170,7 +170,7 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tiny_llama_dir, monkeypatch, 
 
 
 def test_run_lm_refuses_before_loading(tiny_llama_dir, monkeypatch):
-    import osscar.lm.models as models
+    import osscar.lm.sources.models as models
     from osscar.lm.run import LMRunConfig, run_lm
 
     monkeypatch.setattr(models, "load_model", _no_load)
@@ -204,7 +204,7 @@ def test_fit_error_names_the_first_option_that_fits():
 
 
 def test_bad_max_device_memory_is_a_cli_error(tiny_llama_dir, monkeypatch, capsys, tmp_path):
-    import osscar.lm.models as models
+    import osscar.lm.sources.models as models
     from osscar.lm.cli import main
 
     monkeypatch.setattr(models, "load_model", _no_load)

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from osscar.lm import models as lm_models
-from osscar.lm.measure import flops_per_token, fractions_for_speedup
+from osscar.lm.sources import models as lm_models
+from osscar.lm.evaluation.measure import flops_per_token, fractions_for_speedup
 from osscar.lm.run import LMRunConfig, removed_count, run_lm
 
 from .conftest import tiny_llama_config, tiny_opt_config
@@ -193,7 +193,7 @@ def test_cli_summary_prints_dense_beside_pruned(tiny_llama_dir, tmp_path, capsys
 def test_lm_record_states_the_threads_it_used_after_another_count(tiny_llama_dir, tmp_path):
     from benchmarks.sweep import RunSpec
     from benchmarks.worker import execute
-    from results.store import ResultStore
+    from benchmarks.store import ResultStore
 
     torch.set_num_threads(1)
     cfg = LMRunConfig(model=str(tiny_llama_dir), method="mp", n_samples=2, seqlen=16, eval_windows=1, threads=2)

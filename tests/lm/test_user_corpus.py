@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from osscar.lm import data as lm_data
+from osscar.lm.text import data as lm_data
 from osscar.lm.run import LMRunConfig, run_lm
 
 PARAGRAPHS = [f"Chapter {i}. The quick brown fox number {i} jumps over the lazy dog, then rests by the river "

@@ -337,7 +337,7 @@ def test_vision_record_states_the_threads_it_used_after_another_count(tmp_path):
     from benchmarks.sweep import RunSpec
     from benchmarks.worker import execute
     from osscar.vision.pipeline import VisionRunConfig
-    from results.store import ResultStore
+    from benchmarks.store import ResultStore
 
     torch.set_num_threads(1)
     cfg = VisionRunConfig(checkpoint=None, random_init=True, method="mp", flops_fraction=0.3, n_calib=16,

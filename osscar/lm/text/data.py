@@ -61,7 +61,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from osscar.lm.models import cache_root, sha256_file
+from osscar.lm.sources.models import cache_root, sha256_file
 
 WIKI_GENSIM_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_EVAL_EVERY = 4

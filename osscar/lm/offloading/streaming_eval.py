@@ -1,9 +1,9 @@
 """Perplexity and logits of a model that is never whole on the device: one block at a time.
 
 For a chunk of windows: (1) the embeddings run on the device and every block's inputs and
-keyword arguments are captured (:func:`osscar.lm.capture.capture_inputs`, one window per batch,
-as :func:`osscar.lm.evaluate.perplexity` scores them); (2) each block is fetched from its store
-(:mod:`osscar.lm.offload`), run on every window of the chunk (activations waiting on the host)
+keyword arguments are captured (:func:`osscar.lm.calibrate.capture.capture_inputs`, one window per batch,
+as :func:`osscar.lm.evaluation.evaluate.perplexity` scores them); (2) each block is fetched from its store
+(:mod:`osscar.lm.offloading.offload`), run on every window of the chunk (activations waiting on the host)
 and released; (3) the model's own forward runs once more per window with every block replaced by
 a stub that hands the last block's stored output on, so the final norm, LM head and any logit
 soft-capping are the model's own code. Each window goes through the same modules with the same
@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from osscar.lm.adapters import get_adapter
-from osscar.lm.capture import capture_inputs, run_block, with_block_kwargs
-from osscar.lm.evaluate import perplexity_summary, window_nlls
-from osscar.lm.offload import BlockStore
+from osscar.lm.calibrate.capture import capture_inputs, run_block, with_block_kwargs
+from osscar.lm.evaluation.evaluate import perplexity_summary, window_nlls
+from osscar.lm.offloading.offload import BlockStore
 
 EVAL_HOST_BYTES = 1 << 30  # hidden states of one chunk of windows kept on the host
 
@@ -94,7 +94,7 @@ def streamed_logits(model: nn.Module, store: BlockStore, windows: Tensor,
 def streamed_perplexity(model: nn.Module, store: BlockStore, windows: Tensor,
                         progress: Callable[[int], None] | None = None,
                         host_bytes: int = EVAL_HOST_BYTES) -> dict[str, Any]:
-    """:func:`osscar.lm.evaluate.perplexity` of the model behind ``store``, block by block."""
+    """:func:`osscar.lm.evaluation.evaluate.perplexity` of the model behind ``store``, block by block."""
     window_nll: list[float] = []
     for ids, logits in streamed_logits(model, store, windows, host_bytes):
         window_nll += window_nlls(logits, ids)

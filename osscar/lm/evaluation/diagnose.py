@@ -6,7 +6,7 @@ model (nothing is pruned while collecting), and every method solves exactly the 
 Reported per problem: Q(W) − Q* with Q* the dense optimum (the reconstruction error increase,
 lower is better) and the solver time.
 
-    python -m osscar.lm.diagnose --blocks 0,10,20,29 --fraction 0.5 --methods mp,mp+,ziplm,osscar
+    python -m osscar.lm.evaluation.diagnose --blocks 0,10,20,29 --fraction 0.5 --methods mp,mp+,ziplm,osscar
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 
 from osscar.devices import resolve_device
 from osscar.lm.adapters import get_adapter
-from osscar.lm.calibration import prune_model_sequential
-from osscar.lm.data import calibration_segments
-from osscar.lm.models import load_model
+from osscar.lm.calibrate.calibration import prune_model_sequential
+from osscar.lm.text.data import calibration_segments
+from osscar.lm.sources.models import load_model
 from osscar.lm.run import removed_count
 from osscar.methods import make_method
 from osscar.problem import LayerProblem
@@ -68,7 +68,7 @@ def layer_objectives(model, segments, methods: list[str], blocks: list[int], hea
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m osscar.lm.diagnose", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m osscar.lm.evaluation.diagnose", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="model name, folder or GGUF file")
     p.add_argument("--blocks", default="0,10,20,29", help="comma-separated block indices")

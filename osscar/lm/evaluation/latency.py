@@ -195,7 +195,7 @@ def _capture(model: nn.Module, block: nn.Module, ids: torch.Tensor) -> tuple[tor
 
 
 def _path(cache_dir: str | os.PathLike | None, key: dict[str, Any]) -> Path:
-    from osscar.lm.models import cache_root
+    from osscar.lm.sources.models import cache_root
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_root(cache_dir) / "latency" / f"{key['config_hash']}-b{key['batch']}-s{key['seqlen']}-{digest}.json"
@@ -320,7 +320,7 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
                        points: list[tuple[int, int]], load_dense: Callable[[], nn.Module], repeats: int = 5,
                        warmup: int = 2, cache_dir: str | os.PathLike | None = None,
                        use_cache: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Dense vs sliced prefill latency (:func:`osscar.lm.measure.compare_latency`), cached per architecture.
+    """Dense vs sliced prefill latency (:func:`osscar.lm.evaluation.measure.compare_latency`), cached per architecture.
 
     Latency depends on the architecture, not on the weight values, so runs that slice the same
     dense model (``dense_config``, taken before slicing) to the same ``widths`` (kept attention
@@ -332,8 +332,8 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
     Returns (rows, info): the rows of ``compare_latency`` and {"cached", "path", "measured_at", "key"}.
     """
     from osscar.io import atomic_write_json
-    from osscar.lm.measure import compare_latency
-    from osscar.lm.models import cache_root
+    from osscar.lm.evaluation.measure import compare_latency
+    from osscar.lm.sources.models import cache_root
 
     attn, mlp = (list(map(int, w)) for w in widths)
     if len(attn) != len(mlp) or not attn:

@@ -6,7 +6,7 @@
 * :func:`run_block` / :func:`shift_outputs` — one block's outputs on every batch, or the outputs
   after its residual MLP consumer's weights changed by ΔW.
 
-``host``: where the activations wait between blocks (block offloading, :mod:`osscar.lm.offload`:
+``host``: where the activations wait between blocks (block offloading, :mod:`osscar.lm.offloading.offload`:
 the host while the block runs on an accelerator; each batch moves to the block's device for its
 forward and back). None keeps them where they were computed (the whole model on one device).
 """

@@ -8,12 +8,12 @@ Three modes (``LMRunConfig.offload``, ``--offload``):
   its calibration, pruning or evaluation and back after (:class:`HostBlocks`); the embeddings,
   final norm and LM head move there only while the calibration capture or an evaluation's first
   and last steps need them. Activations wait on the host between blocks and move to the device
-  one batch at a time (:mod:`osscar.lm.capture`).
+  one batch at a time (:mod:`osscar.lm.calibrate.capture`).
 * ``disk`` — the model is a skeleton without weights (``accelerate.init_empty_weights``: every
   parameter on the meta device, buffers computed as usual); a block's tensors are read from the
   safetensors shards of a local folder or a hub snapshot when it is fetched (``safe_open``, one
   shard file at a time) and dropped when it is released (:class:`DiskBlocks`). With a
-  :class:`~osscar.lm.shards.ShardWriter`, a released pruned block is first sliced to its kept
+  :class:`~osscar.lm.offloading.shards.ShardWriter`, a released pruned block is first sliced to its kept
   widths and written to the output folder as its own shard.
 
 A block store has one interface: ``fetch_rest()`` / ``release_rest()`` for everything outside
@@ -59,10 +59,10 @@ def check_disk_source(model: str, cache_dir: str | None = None) -> None:
     an embedded or GGUF model (converted once to a safetensors folder), a local folder with
     ``model.safetensors`` or ``model.safetensors.index.json``, or a hub id with safetensors weights
     (cached, or listed by the hub when online). Reads no weights."""
-    from osscar.lm.models import gguf_source
+    from osscar.lm.sources.models import gguf_source
 
     if gguf_source(model) is not None:
-        return  # converted to a safetensors folder on first use (osscar.lm.gguf_convert)
+        return  # converted to a safetensors folder on first use (osscar.lm.sources.gguf_convert)
     hint = "convert it (AutoModelForCausalLM.from_pretrained(...).save_pretrained(folder) writes safetensors) " \
            "or use offload='cpu'"
     if os.path.isdir(model):
@@ -88,7 +88,7 @@ def check_disk_source(model: str, cache_dir: str | None = None) -> None:
 def disk_source(model: str, cache_dir: str | None = None) -> Path:
     """The local folder of ``model``'s safetensors weights (converting a GGUF model once, or
     downloading a hub snapshot's safetensors and JSON files)."""
-    from osscar.lm.models import resolve_model
+    from osscar.lm.sources.models import resolve_model
 
     check_disk_source(model, cache_dir)
     path = resolve_model(model, cache_dir)
@@ -317,7 +317,7 @@ class HostBlocks(ResidentBlocks):
 class DiskBlocks(ResidentBlocks):
     """Offload ``disk``: ``model`` is a skeleton (:func:`build_skeleton`); tensors come from ``ckpt``.
 
-    ``writer``: a :class:`~osscar.lm.shards.ShardWriter`; then :meth:`release` slices a pruned block
+    ``writer``: a :class:`~osscar.lm.offloading.shards.ShardWriter`; then :meth:`release` slices a pruned block
     to ``kept`` and writes it before dropping its tensors (its meta shapes stay sliced).
     """
 

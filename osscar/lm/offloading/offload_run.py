@@ -1,5 +1,5 @@
 """One LM run's model under an offload mode: how it loads, which block store each step uses,
-how it is evaluated and where a ``disk`` run writes (:mod:`osscar.lm.offload`).
+how it is evaluated and where a ``disk`` run writes (:mod:`osscar.lm.offloading.offload`).
 
 :class:`OffloadedModel` answers the few questions :func:`osscar.lm.run.run_lm` asks whatever the
 mode: ``prune_store()`` (None for ``none``: the calibration's default, the whole model resident),
@@ -20,19 +20,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from osscar.lm.offload import BlockStore, DiskBlocks, HostBlocks, LazyCheckpoint, ResidentBlocks
-from osscar.lm.shards import ShardWriter
+from osscar.lm.offloading.offload import BlockStore, DiskBlocks, HostBlocks, LazyCheckpoint, ResidentBlocks
+from osscar.lm.offloading.shards import ShardWriter
 
 
 def load_skeleton(model: str, cache_dir: str | None, dtype: str) -> Any:
-    """``disk`` mode's :class:`osscar.lm.models.LoadedModel`: the skeleton (no weights), the tokenizer,
-    the safetensors folder as ``source`` and the provenance :func:`osscar.lm.models.load_model` records."""
+    """``disk`` mode's :class:`osscar.lm.sources.models.LoadedModel`: the skeleton (no weights), the tokenizer,
+    the safetensors folder as ``source`` and the provenance :func:`osscar.lm.sources.models.load_model` records."""
     from transformers import AutoTokenizer
 
     from osscar.io import sha256_file
-    from osscar.lm.gguf_convert import PROVENANCE_FILE
-    from osscar.lm.models import LoadedModel, gguf_source
-    from osscar.lm.offload import build_skeleton, disk_source
+    from osscar.lm.sources.gguf_convert import PROVENANCE_FILE
+    from osscar.lm.sources.models import LoadedModel, gguf_source
+    from osscar.lm.offloading.offload import build_skeleton, disk_source
 
     folder = disk_source(model, cache_dir)
     ppath = folder / PROVENANCE_FILE
@@ -99,8 +99,8 @@ class OffloadedModel:
 
     def perplexity(self, windows: Tensor, pruned: bool, progress: Any = None) -> dict[str, Any]:
         """Perplexity of the dense (``pruned`` False) or pruned model on ``windows: (n, seqlen)``."""
-        from osscar.lm.evaluate import perplexity
-        from osscar.lm.streaming_eval import streamed_perplexity
+        from osscar.lm.evaluation.evaluate import perplexity
+        from osscar.lm.offloading.streaming_eval import streamed_perplexity
 
         if self.mode == "none":
             return perplexity(self.model, windows, progress=progress)
@@ -108,7 +108,7 @@ class OffloadedModel:
 
     def logits(self, ids: Tensor) -> Tensor:
         """Logits of ``ids: (n, seqlen)`` (cpu mode: streamed, one window at a time)."""
-        from osscar.lm.streaming_eval import streamed_logits
+        from osscar.lm.offloading.streaming_eval import streamed_logits
 
         if self.mode == "none":
             return self.model(ids, use_cache=False).logits
@@ -116,7 +116,7 @@ class OffloadedModel:
 
     def finish(self, kept: dict[int, dict[str, Tensor]], tokenizer: Any) -> dict[str, Any]:
         """``disk``: the output folder's non-block shard, config, manifest, index and tokenizer."""
-        from osscar.lm.shards import finish_disk_model
+        from osscar.lm.offloading.shards import finish_disk_model
 
         assert self.mode == "disk" and self.writer is not None and self._store is not None
         return finish_disk_model(self.model, self._store, self.writer, kept, tokenizer, self.source)

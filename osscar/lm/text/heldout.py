@@ -10,7 +10,7 @@ The rule, fixed and recorded (:func:`heldout_segments`):
   tokens is tiled from its end into windows ``[N − (j+1)·seqlen, N − j·seqlen)``, j = 0, 1, ...;
   the first ``n`` tiles that overlap no calibration window are taken (they do not overlap each other).
   Evaluation windows come from the corpus's evaluation text, which shares no document with the
-  calibration text (see :mod:`osscar.lm.data`), so held-out windows are disjoint from them too;
+  calibration text (see :mod:`osscar.lm.text.data`), so held-out windows are disjoint from them too;
 * document corpora (c4, c4-train): documents are visited from the last index down; a document
   drawn by the calibration draw, or (when the evaluation documents are the calibration documents:
   ``c4``) by the 256-segment evaluation draw, is skipped; each remaining document longer than
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from osscar.lm import data as lm_data
+from osscar.lm.text import data as lm_data
 
 MAX_DOCUMENTS_VISITED = 10_000  # document corpora: give up after this many documents (ValueError)
 
@@ -55,11 +55,11 @@ def heldout_segments(name: str, tokenizer: Any, n: int, seqlen: int, n_calib: in
     """``n`` held-out windows of ``seqlen`` tokens from corpus ``name``'s calibration text: (n, seqlen) long.
 
     Disjoint from the ``n_calib`` calibration windows of ``calib_seqlen`` tokens drawn with ``seed``
-    (:func:`osscar.lm.data.calibration_segments`) and from the evaluation windows (of
+    (:func:`osscar.lm.text.data.calibration_segments`) and from the evaluation windows (of
     ``eval_seqlen`` tokens for document corpora). Returns the windows and what a record says about
     them: {"rule", "n", "seqlen", "starts"} (joined: token starts in the calibration text;
     documents: [document index, 0] pairs). ``ids``: the joined calibration text's tokens
-    (:func:`osscar.lm.data.joined_tokens`) when the caller has them.
+    (:func:`osscar.lm.text.data.joined_tokens`) when the caller has them.
     """
     corpus = lm_data.get_corpus(name)
     if corpus.sampling == "documents":
