@@ -15,7 +15,6 @@ this build did not produce are removed from ``tables/`` and ``figures/``.
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from reports.figures import all_figures
 from reports.records import describe, frame, load_records, summarize
 from reports.table import Table
 from reports.tables import all_tables
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # the paper's experiments; sweep files in benchmarks/sweeps/ add to this list
 EXPECTED_EXPERIMENTS = {
@@ -256,6 +257,14 @@ def _clean(folder: Path, keep: set[Path], exts: tuple[str, ...]) -> None:
             p.unlink()
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the same text in every clone), else as given."""
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def build_report(store_root: str | Path, out_dir: str | Path, title: str = "OSSCAR harness: results report") -> Path:
     """Read every record under ``store_root``, write tables, figures and ``index.md`` under ``out_dir``."""
     store_root, out_dir = Path(store_root), Path(out_dir)
@@ -274,9 +283,8 @@ def build_report(store_root: str | Path, out_dir: str | Path, title: str = "OSSC
 
     info = summarize(records)
     expected = expected_experiments()
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     L: list[str] = [f"# {title}", "",
-                    (f"Generated {now} by `python -m reports` from `{store_root}` ({info['n']} record(s)). "
+                    (f"Built by `python -m reports` from `{_shown(store_root)}` ({info['n']} record(s)). "
                     "Every number below comes from a record in that store, except in the section "
                     "*Published reference numbers*, which quotes the paper and GPTQ/SparseGPT."), ""]
     if info["fixture"]:

@@ -392,3 +392,15 @@ def test_layer_error_table_means_over_layers_and_ratio(tmp_path):
     assert pd.isna(rows.loc["ziplm", "attention held-out"])
     assert ("heads 50% / neurons 50%", "osscar", "attention held-out") in best_cells(t)
     assert any("Missing values" in n for n in t.notes)
+
+
+def test_report_is_deterministic(report, tmp_path):
+    """Two builds from the same records give byte-identical files (no timestamps), so a rebuild is no diff."""
+    out, _ = report
+    again = tmp_path / "again"
+    build_report(FIXTURES, again)
+    first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    second = {p.relative_to(again): p.read_bytes() for p in sorted(again.rglob("*")) if p.is_file()}
+    assert first.keys() == second.keys()
+    differ = [str(k) for k in first if first[k] != second[k]]
+    assert differ == []

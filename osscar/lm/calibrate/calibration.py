@@ -203,10 +203,9 @@ def prune_model_sequential(
             through the same blocks as the calibration windows (pruned, or dense with
             ``inputs_from="dense"``), a second H per consumer is accumulated from them after the block
             is pruned (before, with ``"dense"``) and each record gets its held-out error.
-        blocks: where the blocks wait (:mod:`osscar.lm.offloading.offload`; default: the whole model resident on
-            its device). Each block is fetched before its first forward and released after its last
-            with its kept groups (a disk store with a writer slices and writes it then); activations
-            wait on ``blocks.host``. The same arithmetic runs whatever the store.
+        blocks: where the blocks wait (:mod:`osscar.lm.offloading.offload`; default: the whole model resident
+            on its device). Each block is fetched before its first forward and released after its last with
+            its kept groups; activations wait on ``blocks.host``. The same arithmetic runs whatever the store.
 
     Returns the kept group indices per block {block: {"attn": (k,), "mlp": (k,)}} and records.
     """
@@ -220,97 +219,136 @@ def prune_model_sequential(
     if adapter.attention_fixed_reason and any(_keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
         raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
     store = blocks if blocks is not None else ResidentBlocks(model, model_device(model))
-    host = store.host
-
-    def _run(layer: nn.Module, batches: list[Batch]) -> list[Batch]:
-        return run_block(layer, batches, store.device, host)
-
     start = time.perf_counter()
     store.fetch_rest()  # the embeddings (and whatever runs before block 0) for the capture
     try:
-        inputs, per_layer = capture_inputs(model, adapter, segments, batch_size, store.device, host)
-        h_inputs, h_per_layer = (capture_inputs(model, adapter, heldout, batch_size, store.device, host)
+        inputs, per_layer = capture_inputs(model, adapter, segments, batch_size, store.device, store.host)
+        h_inputs, h_per_layer = (capture_inputs(model, adapter, heldout, batch_size, store.device, store.host)
                                  if heldout is not None else ([], []))
     finally:
         store.release_rest()
     shortcut = adapter.mlp_output_is_residual() and segments.numel() * adapter.ffn_dim * 4 <= shortcut_bytes
+    run = _Sequential(adapter=adapter, store=store, method=method, damping=damping, inputs_from=inputs_from,
+                      shortcut=shortcut, with_heldout=heldout is not None, hessian_hook=hessian_hook, progress=progress)
     kept: dict[int, dict[str, Tensor]] = {}
-    records: list[LayerRecord] = []
-    solver_s = 0.0
     for i in range(n_blocks):
         layer = store.fetch(i)
         inputs = with_block_kwargs(inputs, per_layer, i)  # this block's own masks / positions
         h_inputs = with_block_kwargs(h_inputs, h_per_layer, i)
         if i not in todo:
-            inputs = _run(layer, inputs)
-            h_inputs = _run(layer, h_inputs) if todo and i < max(todo) else []  # none after the last pruned
+            inputs = run.forward(layer, inputs)
+            h_inputs = run.forward(layer, h_inputs) if todo and i < max(todo) else []  # none after the last pruned
             store.release(i, layer, None)
             continue
-        kept[i] = {}
-        weights: dict[str, tuple[LayerRecord, Tensor, Tensor]] = {}  # part -> (record, W written, Ŵ)
-        if heldout is not None and inputs_from == "dense":
-            h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs, _run)
-        if inputs_from == "dense":  # both consumers' H from the dense block, before either is pruned
-            accs = {part: HessianAccumulator(adapter.consumer(layer, part)) for part in ("attn", "mlp")}
-            try:
-                dense_outputs = _run(layer, inputs)
-            finally:
-                dense_H = {part: acc.remove() for part, acc in accs.items()}
-        for part, keep in (("attn", _keep_for(keep_attn, i)), ("mlp", _keep_for(keep_mlp, i))):
-            consumer = adapter.consumer(layer, part)
-            keep_x = shortcut and part == "mlp" and inputs_from == "pruned"
-            acc = None
-            if inputs_from == "dense":
-                H, outputs = dense_H.pop(part), dense_outputs
-            else:
-                acc = HessianAccumulator(consumer, keep_inputs=keep_x, host=host)
-                try:
-                    outputs = _run(layer, inputs)
-                finally:
-                    H = acc.remove()
-            if hessian_hook is not None:
-                hessian_hook(i, part, H)
-            name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
-            problem = LayerProblem.from_calibration(
-                H, consumer.weight.data.T, adapter.group_size(part), keep, damping=damping, name=name,
-                blocks=adapter.blocks(part))
-            del H  # the raw XᵀX: the problem's damped H gives the calibration error (calibration_error)
-            if acc is not None:
-                acc.H = None
-            if keep == problem.n_groups:  # nothing to remove: not solved, weights kept
-                res = PruneResult(kept=torch.arange(problem.n_groups), W=problem.W_dense,
-                                  objective=problem.dense_objective(), seconds=0.0, method="none",
-                                  info={"skipped_nothing_to_remove": 1})
-            else:
-                res = method.prune(problem)
-            solver_s += res.seconds
-            W_old = consumer.weight.data.clone()
-            write_consumer(consumer, res.W)
-            if keep_x:  # acc kept this consumer's inputs
-                inputs = shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old, host)
-            kept[i][part] = res.kept.clone()
-            err, rel = problem.calibration_error(consumer.weight.data.T)
-            records.append(LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep,
-                                       kept=res.kept.tolist(), objective=res.objective,
-                                       dense_objective=problem.dense_objective(), seconds=res.seconds,
-                                       info={k: v for k, v in res.info.items() if isinstance(v, (int, float))},
-                                       calib_error=err, calib_rel_error=rel))
-            weights[part] = (records[-1], consumer.weight.data.T.clone(), W_old.T)
-            if progress is not None:
-                progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
-            del problem, acc, outputs, W_old
-        if heldout is not None:
-            if inputs_from == "pruned":  # the pruned block: attention as pruned, the MLP's inputs through it
-                h_H, h_inputs = _heldout_pass(adapter, layer, h_inputs, _run)
-            for part, (rec, W_new, W_dense) in weights.items():
-                rec.heldout_error, rec.heldout_rel_error = reconstruction_error(h_H[part], W_new, W_dense)
-            del h_H
-        del weights
-        if inputs_from == "dense":
-            inputs = dense_outputs
-            del dense_outputs
-        elif not shortcut:
-            inputs = _run(layer, inputs)
+        inputs, h_inputs, kept[i] = _prune_block(run, i, layer, inputs, h_inputs,
+                                                 _keep_for(keep_attn, i), _keep_for(keep_mlp, i))
         store.release(i, layer, kept[i])
-    return PruneOutcome(kept=kept, records=records, seconds_total=time.perf_counter() - start,
-                        seconds_solver=solver_s)
+    return PruneOutcome(kept=kept, records=run.records, seconds_total=time.perf_counter() - start,
+                        seconds_solver=run.solver_s)
+
+
+@dataclass
+class _Sequential:
+    """What every block of one sequential pruning pass shares, and what it accumulates."""
+
+    adapter: ModelAdapter
+    store: BlockStore
+    method: PruningMethod
+    damping: float
+    inputs_from: str
+    shortcut: bool  # next block's inputs from the MLP consumer's kept inputs (module docstring, step c)
+    with_heldout: bool
+    hessian_hook: Callable[[int, str, Tensor], None] | None
+    progress: Callable[[str], None] | None
+    records: list[LayerRecord] = field(default_factory=list)
+    solver_s: float = 0.0
+
+    def forward(self, layer: nn.Module, batches: list[Batch]) -> list[Batch]:
+        return run_block(layer, batches, self.store.device, self.store.host)
+
+
+def _prune_block(run: _Sequential, i: int, layer: nn.Module, inputs: list[Batch], h_inputs: list[Batch],
+                 keep_attn: int, keep_mlp: int) -> tuple[list[Batch], list[Batch], dict[str, Tensor]]:
+    """Prune block ``i``'s two consumers; returns the next block's inputs and held-out inputs and the kept groups."""
+    kept: dict[str, Tensor] = {}
+    weights: dict[str, tuple[LayerRecord, Tensor, Tensor]] = {}  # part -> (record, W written, Ŵ)
+    dense_H: dict[str, Tensor] = {}
+    dense_outputs = None
+    if run.with_heldout and run.inputs_from == "dense":
+        h_H, h_inputs = _heldout_pass(run.adapter, layer, h_inputs, run.forward)
+    if run.inputs_from == "dense":  # both consumers' H from the dense block, before either is pruned
+        accs = {part: HessianAccumulator(run.adapter.consumer(layer, part)) for part in ("attn", "mlp")}
+        try:
+            dense_outputs = run.forward(layer, inputs)
+        finally:
+            dense_H = {part: acc.remove() for part, acc in accs.items()}
+    for part, keep in (("attn", keep_attn), ("mlp", keep_mlp)):
+        inputs, record, W_new, W_dense, kept[part] = _prune_consumer(run, i, layer, part, keep, inputs,
+                                                                     dense_H.pop(part, None), dense_outputs)
+        weights[part] = (record, W_new, W_dense)
+    if run.with_heldout:
+        if run.inputs_from == "pruned":  # the pruned block: attention as pruned, the MLP's inputs through it
+            h_H, h_inputs = _heldout_pass(run.adapter, layer, h_inputs, run.forward)
+        for part, (rec, W_new, W_dense) in weights.items():
+            rec.heldout_error, rec.heldout_rel_error = reconstruction_error(h_H[part], W_new, W_dense)
+        del h_H
+    del weights
+    if run.inputs_from == "dense":
+        inputs = dense_outputs
+    elif not run.shortcut:
+        inputs = run.forward(layer, inputs)
+    return inputs, h_inputs, kept
+
+
+def _prune_consumer(run: _Sequential, i: int, layer: nn.Module, part: str, keep: int, inputs: list[Batch],
+                    dense_H: Tensor | None, dense_outputs: list[Batch] | None
+                    ) -> tuple[list[Batch], LayerRecord, Tensor, Tensor, Tensor]:
+    """Solve one consumer's layer problem and write its weights.
+
+    Returns (inputs: the same, or with the shortcut the next block's inputs; the record; W written: (in, out);
+    Ŵ: (in, out); the kept groups: (k,)). ``dense_H``/``dense_outputs``: given with ``inputs_from="dense"``."""
+    adapter = run.adapter
+    consumer = adapter.consumer(layer, part)
+    keep_x = run.shortcut and part == "mlp" and run.inputs_from == "pruned"
+    acc = None
+    if dense_H is not None:
+        H, outputs = dense_H, dense_outputs
+    else:
+        acc = HessianAccumulator(consumer, keep_inputs=keep_x, host=run.store.host)
+        try:
+            outputs = run.forward(layer, inputs)
+        finally:
+            H = acc.remove()
+    if run.hessian_hook is not None:
+        run.hessian_hook(i, part, H)
+    name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
+    problem = LayerProblem.from_calibration(
+        H, consumer.weight.data.T, adapter.group_size(part), keep, damping=run.damping, name=name,
+        blocks=adapter.blocks(part))
+    del H, dense_H  # the raw XᵀX: the problem's damped H gives the calibration error (calibration_error)
+    if acc is not None:
+        acc.H = None
+    res = _solve(problem, keep, run.method)
+    run.solver_s += res.seconds
+    W_old = consumer.weight.data.clone()
+    write_consumer(consumer, res.W)
+    if keep_x:  # acc kept this consumer's inputs
+        inputs = shift_outputs(outputs, acc.inputs, consumer.weight.data - W_old, run.store.host)
+    del outputs
+    err, rel = problem.calibration_error(consumer.weight.data.T)
+    record = LayerRecord(name=name, part=part, n_groups=problem.n_groups, k=keep, kept=res.kept.tolist(),
+                         objective=res.objective, dense_objective=problem.dense_objective(), seconds=res.seconds,
+                         info={k: v for k, v in res.info.items() if isinstance(v, (int, float))},
+                         calib_error=err, calib_rel_error=rel)
+    run.records.append(record)
+    if run.progress is not None:
+        run.progress(f"block {i} {part}: Q={res.objective:.4g} ({res.seconds:.2f}s)")
+    return inputs, record, consumer.weight.data.T.clone(), W_old.T, res.kept.clone()
+
+
+def _solve(problem: LayerProblem, keep: int, method: PruningMethod) -> PruneResult:
+    """``method.prune(problem)``, or the dense weights when nothing is to be removed (not solved)."""
+    if keep == problem.n_groups:
+        return PruneResult(kept=torch.arange(problem.n_groups), W=problem.W_dense, objective=problem.dense_objective(),
+                           seconds=0.0, method="none", info={"skipped_nothing_to_remove": 1})
+    return method.prune(problem)
