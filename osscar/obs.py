@@ -1,6 +1,6 @@
 """Block OBS linear algebra on a support of groups (float64).
 
-Notation (see ``shared/spec/ALGORITHM.md`` §3): ``S`` is the set of kept groups, ``E = H̄_SS⁻¹``
+Notation (see ``docs/algorithm.md`` §3): ``S`` is the set of kept groups, ``E = H̄_SS⁻¹``
 the inverse restricted to the support and ``W_S = E G_S`` the least-squares optimal weights on
 it. Removing a block ``R ⊆ S`` and adding a block ``A ∉ S`` are both rank-|block| updates of
 ``E`` and ``W``; :class:`SupportState` keeps them current so that no p×p inverse is recomputed.

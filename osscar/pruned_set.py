@@ -2,7 +2,7 @@
 
 For a support S with inverse E = H_SS⁻¹ and weights W_S, the pruned groups J carry
 K = H_JJ − H_JS E H_SJ (the Schur complement of H_SS in H; equal to ((H⁻¹)_JJ)⁻¹) and the residuals
-R = G_J − H_JS W_S. Every add-back quantity of ``shared/spec/ALGORITHM.md`` §3 sits on them: the
+R = G_J − H_JS W_S. Every add-back quantity of ``docs/algorithm.md`` §3 sits on them: the
 add-back Schur complement of group j is K_jj and its residual R_j. No full p×p inverse is needed:
 K is built from H and E once, then kept current by borderings (groups leave S) and downdates
 (groups rejoin S). A swap trial (take ``out`` out of S) borders K; :class:`SwapTrial` keeps only what

