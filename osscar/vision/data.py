@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from osscar.options import DEFAULT_FMNIST_ROOT  # noqa: F401  (re-exported)
+from osscar.options import DEFAULT_FMNIST_ROOT, FMNIST_INSTALL
 from osscar.options import VISION_DATASETS as DATASETS
 
 
@@ -52,36 +52,48 @@ def read_idx(path: str | Path) -> Tensor:
     return t.reshape(shape)
 
 
+class DatasetMissingError(FileNotFoundError, ValueError):
+    """A dataset folder or file is missing. A FileNotFoundError, and a ValueError so that config
+    validation (the CLIs, sweep files) reports it in one line as bad input."""
+
+
+def _install_hint(dataset: str) -> str:
+    """How to get ``dataset``'s files, for error messages."""
+    if dataset == "fashion-mnist":
+        return f"; Fashion-MNIST comes from Debian: {FMNIST_INSTALL} (as root; files in {DEFAULT_FMNIST_ROOT})"
+    return ""
+
+
 def find_fmnist_file(root: Path, name: str) -> Path:
+    """The IDX file ``name`` under ``root`` (also in raw/ and FashionMNIST/raw/, gzipped or not)."""
     for cand in (root / name, root / "raw" / name, root / "FashionMNIST" / "raw" / name,
                  root / name.removesuffix(".gz"), root / "raw" / name.removesuffix(".gz"),
                  root / "FashionMNIST" / "raw" / name.removesuffix(".gz")):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(
-        f"Fashion-MNIST file {name} not found under {root} (also looked in raw/ and FashionMNIST/raw/). "
-        "On Debian: apt-get install -y dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist/)"
-    )
+    raise DatasetMissingError(f"data_root={root}: Fashion-MNIST file {name} not found (also looked in raw/ and "
+                              f"FashionMNIST/raw/){_install_hint('fashion-mnist')}")
 
 
 def check_dataset_root(dataset: str, root: str | Path) -> None:
-    """Raise (FileNotFoundError / ValueError) unless ``root`` holds ``dataset`` — before any work."""
+    """Raise :class:`DatasetMissingError` (or ValueError) unless ``root`` holds ``dataset`` — before any work."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist")
+        raise DatasetMissingError(f"data_root={root} does not exist{_install_hint(dataset)}")
     if dataset == "fashion-mnist":
         for files in FMNIST_FILES.values():
             for name in files:
                 find_fmnist_file(root, name)
     elif dataset == "cifar10":
         if not (root / "cifar-10-batches-py").is_dir():
-            raise FileNotFoundError(f"{root}/cifar-10-batches-py not found (torchvision CIFAR10 layout)")
+            raise DatasetMissingError(f"data_root={root}: cifar-10-batches-py/ not found (torchvision CIFAR10 layout)")
     elif dataset == "imagenet":
         for split in ("train", "val"):
             if not (root / split).is_dir():
-                raise FileNotFoundError(f"{root}/{split} not found (ImageFolder layout root/{{train,val}}/<class>/)")
+                raise DatasetMissingError(f"data_root={root}: {split}/ not found (ImageFolder layout "
+                                          "root/{train,val}/<class>/)")
 
 
 @dataclass
