@@ -108,3 +108,31 @@ def make_tiny_gguf(path: str | Path, seed: int = 0):
     tokens, merges = byte_level_vocab()
     model = tiny_llama(len(tokens), seed)
     return model, write_llama_gguf(model, path, tokens, merges)
+
+
+def write_header_gguf(path: str | Path, arch: str, name: str = "tiny") -> Path:
+    """A GGUF whose header says ``arch`` (a few hyper-parameters, the byte-level vocabulary, one tensor):
+    enough for transformers to read its config, not a loadable model."""
+    import gguf
+
+    tokens, merges = byte_level_vocab()
+    path = Path(path)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(name)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_block_count(1)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
