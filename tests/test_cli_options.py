@@ -83,7 +83,15 @@ def test_vision_empty_flops_list_is_an_error(value, capsys):
 def test_vision_errors_name_flags(capsys):
     from osscar.vision.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["--random-init", "--n-calib", "0"])
+    code = main(["--random-init", "--n-calib", "0"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "--n-calib" in err and "Traceback" not in err
+    assert code == 2 and "--n-calib" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_help_names_the_embedded_model_for_what_it_is():
+    """The embedded GGUF is the Instruct model, 4-bit Q4_1: the help says so, as the file name does."""
+    from osscar.lm.sources.models import EMBEDDED_MODELS
+
+    assert EMBEDDED_MODELS["smollm2-135m"]["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    r = subprocess.run([sys.executable, "-m", "osscar", "--help"], capture_output=True, text=True, timeout=120)
+    assert "SmolLM2-135M-Instruct (Q4_1 GGUF)" in " ".join(r.stdout.split())
