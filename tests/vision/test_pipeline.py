@@ -129,18 +129,17 @@ def test_config_validation(kw, exc, match):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 99, reason="a machine with 100 GPUs")
-def test_unavailable_device_is_an_error_where_the_run_executes(capsys):
+def test_unavailable_device_is_an_error_where_the_run_executes(capsys, fake_fmnist):
     """A config naming cuda:99 is valid (a sweep may be validated on a login node without GPUs);
     the run, and the CLI before any run, reject it."""
     from osscar.vision.cli import main
     from osscar.vision.pipeline import run_vision
 
-    cfg = _cfg(device="cuda:99")
+    cfg = _cfg(device="cuda:99", data_root=str(fake_fmnist))
     with pytest.raises(ValueError, match="device='cuda:99'"):
         run_vision(cfg, progress=False)
-    with pytest.raises(SystemExit) as e:
-        main(["--random-init", "--device", "cuda:99"])
-    assert e.value.code == 2 and "--device='cuda:99'" in capsys.readouterr().err
+    assert main(["--random-init", "--device", "cuda:99", "--data-root", str(fake_fmnist)]) == 2
+    assert "--device='cuda:99'" in capsys.readouterr().err
 
 
 @needs_fmnist
@@ -163,9 +162,18 @@ def test_chip_full_maps_is_in_chip_run_keys_only():
     assert by_method["mp"].chip_full_maps is None
 
 
-def test_missing_dataset_files(tmp_path):
+def test_missing_dataset_files(tmp_path, fake_fmnist):
+    from osscar.vision.data import load_split
+
+    train = load_split("fashion-mnist", fake_fmnist, "train")  # the fake is valid IDX
+    assert train.images.shape == (4, 1, 28, 28) and train.labels.shape == (4,)
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         _cfg(data_root=str(tmp_path))
+    with pytest.raises(ValueError, match="apt-get update && apt-get install -y dataset-fashion-mnist"):
+        _cfg(data_root=str(tmp_path / "nowhere"))  # a ValueError too: sweep validation reports it in one line
+    (fake_fmnist / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz not found"):
+        _cfg(data_root=str(fake_fmnist))
 
 
 def test_crop_flip_deterministic():
