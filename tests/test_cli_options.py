@@ -62,6 +62,19 @@ def test_as_flags_names_the_flags_a_user_typed():
                                     "n_samples_total stays")
 
 
+def test_as_flags_leaves_the_users_paths_alone():
+    from osscar.options import as_flags
+
+    flags = {"model": "--model", "data_root": "--data-root", "dataset": "--dataset"}
+    msg = ("model='/no/such/model': not found; model.gguf, ./model, ~model, C:\\x\\model, model/x; "
+           "data_root=/srv/data_root does not exist; got model.")
+    assert as_flags(msg, flags) == ("--model='/no/such/model': not found; model.gguf, ./model, ~model, C:\\x\\model, "
+                                    "model/x; --data-root=/srv/data_root does not exist; got --model.")
+    # a value the user typed stays as typed (a path with a space); inside other words it does not hide a field
+    assert as_flags("model=/srv/my model: missing", flags, keep=["/srv/my model"]) == "--model=/srv/my model: missing"
+    assert as_flags("dataset: bad (data)", flags, keep=["data"]) == "--dataset: bad (data)"
+
+
 def test_lm_run_that_prunes_nothing_is_rejected_naming_the_flags(capsys, tmp_path):
     from osscar.lm.cli import main
 
