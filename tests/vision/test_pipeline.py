@@ -223,13 +223,11 @@ def test_cli_help():
     assert "--flops-fraction" in out.stdout and "(default: 1024)" in out.stdout and "(default: 0.5)" in out.stdout
 
 
-@needs_fmnist
-def test_cli_rejects_before_work(capsys):
+def test_cli_rejects_before_work(capsys, fake_fmnist):
     from osscar.vision.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["--random-init", "--method", "mp,nope"])
-    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+    assert main(["--random-init", "--method", "mp,nope", "--data-root", str(fake_fmnist)]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 # -- real data ---------------------------------------------------------------------------------
