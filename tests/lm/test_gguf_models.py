@@ -14,7 +14,7 @@ from osscar.lm.sources import gguf_convert
 from osscar.lm.cli import build_parser, main
 from osscar.lm.sources.models import load_model
 
-from .gguf_fixture import make_tiny_gguf, write_header_gguf
+from .gguf_fixture import byte_level_vocab, make_tiny_gguf, tiny_gemma3, write_gemma3_gguf, write_header_gguf
 from .test_user_corpus import PARAGRAPHS
 
 TEXT = "the quick brown fox then the sea, a sun in the morning; on and on"
@@ -182,6 +182,22 @@ def test_every_family_with_an_adapter_is_accepted(family, tmp_path):
     assert gguf_convert.gguf_model_type(path) == model_type and model_type in available_adapters()
     assert gguf_convert.check_architecture(path, str(path)) == family
     assert family in gguf_convert.supported_architectures()
+
+
+def test_a_gemma3_gguf_loads_as_its_text_backbone_with_the_original_logits(tmp_path):
+    """GGUF 'gemma3' (the family the issue found refused) converts to model_type gemma3_text, which has an adapter."""
+    from osscar.lm.adapters import get_adapter
+
+    tokens, merges = byte_level_vocab()
+    model = tiny_gemma3(len(tokens))
+    path = write_gemma3_gguf(model, tmp_path / "tiny-gemma3.gguf", tokens, merges)
+    loaded = load_model(str(path), cache_dir=tmp_path / "cache")
+    assert loaded.model.config.model_type == "gemma3_text" and type(get_adapter(loaded.model)).__name__
+    ids = torch.randint(0, len(tokens), (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = model(ids).logits, loaded.model(ids).logits
+    assert ref.abs().max() > 1
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch,reason", [("gemma", "cannot be converted (transformers: GGUF model with architecture "
