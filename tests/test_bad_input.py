@@ -2,12 +2,13 @@
 exit code 2, no traceback — run as a user runs it, in a subprocess.
 
 Table-driven: add a :class:`Case` to ``CASES``. In ``argv``, ``{text}`` is a small text file,
-``{fmnist}`` a folder with (tiny) Fashion-MNIST files, ``{tmp}`` an empty folder and
+``{fmnist}`` a folder with (tiny) Fashion-MNIST files, ``{badidx}`` one whose files are not IDX, ``{tmp}`` an empty folder and
 ``{sweep:NAME}`` a sweep file written from ``SWEEPS[NAME]``.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -55,6 +56,8 @@ CASES = [
          ("--data-root=/no/such/data_root/model does not exist", "apt-get install -y dataset-fashion-mnist")),
     Case("vision-data-files-missing", (*VISION, "--data-root", "{tmp}"),
          ("--data-root={tmp}: Fashion-MNIST file", "not found")),
+    Case("vision-data-files-not-idx", (*VISION, "--data-root", "{badidx}"),
+         ("--data-root={badidx}: train-images-idx3-ubyte.gz is not an unsigned-byte IDX file",)),
     Case("vision-prepare-without-data", (*VISION, "--prepare", "--data-root", "/no/such/dir"),
          ("--data-root=/no/such/dir does not exist",)),
     Case("vision-bad-method", (*VISION, "--random-init", "--method", "magic", "--data-root", "{fmnist}"),
@@ -93,6 +96,9 @@ def places(tmp_path_factory) -> dict[str, str]:
     text.write_text("not a checkpoint, not a model\n")
     out = {"text": str(text), "fmnist": str(write_fake_fmnist(base / "fashion-mnist")), "tmp": str(base / "empty")}
     (base / "empty").mkdir()
+    out["badidx"] = str(write_fake_fmnist(base / "bad-idx"))
+    for f in (base / "bad-idx").iterdir():  # gzip files holding text
+        f.write_bytes(gzip.compress(b"<html>not found</html>"))
     for name, body in SWEEPS.items():
         (base / f"{name}.toml").write_text(body)
         out[f"sweep:{name}"] = str(base / f"{name}.toml")

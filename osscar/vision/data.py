@@ -36,6 +36,18 @@ NORMALIZE = {
 }
 
 
+def check_idx_header(path: Path) -> None:
+    """ValueError unless ``path`` (gzipped or not) starts like an unsigned-byte IDX file (magic 0x0000 0x08)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path.name} is not an unsigned-byte IDX file (it starts with {head!r})")
+
+
 def read_idx(path: str | Path) -> Tensor:
     """Read a (gzipped) IDX file into a uint8 tensor."""
     path = Path(path)
@@ -85,7 +97,11 @@ def check_dataset_root(dataset: str, root: str | Path) -> None:
     if dataset == "fashion-mnist":
         for files in FMNIST_FILES.values():
             for name in files:
-                find_fmnist_file(root, name)
+                path = find_fmnist_file(root, name)
+                try:
+                    check_idx_header(path)
+                except ValueError as exc:
+                    raise ValueError(f"data_root={root}: {exc}") from None
     elif dataset == "cifar10":
         if not (root / "cifar-10-batches-py").is_dir():
             raise DatasetMissingError(f"data_root={root}: cifar-10-batches-py/ not found (torchvision CIFAR10 layout)")

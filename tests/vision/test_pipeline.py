@@ -351,3 +351,19 @@ def test_vision_record_states_the_threads_it_used_after_another_count(tmp_path):
     rec, ran = execute(RunSpec("toy_vision", "vision", cfg, {"threads": 2}), ResultStore(tmp_path))
     assert ran and rec.provenance["device"]["torch_threads"] == 2
     assert rec.metrics["provenance"]["threads_used"] == 2 and torch.get_num_threads() == 1
+
+
+def test_dataset_files_that_are_not_idx_are_refused_at_validation(fake_fmnist):
+    import gzip
+
+    from osscar.vision.data import check_dataset_root, check_idx_header
+
+    check_dataset_root("fashion-mnist", fake_fmnist)
+    f = fake_fmnist / "t10k-images-idx3-ubyte.gz"
+    check_idx_header(f)
+    f.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + bytes(12)))  # IDX of float32, not unsigned bytes
+    with pytest.raises(ValueError, match=r"data_root=.*: t10k-images-idx3-ubyte.gz is not an unsigned-byte IDX file"):
+        check_dataset_root("fashion-mnist", fake_fmnist)
+    f.write_bytes(b"\x00\x00\x08\x03 not gzipped")
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz is unreadable"):
+        check_idx_header(f)
