@@ -9,8 +9,14 @@ Set OSSCAR_OFFLINE=0 to let Hugging Face libraries reach the hub.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from osscar.options import DEFAULT_FMNIST_ROOT, FMNIST_INSTALL, FMNIST_PACKAGE  # noqa: E402  (light: no torch)
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -36,9 +42,35 @@ def _install(session: nox.Session, extras: str = "test,assets,cluster") -> None:
                 f"{[v.replace('_', '-') for v in VERSIONS]!r}))")
 
 
+def fashion_mnist_step(root: Path, euid: int, apt_get: str | None) -> list[list[str]] | str:
+    """What brings the vision data (Debian's Fashion-MNIST package) to ``root``: ``[]`` when the folder
+    is there, the apt-get commands when this user can run them (root, apt-get on PATH), else the
+    one-line message that names the command to run."""
+    if root.is_dir():
+        return []
+    if euid == 0 and apt_get:
+        return [[apt_get, "update", "-qq"], [apt_get, "install", "-y", "-qq", FMNIST_PACKAGE]]
+    where = "" if apt_get else " (on Debian or Ubuntu; elsewhere put the four Fashion-MNIST IDX .gz files there)"
+    return (f"the vision data are missing ({root}): run `sudo sh -c '{FMNIST_INSTALL}'`{where}, "
+            "then this session again")
+
+
+def _ensure_fashion_mnist(session: nox.Session) -> None:
+    """Install the Fashion-MNIST package when it is missing and this user can; else stop with one line."""
+    root = Path(DEFAULT_FMNIST_ROOT)
+    step = fashion_mnist_step(root, os.geteuid() if hasattr(os, "geteuid") else -1, shutil.which("apt-get"))
+    if isinstance(step, str):
+        session.error(step)
+    for command in step:
+        session.run(*command, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    if not root.is_dir():
+        session.error(f"{FMNIST_PACKAGE} is installed but {root} is still missing")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit tests and the integration tests on the real embedded models (no slow/GPU tests)."""
+    _ensure_fashion_mnist(session)
     _install(session)
     session.run("pytest", *(session.posargs or ["-q"]), env=_env())
 
@@ -67,7 +99,6 @@ def mutation(session: nox.Session) -> None:
     results/mutation_equivalent.toml. One worker unless ``-- --max-children N``; the run resumes
     from mutants/ (git-ignored) unless ``-- --fresh``. About an hour on one CPU core.
     """
-    import shutil
     import time
 
     _install(session, extras="test,mutation")
@@ -121,8 +152,7 @@ def reproduce(session: nox.Session) -> None:
     deterministic metric drifts beyond its tolerance or a reference run is missing.
     ``nox -s report`` is the quick path: the report from the committed records, nothing rerun.
     """
-    import shutil
-
+    _ensure_fashion_mnist(session)
     _install(session)
     if "--fresh" in session.posargs:
         shutil.rmtree(REPRODUCE_STORE, ignore_errors=True)
@@ -136,6 +166,7 @@ def reproduce(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def ablation_calibration(session: nox.Session) -> None:
     """Calibration-size ablation (cpu profile unless ``-- --profile paper``)."""
+    _ensure_fashion_mnist(session)
     _install(session)
     _sweep(session, "ablation_calibration")
 
@@ -150,6 +181,7 @@ def ablation_lm(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def ablation_tp(session: nox.Session) -> None:
     """t̂/p̂ ablation of OSSCAR (cpu profile unless ``-- --profile paper``)."""
+    _ensure_fashion_mnist(session)
     _install(session)
     _sweep(session, "ablation_tp")
 

@@ -7,7 +7,8 @@ import importlib
 import sys
 
 PIPELINES = {
-    "lm": ("osscar.lm.cli", "Prune a Hugging Face causal LM (OPT, Llama/GQA); default: embedded SmolLM2-135M."),
+    "lm": ("osscar.lm.cli",
+           "Prune a Hugging Face causal LM (OPT, Llama/GQA); default: the embedded SmolLM2-135M-Instruct (Q4_1 GGUF)."),
     "vision": ("osscar.vision.cli", "Prune a CNN (ResNet20, MobileNetV1, ResNet50); default: embedded ResNet20."),
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
 CALIBRATION_INPUTS = ("pruned", "dense")  # where each LM block's H comes from
@@ -20,7 +20,9 @@ ALLOCATIONS = ("uniform", "runtime")
 OFFLOAD_MODES = ("none", "cpu", "disk")  # LM runs: where blocks wait while not computed (osscar.lm.offloading.offload)
 ATTENTION_UNITS = ("head", "kv-group")  # GQA: query heads uniform per KV group, or whole KV groups
 VISION_DATASETS = ("fashion-mnist", "cifar10", "imagenet")
-DEFAULT_FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+DEFAULT_FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where the Debian package puts the IDX files
+FMNIST_PACKAGE = "dataset-fashion-mnist"
+FMNIST_INSTALL = f"apt-get update && apt-get install -y {FMNIST_PACKAGE}"  # as root (noxfile.py runs it when it can)
 VISION_ARCHS = ("resnet20", "mobilenetv1", "resnet50")
 DEFAULT_DAMPING = 1e-2
 
@@ -36,11 +38,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def as_flags(message: str, flags: Mapping[str, str]) -> str:
-    """``message`` with config field names (``head_fraction``) replaced by the flags a user typed."""
+def as_flags(message: str, flags: Mapping[str, str], keep: Iterable[str] = ()) -> str:
+    """``message`` with config field names (``head_fraction``) replaced by the flags a user typed.
+
+    A field name inside a path is left alone (``/no/such/model`` stays, ``model.gguf`` stays): one
+    preceded by a path character (``/ \\ . ~``) or followed by a separator or ``.name``. The strings in
+    ``keep`` (the user's own argument values) are never rewritten where they stand as whole words.
+    """
+    kept = sorted({k for k in keep if k}, key=len, reverse=True)
+    alternatives = "|".join(map(re.escape, kept))
+    parts = re.split(rf"(?<![\w-])({alternatives})(?![\w-])", message) if kept else [message]
     for field, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
-        message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", flag, message)
-    return message
+        pattern = re.compile(rf"(?<![\w\-/\\.~]){re.escape(field)}(?![\w\-/\\]|\.\w)")
+        parts = [p if i % 2 else pattern.sub(flag, p) for i, p in enumerate(parts)]
+    return "".join(parts)
 
 
 def parser_flags(parser: argparse.ArgumentParser, extra: Mapping[str, str] | None = None) -> dict[str, str]:

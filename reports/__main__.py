@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="result store root (default: %(default)s)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "output"), help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        print(f"{parser.prog}: error: --out {args.out}: {blocker} is a file, not a folder", file=sys.stderr)
+        return 2
     store = Path(args.store)
     if not store.is_dir():
         print(f"note: store {store} does not exist; the report will list every experiment as missing",

@@ -41,3 +41,28 @@ def brute_force(problem: LayerProblem) -> tuple[float, tuple[int, ...]]:
 @pytest.fixture
 def make_problem():
     return random_problem
+
+
+def write_fake_fmnist(root, n: int = 4):
+    """Four tiny gzipped IDX files in Fashion-MNIST's layout under ``root`` (n random 28×28 images per
+    split): what validation looks for, without the Debian package. Returns ``root``."""
+    import gzip
+    import struct
+    from pathlib import Path
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for prefix in ("train", "t10k"):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=g)
+        for kind, t in (("images-idx3", images), ("labels-idx1", labels)):
+            head = struct.pack(">HBB", 0, 0x08, t.ndim) + struct.pack(">" + "I" * t.ndim, *t.shape)
+            (root / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(head + t.numpy().tobytes()))
+    return root
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path):
+    """A folder with tiny Fashion-MNIST-layout files (see :func:`write_fake_fmnist`)."""
+    return write_fake_fmnist(tmp_path / "fashion-mnist")

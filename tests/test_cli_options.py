@@ -62,6 +62,19 @@ def test_as_flags_names_the_flags_a_user_typed():
                                     "n_samples_total stays")
 
 
+def test_as_flags_leaves_the_users_paths_alone():
+    from osscar.options import as_flags
+
+    flags = {"model": "--model", "data_root": "--data-root", "dataset": "--dataset"}
+    msg = ("model='/no/such/model': not found; model.gguf, ./model, ~model, C:\\x\\model, model/x; "
+           "data_root=/srv/data_root does not exist; got model.")
+    assert as_flags(msg, flags) == ("--model='/no/such/model': not found; model.gguf, ./model, ~model, C:\\x\\model, "
+                                    "model/x; --data-root=/srv/data_root does not exist; got --model.")
+    # a value the user typed stays as typed (a path with a space); inside other words it does not hide a field
+    assert as_flags("model=/srv/my model: missing", flags, keep=["/srv/my model"]) == "--model=/srv/my model: missing"
+    assert as_flags("dataset: bad (data)", flags, keep=["data"]) == "--dataset: bad (data)"
+
+
 def test_lm_run_that_prunes_nothing_is_rejected_naming_the_flags(capsys, tmp_path):
     from osscar.lm.cli import main
 
@@ -83,7 +96,15 @@ def test_vision_empty_flops_list_is_an_error(value, capsys):
 def test_vision_errors_name_flags(capsys):
     from osscar.vision.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["--random-init", "--n-calib", "0"])
+    code = main(["--random-init", "--n-calib", "0"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "--n-calib" in err and "Traceback" not in err
+    assert code == 2 and "--n-calib" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_help_names_the_embedded_model_for_what_it_is():
+    """The embedded GGUF is the Instruct model, 4-bit Q4_1: the help says so, as the file name does."""
+    from osscar.lm.sources.models import EMBEDDED_MODELS
+
+    assert EMBEDDED_MODELS["smollm2-135m"]["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    r = subprocess.run([sys.executable, "-m", "osscar", "--help"], capture_output=True, text=True, timeout=120)
+    assert "SmolLM2-135M-Instruct (Q4_1 GGUF)" in " ".join(r.stdout.split())

@@ -142,27 +142,51 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _check_weights(configs: list[Any]) -> None:
+    """Load each checkpoint file the runs name once (ValueError for a file that is not one, or not for the arch)."""
+    from osscar.vision.models import is_pretrained_name, load_model
+
+    for arch, ckpt in sorted({(c.arch, c.checkpoint) for c in configs if isinstance(c.checkpoint, str)}):
+        if ckpt not in ("default", "train") and not is_pretrained_name(ckpt):
+            load_model(arch, ckpt)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """``--prepare``: train and cache the default-recipe ResNet20."""
+    from osscar.vision.data import check_dataset_root
+    from osscar.vision.train import TrainConfig, default_checkpoint, load_checkpoint_meta
+
+    cfg = TrainConfig(root=args.data_root, threads=args.threads, seed=args.seed)
+    check_dataset_root(cfg.dataset, cfg.root)
+    path = default_checkpoint(cfg, progress=not args.quiet)
+    meta = load_checkpoint_meta(path)
+    print(f"{path}\ntest top-1 {meta['test_top1']:.4f}, trained in {meta['train_seconds']:.0f}s")
+    return 0
+
+
+def _error(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: Exception) -> int:
+    """One line on stderr naming the flags as typed (the user's paths left as they are); exit code 2."""
+    keep = [str(v) for v in (args.data_root, args.checkpoint, args.output_dir) if v is not None]
+    message = as_flags(" ".join(str(exc).split()), parser_flags(parser, FIELD_FLAGS), keep=keep)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    flags = parser_flags(parser, FIELD_FLAGS)
-    if args.prepare:
-        from osscar.vision.train import TrainConfig, default_checkpoint, load_checkpoint_meta
-
-        cfg = TrainConfig(root=args.data_root, threads=args.threads, seed=args.seed)
-        path = default_checkpoint(cfg, progress=not args.quiet)
-        meta = load_checkpoint_meta(path)
-        print(f"{path}\ntest top-1 {meta['test_top1']:.4f}, trained in {meta['train_seconds']:.0f}s")
-        return 0
     try:
+        if args.prepare:
+            return _prepare(args)
         configs = _configs(args)
         from osscar.devices import resolve_device
 
         resolve_device(args.device, "--device")
+        _check_weights(configs)
     except (ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
-        parser.error(as_flags(str(exc), flags))
+        return _error(parser, args, exc)
     from osscar.vision.pipeline import run_vision
 
     rows = []

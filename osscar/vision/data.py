@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from osscar.options import DEFAULT_FMNIST_ROOT  # noqa: F401  (re-exported)
+from osscar.options import DEFAULT_FMNIST_ROOT, FMNIST_INSTALL
 from osscar.options import VISION_DATASETS as DATASETS
 
 
@@ -34,6 +34,18 @@ NORMALIZE = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+
+def check_idx_header(path: Path) -> None:
+    """ValueError unless ``path`` (gzipped or not) starts like an unsigned-byte IDX file (magic 0x0000 0x08)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path.name} is not an unsigned-byte IDX file (it starts with {head!r})")
 
 
 def read_idx(path: str | Path) -> Tensor:
@@ -52,36 +64,52 @@ def read_idx(path: str | Path) -> Tensor:
     return t.reshape(shape)
 
 
+class DatasetMissingError(FileNotFoundError, ValueError):
+    """A dataset folder or file is missing. A FileNotFoundError, and a ValueError so that config
+    validation (the CLIs, sweep files) reports it in one line as bad input."""
+
+
+def _install_hint(dataset: str) -> str:
+    """How to get ``dataset``'s files, for error messages."""
+    if dataset == "fashion-mnist":
+        return f"; Fashion-MNIST comes from Debian: {FMNIST_INSTALL} (as root; files in {DEFAULT_FMNIST_ROOT})"
+    return ""
+
+
 def find_fmnist_file(root: Path, name: str) -> Path:
+    """The IDX file ``name`` under ``root`` (also in raw/ and FashionMNIST/raw/, gzipped or not)."""
     for cand in (root / name, root / "raw" / name, root / "FashionMNIST" / "raw" / name,
                  root / name.removesuffix(".gz"), root / "raw" / name.removesuffix(".gz"),
                  root / "FashionMNIST" / "raw" / name.removesuffix(".gz")):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(
-        f"Fashion-MNIST file {name} not found under {root} (also looked in raw/ and FashionMNIST/raw/). "
-        "On Debian: apt-get install -y dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist/)"
-    )
+    raise DatasetMissingError(f"data_root={root}: Fashion-MNIST file {name} not found (also looked in raw/ and "
+                              f"FashionMNIST/raw/){_install_hint('fashion-mnist')}")
 
 
 def check_dataset_root(dataset: str, root: str | Path) -> None:
-    """Raise (FileNotFoundError / ValueError) unless ``root`` holds ``dataset`` — before any work."""
+    """Raise :class:`DatasetMissingError` (or ValueError) unless ``root`` holds ``dataset`` — before any work."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist")
+        raise DatasetMissingError(f"data_root={root} does not exist{_install_hint(dataset)}")
     if dataset == "fashion-mnist":
         for files in FMNIST_FILES.values():
             for name in files:
-                find_fmnist_file(root, name)
+                path = find_fmnist_file(root, name)
+                try:
+                    check_idx_header(path)
+                except ValueError as exc:
+                    raise ValueError(f"data_root={root}: {exc}") from None
     elif dataset == "cifar10":
         if not (root / "cifar-10-batches-py").is_dir():
-            raise FileNotFoundError(f"{root}/cifar-10-batches-py not found (torchvision CIFAR10 layout)")
+            raise DatasetMissingError(f"data_root={root}: cifar-10-batches-py/ not found (torchvision CIFAR10 layout)")
     elif dataset == "imagenet":
         for split in ("train", "val"):
             if not (root / split).is_dir():
-                raise FileNotFoundError(f"{root}/{split} not found (ImageFolder layout root/{{train,val}}/<class>/)")
+                raise DatasetMissingError(f"data_root={root}: {split}/ not found (ImageFolder layout "
+                                          "root/{train,val}/<class>/)")
 
 
 @dataclass

@@ -187,10 +187,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, arch_k
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"format", "state_dict", "meta", ...}`` of a checkpoint file; FileNotFoundError when it is missing,
+    ValueError when it is not a torch checkpoint (a text file, a truncated file) or holds no state_dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (pickle/zip errors of a file that is not a torch checkpoint)
+        raise ValueError(f"checkpoint {path}: not a file torch.load reads with weights_only=True "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from exc
     if isinstance(obj, dict) and obj.get("format") == "osscar-vision-v1":
         return obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):

