@@ -88,7 +88,12 @@ def tiny_lm_dir(tmp_path_factory):
     config = LlamaConfig(vocab_size=300, hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
                          intermediate_size=64, num_hidden_layers=2, max_position_embeddings=256,
                          attn_implementation="eager")
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random RMSNorm weights (HF's are all ones), as tests/lm/conftest.make_model
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(path)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(["The quick brown fox jumps over the lazy dog. " * 5], vocab_size=300, min_frequency=1,
                             special_tokens=["<|endoftext|>"])

@@ -1,4 +1,4 @@
-"""Tiny random OPT and Llama (GQA) models, and a tiny byte-level tokenizer, for fast LM tests."""
+"""Tiny random OPT and Llama (GQA) models with random biases and norms, and a tiny byte-level tokenizer, for fast LM tests."""
 
 from __future__ import annotations
 
@@ -31,21 +31,44 @@ def tiny_llama_config(**kw):
     return LlamaConfig(**base)
 
 
+BIAS_STD = 0.2  # random biases: a slicer that keeps the wrong bias rows changes the logits
+NORM_STD = 0.3  # random LayerNorm / RMSNorm weights (and LayerNorm biases): a wrong norm slice shows
+
+
 def make_model(config, seed: int = 0):
+    """A random model of ``config`` whose every parameter is non-trivial.
+
+    HF initialises biases to 0 and norm weights to 1 (Gemma's ``1 + w`` norms to 0): with those, a
+    slicer copying the wrong bias or norm entries still gives the right logits. Here every 1-D
+    parameter (a bias or a norm weight: the tiny families have no other) gets a random offset, and
+    the 2-D weights other than the embeddings are scaled by 5 so that pruning changes the function.
+    """
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # larger random weights so pruning changes the function visibly
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2 and "embed" not in name:
                 p.mul_(5.0)
+            elif p.ndim == 1:
+                p.add_((BIAS_STD if name.endswith("bias") and "norm" not in name else NORM_STD) * torch.randn_like(p))
+    assert_nontrivial(model)
     return model
 
 
-@pytest.fixture(params=["opt", "llama"])
+def assert_nontrivial(model) -> None:
+    """No bias is all zeros and no norm weight all ones or all zeros (a guard on :func:`make_model`)."""
+    for name, p in model.named_parameters():
+        if p.ndim == 1:
+            assert not (torch.all(p == 0) or torch.all(p == 1)), f"{name} is trivial"
+
+
+@pytest.fixture(params=["opt", "llama", "llama-bias"])
 def tiny_model(request):
-    cfg = tiny_opt_config() if request.param == "opt" else tiny_llama_config()
+    """Tiny OPT, Llama (GQA), and Llama with q/k/v/o and MLP biases (random, as every 1-D parameter)."""
+    cfg = {"opt": tiny_opt_config, "llama": tiny_llama_config,
+           "llama-bias": lambda: tiny_llama_config(attention_bias=True, mlp_bias=True)}[request.param]()
     return make_model(cfg)
 
 

