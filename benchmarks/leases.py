@@ -207,7 +207,7 @@ class Coordinator:
             if not self._verify(experiment, key, top + 1, held):
                 path.unlink(missing_ok=True)
                 continue
-            for gen, old in _generations(folder, key).items():
+            for gen, old in sorted(_generations(folder, key).items()):  # lowest first
                 if gen < top + 1:
                     old.unlink(missing_ok=True)
             return Lease(path, info), held

@@ -150,7 +150,7 @@ def test_killed_run_leaves_a_stale_lease_that_the_next_submission_takes_over(tmp
     proc.wait(timeout=30)
     held = list(leases.glob("*.lease"))
     assert len(held) == 1, "the killed run's lease stays behind"
-    killed_key = held[0].stem
+    killed_key = held[0].name.split(".", 1)[0]  # <key>.<generation>.lease
     done_before = len(list((store / "toy").glob("*.json")))
     assert done_before < 6
     r = subprocess.run([sys.executable, "-m", "benchmarks.run", str(sweep), "--store", str(store)], cwd=ROOT, env=env,
