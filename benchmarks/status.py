@@ -28,7 +28,9 @@ def run_states(store_root: str | Path, plan: list[tuple[str, str, str]] | None =
     leases = coord.leases()
     failures = {(f.get("experiment"), f.get("key")): f for f in coord.failures()}
     if plan is None:
-        known = {(r.experiment, r.key): "" for r in store.records(on_bad=None)}
+        bad: list = []  # unreadable or invalid record files are listed too (as failed, with the reason)
+        known = {(r.experiment, r.key): "" for r in store.records(on_bad=bad.append)}
+        known.update({(b.path.parent.name, b.path.stem): "" for b in bad})
         known.update({k: "" for k in leases})
         known.update({k: "" for k in failures})
         plan = [(e, k, label) for (e, k), label in sorted(known.items())]

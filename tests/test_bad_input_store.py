@@ -167,6 +167,9 @@ def test_an_unreadable_record_is_named_and_skipped_by_run_status_and_reports(wor
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stdout + status.stderr
     assert f"unreadable record: {victim}: permission denied" in status.stdout
     assert "2 run(s): 1 done, 0 running, 0 stale, 1 failed, 0 not started" in status.stdout
+    listing = _cli("benchmarks.status", [str(store)], world, as_nobody=True)  # no sweep: what the store holds
+    assert listing.returncode == 0 and f"unreadable record: {victim}" in listing.stdout, listing.stdout + listing.stderr
+    assert "2 run(s): 1 done" in listing.stdout
     out = world / "report"
     out.mkdir()
     os.chown(out, NOBODY, NOBODY) if os.getuid() == 0 else None
