@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error("give sweep files or --all")
     try:
-        problem = store_problem(args.store, writable=not args.dry_run)
+        sweeps = [load_sweep(f, args.profile) for f in files]
+        problem = store_problem(args.store, not args.dry_run, tuple(sw.name for sw in sweeps))
         if problem:
             raise SweepError(problem)
-        sweeps = [load_sweep(f, args.profile) for f in files]
         plan = [spec for sw in sweeps for spec in sw.runs()]  # validates everything first
         if not args.lease_expiry > 0:
             raise SweepError(f"--lease-expiry must be > 0 seconds, got {args.lease_expiry:g}")

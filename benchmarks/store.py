@@ -54,14 +54,19 @@ def inside(root: Path, path: Path) -> Path:
     return path
 
 
-def store_problem(root: str | os.PathLike, writable: bool = True) -> str | None:
+def store_problem(root: str | os.PathLike, writable: bool = True, experiments: tuple[str, ...] = ()) -> str | None:
     """Why ``root`` cannot serve as a store (one line), or None: a file, or (``writable``) a folder this
-    user cannot write, or a path whose nearest existing folder cannot be written to create it."""
+    user cannot write, or a path whose nearest existing folder cannot be written to create it, or an
+    existing folder of one of ``experiments`` (records, leases, failures) this user cannot write."""
     path = Path(root)
     if path.exists() and not path.is_dir():
         return f"--store {str(root)!r} is a file, not a folder"
     if not writable:
         return None
+    for name in experiments:
+        for folder in (path / name, path / "_leases" / name, path / "_failures" / name):
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                return f"--store {str(root)!r}: folder {str(folder)!r} is read-only for this user; give a store you can write"
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent

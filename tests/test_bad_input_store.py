@@ -71,6 +71,15 @@ def _read_only_store(world: Path) -> list[str]:
     return ["--store", str(store)]
 
 
+def _read_only_experiment(world: Path) -> list[str]:
+    store = world / "rx"
+    (store / "toy").mkdir(parents=True)
+    os.chmod(store / "toy", 0o555)
+    if os.getuid() == 0:
+        os.chown(store, NOBODY, NOBODY)  # the store is theirs, its experiment folder is not writable
+    return ["--store", str(store)]
+
+
 def _fake_ray(world: Path) -> Path:
     (world / "fake" / "ray").mkdir(parents=True)
     (world / "fake" / "ray" / "__init__.py").write_text(FAKE_RAY)
@@ -99,6 +108,8 @@ CASES: dict[str, tuple[str, str, Callable[[Path], list[str]], bool, bool, str]] 
     "--store below a file": ("benchmarks.run", '"toy"', lambda w: ["--store", str(_file(w) / "sub")], False, False,
                              "cannot be created: '{world}/afile' is a file"),
     "--store read-only": ("benchmarks.run", '"toy"', _read_only_store, True, False, "is read-only for this user"),
+    "experiment folder read-only": ("benchmarks.run", '"toy"', _read_only_experiment, True, False,
+                                    "/rx/toy' is read-only for this user"),
     "--store is a file, dry run": ("benchmarks.run", '"toy"', lambda w: ["--store", str(_file(w)), "--dry-run"],
                                    False, False, "is a file, not a folder"),
     "--lease-expiry 0": ("benchmarks.run", '"toy"', lambda w: ["--store", str(w / "st"), "--lease-expiry", "0"],
