@@ -9,8 +9,11 @@ config twice at once, and records reach the store from the workers themselves.
   ``--ray-address`` joins a running cluster (``ray start --head`` on a node), none starts a
   local one.
 * ``slurm`` — SLURM job arrays through submitit (one array per distinct resource request);
-  each job's stdout/stderr stay under ``<store>/_logs/<job id>/`` and are linked from its record
-  (``provenance.executor.log``) or failure entry.
+  each job's pickled call and its stdout/stderr stay under ``<job dir>/<job id>/`` and are linked
+  from its record (``provenance.executor.log``) or failure entry. The job dir is a private folder
+  of the submitting user (0700, default ``~/.cache/osscar/jobs``; ``--job-dir``), not the shared
+  store: whoever could write the pickles could make the next job run their code. On a cluster it
+  must be on a file system the compute nodes mount (home folders usually are).
 * ``submitit-local`` — the same submitit code path with local subprocesses instead of SLURM
   (for a workstation, and for testing the SLURM path without a cluster).
 
@@ -19,6 +22,7 @@ Ray and submitit are the optional extra ``cluster`` (``pip install -e '.[cluster
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from typing import Any
 
 from benchmarks.resources import Resources, resources_for  # noqa: F401  (re-exported)
 from benchmarks.sweep import RunSpec
+from benchmarks.leases import Coordinator
 from benchmarks.worker import Outcome, run_claimed
 from benchmarks.store import config_key
 
@@ -44,10 +49,32 @@ class Options:
     expiry_s: float
     ray_address: str | None = None
     report: Callable[[str], None] = print
-    log_dir: str = ""
+    log_dir: str = ""  # submitit's job files and logs: private to the user (default: default_job_dir())
 
     def __post_init__(self) -> None:
-        self.log_dir = self.log_dir or str(Path(self.store) / "_logs")
+        self.log_dir = self.log_dir or str(default_job_dir())
+
+
+def default_job_dir() -> Path:
+    """``$XDG_CACHE_HOME/osscar/jobs`` (``~/.cache/osscar/jobs``): the user's own, outside any shared store."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "osscar" / "jobs"
+
+
+def private_dir(path: Path, flag: str = "--job-dir") -> Path:
+    """Create ``path`` (and parents) and make it 0700; ExecutorError when it is not this user's folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            raise ExecutorError(f"{flag} {str(path)!r} belongs to another user (uid {st.st_uid}); job files must be "
+                                "private: give a folder of your own")
+        os.chmod(path, 0o700)
+    except (FileExistsError, NotADirectoryError):
+        raise ExecutorError(f"{flag} {str(path)!r} is not a folder") from None
+    except PermissionError as exc:
+        raise ExecutorError(f"{flag} {str(path)!r} cannot be made a private folder ({exc.strerror})") from None
+    return path
 
 
 @dataclass
@@ -64,10 +91,20 @@ class Executor:
     def run(self, specs: Sequence[tuple[RunSpec, Resources]]) -> list[Outcome]:
         raise NotImplementedError
 
+    def _crashed(self, spec: RunSpec, exc: BaseException, log: str | None = None) -> Outcome:
+        """The outcome of a task whose worker died (killed, out of memory) before it could report:
+        a failure entry is written for it, as :func:`run_claimed` does for a run that raises."""
+        key = config_key(spec.pipeline, spec.key_config)
+        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        try:
+            Coordinator(self.options.store, self.options.expiry_s).record_failure(
+                spec.experiment, key, spec.pipeline, spec.key_config, exc, log=log, worker=f"{self.name} task (died)")
+        except OSError as err:  # the store went away: the outcome still says what happened
+            error += f" (no failure entry: {err})"
+        return Outcome(spec.experiment, key, "failed", error=error, log=log)
+
     def _say(self, i: int, n: int, spec: RunSpec, outcome: Outcome) -> None:
-        short = {k: v for k, v in spec.key_config.items()
-                 if k in ("method", "model", "arch", "shape", "head_fraction", "neuron_fraction", "flops_fraction",
-                          "n_calib", "n_samples", "method_params", "p_hat", "t_hat")}
+        short = spec.label() or config_key(spec.pipeline, spec.key_config)
         extra = {"ran": f"in {outcome.seconds:.1f}s", "failed": f"FAILED: {outcome.error}",
                  "held": f"skipped: running on {outcome.worker}", "done": "skipped: done"}[outcome.status]
         if outcome.took_over:
@@ -80,7 +117,7 @@ class LocalExecutor(Executor):
         out = []
         for i, (spec, _res) in enumerate(specs, 1):
             self.options.report(f"[{i}/{len(specs)}] {spec.experiment}: starting "
-                                f"{config_key(spec.pipeline, spec.key_config)}")
+                                f"{config_key(spec.pipeline, spec.key_config)} {spec.label()}".rstrip())
             outcome = run_claimed(spec, self.options.store, self.options.expiry_s, "local")
             self._say(i, len(specs), spec, outcome)
             out.append(outcome)
@@ -126,9 +163,13 @@ class RayExecutor(Executor):
 
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                          ignore_reinit_error=True, _node_ip_address="127.0.0.1")
-        except Exception as exc:  # noqa: BLE001 — ConnectionError, RuntimeError, ValueError by version
-            raise ExecutorError(f"--ray-address {address!r} does not answer: {type(exc).__name__}: "
-                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+        except Exception as exc:  # noqa: BLE001 — ConnectionError, RuntimeError, TimeoutError, by version
+            first = (str(exc).strip().splitlines() or [""])[0]
+            if not address:
+                raise ExecutorError(f"--executor ray: starting a local Ray cluster failed ({type(exc).__name__}: "
+                                    f"{first}); start one with `ray start --head` and pass --ray-address auto, or "
+                                    "use --executor local") from None
+            raise ExecutorError(f"--ray-address {address!r} does not answer: {type(exc).__name__}: {first}") from None
         total = ray.cluster_resources()
         for spec, res in specs:
             need = {"CPU": res.cpus, "GPU": res.gpus}
@@ -160,9 +201,7 @@ class RayExecutor(Executor):
             try:
                 outcome = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 — the worker process died (killed, OOM)
-                key = config_key(spec.pipeline, spec.key_config)
-                outcome = Outcome(spec.experiment, key, "failed",
-                                  error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+                outcome = self._crashed(spec, exc)
             self._say(done, len(specs), spec, outcome)
             out.append(outcome)
         return out
@@ -181,6 +220,7 @@ def _submitit_job(spec: RunSpec, store: str, expiry_s: float, executor: str, fol
 class SubmititExecutor(Executor):
     def check(self, specs: Sequence[tuple[RunSpec, Resources]]) -> None:
         _import("submitit", self.name)
+        private_dir(Path(self.options.log_dir))
         if self.name == "slurm" and shutil.which("sbatch") is None:
             raise ExecutorError("--executor slurm: 'sbatch' is not on PATH; run the sweep from a SLURM login node, "
                                 "or use --executor ray / local / submitit-local")
@@ -219,9 +259,7 @@ class SubmititExecutor(Executor):
             try:
                 outcome = job.result()
             except Exception as exc:  # noqa: BLE001 — job killed, timed out or crashed
-                outcome = Outcome(spec.experiment, config_key(spec.pipeline, spec.key_config), "failed",
-                                  error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}",
-                                  log=str(job.paths.stdout))
+                outcome = self._crashed(spec, exc, log=str(job.paths.stdout))
             self._say(i, len(jobs), spec, outcome)
             out.append(outcome)
         return out

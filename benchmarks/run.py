@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.executors import EXECUTORS, ExecutorError, Options, make_executor, summarize
+from benchmarks.executors import EXECUTORS, ExecutorError, Options, default_job_dir, make_executor, summarize
 from benchmarks.resources import resources_for
 from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
 from benchmarks.worker import execute  # noqa: F401  (re-exported: one run without a lease)
 from benchmarks.leases import DEFAULT_EXPIRY_S, Coordinator
-from benchmarks.store import ResultStore, config_key
+from benchmarks.store import ResultStore, config_key, store_problem
 
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "records"
 
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease-expiry", type=float, default=DEFAULT_EXPIRY_S,
                         help=f"seconds without a heartbeat after which a run's lease is stale and taken over "
                              f"(default: {DEFAULT_EXPIRY_S:g}; a dead process on this host is stale at once)")
+    parser.add_argument("--job-dir", default="",
+                        help=f"with --executor slurm / submitit-local: a private folder (made 0700) for the jobs' "
+                             f"pickled calls and logs (default: {default_job_dir()}); never inside a shared store")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that have a failure entry")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -60,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give sweep files or --all")
     try:
         sweeps = [load_sweep(f, args.profile) for f in files]
+        problem = store_problem(args.store, not args.dry_run, tuple(sw.name for sw in sweeps))
+        if problem:
+            raise SweepError(problem)
         plan = [spec for sw in sweeps for spec in sw.runs()]  # validates everything first
         if not args.lease_expiry > 0:
             raise SweepError(f"--lease-expiry must be > 0 seconds, got {args.lease_expiry:g}")
         store, coord = ResultStore(args.store), Coordinator(args.store, args.lease_expiry)
-        done = [s for s in plan if store.has(s.experiment, config_key(s.pipeline, s.key_config))]
+        done = [s for s in plan  # --dry-run changes nothing on disk: bad records are named, not quarantined
+                if store.has(s.experiment, config_key(s.pipeline, s.key_config), quarantine=not args.dry_run)]
         rest = [s for s in plan if s not in done]
         failed = [s for s in rest if coord.failure(s.experiment, config_key(s.pipeline, s.key_config)) is not None]
         todo = rest if args.retry_failed else [s for s in rest if s not in failed]
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 if hasattr(s.config, "device"):
                     resolve_device(s.config.device, f"{s.experiment}: device")
         executor = make_executor(args.executor, Options(store=str(store.root), expiry_s=args.lease_expiry,
-                                                        ray_address=args.ray_address,
+                                                        ray_address=args.ray_address, log_dir=args.job_dir,
                                                         report=lambda m: print(m, flush=True)))
         if work:
             executor.check(work)

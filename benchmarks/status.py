@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
 from benchmarks.leases import Coordinator
-from benchmarks.store import ResultStore, config_key
+from benchmarks.store import ResultStore, UnreadableRecord, config_key
 
 STATES = ("done", "running", "stale", "failed", "not started")
 
@@ -28,18 +28,22 @@ def run_states(store_root: str | Path, plan: list[tuple[str, str, str]] | None =
     leases = coord.leases()
     failures = {(f.get("experiment"), f.get("key")): f for f in coord.failures()}
     if plan is None:
-        known = {(r.experiment, r.key): "" for r in store.records(on_bad=None)}
+        bad: list = []  # unreadable or invalid record files are listed too (as failed, with the reason)
+        known = {(r.experiment, r.key): "" for r in store.records(on_bad=bad.append)}
+        known.update({(b.path.parent.name, b.path.stem): "" for b in bad})
         known.update({k: "" for k in leases})
         known.update({k: "" for k in failures})
         plan = [(e, k, label) for (e, k), label in sorted(known.items())]
     rows = []
     for exp, key, label in plan:
-        path = store.path(exp, key)
+        path = store.root / exp / f"{key}.json"
         lease = leases.get((exp, key))
         if path.is_file():
             try:
                 store.read(path)
                 state, detail = "done", ""
+            except UnreadableRecord as exc:
+                state, detail = "failed", f"unreadable record: {exc}"
             except ValueError as exc:
                 state, detail = "failed", f"bad record (quarantined on the next run): {exc}"
         elif lease is not None:
@@ -74,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         except SweepError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        plan = [(s.experiment, config_key(s.pipeline, s.key_config),
-                 " ".join(f"{k}={v}" for k, v in s.key_config.items()
-                          if k in ("method", "model", "arch", "shape", "head_fraction", "flops_fraction", "n_calib",
-                                   "p_hat", "t_hat"))) for s in specs]
+        plan = [(s.experiment, config_key(s.pipeline, s.key_config), s.label()) for s in specs]
     rows = run_states(args.store, plan)
     for r in rows:
         print(f"{r['state']:<12} {r['experiment']}/{r['key']}  {r['label']}" + (f"  — {r['detail']}" if r["detail"] else ""))

@@ -2,7 +2,7 @@
 
 A sweep file::
 
-    name = "lm_perplexity"                 # experiment name (folder in the result store)
+    name = "lm_perplexity"                 # experiment name (folder in the result store; a safe slug)
     pipeline = "lm"                        # lm | vision | solver
     description = "..."
     in_reproduce = true                    # optional (default true); false: too long for `nox -s reproduce`
@@ -31,6 +31,7 @@ from typing import Any
 
 from benchmarks.pipelines import get_pipeline
 from benchmarks.resources import RESOURCE_KEYS, Resources
+from benchmarks.store import canonical_json, check_name
 
 PROFILES = ("cpu", "paper")
 
@@ -71,6 +72,11 @@ class RunSpec:
     config: Any
     key_config: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)  # the profile's [resources] (benchmarks.resources)
+    swept: tuple[str, ...] = ()  # the config fields that differ between the runs of its sweep
+
+    def label(self) -> str:
+        """``field=value`` of every swept field (the seed too): tells this run from the others of its sweep."""
+        return " ".join(f"{k}={getattr(self.config, k)}" for k in self.swept)
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,6 @@ class Sweep:
 
     def runs(self) -> list[RunSpec]:
         """Build every run's config; unknown keys or invalid values raise before any run."""
-        from benchmarks.store import canonical_json
-
         pipeline = get_pipeline(self.pipeline)
         cls = pipeline.config_class()
         allowed = {f.name for f in dataclasses.fields(cls)}
@@ -124,7 +128,15 @@ class Sweep:
             if ident not in seen:
                 seen.add(ident)
                 specs.append(RunSpec(self.name, self.pipeline, config, key_config, dict(self.resources)))
-        return specs
+        swept = _swept([dataclasses.asdict(s.config) for s in specs])
+        return [dataclasses.replace(s, swept=swept) for s in specs]
+
+
+def _swept(configs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The fields (in the config class's order) whose values are not the same in every config."""
+    if not configs:
+        return ()
+    return tuple(k for k in configs[0] if len({canonical_json(c.get(k)) for c in configs}) > 1)
 
 
 def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
@@ -150,6 +162,9 @@ def load_sweep(path: str | Path, profile: str = "cpu") -> Sweep:
     for key in ("name", "pipeline"):
         if key not in data:
             raise SweepError(f"{path}: missing required key {key!r}")
+    why = check_name(data["name"])
+    if why:
+        raise SweepError(f"{path}: key 'name' {why}")
     if not isinstance(data.get("in_reproduce", True), bool):
         raise SweepError(f"{path}: key 'in_reproduce' must be true or false, got {data['in_reproduce']!r}")
     profiles = data.get("profiles", {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -131,13 +132,16 @@ def test_ray_executor_records_equal_the_serial_run(tmp_path, serial, tiny_lm_dir
 @needs_submitit
 @pytest.mark.integration
 def test_submitit_local_executor_records_equal_the_serial_run_and_keep_logs(tmp_path, serial, tiny_lm_dir):
-    store = tmp_path / "store"
+    store, jobs = tmp_path / "store", tmp_path / "jobs"
     assert run_main([str(_sweep(tmp_path)), str(_lm_sweep(tmp_path, tiny_lm_dir)), "--store", str(store),
-                     "--executor", "submitit-local"]) == 0
+                     "--executor", "submitit-local", "--job-dir", str(jobs)]) == 0
     assert _metrics(store) == serial
     for r in ResultStore(store).records():
         ex = r.provenance["executor"]
         assert ex["name"] == "submitit-local" and ex["job_id"] and Path(ex["log"]).is_file()
+        assert jobs in Path(ex["log"]).parents
+    assert stat.S_IMODE(jobs.stat().st_mode) == 0o700
+    assert not list(store.rglob("*.pkl")), "job pickles must stay out of the shared store"
 
 
 def test_killed_run_leaves_a_stale_lease_that_the_next_submission_takes_over(tmp_path):
@@ -155,7 +159,7 @@ def test_killed_run_leaves_a_stale_lease_that_the_next_submission_takes_over(tmp
     proc.wait(timeout=30)
     held = list(leases.glob("*.lease"))
     assert len(held) == 1, "the killed run's lease stays behind"
-    killed_key = held[0].stem
+    killed_key = held[0].name.split(".", 1)[0]  # <key>.<generation>.lease
     done_before = len(list((store / "toy").glob("*.json")))
     assert done_before < 6
     r = subprocess.run([sys.executable, "-m", "benchmarks.run", str(sweep), "--store", str(store)], cwd=ROOT, env=env,
@@ -300,3 +304,91 @@ def test_paper_profile_validates_without_a_gpu_and_local_runs_check_devices(tmp_
     err = capsys.readouterr().err
     assert "pruning_runtime: device='cuda'" in err and "is_available() is False" in err
     assert not (tmp_path / "s" / "pruning_runtime").exists()
+
+
+def test_progress_lines_show_every_swept_field(tmp_path, capsys):
+    """Runs that differ only by seed print different labels: every grid axis of the sweep file
+    (read back from the TOML itself) is in every progress line, with this run's value."""
+    import tomllib
+
+    sweep = _sweep(tmp_path, methods='["mp", "mp+"]', seeds="[0, 1]")
+    assert run_main([str(sweep), "--store", str(tmp_path / "store")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and " in " in line]
+    grid = tomllib.loads(sweep.read_text())["profiles"]["cpu"]["grid"]
+    combos = [frozenset({f"method={m}", f"seed={s}"}) for m in grid["method"] for s in grid["seed"]]
+    assert len(lines) == 4
+    shown = [[c for c in combos if all(f" {t} " in f" {line} " for t in c)] for line in lines]
+    assert all(len(c) == 1 for c in shown), lines  # each line names exactly one run
+    assert {c[0] for c in shown} == set(combos), lines
+
+
+class _FakeRay:
+    """Ray's surface as RayExecutor.run uses it, with every task's worker dying (ray.get raises)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple] = []
+
+    def remote(self, **_kw):
+        fake = self
+
+        class Task:
+            def options(self, **_opts):
+                return self
+
+            def remote(self, *args):
+                fake.submitted.append(args)
+                return len(fake.submitted) - 1
+
+        return lambda fn: Task()
+
+    @staticmethod
+    def wait(refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    @staticmethod
+    def get(ref):
+        raise RuntimeError("The worker died unexpectedly while executing this task (SIGKILL)\nmore")
+
+
+def test_a_task_whose_worker_dies_leaves_a_failure_entry(tmp_path, monkeypatch, capsys):
+    from benchmarks.executors import Options, make_executor
+    from benchmarks.resources import resources_for
+    from benchmarks.sweep import load_sweep
+    from benchmarks.store import config_key
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay())
+    store = tmp_path / "store"
+    specs = load_sweep(_sweep(tmp_path, methods='["mp"]', seeds="[0, 1]")).runs()
+    ex = make_executor("ray", Options(store=str(store), expiry_s=60))
+    outcomes = ex.run([(s, resources_for(s, s.resources)) for s in specs])
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    for s in specs:
+        entry = Coordinator(store).failure("toy", config_key(s.pipeline, s.key_config))
+        assert entry is not None and entry["error"].startswith("RuntimeError: The worker died unexpectedly")
+        assert entry["config"] == s.key_config
+    capsys.readouterr()
+    assert status_main([str(store), str(_sweep(tmp_path, methods='["mp"]', seeds="[0, 1]"))]) == 0
+    assert "2 run(s): 0 done, 0 running, 0 stale, 2 failed, 0 not started" in capsys.readouterr().out
+
+
+def test_job_files_go_to_a_private_folder_outside_the_store(tmp_path, monkeypatch):
+    from benchmarks.executors import ExecutorError, Options, private_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    opts = Options(store=str(tmp_path / "store"), expiry_s=60)
+    assert Path(opts.log_dir) == tmp_path / "cache" / "osscar" / "jobs"
+    old = os.umask(0)
+    try:
+        made = private_dir(Path(opts.log_dir))
+        loose = tmp_path / "loose"
+        loose.mkdir(mode=0o777)
+        private_dir(loose)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700 and stat.S_IMODE(loose.stat().st_mode) == 0o700
+    if os.getuid() == 0:  # a folder of another user is refused, not taken over
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(ExecutorError, match="belongs to another user"):
+            private_dir(theirs)

@@ -119,3 +119,41 @@ def test_records_carry_the_memory_of_their_run_alone(tmp_path):
     for f in files:
         mem = json.loads(f.read_text())["metrics"]["memory_run"]
         assert mem["peak_rss_mb"] > 0 and "run" in mem["phases"]
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("lm_perplexity", True), ("vision-accuracy.v2", True), ("A1", True),
+    ("../../x", False), ("..", False), ("a..b", False), ("a/b", False), ("a\\\\b", False), ("/abs", False),
+    ("_leases", False), ("_quarantine", False), (".hidden", False), ("", False), ("a b", False), ("x\n", False),
+    (5, False), (None, False), (["a"], False),
+])
+def test_experiment_names_are_safe_slugs(tmp_path, name, ok):
+    from benchmarks.store import check_name
+
+    assert (check_name(name) is None) == ok
+    store = ResultStore(tmp_path)
+    if ok:
+        path = store.path(name, "0123456789abcdef")
+        assert path.parent.parent == tmp_path and path.parent.name == name  # one folder, directly in the store
+    else:
+        with pytest.raises(ValueError, match="experiment name must be"):
+            store.path(name, "0123456789abcdef")
+
+
+def test_store_paths_stay_inside_the_store_through_links(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "toy").symlink_to(outside)
+    with pytest.raises(ValueError, match="leaves the store"):
+        ResultStore(tmp_path / "store").put(_record())
+    assert not list(outside.iterdir())
+
+
+def test_a_sweep_named_out_of_the_store_is_refused_before_planning(tmp_path, capsys):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(SWEEP.replace('name = "toy"', 'name = "../../escaped"'))
+    assert run_main([str(sweep), "--store", str(tmp_path / "a" / "b" / "store")]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "key 'name' must be a safe name" in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "a").exists()
