@@ -1,12 +1,17 @@
 """Multiple-choice knapsack by dynamic programming: one option per layer, least Σ w_l·error_l under a cost limit.
 
-The cost axis is discretised into ``resolution`` buckets of ``limit / resolution``; every option's
-cost is rounded **up** to whole buckets (``ceil(cost / bucket − 1e-9)``, the 1e-9 absorbing
-floating-point error when a cost lies on the grid). An allocation is feasible for the DP when its
-bucket counts sum to at most ``resolution``, so the true total never exceeds the limit (by more than
-n_layers · 1e-9 buckets of rounding); the DP is exact on that discretised problem: it returns a
-minimiser of Σ w_l·error_l over every allocation whose rounded-up costs fit. Rounding up may turn
-away allocations that fit by less than one bucket per layer, which a finer ``resolution`` recovers.
+The cost axis is discretised into buckets, and every option's cost is rounded **up** to whole
+buckets (``ceil(cost / bucket − 1e-9)``, the 1e-9 absorbing floating-point error when a cost lies on
+the grid). An allocation is feasible for the DP when its bucket counts fit in the limit's buckets, so
+the true total never exceeds the limit (by more than n_layers · 1e-9 buckets of rounding), and the
+DP is exact on that discretised problem: it returns a minimiser of Σ w_l·error_l over every
+allocation whose rounded-up costs fit. The bucket:
+
+* **exact grid**: when every cost is an integer (parameter or FLOP counts) and ``limit / g`` ≤
+  ``resolution`` for their greatest common divisor g, the bucket is g and the limit holds
+  ``floor(limit / g)`` of them: nothing is rounded, the DP is exact on the problem itself;
+* otherwise ``limit / resolution`` (measured latencies): an allocation may be turned away when it fits
+  by less than one bucket per layer, which a finer ``resolution`` recovers.
 
 Time O(n_layers · n_options · resolution) (vectorised over the buckets), memory O(n_layers · resolution).
 Ties go to the option listed first and then to the smallest total bucket count.
@@ -26,19 +31,18 @@ DEFAULT_RESOLUTION = 10_000
 _GRID_TOL = 1e-9  # in buckets: a cost within 1e-9 bucket above a grid point counts as on it
 
 
-def knapsack(costs: Sequence[Sequence[float]], errors: Sequence[Sequence[float]], limit: float,
+def knapsack(costs: Sequence[Sequence[float]], errors: Sequence[Sequence[float]], unit: float,
              resolution: int) -> list[int] | None:
-    """The DP itself (module docstring) on plain arrays; ``limit`` > 0.
+    """The DP itself (module docstring) on plain arrays.
 
     Args:
         costs: per layer, (n_options,) costs ≥ 0.
         errors: per layer, (n_options,) objective terms (weights already applied).
-        limit: the cost limit; the bucket is ``limit / resolution``.
-        resolution: number of buckets.
+        unit: the bucket (> 0); costs are rounded up to whole buckets.
+        resolution: the buckets the limit holds (limit ≥ unit · resolution).
 
     Returns the option index per layer, or None when no allocation fits once costs are rounded up.
     """
-    unit = limit / resolution
     best = np.full(resolution + 1, math.inf)  # best[b]: least objective with exactly b buckets used
     best[0] = 0.0
     steps: list[tuple[np.ndarray, list[int]]] = []  # per layer: (option chosen at each bucket, buckets per option)
@@ -64,6 +68,19 @@ def knapsack(costs: Sequence[Sequence[float]], errors: Sequence[Sequence[float]]
         out.append(j)
         end -= widths[j]
     return out[::-1]
+
+
+def grid(choices: Sequence[LayerChoices], limit: float, resolution: int) -> tuple[float, int]:
+    """(bucket, buckets in the limit) for ``limit`` > 0: the exact integer grid when it fits in ``resolution``
+    buckets, else ``limit / resolution`` (module docstring)."""
+    costs = np.concatenate([c.cost for c in choices])
+    rounded = np.round(costs)
+    if np.all(np.abs(costs - rounded) <= 1e-9 * np.maximum(1.0, costs)) and np.any(rounded > 0):
+        g = float(np.gcd.reduce(rounded[rounded > 0].astype(np.int64)))
+        n = math.floor(limit / g + _GRID_TOL)
+        if n <= resolution:
+            return g, n
+    return limit / resolution, resolution
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -103,7 +120,8 @@ def solve_dp(choices: Sequence[LayerChoices], limit: float, weights: Sequence[fl
     objective = [wl * c.error for wl, c in zip(w, choices)]
     if limit <= 0:  # only free options fit (the cheapest total is 0): best free option per layer
         return tuple(int(np.argmin(np.where(c.cost <= 0, o, math.inf))) for c, o in zip(choices, objective))
-    out = knapsack([c.cost for c in choices], objective, limit, resolution)
+    unit, n_buckets = grid(choices, limit, resolution)
+    out = knapsack([c.cost for c in choices], objective, unit, n_buckets)
     if out is None:
         raise AllocationError(f"no allocation fits the cost limit {limit:.6g} once costs are rounded up to "
                               f"1/{resolution} of it; raise the resolution")

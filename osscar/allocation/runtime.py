@@ -37,7 +37,7 @@ def allocate(losses: Sequence[Mapping[int, float]], latencies: Sequence[Mapping[
                          "allow smaller levels or a lower target speedup")
     levels = [list(la) for la in latencies]
     picked = knapsack([[la[k] for k in lv] for la, lv in zip(latencies, levels)],
-                      [[lo[k] for k in lv] for lo, lv in zip(losses, levels)], budget, resolution)
+                      [[lo[k] for k in lv] for lo, lv in zip(losses, levels)], budget / resolution, resolution)
     if picked is None:
         raise ValueError("no allocation meets the budget at this resolution; raise `resolution`")
     return [lv[j] for lv, j in zip(levels, picked)]
