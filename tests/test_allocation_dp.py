@@ -59,6 +59,28 @@ def test_dp_is_exact_when_costs_lie_on_the_grid():
         assert _objective(choices, got, weights) == pytest.approx(best, abs=1e-12), t
 
 
+def test_dp_is_exact_on_integer_costs_at_any_limit():
+    """Integer costs (parameter or FLOP counts, here with a common factor) and a limit the default
+    resolution does not divide: the DP uses the integer grid and equals brute force, tight fits included."""
+    rng = np.random.default_rng(2)
+    tight = 0
+    for t in range(100):
+        choices = _random_choices(rng, int(rng.integers(2, 6)), 1.0)
+        scale = float(rng.choice([1, 3, 1000]))
+        choices = [LayerChoices(c.name, c.levels, c.cost * scale, c.error) for c in choices]
+        some = [int(rng.integers(c.n_options)) for c in choices]  # the limit is the cost of some allocation
+        limit = total_cost(choices, some) + float(rng.choice([0.0, 0.5]))
+        if limit <= 0:
+            continue
+        got = solve_dp(choices, limit)
+        ones = np.ones(len(choices))
+        best = _brute_force(choices, limit, ones, lambda a: sum(c.cost[j] for c, j in zip(choices, a)) <= limit)
+        assert total_cost(choices, got) <= limit
+        assert _objective(choices, got, ones) == pytest.approx(best, abs=1e-12), t
+        tight += total_cost(choices, got) == math.floor(limit)
+    assert tight > 10  # many optima use the budget exactly: the case a rounded-up grid would miss
+
+
 def test_dp_off_grid_is_never_over_budget_and_beats_every_allocation_with_a_bucket_per_layer_to_spare():
     """Arbitrary costs: the answer meets the limit, and no allocation that fits even after losing up to one
     bucket per layer to rounding (true cost ≤ limit − n_layers·bucket) is better."""
