@@ -209,9 +209,14 @@ def test_spdy_finds_the_optimum_when_the_layer_errors_are_mis_scaled():
 
 
 def test_spdy_trace_and_seeding():
-    layers, limit = _instance(4)
-    f = _interacting_fitness(layers, 4)
-    cfg = SpdyConfig(seed=3, random_inits=4, patience=5, max_evaluations=40)
+    layers, limit = _instance(7)
+    rugged = _rugged_fitness(layers, 7)
+    scale = np.random.default_rng(9).uniform(0.05, 1.0, size=len(layers))
+
+    def f(alloc):  # mis-scaled errors plus interactions: improvements after the first step exist
+        return rugged(alloc) + float(sum((s - 1) * c.error[j] for s, c, j in zip(scale, layers, alloc)))
+
+    cfg = SpdyConfig(seed=3, random_inits=4, patience=10, max_evaluations=40)
     res = search_spdy(layers, limit, f, cfg)
     assert res.trace[0]["phase"] == "init" and res.trace[0]["fitness"] == pytest.approx(f(solve_dp(layers, limit)))
     assert [t["phase"] for t in res.trace[1:5]] == ["random"] * 4
@@ -220,6 +225,16 @@ def test_spdy_trace_and_seeding():
         running = min(running, t["fitness"])
         assert t["best"] == pytest.approx(running)
     assert res.fitness == pytest.approx(running) == pytest.approx(f(res.allocation))
+    centre = None  # local steps resample `resampled` coefficients of the best so far, the others are kept
+    for t in res.trace:
+        if t["phase"] == "local":
+            changed = sum(a != b for a, b in zip(t["coefficients"], centre))
+            assert changed == t["resampled"] and all(0 <= c <= 1 for c in t["coefficients"])
+        if t["accepted"]:
+            centre = t["coefficients"]
+    assert [t["resampled"] for t in res.trace if t["phase"] == "local"][-1] == 1
+    assert [t["phase"] for t in res.trace if t["accepted"]] == ["init", "random", "local"]  # both phases improve
+    assert res.trace[0]["coefficients"] == [1.0] * len(layers)
     assert res.config["seed"] == 3 and len(res.config["coefficients"]) == len(layers)
     assert solve_dp(layers, limit, weights=res.config["coefficients"]) == res.allocation
     again = search_spdy(layers, limit, f, cfg)

@@ -100,7 +100,8 @@ def search_spdy(choices: Sequence[LayerChoices], limit: float, fitness: Callable
         if accepted:
             best.update(fitness=value, allocation=alloc, coefs=coefs)
         trace.append({"step": len(trace), "phase": phase, "resampled": resampled, "fitness": value,
-                      "best": best["fitness"], "accepted": accepted, "cached": cached})
+                      "best": best["fitness"], "accepted": accepted, "cached": cached,
+                      "coefficients": [float(x) for x in coefs]})
         return accepted
 
     step(np.ones(n), "init", 0)
