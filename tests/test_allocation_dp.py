@@ -27,11 +27,11 @@ def _random_choices(rng: np.random.Generator, n_layers: int, grid: float | None)
     return out
 
 
-def _brute_force(choices, limit, weights, fits):
-    """min Σ w·error over every allocation that ``fits``, by enumeration."""
+def _brute_force(choices, weights, max_cost):
+    """min Σ w·error over every allocation whose summed cost is at most ``max_cost``, by enumeration."""
     best = math.inf
     for alloc in itertools.product(*(range(c.n_options) for c in choices)):
-        if fits(alloc):
+        if sum(c.cost[j] for c, j in zip(choices, alloc)) <= max_cost:
             best = min(best, sum(w * c.error[j] for w, c, j in zip(weights, choices, alloc)))
     return best
 
@@ -55,7 +55,7 @@ def test_dp_is_exact_when_costs_lie_on_the_grid():
             continue
         got = solve_dp(choices, limit, weights=weights, resolution=steps)
         assert total_cost(choices, got) <= limit * (1 + 1e-9)
-        best = _brute_force(choices, limit, weights, lambda a: sum(c.cost[j] for c, j in zip(choices, a)) <= limit + 1e-9)
+        best = _brute_force(choices, weights, limit + 1e-9)
         assert _objective(choices, got, weights) == pytest.approx(best, abs=1e-12), t
 
 
@@ -74,7 +74,7 @@ def test_dp_is_exact_on_integer_costs_at_any_limit():
             continue
         got = solve_dp(choices, limit)
         ones = np.ones(len(choices))
-        best = _brute_force(choices, limit, ones, lambda a: sum(c.cost[j] for c, j in zip(choices, a)) <= limit)
+        best = _brute_force(choices, ones, limit)
         assert total_cost(choices, got) <= limit
         assert _objective(choices, got, ones) == pytest.approx(best, abs=1e-12), t
         tight += total_cost(choices, got) == math.floor(limit)
@@ -100,9 +100,9 @@ def test_dp_off_grid_is_never_over_budget_and_beats_every_allocation_with_a_buck
         cost = total_cost(choices, got)
         assert cost <= limit, (t, cost, limit)
         slack = limit - len(choices) * limit / res
-        best = _brute_force(choices, limit, weights, lambda a: sum(c.cost[j] for c, j in zip(choices, a)) <= slack)
+        best = _brute_force(choices, weights, slack)
         assert _objective(choices, got, weights) <= best + 1e-12, t
-        feasible = _brute_force(choices, limit, weights, lambda a: sum(c.cost[j] for c, j in zip(choices, a)) <= limit)
+        feasible = _brute_force(choices, weights, limit)
         assert _objective(choices, got, weights) >= feasible - 1e-12  # and it is a feasible allocation
 
 
