@@ -11,8 +11,9 @@ EvoPress (Sieberling et al., 2024) searches the allocations themselves, scored o
   probability ``fill_probability``, raise random layers by one option for as long as a raise still
   fits: EvoPress's levels cost the same in every layer, so its repaired children use the budget up;
   here costs differ per layer and level, and without this step children keep the budget the repair
-  freed (on the synthetic problems of ``tests/test_allocation_search.py``, filling half the time
-  reached the brute-force optimum more often than never or always filling);
+  freed. On 20 instances of ``tests/test_allocation_search.py`` with pairwise interaction tables of
+  scale 0.2 / 0.6, 40 generations reached the brute-force optimum on 12 / 12 instances never
+  filling, 15 / 9 always filling, 19 / 13 filling half the time (the default);
 * **multi-step selection** with growing token counts: the ``offspring`` children are scored on
   ``tokens[0]`` tokens and the best ``survivors[0]`` kept, these are re-scored on ``tokens[1]``, …;
   the parent joins the last stage (elitism), whose single survivor is the next parent;
