@@ -249,3 +249,23 @@ def test_spdy_trace_and_seeding():
 def test_bad_spdy_config(kw, match):
     with pytest.raises(ValueError, match=match):
         SpdyConfig(**kw)
+
+
+@pytest.mark.parametrize("name, fitness, config", [
+    ("spdy", lambda f: f, SpdyConfig(max_evaluations=10, patience=3)),
+    ("evolutionary", lambda f: (lambda a, n: f(a)), EvolutionConfig(generations=3, offspring=4, survivors=(2, 1))),
+])
+def test_searches_through_the_registry_give_json_records(name, fitness, config):
+    import json
+
+    from osscar.allocation import run_allocator
+
+    layers, limit = _instance(2)
+    f = _rugged_fitness(layers, 2)
+    res = run_allocator(name, layers, limit, fitness=fitness(f), config=config)
+    assert res.allocator == name and res.cost == total_cost(layers, res.allocation) <= limit
+    assert res.levels == [c.levels[j] for c, j in zip(layers, res.allocation)]
+    back = json.loads(json.dumps(res.to_dict()))
+    assert back["allocation"] == list(res.allocation) and back["config"]["seed"] == 0 and back["trace"]
+    with pytest.raises(ValueError, match=f"allocation='{name}' takes"):
+        run_allocator(name, layers, limit, fitness=fitness(f), config=object())
