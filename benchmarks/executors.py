@@ -220,7 +220,6 @@ def _submitit_job(spec: RunSpec, store: str, expiry_s: float, executor: str, fol
 class SubmititExecutor(Executor):
     def check(self, specs: Sequence[tuple[RunSpec, Resources]]) -> None:
         _import("submitit", self.name)
-        private_dir(Path(self.options.log_dir))
         if self.name == "slurm" and shutil.which("sbatch") is None:
             raise ExecutorError("--executor slurm: 'sbatch' is not on PATH; run the sweep from a SLURM login node, "
                                 "or use --executor ray / local / submitit-local")
@@ -231,6 +230,7 @@ class SubmititExecutor(Executor):
                 r = subprocess.run(["sinfo", "-h", "-p", part, "-o", "%P"], capture_output=True, text=True, timeout=30)
                 if r.returncode != 0 or not r.stdout.strip():
                     raise ExecutorError(f"resources.partition {part!r} is not a SLURM partition here (sinfo -p)")
+        private_dir(Path(self.options.log_dir))  # last: a check that fails leaves nothing behind
 
     def run(self, specs: Sequence[tuple[RunSpec, Resources]]) -> list[Outcome]:
         import submitit

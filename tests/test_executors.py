@@ -251,16 +251,17 @@ def test_status_shows_running_stale_and_not_started(tmp_path, capsys):
     (["--executor", "ray", "--ray-address", "nonsense"], "--ray-address must be HOST:PORT"),
     (["--lease-expiry", "0"], "--lease-expiry must be > 0"),
 ])
-def test_executor_errors_before_any_run(tmp_path, capsys, argv, match):
+def test_executor_errors_before_any_run(tmp_path, capsys, monkeypatch, argv, match):
     if "slurm" in argv and not _have("submitit"):
         pytest.skip("submitit not installed")
     if "ray" in argv and not _have("ray"):
         pytest.skip("ray not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     store = tmp_path / "store"
     assert run_main([str(_sweep(tmp_path)), "--store", str(store), *argv]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
-    assert not (store / "toy").exists()
+    assert not (store / "toy").exists() and not (tmp_path / "cache").exists()  # nor the job folder
 
 
 def test_unknown_executor_is_a_usage_error(tmp_path, capsys):
