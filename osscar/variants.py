@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from osscar.blockmath import diag_blocks, quad_over_blocks
 from osscar.method import PruningMethod, register_method
+from osscar.methods import get_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
-from osscar.pruned_set import PrunedSetInverse
+from osscar.pruned_set import SwapTrial
 from osscar.solver import OSSCAR, _check_nonneg_int, best_back, default_p_hat, default_t_hat, gradual_removal
 
 OSSCAR_VARIANTS = ("osscar", "osscar-opt", "osscar-authors-ls")
@@ -38,12 +40,10 @@ def osscar_parameters(method: str) -> frozenset[str]:
     empty for a method outside :data:`OSSCAR_VARIANTS`."""
     if method not in OSSCAR_VARIANTS:
         return frozenset()
-    from osscar.methods import get_method
-
     return frozenset(f.name for f in dataclasses.fields(get_method(method)))
 
 
-def authors_trial(state: SupportState, swap: int) -> tuple[Tensor, Tensor | None, PrunedSetInverse]:
+def authors_trial(state: SupportState, swap: int) -> tuple[Tensor, Tensor | None, SwapTrial]:
     """One trial of the authors' rule on the support of ``state`` (unchanged).
 
     Takes out ``out``: the ``swap`` kept groups of smallest OBS removal cost (each scored alone on the
@@ -51,15 +51,17 @@ def authors_trial(state: SupportState, swap: int) -> tuple[Tensor, Tensor | None
     coming back alone; ``back``: the ``swap`` best (under a partition, as many per block as ``out``
     took from it, :func:`~osscar.solver.best_back`). ``back`` may share groups with ``out``.
 
-    Returns (out, back (None: nothing to put back), the pruned-set matrices of J ∪ out given S \\ out).
+    The gains of ``out`` come off the trial's bordering (K's new diagonal blocks are those of C⁻¹,
+    the residuals z = C⁻¹ y; :class:`~osscar.pruned_set.SwapTrial`), so the bordered K is only
+    built when the swap is accepted. Returns (out, back (None: nothing to put back), the trial).
     """
     out = torch.argsort(state.costs())[:swap]  # pruned groups cost +inf: the first `swap` are kept ones
     trial = state.swap_trial(out)
-    pool = trial.bordered()
-    del trial
-    gains = torch.full((state.problem.n_groups,), float("-inf"), dtype=torch.float64, device=pool.K.device)
-    gains[pool.groups] = pool.gains()
-    return out, best_back(gains, out, state.problem), pool
+    gains = torch.full((state.problem.n_groups,), float("-inf"), dtype=torch.float64, device=trial.z.device)
+    gains[trial.base.groups] = trial.gains()
+    s = state.problem.group_size
+    gains[out] = quad_over_blocks(diag_blocks(trial.C_inv, s), trial.z.reshape(len(out), s, -1))
+    return out, best_back(gains, out, state.problem), trial
 
 
 def authors_local_search(state: SupportState, swap: int, max_iter: int,
@@ -79,7 +81,7 @@ def authors_local_search(state: SupportState, swap: int, max_iter: int,
     history, exchanged, tried = [q], [], 0
     while swap > 0 and tried < max_iter:
         tried += 1
-        out, back, pool = authors_trial(state, swap)
+        out, back, trial = authors_trial(state, swap)
         if back is None:
             break
         leave = out[~torch.isin(out, back)]
@@ -92,10 +94,10 @@ def authors_local_search(state: SupportState, swap: int, max_iter: int,
         q_new = new.objective()
         if not q_new < q * (1 + rtol):
             break
-        state.take(new)
+        state.take(new)  # in place: the old E and W go (the caller holds this state too)
         del new
-        pool.shrink(back)
-        state.pruned = pool
+        state.pruned = trial.commit(back)  # take() left none: the trial holds the old one
+        del trial
         q = q_new
         history.append(q)
         exchanged.append(len(leave))
