@@ -71,6 +71,7 @@ class RunSpec:
     config: Any
     key_config: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)  # the profile's [resources] (benchmarks.resources)
+    fields: dict[str, Any] = field(default_factory=dict)  # the sweep's values for this run, as typed in its file
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Sweep:
             ident = canonical_json(key_config)
             if ident not in seen:
                 seen.add(ident)
-                specs.append(RunSpec(self.name, self.pipeline, config, key_config, dict(self.resources)))
+                specs.append(RunSpec(self.name, self.pipeline, config, key_config, dict(self.resources), dict(point)))
         return specs
 
 
