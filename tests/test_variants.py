@@ -193,3 +193,22 @@ def test_variants_are_registered_with_their_parameters():
         make_method("osscar-opt", p_hat=0)
     with pytest.raises(ValueError, match=r"^max_iter must be an integer ≥ 0, got -1$"):
         make_method("osscar-authors-ls", max_iter=-1)
+
+
+def test_variants_run_from_a_sweep_under_keys_that_name_them(tmp_path, capsys):
+    """A sweep selects a variant by name (``--only method=...``); its record's key and config carry the
+    name; ``osscar``'s key is still made of the fields it had before the variants existed."""
+    from benchmarks.run import main as run_main
+    from benchmarks.store import ResultStore, config_key
+
+    sweep = tmp_path / "toy.toml"
+    sweep.write_text('name = "toy"\npipeline = "solver"\n[profiles.cpu.base]\nshape = "heads-12x64"\n'
+                     '[profiles.cpu.grid]\nmethod = ["osscar", "osscar-opt", "osscar-authors-ls"]\n')
+    store = tmp_path / "store"
+    assert run_main([str(sweep), "--store", str(store), "--list"]) == 0
+    keys = {line.split()[0].split("/")[1]: line.split("method=")[1] for line in capsys.readouterr().out.splitlines()}
+    old = {"shape": "heads-12x64", "keep": 0.5, "method": "osscar", "method_params": {}, "seed": 0, "threads": 1}
+    assert keys[config_key("solver", old)] == "osscar" and sorted(keys.values()) == sorted(OSSCAR_VARIANTS)
+    assert run_main([str(sweep), "--store", str(store), "--only", "method=osscar-authors-ls"]) == 0
+    (record,) = ResultStore(store).records("toy")
+    assert record.config["method"] == "osscar-authors-ls" and keys[record.key] == "osscar-authors-ls"
