@@ -11,7 +11,10 @@
   out*, so it exchanges up to s groups; the search stops at the first trial that does not lower Q
   by a relative 1e-9 (``shared/spec/ALGORITHM.md`` §4).
 
-Stage A (and p̂, t̂'s defaults) is the same in all three: :func:`osscar.solver.gradual_removal`.
+Stage A (and p̂, t̂'s defaults) is the same in all three: :func:`osscar.solver.gradual_removal`, which
+removes p̂ groups per stage and fewer in the last; the authors' ``OSSCAR_fastprune`` splits the removals
+into ⌊n/p̂⌋ stages of near-equal size instead (25 removals at p̂ = 10: 13 + 12 there, 10 + 10 + 5
+here). The variants differ from ``osscar`` in Stage B only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from osscar.methods import get_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
 from osscar.pruned_set import SwapTrial
-from osscar.solver import OSSCAR, _check_nonneg_int, best_back, default_p_hat, default_t_hat, gradual_removal
+from osscar.solver import OSSCAR, best_back, default_p_hat, default_t_hat, gradual_removal
 
 OSSCAR_VARIANTS = ("osscar", "osscar-opt", "osscar-authors-ls")
 AUTHORS_RTOL = 1e-9  # prune_algo.py: accept when obj_new < obj_cur * (1 + 1e-9)
@@ -141,7 +144,6 @@ class OSSCARAuthorsLS(PruningMethod):
 
     def __post_init__(self) -> None:
         OSSCAR(p_hat=self.p_hat, t_hat=self.t_hat, max_iter=self.max_iter)  # the same checks
-        _check_nonneg_int("max_iter", self.max_iter, allow_none=False)
 
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         s = problem.group_size
