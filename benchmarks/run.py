@@ -2,6 +2,7 @@
 
     python -m benchmarks.run benchmarks/sweeps/vision_accuracy.toml [...] [--profile cpu]
     python -m benchmarks.run --all            # every sweep in benchmarks/sweeps/
+    python -m benchmarks.run benchmarks/sweeps/lm_perplexity.toml --profile paper --only model=facebook/opt-2.7b --list
     python -m benchmarks.run --all --profile paper --executor slurm --store /shared/osscar/records
     python -m benchmarks.run --all --executor ray --ray-address HEAD:6379 --store /shared/osscar/records
 
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from benchmarks.executors import EXECUTORS, ExecutorError, Options, default_job_dir, make_executor, summarize
 from benchmarks.resources import resources_for
-from benchmarks.sweep import PROFILES, SweepError, load_sweep, sweep_files
+from benchmarks.selection import listing, parse_filter, select
+from benchmarks.sweep import PROFILES, RunSpec, Sweep, SweepError, load_sweep, sweep_files
 from benchmarks.worker import execute  # noqa: F401  (re-exported: one run without a lease)
 from benchmarks.leases import DEFAULT_EXPIRY_S, Coordinator
 from benchmarks.store import ResultStore, config_key, store_problem
@@ -51,8 +53,34 @@ def _parser() -> argparse.ArgumentParser:
                              f"pickled calls and logs (default: {default_job_dir()}); never inside a shared store")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that have a failure entry")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                        help="keep the runs whose field KEY (any key the sweep sets) is one of the values, read as the "
+                             "sweep types them; repeatable, all must hold (e.g. --only model=facebook/opt-2.7b "
+                             "--only method=ziplm,osscar)")
+    parser.add_argument("--list", action="store_true",
+                        help="print the selected runs' keys and fields and exit (no store access, nothing runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
+
+
+def _plan(sweeps: list[Sweep], listing_only: bool) -> tuple[list[RunSpec], set[str]]:
+    """Every run of ``sweeps``, validated, and the models checked only in part. ``listing_only``: a hub
+    model whose config cannot be read here (offline, not cached) is listed without the checks that
+    need its config (then named in the set, for a note); otherwise that is an error."""
+    if not listing_only or all(sw.pipeline != "lm" for sw in sweeps):
+        return [spec for sw in sweeps for spec in sw.runs()], set()
+    from osscar.lm.run_config import hub_checks_deferred
+
+    with hub_checks_deferred() as skipped:
+        plan = [spec for sw in sweeps for spec in sw.runs()]
+    return plan, skipped
+
+
+def _note_unchecked(plan: list[RunSpec], skipped: set[str]) -> None:
+    models = sorted({s.config.model for s in plan if getattr(s.config, "model", None) in skipped})
+    if models:
+        print(f"note: no config readable here for {', '.join(models)} (hub, offline or not cached): their runs are "
+              "listed without the checks that need it (architecture, max positions, layers)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error("give sweep files or --all")
     try:
+        filters = [parse_filter(text) for text in args.only]
         sweeps = [load_sweep(f, args.profile) for f in files]
-        problem = store_problem(args.store, not args.dry_run, tuple(sw.name for sw in sweeps))
-        if problem:
-            raise SweepError(problem)
-        plan = [spec for sw in sweeps for spec in sw.runs()]  # validates everything first
+        if not args.list:
+            problem = store_problem(args.store, not args.dry_run, tuple(sw.name for sw in sweeps))
+            if problem:
+                raise SweepError(problem)
+        plan, unchecked = _plan(sweeps, listing_only=args.dry_run or args.list)  # validates everything first
+        plan = select(plan, filters)
+        _note_unchecked(plan, unchecked)
+        if args.list:
+            for s in plan:
+                print(listing(s, config_key(s.pipeline, s.key_config)))
+            return 0
         if not args.lease_expiry > 0:
             raise SweepError(f"--lease-expiry must be > 0 seconds, got {args.lease_expiry:g}")
         store, coord = ResultStore(args.store), Coordinator(args.store, args.lease_expiry)

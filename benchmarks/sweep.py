@@ -73,6 +73,7 @@ class RunSpec:
     key_config: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)  # the profile's [resources] (benchmarks.resources)
     swept: tuple[str, ...] = ()  # the config fields that differ between the runs of its sweep
+    fields: dict[str, Any] = field(default_factory=dict)  # the sweep's values for this run, as typed in its file
 
     def label(self) -> str:
         """``field=value`` of every swept field (the seed too): tells this run from the others of its sweep."""
@@ -127,7 +128,8 @@ class Sweep:
             ident = canonical_json(key_config)
             if ident not in seen:
                 seen.add(ident)
-                specs.append(RunSpec(self.name, self.pipeline, config, key_config, dict(self.resources)))
+                specs.append(RunSpec(self.name, self.pipeline, config, key_config, dict(self.resources),
+                                     fields=dict(point)))
         swept = _swept([dataclasses.asdict(s.config) for s in specs])
         return [dataclasses.replace(s, swept=swept) for s in specs]
 

@@ -41,6 +41,7 @@ def _load_plugins() -> None:
 def available_methods() -> dict[str, type[PruningMethod]]:
     """Every registered method by name (built-ins, ``baselines`` and entry-point plugins)."""
     importlib.import_module("osscar.solver")
+    importlib.import_module("osscar.variants")  # osscar-opt, osscar-authors-ls
     _load_plugins()
     found: dict[str, type[PruningMethod]] = {}
     stack = list(PruningMethod.__subclasses__())

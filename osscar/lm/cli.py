@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}); a GGUF file, or a folder holding one .gguf "
                         "(Gemma2/Llama/Mistral/Phi3/Qwen2/Qwen3; converted to fp32 once, cached); a "
                         "transformers folder; or a hub id (facebook/opt-1.3b)")
-    p.add_argument("--method", default="osscar", help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
+    p.add_argument("--method", default="osscar",
+                   help="registered pruning method (osscar, osscar-opt, osscar-authors-ls, ziplm, mp, mp+, thinet, lasso, ...)")
     p.add_argument("--t-hat", type=int, default=None, help="OSSCAR t̂: groups changed per local-search iteration (both consumers; None: method default)")
     p.add_argument("--p-hat", type=int, default=None, help="OSSCAR p̂: groups removed per Stage-A iteration (both consumers; None: method default)")
     p.add_argument("--method-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",

@@ -165,9 +165,9 @@ def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int
     u = p * max(64, p // 8)
     refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
     stage_a = p * p + u + p * m + a * a + 6 * 64 * p  # + a compaction's 64-row chunks (gathered, cut, written)
-    if method == "osscar":
+    if method in ("osscar", "osscar-authors-ls"):  # the authors' trial holds the same: E, a copy, K, R
         n, key = max(stage_a, 3 * a * a + j * j + 2 * a * m + 2 * j * m, refit), "osscar"
-    elif method == "ziplm":
+    elif method in ("ziplm", "osscar-opt"):  # osscar-opt: Stage A and the refit, as ZipLM
         n, key = max(stage_a, refit), "ziplm"
     elif method == "lasso":
         n, key = p * p + 5 * p * m + refit, "lasso"

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,28 @@ def _check_pos_int(name: str, v: Any, allow_none: bool = False) -> None:
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+_HUB_CHECKS_DEFERRED: ContextVar[set[str] | None] = ContextVar("hub_checks_deferred", default=None)
+
+
+def is_hub_id(model: str) -> bool:
+    """A model named by its hub id: not embedded and not a local path."""
+    return model not in EMBEDDED_MODELS and not os.path.exists(model)
+
+
+@contextmanager
+def hub_checks_deferred() -> Iterator[set[str]]:
+    """Within: a config of a hub model whose config cannot be read (offline, not cached) skips the checks
+    that need that config (architecture, max positions, layers) instead of failing; the yielded set
+    collects those models, for the caller to say so. For listing a plan only (``benchmarks.run --dry-run``):
+    a run starts from a config built outside it."""
+    skipped: set[str] = set()
+    token = _HUB_CHECKS_DEFERRED.set(skipped)
+    try:
+        yield skipped
+    finally:
+        _HUB_CHECKS_DEFERRED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -224,6 +250,10 @@ class LMRunConfig:
         try:
             config = load_config(self.model, self.cache_dir)
         except Exception as e:  # noqa: BLE001
+            deferred = _HUB_CHECKS_DEFERRED.get()
+            if deferred is not None and is_hub_id(self.model):
+                deferred.add(self.model)  # listing a plan offline: the checks below run when the run starts
+                return
             raise ValueError(f"model={self.model!r}: cannot read its config ({type(e).__name__}: {str(e)[:200]})") from e
         from osscar.lm.adapters import get_adapter
 

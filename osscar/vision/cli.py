@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configs(args: argparse.Namespace) -> list[Any]:
+    from osscar.variants import osscar_parameters
     from osscar.vision.pipeline import VisionRunConfig
 
     methods = list(PAPER_METHODS) if args.method == "paper" else [m.strip() for m in args.method.split(",") if m.strip()]
@@ -113,7 +114,8 @@ def _configs(args: argparse.Namespace) -> list[Any]:
             configs.append(VisionRunConfig(
                 arch=args.arch, checkpoint=None if args.random_init else args.checkpoint, dataset=args.dataset,
                 data_root=args.data_root, method=m, method_params=per[m],
-                p_hat=args.p_hat if m == "osscar" else None, t_hat=args.t_hat if m == "osscar" else None,
+                p_hat=args.p_hat if "p_hat" in osscar_parameters(m) else None,
+                t_hat=args.t_hat if "t_hat" in osscar_parameters(m) else None,
                 flops_fraction=frac, n_calib=args.n_calib, calib_batch_size=args.calib_batch_size, seed=args.seed,
                 threads=args.threads, damping=args.damping, eval_limit=args.eval_limit,
                 eval_batch_size=args.eval_batch_size, chip_samples=args.chip_samples,

@@ -102,11 +102,14 @@ class VisionRunConfig:
         if not isinstance(self.method_params, dict):
             raise ValueError(f"method_params must be a dict, got {type(self.method_params).__name__}")
         object.__setattr__(self, "method_params", dict(self.method_params))
+        from osscar.variants import OSSCAR_VARIANTS, osscar_parameters
+
         for name in ("p_hat", "t_hat"):
             v = getattr(self, name)
             if v is not None:
-                if self.method != "osscar":
-                    raise ValueError(f"{name} is an OSSCAR parameter; method is {self.method!r}")
+                if name not in osscar_parameters(self.method):
+                    takers = [m for m in OSSCAR_VARIANTS if name in osscar_parameters(m)]
+                    raise ValueError(f"{name} is an OSSCAR parameter (of {', '.join(takers)}); method is {self.method!r}")
                 if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "p_hat" else 0):
                     raise ValueError(f"{name} must be an integer ≥ {1 if name == 'p_hat' else 0}, got {v!r}")
         from osscar.methods import make_method

@@ -54,17 +54,19 @@ def capture_input(model: nn.Module, module_name: str, x: Tensor) -> Tensor:
 
 
 def vision_method_params(method: str, channels: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Per-layer parameters: for OSSCAR, defaults scaled to the layer's channel count.
+    """Per-layer parameters: for OSSCAR (and its variants, the defaults among these that each takes),
+    defaults scaled to the layer's channel count.
 
     p̂ (groups removed per Stage-A step) = max(1, round(0.02·C)); swap size s = max(1, ceil(0.05·C))
     (the vision code's 5% of the channels), t̂ = 2s; rejected swaps halve s down to 1. Explicit
     values in ``params`` win.
     """
+    from osscar.variants import osscar_parameters
+
     params = dict(params)
-    if method == "osscar":
-        params.setdefault("p_hat", max(1, round(0.02 * channels)))
-        params.setdefault("t_hat", 2 * max(1, math.ceil(0.05 * channels)))
-        params.setdefault("min_swap", 1)
+    defaults = {"p_hat": max(1, round(0.02 * channels)), "t_hat": 2 * max(1, math.ceil(0.05 * channels)), "min_swap": 1}
+    for name in osscar_parameters(method) & set(defaults):  # the OSSCAR variants take some of them
+        params.setdefault(name, defaults[name])
     return params
 
 

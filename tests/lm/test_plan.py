@@ -76,7 +76,7 @@ CONFIGS = {"llama": tiny_llama_config(hidden_size=48, intermediate_size=384),
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
-@pytest.mark.parametrize("method", ["osscar", "ziplm", "mp+", "lasso"])
+@pytest.mark.parametrize("method", ["osscar", "ziplm", "mp+", "lasso", "osscar-opt", "osscar-authors-ls"])
 def test_solver_bytes_bound_the_tensors_a_solve_holds(arch, method):
     cfg = CONFIGS[arch]
     shape = model_shape(cfg)
@@ -91,7 +91,7 @@ def test_solver_bytes_bound_the_tensors_a_solve_holds(arch, method):
     assert sum(i.bytes for i in items) == predicted and all(i.name.startswith("solve MLP: ") for i in items)
 
 
-@pytest.mark.parametrize("method", ["osscar", "ziplm", "lasso"])
+@pytest.mark.parametrize("method", ["osscar", "ziplm", "lasso", "osscar-opt", "osscar-authors-ls"])
 def test_attention_consumer_with_head_groups(method):  # s = head_dim, p = m (o_proj): the same bound holds
     p, m, s = 576, 576, 64
     predicted = solve_bytes(method, p, m, p // 2)

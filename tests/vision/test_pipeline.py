@@ -71,6 +71,7 @@ def test_layer_records_name_the_method_variant_that_ran():
 @pytest.mark.parametrize("arch,shape,method", [
     ("resnet20", (1, 16, 16), "osscar"), ("resnet20", (1, 16, 16), "chip"), ("resnet20", (1, 16, 16), "fpgm"),
     ("mobilenetv1", (3, 32, 32), "mp+"), ("mobilenetv1", (3, 32, 32), "osscar"),
+    ("resnet20", (1, 16, 16), "osscar-opt"), ("resnet20", (1, 16, 16), "osscar-authors-ls"),
 ])
 def test_prune_then_slice(arch, shape, method):
     dense = random_model(arch, in_channels=shape[0], num_classes=10)
@@ -91,6 +92,16 @@ def test_prune_then_slice(arch, shape, method):
     assert all(dense.get_submodule(u.consumer).in_channels == u.channels(dense) for u in units)
 
 
+def test_osscar_variants_get_the_vision_defaults_they_take():
+    """p̂ = round(2% of C), t̂ = 2·ceil(5% of C), min_swap = 1, each for the variants that have the parameter."""
+    from osscar.vision.prune import vision_method_params
+
+    assert vision_method_params("osscar", 100, {}) == {"p_hat": 2, "t_hat": 10, "min_swap": 1}
+    assert vision_method_params("osscar-opt", 100, {}) == {"p_hat": 2}
+    assert vision_method_params("osscar-authors-ls", 100, {"t_hat": 4}) == {"p_hat": 2, "t_hat": 4}
+    assert vision_method_params("mp", 100, {}) == {}
+
+
 # -- configuration -----------------------------------------------------------------------------
 def _cfg(**kw):
     from osscar.vision.pipeline import VisionRunConfig
@@ -109,6 +120,7 @@ def _cfg(**kw):
     ({"flops_fraction": -0.2}, ValueError, "flops_fraction"),
     ({"dataset": "mnist"}, ValueError, "dataset"),
     ({"method": "mp", "p_hat": 2}, ValueError, "p_hat"),
+    ({"method": "osscar-opt", "t_hat": 2}, ValueError, r"t_hat is an OSSCAR parameter \(of osscar, osscar-authors-ls\)"),
     ({"method": "osscar", "method_params": {"bogus": 1}}, ValueError, "bogus"),
     ({"damping": -1.0}, ValueError, "damping"),
     ({"method": "chip", "chip_positions": 0}, ValueError, "chip_positions must be an integer"),
