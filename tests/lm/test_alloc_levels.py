@@ -158,3 +158,24 @@ def test_level_ladders():
     assert ladder(llama, 2) == {"attn": [0, 3, 6], "mlp": [0, 32, 64]}
     with pytest.raises(ValueError, match="mlp steps must be a positive integer"):
         mlp_levels(llama, 0)
+
+
+def test_level_costs_match_hand_counts():
+    """params: counted from the shapes by hand (d = 48, head_dim 8, 3 KV heads, F = 64; OPT d = 32,
+    4 heads of 8, F = 64, every Linear with a bias); flops: 2 per multiply-add, 0 when removed."""
+    from osscar.lm.allocation.levels import level_costs
+
+    llama = _config("llama", 6, 3)
+    llama.attention_bias = llama.mlp_bias = False
+    p = level_costs(llama, 2, "params")
+    d, hd, kv = 48, 8, 3
+    assert p["attn"] == {0: 0, 3: 2 * d * 3 * hd + 2 * d * kv * hd, 6: 2 * d * 6 * hd + 2 * d * kv * hd}
+    assert p["mlp"] == {0: 0, 32: 3 * d * 32, 64: 3 * d * 64}
+    opt = level_costs(_config("opt", 4, 4), 1, "params")
+    assert opt["attn"] == {k: 4 * 32 * 8 * k + 3 * 8 * k + 32 for k in range(5)}  # q,k,v,out; out_proj bias stays
+    assert opt["mlp"] == {0: 32, 64: 2 * 32 * 64 + 64 + 32}  # fc2's bias stays with level 0
+    f = level_costs(llama, 2, "flops")
+    assert f["attn"] == {0: 0, 3: 2 * (2 * d * 3 * hd + 2 * d * kv * hd), 6: 2 * (2 * d * 6 * hd + 2 * d * kv * hd)}
+    assert f["mlp"] == {0: 0, 32: 2 * 3 * d * 32, 64: 2 * 3 * d * 64}
+    with pytest.raises(ValueError, match="cost kind 'time' is unknown; allowed: params, flops"):
+        level_costs(llama, 2, "time")

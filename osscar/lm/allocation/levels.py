@@ -10,15 +10,28 @@ module whole** (:mod:`osscar.lm.removed`).
   level; with the ``kv-group`` unit every KV-group count. A family whose heads cannot be pruned
   exactly (OLMo 2, ``attention_fixed_reason``) has only 0 and all.
 * MLP: ``steps`` evenly spaced widths (:func:`osscar.lm.evaluation.latency.default_levels`) and 0.
+
+Per-level **costs** of one block's part (:func:`level_costs`): ``params`` (counted on a one-block
+copy of the architecture, built on the meta device and sliced by the adapter at every level, so
+biases, norms inside the attention and fused projections count as they are) or ``flops``
+(:meth:`~osscar.lm.adapters.base.ModelAdapter.layer_flops`, the project's multiply-add model of the
+prunable projections per token; 0 for a removed module).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import torch
+from torch import nn
+
+from osscar.lm.adapters import _get, get_adapter
 from osscar.lm.evaluation.latency import default_levels
+from osscar.lm.removed import remove_attention, remove_mlp
 
 PARTS = ("attn", "mlp")
+COST_KINDS = ("params", "flops")
 
 
 def attention_levels(adapter: Any) -> list[int]:
@@ -39,3 +52,45 @@ def mlp_levels(adapter: Any, steps: int) -> list[int]:
 def ladder(adapter: Any, mlp_steps: int) -> dict[str, list[int]]:
     """{"attn": attention levels, "mlp": MLP levels} of every block of ``adapter``'s model."""
     return {"attn": attention_levels(adapter), "mlp": mlp_levels(adapter, mlp_steps)}
+
+
+def level_costs(config: Any, mlp_steps: int, kind: str) -> dict[str, dict[int, float]]:
+    """{"attn" | "mlp": {level: cost}} of one block (module docstring); ``config``: the dense model's."""
+    adapter = get_adapter(getattr(config, "config", config))
+    levels = ladder(adapter, mlp_steps)
+    if kind == "flops":
+        return {"attn": {k: float(adapter.layer_flops(kept_attn_groups=k)["attn"]) if k else 0.0 for k in levels["attn"]},
+                "mlp": {k: float(adapter.layer_flops(kept_neurons=k)["mlp"]) if k else 0.0 for k in levels["mlp"]}}
+    if kind == "params":
+        return _param_counts(adapter, levels)
+    raise ValueError(f"cost kind {kind!r} is unknown; allowed: {', '.join(COST_KINDS)}")
+
+
+def _param_counts(adapter: Any, levels: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(adapter.config)
+    cfg.num_hidden_layers = 1
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = list(cfg.layer_types)[:1]
+    with torch.device("meta"):
+        block = adapter.layers(AutoModelForCausalLM.from_config(cfg))[0]
+
+    def count(layer: nn.Module, part: str) -> float:
+        if part == "attn":
+            return float(sum(p.numel() for p in _get(layer, adapter.attn_module).parameters()))
+        paths = (*adapter.mlp_producers, adapter.mlp_consumer)
+        return float(sum(p.numel() for path in paths for p in _get(layer, path).parameters()))
+
+    out: dict[str, dict[int, float]] = {"attn": {}, "mlp": {}}
+    for part in PARTS:
+        for k in levels[part]:
+            layer = copy.deepcopy(block)
+            if k == 0:
+                (remove_attention if part == "attn" else remove_mlp)(adapter, layer)
+            elif part == "attn" and k < adapter.n_attn_groups:
+                adapter.slice_attention(layer, adapter.canonical_kept("attn", k))
+            elif part == "mlp" and k < adapter.ffn_dim:
+                adapter.slice_mlp(layer, torch.arange(k))
+            out[part][k] = count(layer, part)
+    return out
