@@ -179,3 +179,24 @@ def test_level_costs_match_hand_counts():
     assert f["mlp"] == {0: 0, 32: 2 * 3 * d * 32, 64: 2 * 3 * d * 64}
     with pytest.raises(ValueError, match="cost kind 'time' is unknown; allowed: params, flops"):
         level_costs(llama, 2, "time")
+
+
+def test_latency_table_times_per_head_levels_and_level0(tmp_path):
+    """Timings are not asserted on: only which levels are timed, the keys, and that level 0 runs."""
+    from osscar.lm.allocation.levels import latency_costs
+    from osscar.lm.evaluation.latency import latency_table
+
+    cfg = _config("llama", 6, 3)
+    kw = dict(batch=1, seqlen=4, repeats=1, warmup=0, mlp_levels=2, cache_dir=tmp_path, use_cache=False)
+    plain = latency_table(cfg, **kw)
+    assert sorted(plain.attn) == [3, 6] and sorted(plain.mlp) == [32, 64]  # per-head levels: 1 or 2 per KV group
+    assert plain.key["attn_levels"] == [3, 6] and plain.key["mlp_levels"] == [32, 64]  # keys as before
+    with pytest.raises(ValueError, match="no level 0 for attn; measure it with latency_table"):
+        latency_costs(plain, ladder(get_adapter(cfg), 2))
+    full = latency_table(cfg, removal=True, **kw)
+    assert sorted(full.attn) == [0, 3, 6] and sorted(full.mlp) == [0, 32, 64]
+    assert full.key["attn_levels"] == [0, 3, 6] and full.key != plain.key
+    costs = latency_costs(full, ladder(get_adapter(cfg), 2))
+    assert set(costs["attn"]) == {0, 3, 6} and all(v >= 0 for v in costs["mlp"].values())
+    opt = latency_table(_config("opt", 4, 4), removal=True, **kw)  # MHA with biases: every head count
+    assert sorted(opt.attn) == [0, 1, 2, 3, 4] and sorted(opt.mlp) == [0, 32, 64]

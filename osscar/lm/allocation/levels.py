@@ -94,3 +94,14 @@ def _param_counts(adapter: Any, levels: dict[str, list[int]]) -> dict[str, dict[
                 adapter.slice_mlp(layer, torch.arange(k))
             out[part][k] = count(layer, part)
     return out
+
+
+def latency_costs(table: Any, levels: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    """{"attn" | "mlp": {level: seconds}} of one block from a measured
+    :class:`~osscar.lm.evaluation.latency.LatencyTable` (interpolated between its MLP widths).
+    ValueError if a level 0 is asked of a table measured without ``removal=True``."""
+    for part, tab in (("attn", table.attn), ("mlp", table.mlp)):
+        if 0 in levels[part] and 0 not in tab:
+            raise ValueError(f"the latency table has no level 0 for {part}; measure it with latency_table(..., removal=True)")
+    return {"attn": {k: table.attn_latency(k) for k in levels["attn"]},
+            "mlp": {k: table.mlp_latency(k) for k in levels["mlp"]}}
