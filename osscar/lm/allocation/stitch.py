@@ -83,19 +83,20 @@ def _log_probs(model: nn.Module, ids: Tensor, batch_size: int) -> Tensor:
 @dataclass
 class StitchedFitness:
     """Scores of allocations on stitched models (module docstring). ``calibration: (n, seqlen)``,
-    ``heldout: (h, seqlen')`` token ids; ``heldout`` must differ from the database's tokens."""
+    ``heldout: (h, seqlen')`` token ids, which must differ from the database's tokens (None: no
+    :meth:`kl`)."""
 
     dense: nn.Module
     db: CandidateDatabase
     calibration: Tensor
-    heldout: Tensor
+    heldout: Tensor | None
     batch_size: int = 8
     evaluations: int = 0
     _dense_lp: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_model(self.db, self.dense)
-        if data_fingerprint(self.heldout) == self.db.spec.data:
+        if self.heldout is not None and data_fingerprint(self.heldout) == self.db.spec.data:
             raise ValueError("the KL tokens (heldout) are the database's calibration tokens; give tokens "
                              "not used to build the database")
 
@@ -111,6 +112,8 @@ class StitchedFitness:
     def kl(self, widths: Allocation, n_tokens: int | None = None) -> float:
         """Mean per-token KL(dense ‖ stitched) on the held-out rows covering the first ``n_tokens``
         predicted tokens (None: all rows)."""
+        if self.heldout is None:
+            raise ValueError("StitchedFitness.kl needs held-out tokens (heldout=None was given)")
         self.evaluations += 1
         per_row = self.heldout.shape[1] - 1
         rows = len(self.heldout) if n_tokens is None else max(1, min(len(self.heldout), math.ceil(n_tokens / per_row)))
