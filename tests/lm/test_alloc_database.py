@@ -33,9 +33,8 @@ def _model(family: str = "llama"):
     return random_model(_config(family, 6, 3) if family != "opt" else _config("opt", 4, 4))
 
 
-@pytest.fixture
-def solver_calls(monkeypatch):
-    """Counts every PruningMethod.prune call (independently of the database's own count)."""
+def count_solver_calls(monkeypatch) -> list[int]:
+    """Counts every PruningMethod.prune call (independently of the database's own count): the k of each."""
     from osscar.method import PruningMethod
 
     calls = []
@@ -47,6 +46,11 @@ def solver_calls(monkeypatch):
 
     monkeypatch.setattr(PruningMethod, "prune", counted)
     return calls
+
+
+@pytest.fixture
+def solver_calls(monkeypatch):
+    return count_solver_calls(monkeypatch)
 
 
 def _dense_inputs(model):

@@ -200,3 +200,16 @@ def test_latency_table_times_per_head_levels_and_level0(tmp_path):
     assert set(costs["attn"]) == {0, 3, 6} and all(v >= 0 for v in costs["mlp"].values())
     opt = latency_table(_config("opt", 4, 4), removal=True, **kw)  # MHA with biases: every head count
     assert sorted(opt.attn) == [0, 1, 2, 3, 4] and sorted(opt.mlp) == [0, 32, 64]
+
+
+def test_the_same_removal_in_every_block_is_written_per_block(tmp_path):
+    """Uniform widths with a removed module: no HF config describes it, so the manifest is per block."""
+    model = random_model(_config("qwen2", 6, 3))
+    a = get_adapter(model)
+    widths = [(6, 0)] * N_LAYERS
+    ref = zeroed_reference(random_model(_config("qwen2", 6, 3)), widths)
+    man = slice_model(model, _kept(a, widths))
+    assert not man["uniform"] and man["needs_load_pruned"] and model.config.intermediate_size == 64
+    save_pruned(model, None, tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(reload(tmp_path / "m")(IDS).logits, ref(IDS).logits, atol=1e-10, rtol=1e-10)

@@ -12,12 +12,11 @@ import types
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from osscar.lm.allocation.allocate import allocate_lm
 from osscar.methods import make_method
 
-from .test_alloc_database import OTHER, SEGS, _model, solver_calls  # noqa: F401  (fixture)
+from .test_alloc_database import OTHER, SEGS, _model, count_solver_calls
 
 
 @dataclass
@@ -77,6 +76,11 @@ def _stand_in(scored):
 
 
 @pytest.fixture
+def solver_calls(monkeypatch):
+    return count_solver_calls(monkeypatch)
+
+
+@pytest.fixture
 def stand_in(monkeypatch):
     scored = []
     monkeypatch.setitem(sys.modules, "osscar.allocation", _stand_in(scored))
@@ -86,7 +90,7 @@ def stand_in(monkeypatch):
 @pytest.mark.parametrize("allocator", ["runtime", "spdy", "evolutionary"])
 def test_allocate_lm_meets_the_budget_and_a_second_budget_calls_no_solver(allocator, tmp_path, stand_in, solver_calls):
     model = _model()
-    d, hd, kv, F = 48, 8, 3, 64
+    d, hd, kv = 48, 8, 3
     attn = {0: 0, 3: 2 * d * 3 * hd + 2 * d * kv * hd, 6: 2 * d * 6 * hd + 2 * d * kv * hd}
     attn = {k: v + d + (2 * kv * hd + hd * k if k else 0) for k, v in attn.items()}  # biases; o_proj's stays at 0
     mlp = {0: 0, 32: 3 * d * 32 + 2 * 32, 64: 3 * d * 64 + 2 * 64}

@@ -118,5 +118,6 @@ def allocate_lm(model: nn.Module, calibration: Tensor, heldout: Tensor | None, m
         database={"key": db.spec.key(), "path": str(db.path), "spec": db.spec.to_dict(), "build": asdict(report)},
         search={**result.to_dict(), "fitness_kind": info.fitness, "stitched_evaluations": fitness.evaluations},
         budget={"kind": budget.kind, "target": budget.target, "as_speedup": budget.as_speedup, "dense_cost": dense_cost,
-                "fixed": fixed, "limit": limit, "predicted_cost": predicted, "predicted_speedup": dense_cost / predicted if predicted > 0 else math.inf},
+                "fixed": fixed, "limit": limit, "predicted_cost": predicted,
+                "predicted_speedup": dense_cost / predicted if predicted > 0 else math.inf},
         seconds={"database": report.seconds, "search": search_s})
