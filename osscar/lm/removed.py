@@ -34,12 +34,16 @@ class RemovedAttention(nn.Module):
 
     ``consumer_name``: the output projection's name inside the attention module (``o_proj``,
     ``out_proj``); its bias (if any) lives at ``<consumer_name>.bias``. Returns ``(output, None)``
-    as the attention modules do.
+    as the attention modules do. With a KV cache it appends zero keys and values of one head of
+    width 1 per token for its ``layer_idx``, so the cache's length still counts the tokens seen (the
+    model reads the positions and masks of cached decoding off it; nothing attends to them).
     """
 
-    def __init__(self, consumer_name: str, out_features: int, bias: Tensor | None) -> None:
+    CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+    def __init__(self, consumer_name: str, out_features: int, bias: Tensor | None, layer_idx: int | None = None) -> None:
         super().__init__()
-        self.consumer_name, self.out_features = consumer_name, int(out_features)
+        self.consumer_name, self.out_features, self.layer_idx = consumer_name, int(out_features), layer_idx
         holder = nn.Module()
         if bias is not None:
             holder.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
@@ -50,6 +54,12 @@ class RemovedAttention(nn.Module):
         return getattr(getattr(self, self.consumer_name), "bias", None)
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, None]:
+        cache = next((kwargs[k] for k in self.CACHE_KWARGS if kwargs.get(k) is not None), None)
+        if cache is not None and self.layer_idx is not None:
+            b, t = hidden_states.shape[0], hidden_states.shape[-2]
+            # (batch, heads, tokens, head_dim): one head of width 1 (the cache reads an empty tensor as no tokens)
+            token = hidden_states.new_zeros(b, 1, t, 1)
+            cache.update(token, token, self.layer_idx)
         shape = (*hidden_states.shape[:-1], self.out_features)
         if self.bias is None:
             return hidden_states.new_zeros(shape), None
@@ -75,7 +85,8 @@ def remove_attention(adapter: Any, layer: nn.Module) -> None:
     if attention_removed(adapter, layer):
         return
     consumer = adapter.consumer(layer, "attn")
-    stub = RemovedAttention(_consumer_name(adapter), consumer.out_features, consumer.bias)
+    layer_idx = getattr(_get(layer, adapter.attn_module), "layer_idx", None)
+    stub = RemovedAttention(_consumer_name(adapter), consumer.out_features, consumer.bias, layer_idx)
     _set(layer, adapter.attn_module, stub)
 
 

@@ -213,3 +213,21 @@ def test_the_same_removal_in_every_block_is_written_per_block(tmp_path):
     save_pruned(model, None, tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(reload(tmp_path / "m")(IDS).logits, ref(IDS).logits, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gemma2", "phi3"])
+def test_a_removed_attention_keeps_cached_decoding_right(family):
+    """Prefill 7 tokens, then decode 5 with the KV cache: with block 0's attention removed (its
+    cache layer never written), positions and masks still come out as in the zeroed model."""
+    cfg = _config(family, 6 if family != "opt" else 4, 3 if family != "opt" else 4)
+    model = random_model(cfg)
+    a = get_adapter(model)
+    widths = [(0, 32), (a.n_attn_groups, a.ffn_dim), (attention_levels(a)[1], 0)]
+    ref = zeroed_reference(random_model(cfg), widths)
+    slice_model(model, _kept(a, widths))
+    with torch.no_grad():
+        outs = []
+        for m in (model, ref):
+            first = m(IDS[:, :7], use_cache=True)
+            outs.append(m(IDS[:, 7:], cache=first.cache, use_cache=True).logits)  # transformers 5: ``cache``
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=1e-10)
