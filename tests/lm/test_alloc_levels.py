@@ -177,6 +177,10 @@ def test_level_costs_match_hand_counts():
     f = level_costs(llama, 2, "flops")
     assert f["attn"] == {0: 0, 3: 2 * (2 * d * 3 * hd + 2 * d * kv * hd), 6: 2 * (2 * d * 6 * hd + 2 * d * kv * hd)}
     assert f["mlp"] == {0: 0, 32: 2 * 3 * d * 32, 64: 2 * 3 * d * 64}
+    from osscar.lm.evaluation.measure import flops_per_token
+
+    got = flops_per_token(llama, [0, 6, 3], [0, 64, 32])
+    assert (got["attn"], got["mlp"]) == (f["attn"][6] + f["attn"][3], f["mlp"][64] + f["mlp"][32])
     with pytest.raises(ValueError, match="cost kind 'time' is unknown; allowed: params, flops"):
         level_costs(llama, 2, "time")
 
