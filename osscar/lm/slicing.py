@@ -26,6 +26,10 @@ Load it with :func:`load_pruned` (``osscar.lm.sources.models.load_model`` does s
 ``osscar_pruned.json``): it builds the model from the dense config, slices every block's shapes
 to its recorded widths and loads the state dict strictly. Plain ``from_pretrained`` refuses the
 folder with a size-mismatch error.
+
+**Level 0**: a width of 0 removes the module whole (:mod:`osscar.lm.removed`: the attention module
+replaced by its output bias, the MLP sliced to zero neurons); such a model is always written as
+non-uniform (``per_layer`` in the manifest), since no HF config describes a removed module.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from torch import Tensor, nn
 from osscar.io import atomic_directory
 
 from osscar.lm.adapters import get_adapter
+from osscar.lm.removed import remove_attention, remove_mlp
 
 MANIFEST = "osscar_pruned.json"
 
@@ -77,24 +82,28 @@ def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[st
 
 
 def kept_widths(adapter: Any, n_blocks: int, kept: dict[int, dict[str, Tensor]]) -> list[tuple[int, int]]:
-    """(attention groups, neurons) kept per block (a block or part absent from ``kept``: all)."""
+    """(attention groups, neurons) kept per block (a block or part absent from ``kept``: all; 0: the
+    module removed whole, :mod:`osscar.lm.removed`)."""
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     per_layer = []
     for i in range(n_blocks):
         k = kept.get(i, {})
         per_layer.append((len(k.get("attn", range(n_attn))), len(k.get("mlp", range(n_mlp)))))
-    if any(ka < 1 or km < 1 for ka, km in per_layer):
-        raise ValueError(f"every block must keep ≥ 1 attention group and ≥ 1 neuron, got {per_layer}")
     return per_layer
 
 
 @torch.no_grad()
 def slice_block(adapter: Any, layer: nn.Module, kept: dict[str, Tensor]) -> None:
     """Slice one block in place to its kept groups (``kept["attn" | "mlp"]``; a part absent or
-    complete is left whole). The config is not touched (:func:`finish_slicing`)."""
-    if "attn" in kept and len(kept["attn"]) < adapter.n_attn_groups:
+    complete is left whole; an empty one is removed whole, :mod:`osscar.lm.removed`). The config is
+    not touched (:func:`finish_slicing`)."""
+    if "attn" in kept and len(kept["attn"]) == 0:
+        remove_attention(adapter, layer)
+    elif "attn" in kept and len(kept["attn"]) < adapter.n_attn_groups:
         adapter.slice_attention(layer, kept["attn"])
-    if "mlp" in kept and len(kept["mlp"]) < adapter.ffn_dim:
+    if "mlp" in kept and len(kept["mlp"]) == 0:
+        remove_mlp(adapter, layer)
+    elif "mlp" in kept and len(kept["mlp"]) < adapter.ffn_dim:
         adapter.slice_mlp(layer, kept["mlp"])
 
 
@@ -110,7 +119,7 @@ def finish_slicing(model: nn.Module, adapter: Any, per_layer: list[tuple[int, in
     """After every block is sliced to ``per_layer`` (attention groups, neurons) widths: uniform
     widths go into the config, non-uniform ones into the manifest only (module docstring). Returns
     the manifest (also ``model.config.osscar_pruned``)."""
-    uniform = len(set(per_layer)) == 1
+    uniform = len(set(per_layer)) == 1 and min(per_layer[0]) > 0  # no config describes a removed module
     if uniform:
         (ka, km) = per_layer[0]
         manifest = adapter.update_config(model.config, ka, km)
@@ -170,9 +179,13 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
     else:  # uniform: OPT keeps the original head count in its config
         widths = [(int(manifest["kept_attn_groups"]), adapter.ffn_dim)] * len(layers)
     for layer, (ka, km) in zip(layers, widths):  # shapes only; the weights come from the state dict
-        if ka < adapter.n_attn_groups:
+        if ka == 0:
+            remove_attention(adapter, layer)
+        elif ka < adapter.n_attn_groups:
             adapter.slice_attention(layer, adapter.canonical_kept("attn", ka))
-        if km < adapter.ffn_dim:
+        if km == 0:
+            remove_mlp(adapter, layer)
+        elif km < adapter.ffn_dim:
             adapter.slice_mlp(layer, torch.arange(km))
     sd = _load_state_dict(path)
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -41,6 +41,7 @@ from torch import nn
 
 from osscar.devices import check_model_dtype, device_label, model_device, resolve_device
 from osscar.lm.adapters import _get, get_adapter
+from osscar.lm.removed import remove_attention, remove_mlp
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned", "_commit_hash", "architectures",
                         "torch_dtype", "dtype", "_attn_implementation_autoset"}
@@ -212,11 +213,14 @@ def _write_atomic(obj: Any, path: Path) -> None:
 def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int = 1, repeats: int = 5,
                   warmup: int = 2, mlp_levels: int = 16, attn_levels: int | None = None,
                   device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
-                  use_cache: bool = True, dtype: str = "float32") -> LatencyTable:
+                  use_cache: bool = True, dtype: str = "float32", removal: bool = False) -> LatencyTable:
     """Measure (or read from the cache) the latency table of ``config``'s architecture.
 
     ``config``: the *dense* model's config (a model's config or the model itself).
-    ``attn_levels``: number of attention levels timed (None: every group count).
+    ``attn_levels``: number of attention levels timed (None: every group count; with the ``head``
+    unit, every multiple of the KV-head count: L query heads in each KV group).
+    ``removal``: also time level 0 of both parts (the module removed whole, :mod:`osscar.lm.removed`);
+    the key then lists 0 among the levels (tables without it keep their keys).
     Returns a :class:`LatencyTable`; ``table.info["cached"]`` says whether it came from the cache.
     """
     config = getattr(config, "config", config)
@@ -230,6 +234,8 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     a_levels = [a for a in default_levels(n_attn, attn_levels or n_attn) if a % adapter.attn_blocks == 0]
     m_levels = default_levels(n_mlp, mlp_levels)
+    if removal:
+        a_levels, m_levels = [0, *a_levels], [0, *m_levels]
     key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_label(device),
            "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
            "attn_levels": a_levels, "mlp_levels": m_levels}
@@ -276,13 +282,17 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
         mlp_t: dict[int, float] = {}
         for a in a_levels:
             layer = copy.deepcopy(block0)
-            if a < n_attn:
+            if a == 0:
+                remove_attention(ad, layer)
+            elif a < n_attn:
                 ad.slice_attention(layer, ad.canonical_kept("attn", a))
             attn_t[a] = run_block(layer)[0]
         rests = []
         for m in m_levels:
             layer = copy.deepcopy(block0)
-            if m < n_mlp:
+            if m == 0:
+                remove_mlp(ad, layer)
+            elif m < n_mlp:
                 ad.slice_mlp(layer, torch.arange(m))
             ta, tm, tb = run_block(layer)
             mlp_t[m] = tm

@@ -44,7 +44,7 @@ def flops_per_token(model_or_config: Any, kept_attn_groups: int | Sequence[int] 
     """FLOPs model above for the model's *original* config and the given kept widths (None: dense).
 
     Widths may be one count for every block or a sequence with one count per block (non-uniform
-    allocation)."""
+    allocation); 0 is a module removed whole (:mod:`osscar.lm.removed`)."""
     adapter = get_adapter(model_or_config)
     cfg = adapter.config
     n = int(cfg.num_hidden_layers)
@@ -60,7 +60,7 @@ def flops_per_token(model_or_config: Any, kept_attn_groups: int | Sequence[int] 
     attn = mlp = 0
     for a, m in zip(per_block(kept_attn_groups), per_block(kept_neurons)):
         per = adapter.layer_flops(a, m)
-        attn += per["attn"]
+        attn += per["attn"] if a != 0 else 0  # level 0: the attention removed whole, k/v included
         mlp += per["mlp"]
     block = attn + mlp
     lm_head = 2 * int(cfg.hidden_size) * int(cfg.vocab_size)
