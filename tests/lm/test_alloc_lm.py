@@ -126,3 +126,23 @@ def test_bad_allocator_or_unreachable_budget_fails_before_any_work(tmp_path, sta
     with pytest.raises(ValueError, match="evolutionary' scores KL on held-out tokens"):
         allocate_lm(model, SEGS, None, make_method("mp"), "evolutionary", _Budget("params", 2.0), tmp_path)
     assert not list(tmp_path.iterdir()) and solver_calls == []
+
+
+@pytest.mark.parametrize("allocator", ["runtime", "spdy", "evolutionary"])
+def test_allocate_lm_with_the_real_search_package(allocator, tmp_path, solver_calls):
+    """The real osscar.allocation searches: within budget (hand-counted params), no solver call on reuse,
+    and a search trace in the result."""
+    from osscar.allocation import Budget, EvolutionConfig, SpdyConfig
+
+    model = _model()
+    cfg = {"spdy": SpdyConfig(max_evaluations=12, patience=4),
+           "evolutionary": EvolutionConfig(generations=3, offspring=4, survivors=(2, 1), tokens=(8, 32))}.get(allocator)
+    out = allocate_lm(model, SEGS, OTHER, make_method("mp"), allocator, Budget("params", 1.5, True), tmp_path,
+                      mlp_steps=2, batch_size=2, config=cfg)
+    built = len(solver_calls)
+    assert built > 0 and out.budget["predicted_cost"] <= out.budget["limit"] + 1e-9
+    assert out.budget["predicted_speedup"] >= 1.5 - 1e-9
+    assert len(out.widths) == 3 and "trace" in out.search
+    again = allocate_lm(model, SEGS, OTHER, make_method("mp"), allocator, Budget("params", 2.5, True), tmp_path,
+                        mlp_steps=2, batch_size=2, config=cfg)
+    assert len(solver_calls) == built and again.budget["predicted_speedup"] >= 2.5 - 1e-9
