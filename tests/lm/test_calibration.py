@@ -202,3 +202,37 @@ def test_each_block_gets_its_own_kwargs_on_a_model_with_mixed_layer_types():
                            hessian_hook=lambda i, part, H: got.__setitem__((i, part), H.clone()))
     for key, H in ref.items():
         torch.testing.assert_close(got[key], H, rtol=1e-5, atol=1e-4 * float(H.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_a_removed_module_is_zero_weights_and_slices_away_with_the_same_logits(family):
+    """keep 0 (level 0 of an allocation): the consumer's weights are zero, no solver call, and slicing the
+    module away leaves the pruned model's logits unchanged (its output is its bias)."""
+    from osscar.lm.slicing import slice_model
+
+    from .conftest import make_model, tiny_llama_config, tiny_opt_config
+
+    config = tiny_opt_config() if family == "opt" else tiny_llama_config()
+    model = make_model(config, seed=3).double()
+    n = len(model.model.decoder.layers if family == "opt" else model.model.layers)
+    g = torch.Generator().manual_seed(0)
+    segs = torch.randint(0, config.vocab_size, (4, 12), generator=g)
+    adapter = __import__("osscar.lm.adapters", fromlist=["get_adapter"]).get_adapter(model)
+    keep_attn = {0: 0, **{i: adapter.n_attn_groups for i in range(1, n)}}
+    keep_mlp = {0: adapter.ffn_dim, 1: 0, **{i: adapter.ffn_dim for i in range(2, n)}}
+    calls = []
+    method = make_method("mp")
+    orig = method.prune
+    object.__setattr__(method, "prune", lambda problem: calls.append(problem.name) or orig(problem))
+    out = prune_model_sequential(model, segs, method, keep_attn, keep_mlp, batch_size=2)
+    assert calls == []  # nothing solved: removed or kept whole
+    layers = adapter.layers(model)
+    assert torch.count_nonzero(adapter.consumer(layers[0], "attn").weight) == 0
+    assert torch.count_nonzero(adapter.consumer(layers[1], "mlp").weight) == 0
+    assert out.kept[0]["attn"].numel() == 0 and out.kept[1]["mlp"].numel() == 0
+    ids = torch.randint(0, config.vocab_size, (2, 10), generator=g)
+    with torch.no_grad():
+        before = model(ids).logits
+        slice_model(model, out.kept)
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-10)

@@ -216,7 +216,7 @@ def prune_model_sequential(
     adapter = get_adapter(model)
     n_blocks = len(adapter.layers(model))
     todo = set(range(n_blocks) if layers is None else layers)
-    if adapter.attention_fixed_reason and any(_keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
+    if adapter.attention_fixed_reason and any(0 < _keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
         raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
     store = blocks if blocks is not None else ResidentBlocks(model, model_device(model))
     start = time.perf_counter()
@@ -322,9 +322,9 @@ def _prune_consumer(run: _Sequential, i: int, layer: nn.Module, part: str, keep:
     if run.hessian_hook is not None:
         run.hessian_hook(i, part, H)
     name = f"{adapter.layers_path}.{i}.{adapter.attn_consumer if part == 'attn' else adapter.mlp_consumer}"
-    problem = LayerProblem.from_calibration(
-        H, consumer.weight.data.T, adapter.group_size(part), keep, damping=run.damping, name=name,
-        blocks=adapter.blocks(part))
+    problem = LayerProblem.from_calibration(  # keep 0 (the module removed): the problem of keeping all, not solved
+        H, consumer.weight.data.T, adapter.group_size(part), keep or adapter.n_groups(part), damping=run.damping,
+        name=name, blocks=adapter.blocks(part))
     del H, dense_H  # the raw XᵀX: the problem's damped H gives the calibration error (calibration_error)
     if acc is not None:
         acc.H = None
@@ -347,7 +347,11 @@ def _prune_consumer(run: _Sequential, i: int, layer: nn.Module, part: str, keep:
 
 
 def _solve(problem: LayerProblem, keep: int, method: PruningMethod) -> PruneResult:
-    """``method.prune(problem)``, or the dense weights when nothing is to be removed (not solved)."""
+    """``method.prune(problem)``; not solved: the dense weights when nothing is to be removed, zero weights when
+    the whole module is removed (``keep`` 0: its output is its bias, the residual stream passes through)."""
+    if keep == 0:
+        return PruneResult(kept=torch.zeros(0, dtype=torch.long), W=torch.zeros_like(problem.W_dense), objective=0.0,
+                           seconds=0.0, method="none", info={"module_removed": 1})
     if keep == problem.n_groups:
         return PruneResult(kept=torch.arange(problem.n_groups), W=problem.W_dense, objective=problem.dense_objective(),
                            seconds=0.0, method="none", info={"skipped_nothing_to_remove": 1})
