@@ -49,21 +49,6 @@ CALIB_BATCH = 8  # prune_model_sequential's batch_size
 PHASES = ("load", "prune", "evaluate")
 GiB = 2 ** 30
 
-# Float64 (p, p) matrices each method holds at its high point, beyond the problem's H, G, Ŵ (see
-# solver_working_set): the code's own tensors, counted in osscar/obs.py, osscar/pruned_set.py,
-# osscar/solver.py and baselines/*.py.
-_SOLVER_NOTES = {
-    "osscar": "Stage A: E=H⁻¹ (compacted in place, p×p storage), pending-downdate buffer U (p×max(64,p/8)), W (p×m), "
-              "E's compact copy when the storage is given back; Stage B: E=H_SS⁻¹, a trial's copy E' and its bordered "
-              "E'' (a×a each), pruned-set K (|J|×|J|, built from H and E), W_S twice, R and a trial's R_J (|J|×m); "
-              "then the refit (no full p×p inverse is kept)",
-    "ziplm": "E=H_SS⁻¹ (compacted in place), pending-downdate buffer U (p×max(64,p/8)), W (p×m), E's compact copy "
-             "when the storage is given back; then the refit",
-    "lasso": "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit",
-    "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice",
-}
-
-
 @dataclass(frozen=True)
 class PlanItem:
     """One tensor (or group of tensors) a phase holds: ``bytes`` on ``where`` (``device``/``host``)."""
@@ -152,28 +137,22 @@ def parse_bytes(text: str | float | int) -> int:
 
 
 def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
-    """(bytes, what) of the float64 tensors ``method`` adds at its high point on a (p, m) problem.
+    """(bytes, what) of the float64 tensors ``method`` adds at its high point on a (p, m) problem keeping
+    ``kept_rows`` rows, as the method states it (:meth:`osscar.method.PruningMethod.working_set`).
 
-    ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR and ZipLM (the lean solver,
-    ``osscar/obs.py``): the larger of Stage A (E's p×p storage, the pending-downdate buffer, W and E's
-    compact copy when the storage is given back), OSSCAR's Stage B (E, a trial's E' and E'': a×a; K:
-    |J|×|J|; W_S twice: a×m; R and R_J: |J|×m) and the refit, which runs after the state is freed.
-    Lasso: a p×p temporary and five (p, m) iterates, then the refit. Every other method: the refit
-    (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
+    A method that states none (a plugin that did not declare it) is refused with a ValueError rather than
+    planned with a guess.
     """
-    a, j = kept_rows, p - kept_rows
-    u = p * max(64, p // 8)
-    refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
-    stage_a = p * p + u + p * m + a * a + 6 * 64 * p  # + a compaction's 64-row chunks (gathered, cut, written)
-    if method == "osscar":
-        n, key = max(stage_a, 3 * a * a + j * j + 2 * a * m + 2 * j * m, refit), "osscar"
-    elif method == "ziplm":
-        n, key = max(stage_a, refit), "ziplm"
-    elif method == "lasso":
-        n, key = p * p + 5 * p * m + refit, "lasso"
-    else:
-        n, key = refit, "refit"
-    return F64 * n, _SOLVER_NOTES[key]
+    from osscar.methods import get_method
+
+    cls = get_method(method)
+    stated = cls.working_set(p, m, kept_rows)
+    if stated is None:
+        raise ValueError(f"method={method!r} does not state its working set, so the memory plan cannot count its "
+                         f"solve: give {cls.__name__} a classmethod working_set(p, m, kept_rows) returning "
+                         "(float64 numbers, what they are) (osscar.method.PruningMethod.working_set)")
+    n, what = stated
+    return F64 * int(n), what
 
 
 def solve_parts(method: str, p: int, m: int, kept_rows: int) -> list[tuple[str, str, int]]:
@@ -331,7 +310,6 @@ def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
 
     device = resolve_device(config.device, "device")
     mconf = load_config(config.model, config.cache_dir)
-    mconf.osscar_attention_unit = config.attention_unit
     shape = model_shape(mconf)
     if config.max_device_memory is not None:
         limit, what = parse_bytes(config.max_device_memory), "max_device_memory"

@@ -227,8 +227,7 @@ class LMRunConfig:
             raise ValueError(f"model={self.model!r}: cannot read its config ({type(e).__name__}: {str(e)[:200]})") from e
         from osscar.lm.adapters import get_adapter
 
-        config.osscar_attention_unit = self.attention_unit
-        adapter = get_adapter(config)  # unsupported architecture -> ValueError
+        adapter = get_adapter(config, self.attention_unit)  # unsupported architecture -> ValueError
         if (self.attention_unit == "kv-group" and adapter.n_kv_heads == 1 and adapter.n_heads > 1
                 and (self.head_fraction or 0) > 0):
             raise ValueError("attention_unit='kv-group' on a model with one KV head (multi-query attention) "

@@ -15,7 +15,6 @@ For each prunable unit, in network order (the authors' vision protocol):
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,18 +53,10 @@ def capture_input(model: nn.Module, module_name: str, x: Tensor) -> Tensor:
 
 
 def vision_method_params(method: str, channels: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Per-layer parameters: for OSSCAR, defaults scaled to the layer's channel count.
-
-    p̂ (groups removed per Stage-A step) = max(1, round(0.02·C)); swap size s = max(1, ceil(0.05·C))
-    (the vision code's 5% of the channels), t̂ = 2s; rejected swaps halve s down to 1. Explicit
-    values in ``params`` win.
-    """
-    params = dict(params)
-    if method == "osscar":
-        params.setdefault("p_hat", max(1, round(0.02 * channels)))
-        params.setdefault("t_hat", 2 * max(1, math.ceil(0.05 * channels)))
-        params.setdefault("min_swap", 1)
-    return params
+    """Per-layer parameters: the method's own defaults for a layer of ``channels`` channels
+    (:meth:`osscar.method.PruningMethod.channel_defaults`; OSSCAR scales p̂ and t̂ to C), under the
+    explicit values in ``params``, which win."""
+    return {**get_method(method).channel_defaults(channels), **params}
 
 
 @dataclass
