@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from osscar.devices import check_device_name, check_model_dtype
-from osscar.lm.text import data as lm_data
-from osscar.lm.sources.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
-from osscar.options import ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, OFFLOAD_MODES, ZERO_SHOT_TASKS
+from osscar.config_cli import option, parse_ints, parse_key_value, parse_names, parse_point
+from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, DEFAULT_DAMPING,
+                            EMBEDDED_LM_NAMES, MODEL_DTYPES, OFFLOAD_MODES, ZERO_SHOT_TASKS)
+
+DEFAULT_EVAL_CORPORA = ("wiki-gensim",)
 
 
 def _check_fraction(name: str, v: Any) -> None:
@@ -90,46 +91,132 @@ class LMRunConfig:
         output_dir: where the CLI writes metrics (and the model with ``save_model``).
     """
 
-    model: str = "smollm2-135m"
-    method: str = "osscar"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    attn_params: dict[str, Any] = field(default_factory=dict)
-    mlp_params: dict[str, Any] = field(default_factory=dict)
-    head_fraction: float | None = None
-    neuron_fraction: float | None = None
-    speedup: float | None = None
-    allocation: str = "uniform"
-    allocation_point: tuple[int, int] | None = None
-    allocation_mlp_levels: int = 16
-    allocation_min_keep: float = 0.0
-    calib_corpus: str = "wiki-gensim"
-    n_samples: int = 32
-    seqlen: int = 256
-    damping: float = 0.01
-    heldout_samples: int = 4
-    heldout_seqlen: int | None = None
-    eval_corpora: tuple[str, ...] = ("wiki-gensim",)
-    eval_seqlen: int | None = None
-    eval_windows: int | None = None
-    zero_shot_tasks: tuple[str, ...] = ()
-    zero_shot_limit: int | None = 200
-    latency_points: tuple[tuple[int, int], ...] = ()
-    latency_repeats: int = 5
-    evaluate_dense: bool = False
-    layers: tuple[int, ...] | None = None
-    seed: int = 0
-    threads: int = 1
-    device: str = "cpu"
-    dtype: str = "float32"
-    calibration_inputs: str = "pruned"
-    attention_unit: str | None = None
-    offload: str = "none"
-    max_device_memory: str | float | None = None
-    output_dir: str | None = None
-    save_model: bool = False
-    cache_dir: str | None = None
+    model: str = option(
+        "smollm2-135m", section="model",
+        help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}); a GGUF file, or a folder holding one .gguf "
+             "(Gemma2/Llama/Mistral/Phi3/Qwen2/Qwen3; converted to fp32 once, cached); a transformers folder; or a "
+             "hub id (facebook/opt-1.3b)")
+    method: str = option("osscar", section="target",
+                         help="registered pruning method (osscar, ziplm, mp, mp+, thinet, lasso, ...)")
+    method_params: dict[str, Any] = option(
+        section="target", default_factory=dict, flag="--method-param", parse=parse_key_value, repeat=True,
+        cli_default=[], to_field=dict, metavar="KEY=VALUE",
+        help="extra method parameter for both consumers (JSON value), repeatable")
+    attn_params: dict[str, Any] = option(
+        section="target", default_factory=dict, flag="--attn-param", parse=parse_key_value, repeat=True,
+        cli_default=[], to_field=dict, metavar="KEY=VALUE",
+        help="method parameter for the attention consumer only, repeatable")
+    mlp_params: dict[str, Any] = option(
+        section="target", default_factory=dict, flag="--mlp-param", parse=parse_key_value, repeat=True,
+        cli_default=[], to_field=dict, metavar="KEY=VALUE",
+        help="method parameter for the MLP consumer only, repeatable")
+    head_fraction: float | None = option(
+        None, section="target",
+        help="fraction of attention heads removed per block (grouped-query models: query heads, the same number per "
+             "KV group; with --attention-unit kv-group: whole KV groups); None with no --speedup: 0.5")
+    neuron_fraction: float | None = option(
+        None, section="target", help="fraction of MLP neurons removed per block; None with no --speedup: 0.5")
+    speedup: float | None = option(
+        None, section="target",
+        help="target speedup (>1) of the decoder blocks instead of the fractions: by block FLOPs with "
+             "--allocation uniform, by predicted (measured-table) block latency with --allocation runtime; "
+             "embeddings and the LM head are not pruned and not counted")
+    allocation: str = option(
+        "uniform", section="target", choices=ALLOCATIONS,
+        help="per-block widths: 'uniform' removes the same fractions in every block; 'runtime' "
+             "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "
+             "device, gets every consumer's loss curve from one gradual-removal pass on the dense "
+             "model, and picks per-block widths by knapsack so the predicted decoder-block latency is "
+             "dense/SPEEDUP; the model is then pruned sequentially with those widths")
+    allocation_point: tuple[int, int] | None = option(
+        None, section="target", parse=parse_point, metavar="BxS",
+        help="prefill shape BATCHxSEQLEN of the latency table for --allocation runtime (default: 1x--seqlen)")
+    allocation_mlp_levels: int = option(
+        16, section="target", help="MLP widths timed and offered to the runtime allocator (evenly spaced)")
+    allocation_min_keep: float = option(
+        0.0, section="target", help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
+    calib_corpus: str = option(
+        "wiki-gensim", section="calibration", metavar="NAME|PATH",
+        help=f"calibration corpus ({', '.join(CORPUS_NAMES)}): wiki-gensim (offline Wikipedia); "
+             "wikitext2, ptb, c4 (C4 validation shard 0, as the OSSCAR authors; at --seed 0 and --eval-seqlen = "
+             "--seqlen its segments are the first C4 perplexity segments), c4-train (C4 train shard 0, as GPTQ) - these "
+             "four through `datasets` - or your own text: a .txt file (documents separated by blank lines), a folder "
+             "of .txt files or a .jsonl file with a 'text' field (every 4th document is held out for evaluation). "
+             "Segments are cut as GPTQ's loaders do (README: LM evaluation protocol)")
+    n_samples: int = option(32, section="calibration", help="calibration segments")
+    seqlen: int = option(256, section="calibration", help="tokens per calibration segment")
+    damping: float = option(DEFAULT_DAMPING, section="calibration", help="λ: H + λ·mean(diag H)·I")
+    heldout_samples: int = option(
+        4, section="calibration",
+        help="held-out windows of the calibration text (never solved on) for each layer's held-out error; 0: none")
+    heldout_seqlen: int | None = option(None, section="calibration",
+                                        help="tokens per held-out window (None: --seqlen)")
+    eval_corpora: tuple[str, ...] = option(
+        DEFAULT_EVAL_CORPORA, section="evaluation", flag="--eval-corpus", parse=str, repeat=True, cli_default=None,
+        to_field=lambda v: tuple(v or DEFAULT_EVAL_CORPORA), metavar="NAME|PATH",
+        help="perplexity corpus, repeatable, as --calib-corpus (wikitext2: test set, ptb: validation set, c4 and "
+             "c4-train: 256 segments of C4 validation drawn with seed 0; default: wiki-gensim held-out articles)")
+    eval_seqlen: int | None = option(None, section="evaluation", help="perplexity window length (None: --seqlen)")
+    eval_windows: int | None = option(
+        None, section="evaluation", to_field=lambda v: v or None,
+        help="cap on perplexity windows per corpus, the first ones (default: all: the whole test text "
+             "in non-overlapping --eval-seqlen windows, C4's 256 segments; 0: all)")
+    zero_shot_tasks: tuple[str, ...] = option(
+        (), section="evaluation", flag="--tasks", parse=parse_names, cli_default="", to_field=tuple,
+        help=f"comma-separated zero-shot tasks ({','.join(ZERO_SHOT_TASKS)}); empty: none")
+    zero_shot_limit: int | None = option(200, section="evaluation", flag="--limit", to_field=lambda v: v or None,
+                                         help="examples per zero-shot task (0: all)")
+    latency_points: tuple[tuple[int, int], ...] = option(
+        (), section="evaluation", flag="--latency", parse=parse_point, repeat=True, cli_default=None,
+        to_field=lambda v: tuple(v or ()), metavar="BxS",
+        help="prefill latency point BATCHxSEQLEN timed dense vs sliced, repeatable (default: none)")
+    latency_repeats: int = option(5, section="evaluation", help="timed repeats per latency point (after 2 warm-ups)")
+    evaluate_dense: bool = option(False, section="evaluation", flag="--dense", switch=True,
+                                  help="also evaluate the dense model")
+    layers: tuple[int, ...] | None = option(
+        None, section="target", parse=parse_ints, cli_default="", to_field=lambda v: tuple(v) or None,
+        help="comma-separated block indices to prune (empty: all)")
+    seed: int = option(0, section="calibration",
+                       help="seed for calibration windows (default: 0; C4 perplexity segments always use seed 0, as GPTQ's)")
+    threads: int = option(1, section="execution", help="torch threads (recorded)")
+    device: str = option("cpu", section="execution",
+                         help="cpu, cuda or cuda:N: model, calibration, H and solvers run there")
+    dtype: str = option("float32", section="model", choices=MODEL_DTYPES,
+                        help="model weights/activations (H and the solvers are float64 regardless)")
+    calibration_inputs: str = option(
+        "pruned", section="calibration", choices=CALIBRATION_INPUTS,
+        help="each block's H from the already-pruned model's inputs (the paper's sequential protocol) "
+             "or from the dense model's (ablation: every method solves identical layer problems)")
+    attention_unit: str | None = option(
+        None, section="target", choices=ATTENTION_UNITS,
+        help="grouped-query models: 'head' prunes query heads, the same number in every KV group "
+             "(per-group counts: nearest, ties toward removing more, at least one kept); 'kv-group' "
+             "prunes whole KV groups with their K/V heads. Unset: 'head' with --allocation uniform, "
+             "'kv-group' with --allocation runtime")
+    offload: str = option(
+        "none", section="execution", choices=OFFLOAD_MODES,
+        help="where blocks wait while another is computed: 'none' keeps the whole model on --device; "
+             "'cpu' keeps the weights in host memory and moves one block at a time to --device "
+             "(activations wait on the host, one batch at a time on the device); 'disk' reads each block "
+             "from the model's safetensors shards when needed and writes each pruned block, sliced, to the "
+             "output folder as it finishes (the model is never whole in memory; the folder reloads with "
+             "from_pretrained, or osscar's loader for OPT). Same results as 'none'; not with --tasks, "
+             "--latency or --allocation runtime")
+    max_device_memory: str | float | None = option(
+        None, section="execution", metavar="SIZE",
+        help="stop before loading if the memory plan needs more than SIZE on --device (GiB, or with a "
+             "unit: 24GiB, 500MiB; default: the device's free memory, CPU: available host memory)")
+    output_dir: str | None = option(None, section="output", cli_default="results/lm",
+                                    help="folder for the metrics JSON (and --save-model)")
+    save_model: bool = option(False, section="output", switch=True,
+                              help="save the sliced model under OUTPUT_DIR/NAME.model")
+    cache_dir: str | None = option(None, section="model",
+                                   help="model/data cache (default: $OSSCAR_CACHE or ~/.cache/osscar)")
 
     def __post_init__(self) -> None:
+        from osscar.devices import check_device_name, check_model_dtype
+        from osscar.lm.sources.models import EMBEDDED_MODELS, check_gguf_model, is_known_model, load_config
+        from osscar.lm.text import data as lm_data
         from osscar.methods import available_methods, make_method
 
         if self.allocation not in ALLOCATIONS:
