@@ -35,12 +35,12 @@ exactly, tied embeddings once.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from osscar.lm.shape import ModelShape, model_shape  # noqa: F401  (re-exported)
 from osscar.options import MODEL_DTYPES, OFFLOAD_MODES
+from osscar.validate import parse_bytes
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 F64 = 8
@@ -119,21 +119,6 @@ def count(n: int) -> str:
         if n >= div:
             return f"{n / div:.3g}{unit}"
     return str(n)
-
-
-def parse_bytes(text: str | float | int) -> int:
-    """A size: a number of GiB (``32``, ``31.5``) or with a unit (``500MiB``, ``80GB``, ``24GiB``)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), "gib"
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b)?\s*", str(text).lower())
-        if m is None:
-            raise ValueError(f"max_device_memory: expected a size like 32, 24GiB or 500MiB, got {text!r}")
-        value, unit = float(m.group(1)), m.group(2) or "gib"
-    scale = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-    if value <= 0:
-        raise ValueError(f"max_device_memory must be > 0, got {text!r}")
-    return int(value * scale[unit])
 
 
 def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
@@ -300,14 +285,16 @@ def available_bytes(device: str) -> tuple[int, str]:
 
 def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
     """(the plan of an :class:`osscar.lm.run.LMRunConfig`, the limit it was checked against, the error or
-    None), from the config alone: no weights load.
+    None), from the config alone: no weights load. First :func:`osscar.lm.run_config.check_model` (ValueError).
 
     The error (naming the largest item and an option that would fit, :func:`fit_error`) when the
     plan's device peak exceeds ``max_device_memory`` or, unset, :func:`available_bytes`.
     """
     from osscar.devices import resolve_device
+    from osscar.lm.run_config import check_model
     from osscar.lm.sources.models import load_config
 
+    check_model(config)  # the model's own checks (architecture, lengths, ...) before its plan
     device = resolve_device(config.device, "device")
     mconf = load_config(config.model, config.cache_dir)
     shape = model_shape(mconf)
