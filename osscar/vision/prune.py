@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from osscar.methods import PruningMethod, get_method, make_method
+from osscar.options import DEFAULT_DAMPING
 from osscar.problem import LayerProblem
 from osscar.vision.adapters import PruneUnit, conv_weight_matrix, set_conv_weight_matrix, unfold_input
 
@@ -107,7 +108,7 @@ def calibrate_unit(pruned: nn.Module, dense: nn.Module, unit: PruneUnit, images:
 
 
 def prune_model(dense: nn.Module, units: list[PruneUnit], images: Tensor, method: str, keep: dict[str, int],
-                method_params: dict[str, Any] | None = None, damping: float = 1e-2, batch_size: int = 128,
+                method_params: dict[str, Any] | None = None, damping: float = DEFAULT_DAMPING, batch_size: int = 128,
                 chip_samples: int = 64, chip_positions: int | None = None, seed: int = 0,
                 progress: bool = False) -> tuple[nn.Module, dict[str, Tensor], list[dict[str, Any]]]:
     """Prune ``dense`` (unchanged) one unit at a time; returns (pruned-but-unsliced model, kept channels
