@@ -336,8 +336,9 @@ class LMRunConfig:
 
 def check_model(config: LMRunConfig) -> None:
     """The checks of ``config`` that read the model's files or the hub (its config only, no weights): the model
-    exists (an embedded name, a GGUF file and its header, a folder, a hub id), the architecture (an adapter), what its attention allows, sequence lengths against its maximum
-    positions, block indices, and with ``offload='disk'`` that the weights are safetensors shards. ValueError
+    exists (an embedded name, a GGUF file and its header, a folder, a hub id), the architecture (an adapter),
+    what its attention allows, sequence lengths against its maximum positions, block indices, and with
+    ``offload='disk'`` that the weights are safetensors shards. ValueError
     naming the field. :func:`osscar.lm.plan.check_memory` runs it first (the CLI, :func:`osscar.lm.run.run_lm`),
     and a sweep runs it on every config before the first run.
     """
