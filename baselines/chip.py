@@ -17,6 +17,7 @@ from torch import Tensor
 
 from osscar.groups import top_groups
 from osscar.method import PruningMethod, register_method
+from osscar.obs import REFIT_NOTE, refit_floats
 from osscar.problem import LayerProblem
 
 
@@ -42,6 +43,11 @@ def channel_independence(A: Tensor, max_bytes: int = 1 << 28) -> Tensor:
 @dataclass(frozen=True)
 class CHIP(PruningMethod):
     """Keep the k channels with the highest channel independence; weights unchanged."""
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """Counted as the refit's (:func:`osscar.obs.refit_floats`), the bound the memory plan has always used."""
+        return refit_floats(p, m, kept_rows), REFIT_NOTE
 
     needs_activations = True
 

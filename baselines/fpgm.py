@@ -21,6 +21,7 @@ from torch import Tensor
 
 from osscar.groups import group_view, top_groups
 from osscar.method import PruningMethod, register_method
+from osscar.obs import REFIT_NOTE, refit_floats
 from osscar.problem import LayerProblem
 
 VECTORS = ("consumer-rows", "producer-filters")
@@ -63,6 +64,11 @@ class FPGM(PruningMethod):
         exclude_fraction: in [0, 1); the share of smallest-norm groups that are never pruned
             (default 0.2, the authors' code; 0 in He et al.).
     """
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """Counted as the refit's (:func:`osscar.obs.refit_floats`), the bound the memory plan has always used."""
+        return refit_floats(p, m, kept_rows), REFIT_NOTE
 
     vectors: str = "consumer-rows"
     exclude_fraction: float = 0.2

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from osscar.groups import group_norms, top_groups
 from osscar.method import PruningMethod, register_method
-from osscar.obs import refit
+from osscar.obs import refit, refit_floats
 from osscar.problem import LayerProblem
 
 MOMENTA = ("ir3", "fista")
@@ -69,6 +69,12 @@ class GroupLasso(PruningMethod):
         max_halvings: how many times λ₁ may be halved while fewer than k groups stay nonzero
             (default 0: the authors' single λ₁; ties among zeroed groups go to the larger ‖Ŵ_g‖).
     """
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """A (p, p) spectral-norm temporary and five (p, m) proximal-gradient iterates, then the refit."""
+        return p * p + 5 * p * m + refit_floats(p, m, kept_rows), (
+            "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit")
 
     lambda_scale: float = 0.005
     steps: int = 100

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from osscar.groups import group_norms, top_groups
 from osscar.method import PruningMethod, register_method
-from osscar.obs import refit
+from osscar.obs import REFIT_NOTE, refit, refit_floats
 from osscar.problem import LayerProblem
 
 
@@ -23,6 +23,11 @@ def magnitude_support(problem: LayerProblem) -> Tensor:
 class MagnitudePruning(PruningMethod):
     """MP: keep the k largest-L1 groups of the dense weights; kept rows unchanged."""
 
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """Counted as the refit (an upper bound: MP keeps Ŵ's rows and holds only the group norms)."""
+        return refit_floats(p, m, kept_rows), REFIT_NOTE
+
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         return magnitude_support(problem), problem.W_dense, {}
 
@@ -31,6 +36,11 @@ class MagnitudePruning(PruningMethod):
 @dataclass(frozen=True)
 class MagnitudePruningRefit(PruningMethod):
     """MP+: MP's support, then the least-squares refit W_S = H_SS⁻¹ G_S."""
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """The refit's (:func:`osscar.obs.refit_floats`)."""
+        return refit_floats(p, m, kept_rows), REFIT_NOTE
 
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         kept = magnitude_support(problem)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from osscar.groups import top_groups
 from osscar.method import PruningMethod, register_method
-from osscar.obs import diag_blocks, refit
+from osscar.obs import REFIT_NOTE, diag_blocks, refit, refit_floats
 from osscar.problem import LayerProblem
 
 SELECTIONS = ("own-energy", "joint-greedy")
@@ -66,6 +66,11 @@ class ThiNet(PruningMethod):
         selection: ``"own-energy"`` (default, the OSSCAR authors' code): each group's own energy,
             no cross terms; ``"joint-greedy"`` (Luo et al.): greedy on the removed set's joint energy.
     """
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """The refit's (:func:`osscar.obs.refit_floats`)."""
+        return refit_floats(p, m, kept_rows), REFIT_NOTE
 
     selection: str = "own-energy"
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from osscar.method import PruningMethod, register_method
-from osscar.obs import SupportState, refit
+from osscar.obs import SupportState, refit, refit_floats, support_state_floats
 from osscar.problem import LayerProblem
 from osscar.solver import gradual_removal
 
@@ -30,6 +30,13 @@ class ZipLM(PruningMethod):
             code does. True: the same selections on OSSCAR's deferred low-rank engine
             (:class:`osscar.obs.SupportState`), an ablation that separates the engine from p̂.
     """
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """The larger of Stage A (:func:`osscar.obs.support_state_floats`) and the refit, run after the state is freed."""
+        return max(support_state_floats(p, m, kept_rows), refit_floats(p, m, kept_rows)), (
+            "E=H_SS⁻¹ (compacted in place), pending-downdate buffer U (p×max(64,p/8)), W (p×m), E's compact copy "
+            "when the storage is given back; then the refit")
 
     deferred: bool = False
 

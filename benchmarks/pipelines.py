@@ -17,6 +17,8 @@ from collections.abc import Callable
 class Pipeline:
     """A runnable pipeline: ``config`` and ``run`` are 'module:attribute' paths.
 
+    ``check``: a 'module:function' run on each config while a sweep is validated, for the checks that read
+    files (a model's config) and so are not in the config's ``__post_init__``; None: none.
     ``volatile`` names config fields that do not change results (output folders, progress),
     left out of a run's key. ``added`` maps fields added after records existed to the value that
     reproduces the earlier behaviour: at that value a field is left out of the key too, so the
@@ -28,6 +30,7 @@ class Pipeline:
     run: str
     volatile: tuple[str, ...] = ()
     added: tuple[tuple[str, Any], ...] = ()
+    check: str | None = None
 
     def key_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The fields of ``config`` (a dataclass as dict) that identify a run."""
@@ -45,13 +48,17 @@ class Pipeline:
     def run_function(self) -> Callable[..., dict[str, Any]]:
         return self._load(self.run)
 
+    def check_function(self) -> Callable[[Any], None] | None:
+        return self._load(self.check) if self.check else None
+
 
 PIPELINES = MappingProxyType({
     "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
                    volatile=("output_dir", "save_model", "cache_dir", "max_device_memory"),
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
                           ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None),
-                          ("offload", "none"))),
+                          ("offload", "none")),
+                   check="osscar.lm.run_config:check_model"),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),
                        added=(("device", "cpu"), ("chip_full_maps", None))),

@@ -110,7 +110,7 @@ class Sweep:
     def runs(self) -> list[RunSpec]:
         """Build every run's config; unknown keys or invalid values raise before any run."""
         pipeline = get_pipeline(self.pipeline)
-        cls = pipeline.config_class()
+        cls, check = pipeline.config_class(), pipeline.check_function()
         allowed = {f.name for f in dataclasses.fields(cls)}
         specs, seen = [], set()
         for point in self.points():
@@ -120,6 +120,8 @@ class Sweep:
                                  f"pipeline {self.pipeline!r}; allowed: {', '.join(sorted(allowed))}")
             try:
                 config = cls(**_coerce(cls, point))
+                if check is not None:
+                    check(config)
             except (TypeError, ValueError) as e:
                 varying = {k: v for k, v in point.items() if k not in self.base or k in self.grid}
                 where = ", ".join(f"{k}={v!r}" for k, v in varying.items()) or "base"

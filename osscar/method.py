@@ -52,6 +52,24 @@ class PruningMethod:
     needs_activations: ClassVar[bool] = False
     needs_producer_weight: ClassVar[bool] = False
 
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str] | None:
+        """(float64 numbers, what they are) the method holds at its high point on a (p, m) problem
+        keeping ``kept_rows`` rows, beyond the problem's own ``H: (p, p)``, ``G, Ŵ: (p, m)``.
+
+        The LM memory plan (:func:`osscar.lm.plan.solver_working_set`) asks each method for this.
+        None (this base): not stated; the plan then refuses the method rather than guess. A method
+        that selects groups and ends with :func:`osscar.obs.refit` returns :func:`osscar.obs.refit_floats`.
+        """
+        return None
+
+    @classmethod
+    def channel_defaults(cls, channels: int) -> dict[str, Any]:
+        """Per-layer parameter defaults for a CNN layer with ``channels`` prunable channels (the vision
+        pipeline applies them under any explicit parameter; :func:`osscar.vision.prune.vision_method_params`).
+        This base: none (the dataclass defaults)."""
+        return {}
+
     def solve(self, problem: LayerProblem) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Return (kept groups (k,) long, W (p, m) float64, info). Override this."""
         raise NotImplementedError

@@ -34,6 +34,23 @@ from osscar.pruned_set import PrunedSetInverse, SwapTrial
 from osscar.problem import LayerProblem
 
 
+REFIT_NOTE = "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice"
+
+
+def refit_floats(p: int, m: int, kept_rows: int) -> int:
+    """Float64 numbers :func:`refit` holds at its high point on a (p, m) problem keeping ``kept_rows`` = a rows:
+    H_SS and its Cholesky factor L (a×a each), the (p, m) result, G_S and the solve (a, m each)."""
+    a = kept_rows
+    return 2 * a * a + p * m + 2 * a * m
+
+
+def support_state_floats(p: int, m: int, kept_rows: int) -> int:
+    """Float64 numbers a Stage-A :class:`SupportState` holds at its high point on a (p, m) problem: E's p×p
+    storage, the pending-downdate buffer U (p × max(64, p/8)), W (p, m), E's compact copy when the storage
+    is given back (a×a) and a compaction's 64-row chunks (gathered, cut, written)."""
+    return p * p + p * max(64, p // 8) + p * m + kept_rows * kept_rows + 6 * 64 * p
+
+
 def refit(problem: LayerProblem, kept: Tensor) -> Tensor:
     """Least-squares weights on the support ``kept`` (groups): W_S = H_SS⁻¹ G_S, 0 elsewhere.
 

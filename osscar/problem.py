@@ -21,6 +21,7 @@ from torch import Tensor
 
 from osscar.blockmath import take_square
 from osscar.groups import block_rows
+from osscar.options import DEFAULT_DAMPING
 
 SOLVER_DTYPE = torch.float64
 
@@ -228,7 +229,7 @@ class LayerProblem:
         W_dense: Tensor,
         group_size: int,
         k: int,
-        damping: float = 0.01,
+        damping: float = DEFAULT_DAMPING,
         cross: Tensor | None = None,
         activations: Tensor | None = None,
         producer_weight: Tensor | None = None,

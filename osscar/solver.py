@@ -14,6 +14,7 @@ With ``p_hat=1`` and ``t_hat=0`` (no local search) OSSCAR is ZipLM's layer-wise 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from osscar.groups import cheapest_within_budget
 from osscar.method import PruningMethod, register_method
-from osscar.obs import SupportState, refit
+from osscar.obs import SupportState, refit, refit_floats, support_state_floats
 from osscar.problem import LayerProblem
 
 
@@ -168,6 +169,26 @@ class OSSCAR(PruningMethod):
             the default 2 allows one retry, which on 10–14-group problems lifts the share of exact
             optima from 78% to 88%).
     """
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """The larger of Stage A (:func:`osscar.obs.support_state_floats`), Stage B (E = H_SS⁻¹, a trial's E' and
+        its bordered E'': a×a each; K: |J|×|J|; W_S twice: a×m; R and R_J: |J|×m) and the refit, which runs after
+        the state is freed."""
+        a, j = kept_rows, p - kept_rows
+        stage_b = 3 * a * a + j * j + 2 * a * m + 2 * j * m
+        return max(support_state_floats(p, m, a), stage_b, refit_floats(p, m, a)), (
+            "Stage A: E=H⁻¹ (compacted in place, p×p storage), pending-downdate buffer U (p×max(64,p/8)), W (p×m), "
+            "E's compact copy when the storage is given back; Stage B: E=H_SS⁻¹, a trial's copy E' and its bordered "
+            "E'' (a×a each), pruned-set K (|J|×|J|, built from H and E), W_S twice, R and a trial's R_J (|J|×m); "
+            "then the refit (no full p×p inverse is kept)")
+
+    @classmethod
+    def channel_defaults(cls, channels: int) -> dict[str, Any]:
+        """The vision code's per-layer rule: p̂ = max(1, round(0.02·C)); swap size s = max(1, ceil(0.05·C))
+        (5% of the channels), t̂ = 2s; rejected swaps halve s down to 1."""
+        return {"p_hat": max(1, round(0.02 * channels)), "t_hat": 2 * max(1, math.ceil(0.05 * channels)),
+                "min_swap": 1}
 
     p_hat: int | None = None
     t_hat: int | None = None

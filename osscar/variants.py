@@ -119,6 +119,16 @@ class OSSCAROpt(PruningMethod):
 
     p_hat: int | None = None
 
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """ZipLM's: Stage A's support state, then the refit (no local search)."""
+        return get_method("ziplm").working_set(p, m, kept_rows)
+
+    @classmethod
+    def channel_defaults(cls, channels: int) -> dict[str, Any]:
+        """OSSCAR's per-layer p̂ (the vision code's rule); no swap size: there is no local search."""
+        return {"p_hat": OSSCAR.channel_defaults(channels)["p_hat"]}
+
     def __post_init__(self) -> None:
         OSSCAR(p_hat=self.p_hat)  # the same checks
 
@@ -141,6 +151,16 @@ class OSSCARAuthorsLS(PruningMethod):
     p_hat: int | None = None
     t_hat: int | None = None
     max_iter: int = 30
+
+    @classmethod
+    def working_set(cls, p: int, m: int, kept_rows: int) -> tuple[int, str]:
+        """OSSCAR's: the authors' trial holds the same tensors (E, a copy, K, R)."""
+        return OSSCAR.working_set(p, m, kept_rows)
+
+    @classmethod
+    def channel_defaults(cls, channels: int) -> dict[str, Any]:
+        """OSSCAR's per-layer p̂ and t̂ (the vision code's rule); the authors' search does not halve swaps."""
+        return {k: v for k, v in OSSCAR.channel_defaults(channels).items() if k != "min_swap"}
 
     def __post_init__(self) -> None:
         OSSCAR(p_hat=self.p_hat, t_hat=self.t_hat, max_iter=self.max_iter)  # the same checks

@@ -35,12 +35,12 @@ exactly, tied embeddings once.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from osscar.lm.shape import ModelShape, model_shape  # noqa: F401  (re-exported)
 from osscar.options import MODEL_DTYPES, OFFLOAD_MODES
+from osscar.validate import parse_bytes
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 F64 = 8
@@ -48,21 +48,6 @@ F32 = 4
 CALIB_BATCH = 8  # prune_model_sequential's batch_size
 PHASES = ("load", "prune", "evaluate")
 GiB = 2 ** 30
-
-# Float64 (p, p) matrices each method holds at its high point, beyond the problem's H, G, Ŵ (see
-# solver_working_set): the code's own tensors, counted in osscar/obs.py, osscar/pruned_set.py,
-# osscar/solver.py and baselines/*.py.
-_SOLVER_NOTES = {
-    "osscar": "Stage A: E=H⁻¹ (compacted in place, p×p storage), pending-downdate buffer U (p×max(64,p/8)), W (p×m), "
-              "E's compact copy when the storage is given back; Stage B: E=H_SS⁻¹, a trial's copy E' and its bordered "
-              "E'' (a×a each), pruned-set K (|J|×|J|, built from H and E), W_S twice, R and a trial's R_J (|J|×m); "
-              "then the refit (no full p×p inverse is kept)",
-    "ziplm": "E=H_SS⁻¹ (compacted in place), pending-downdate buffer U (p×max(64,p/8)), W (p×m), E's compact copy "
-             "when the storage is given back; then the refit",
-    "lasso": "a (p×p) spectral-norm temporary, the proximal-gradient iterates (5 of p×m), then the refit",
-    "refit": "the refit's H_SS and its Cholesky factor L (a×a, a = kept rows), W (p×m), G_S (a×m) twice",
-}
-
 
 @dataclass(frozen=True)
 class PlanItem:
@@ -136,44 +121,23 @@ def count(n: int) -> str:
     return str(n)
 
 
-def parse_bytes(text: str | float | int) -> int:
-    """A size: a number of GiB (``32``, ``31.5``) or with a unit (``500MiB``, ``80GB``, ``24GiB``)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), "gib"
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b)?\s*", str(text).lower())
-        if m is None:
-            raise ValueError(f"max_device_memory: expected a size like 32, 24GiB or 500MiB, got {text!r}")
-        value, unit = float(m.group(1)), m.group(2) or "gib"
-    scale = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-    if value <= 0:
-        raise ValueError(f"max_device_memory must be > 0, got {text!r}")
-    return int(value * scale[unit])
-
-
 def solver_working_set(method: str, p: int, m: int, kept_rows: int) -> tuple[int, str]:
-    """(bytes, what) of the float64 tensors ``method`` adds at its high point on a (p, m) problem.
+    """(bytes, what) of the float64 tensors ``method`` adds at its high point on a (p, m) problem keeping
+    ``kept_rows`` rows, as the method states it (:meth:`osscar.method.PruningMethod.working_set`).
 
-    ``kept_rows`` a = rows of the kept groups, |J| = p − a. OSSCAR and ZipLM (the lean solver,
-    ``osscar/obs.py``): the larger of Stage A (E's p×p storage, the pending-downdate buffer, W and E's
-    compact copy when the storage is given back), OSSCAR's Stage B (E, a trial's E' and E'': a×a; K:
-    |J|×|J|; W_S twice: a×m; R and R_J: |J|×m) and the refit, which runs after the state is freed.
-    Lasso: a p×p temporary and five (p, m) iterates, then the refit. Every other method: the refit
-    (H_SS and L: a×a; W: (p, m); G_S and the solve: (a, m)).
+    A method that states none (a plugin that did not declare it) is refused with a ValueError rather than
+    planned with a guess.
     """
-    a, j = kept_rows, p - kept_rows
-    u = p * max(64, p // 8)
-    refit = 2 * a * a + p * m + 2 * a * m  # H_SS, L; the (p, m) result, G_S and the solve's (a, m)
-    stage_a = p * p + u + p * m + a * a + 6 * 64 * p  # + a compaction's 64-row chunks (gathered, cut, written)
-    if method in ("osscar", "osscar-authors-ls"):  # the authors' trial holds the same: E, a copy, K, R
-        n, key = max(stage_a, 3 * a * a + j * j + 2 * a * m + 2 * j * m, refit), "osscar"
-    elif method in ("ziplm", "osscar-opt"):  # osscar-opt: Stage A and the refit, as ZipLM
-        n, key = max(stage_a, refit), "ziplm"
-    elif method == "lasso":
-        n, key = p * p + 5 * p * m + refit, "lasso"
-    else:
-        n, key = refit, "refit"
-    return F64 * n, _SOLVER_NOTES[key]
+    from osscar.methods import get_method
+
+    cls = get_method(method)
+    stated = cls.working_set(p, m, kept_rows)
+    if stated is None:
+        raise ValueError(f"method={method!r} does not state its working set, so the memory plan cannot count its "
+                         f"solve: give {cls.__name__} a classmethod working_set(p, m, kept_rows) returning "
+                         "(float64 numbers, what they are) (osscar.method.PruningMethod.working_set)")
+    n, what = stated
+    return F64 * int(n), what
 
 
 def solve_parts(method: str, p: int, m: int, kept_rows: int) -> list[tuple[str, str, int]]:
@@ -321,17 +285,18 @@ def available_bytes(device: str) -> tuple[int, str]:
 
 def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
     """(the plan of an :class:`osscar.lm.run.LMRunConfig`, the limit it was checked against, the error or
-    None), from the config alone: no weights load.
+    None), from the config alone: no weights load. First :func:`osscar.lm.run_config.check_model` (ValueError).
 
     The error (naming the largest item and an option that would fit, :func:`fit_error`) when the
     plan's device peak exceeds ``max_device_memory`` or, unset, :func:`available_bytes`.
     """
     from osscar.devices import resolve_device
+    from osscar.lm.run_config import check_model
     from osscar.lm.sources.models import load_config
 
+    check_model(config)  # the model's own checks (architecture, lengths, ...) before its plan
     device = resolve_device(config.device, "device")
     mconf = load_config(config.model, config.cache_dir)
-    mconf.osscar_attention_unit = config.attention_unit
     shape = model_shape(mconf)
     if config.max_device_memory is not None:
         limit, what = parse_bytes(config.max_device_memory), "max_device_memory"

@@ -51,7 +51,7 @@ from osscar.devices import device_label, peak_accelerator_mb, resolve_device, to
 from osscar.io import atomic_write_json
 from osscar.lm.text import data as lm_data
 from osscar.lm.run_config import LMRunConfig  # noqa: F401  (re-exported: the sweep pipeline names it here)
-from osscar.lm.runtime_allocation import _orig_config, runtime_allocation  # noqa: F401  (re-exported)
+from osscar.lm.runtime_allocation import runtime_allocation
 from osscar.lm.targets import heads_removed, removed_count  # noqa: F401  (re-exported)
 from osscar.options import ALLOCATIONS  # noqa: F401  (re-exported)
 
@@ -254,9 +254,9 @@ def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any, 
     timings["eval_pruned_s"] = time.perf_counter() - t
 
     if config.allocation == "runtime":
-        pruned_flops = flops_per_token(_orig_config(adapter), widths_attn, widths_mlp)
+        pruned_flops = flops_per_token(adapter.original_config(), widths_attn, widths_mlp)
     else:
-        pruned_flops = flops_per_token(_orig_config(adapter), keep_attn, keep_mlp)  # if every block is pruned
+        pruned_flops = flops_per_token(adapter.original_config(), keep_attn, keep_mlp)  # if every block is pruned
     result["applied"] = {
         "attn_groups_total": n_attn, "attn_groups_kept": keep_attn, "head_fraction_applied": 1 - keep_attn / n_attn,
         "attn_group": "kv-group" if heads_per_group > 1 else "head", "heads_per_group": heads_per_group,

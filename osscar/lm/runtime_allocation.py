@@ -6,7 +6,6 @@ passes 1–2, on the dense model.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -91,17 +90,3 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
             report["uniform_loss_pred"] = None
     return keep_attn, keep_mlp, report
 
-
-def _orig_config(adapter: Any) -> Any:
-    """A copy of the adapter's config as it was before slicing (for the FLOPs model)."""
-    cfg = copy.deepcopy(adapter.config)
-    man = getattr(cfg, "osscar_pruned", None)
-    if man:
-        orig = man["original"]
-        if cfg.model_type == "opt":
-            cfg.ffn_dim = orig["ffn_dim"]
-        else:
-            cfg.intermediate_size = orig["ffn_dim"]
-            cfg.num_attention_heads = orig["num_attention_heads"]
-            cfg.num_key_value_heads = orig.get("num_key_value_heads", orig["attn_groups"])
-    return cfg

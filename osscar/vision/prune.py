@@ -15,7 +15,6 @@ For each prunable unit, in network order (the authors' vision protocol):
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from osscar.methods import PruningMethod, get_method, make_method
+from osscar.options import DEFAULT_DAMPING
 from osscar.problem import LayerProblem
 from osscar.vision.adapters import PruneUnit, conv_weight_matrix, set_conv_weight_matrix, unfold_input
 
@@ -54,20 +54,10 @@ def capture_input(model: nn.Module, module_name: str, x: Tensor) -> Tensor:
 
 
 def vision_method_params(method: str, channels: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Per-layer parameters: for OSSCAR (and its variants, the defaults among these that each takes),
-    defaults scaled to the layer's channel count.
-
-    p̂ (groups removed per Stage-A step) = max(1, round(0.02·C)); swap size s = max(1, ceil(0.05·C))
-    (the vision code's 5% of the channels), t̂ = 2s; rejected swaps halve s down to 1. Explicit
-    values in ``params`` win.
-    """
-    from osscar.variants import osscar_parameters
-
-    params = dict(params)
-    defaults = {"p_hat": max(1, round(0.02 * channels)), "t_hat": 2 * max(1, math.ceil(0.05 * channels)), "min_swap": 1}
-    for name in osscar_parameters(method) & set(defaults):  # the OSSCAR variants take some of them
-        params.setdefault(name, defaults[name])
-    return params
+    """Per-layer parameters: the method's own defaults for a layer of ``channels`` channels
+    (:meth:`osscar.method.PruningMethod.channel_defaults`; OSSCAR scales p̂ and t̂ to C), under the
+    explicit values in ``params``, which win."""
+    return {**get_method(method).channel_defaults(channels), **params}
 
 
 @dataclass
@@ -118,7 +108,7 @@ def calibrate_unit(pruned: nn.Module, dense: nn.Module, unit: PruneUnit, images:
 
 
 def prune_model(dense: nn.Module, units: list[PruneUnit], images: Tensor, method: str, keep: dict[str, int],
-                method_params: dict[str, Any] | None = None, damping: float = 1e-2, batch_size: int = 128,
+                method_params: dict[str, Any] | None = None, damping: float = DEFAULT_DAMPING, batch_size: int = 128,
                 chip_samples: int = 64, chip_positions: int | None = None, seed: int = 0,
                 progress: bool = False) -> tuple[nn.Module, dict[str, Tensor], list[dict[str, Any]]]:
     """Prune ``dense`` (unchanged) one unit at a time; returns (pruned-but-unsliced model, kept channels

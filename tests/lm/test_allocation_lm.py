@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from osscar.lm.sources import models as lm_models
+from osscar.lm.run_config import check_model
 from osscar.lm.adapters import get_adapter
 from osscar.lm.evaluation.latency import LatencyTable, default_levels, latency_table
 from osscar.lm.run import LMRunConfig, run_lm
@@ -212,7 +213,7 @@ def test_bad_allocation_config(kw, match, tiny_llama_dir, monkeypatch):
 
     monkeypatch.setattr(lm_models, "load_model", boom)
     with pytest.raises(ValueError, match=match):
-        LMRunConfig(model=str(tiny_llama_dir), **kw)
+        check_model(LMRunConfig(model=str(tiny_llama_dir), **kw))
 
 
 def test_uniform_is_default(tiny_llama_dir):

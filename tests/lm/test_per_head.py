@@ -86,11 +86,12 @@ def test_sequential_pruning_keeps_the_same_heads_in_every_kv_group():
 
 def test_kv_group_unit_on_a_one_kv_head_model_is_an_error(tmp_path):
     from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import check_model
 
     cfg = _config("llama", 4, 1)
     make_model(cfg).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="one KV head .* use attention_unit='head'"):
-        LMRunConfig(model=str(tmp_path), attention_unit="kv-group", head_fraction=0.5)
+        check_model(LMRunConfig(model=str(tmp_path), attention_unit="kv-group", head_fraction=0.5))
 
 
 def test_heads_removed_rounding_rule():

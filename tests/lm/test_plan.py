@@ -10,9 +10,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from osscar.lm.plan import PHASES, memory_plan, model_shape, parse_bytes, solve_bytes
+from osscar.lm.plan import PHASES, memory_plan, model_shape, solve_bytes
 from osscar.methods import make_method
 from osscar.problem import LayerProblem
+from osscar.validate import parse_bytes
 from .conftest import tiny_llama_config, tiny_opt_config
 
 

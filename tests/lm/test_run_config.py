@@ -13,6 +13,7 @@ import torch
 from osscar.lm.sources import models as lm_models
 from osscar.lm.evaluation.measure import flops_per_token, fractions_for_speedup
 from osscar.lm.run import LMRunConfig, removed_count, run_lm
+from osscar.lm.run_config import check_model
 
 from .conftest import tiny_llama_config, tiny_opt_config
 
@@ -33,7 +34,7 @@ from .conftest import tiny_llama_config, tiny_opt_config
     ({"layers": (7,)}, "layers"),
     ({"device": "tpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
     ({"dtype": "int8"}, "dtype must be one of float32, float16, bfloat16"),
-    ({"calibration_inputs": "teacher"}, "calibration_inputs must be 'pruned' or 'dense'"),
+    ({"calibration_inputs": "teacher"}, "calibration_inputs='teacher' is unknown; allowed: pruned, dense"),
 ])
 def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
     def boom(*a, **k):
@@ -42,7 +43,7 @@ def test_bad_config(kw, match, tiny_llama_dir, monkeypatch):
     monkeypatch.setattr(lm_models, "load_model", boom)
     kw = {"model": str(tiny_llama_dir), **kw}
     with pytest.raises(ValueError, match=match):
-        LMRunConfig(**kw)
+        check_model(LMRunConfig(**kw))  # each check in one of the two steps, both before any load
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -201,3 +202,29 @@ def test_lm_record_states_the_threads_it_used_after_another_count(tiny_llama_dir
     rec, ran = execute(spec, ResultStore(tmp_path))
     assert ran and rec.provenance["device"]["torch_threads"] == 2
     assert rec.metrics["provenance"]["threads_used"] == 2 and torch.get_num_threads() == 1
+
+
+def test_building_a_config_reads_no_model_file_and_check_model_does(tiny_llama_dir, monkeypatch):
+    from osscar.lm.run_config import check_model
+
+    def boom(*a, **k):
+        raise AssertionError("the model's config must not be read while the run config is built")
+
+    monkeypatch.setattr(lm_models, "load_config", boom)
+    cfg = LMRunConfig(model=str(tiny_llama_dir), seqlen=100000)  # too long for the model: only check_model knows
+    with pytest.raises(ValueError, match="cannot read its config .*AssertionError"):
+        check_model(cfg)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="seqlen=100000 exceeds the model's max_position_embeddings=256"):
+        check_model(cfg)
+
+
+def test_a_sweep_runs_the_model_checks_while_it_validates(tiny_llama_dir, tmp_path):
+    from benchmarks.sweep import SweepError, load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "toy"\npipeline = "lm"\n[profiles.cpu.base]\nmodel = "{tiny_llama_dir}"\n'
+                    "[profiles.cpu.grid]\nseqlen = [16, 100000]\n")
+    with pytest.raises(SweepError, match=r"run \(seqlen=100000\): seqlen=100000 exceeds the model's "
+                                         "max_position_embeddings=256"):
+        load_sweep(path, "cpu").runs()

@@ -13,6 +13,8 @@ groups to the rows of every producer.
 
 from __future__ import annotations
 
+import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,14 +50,17 @@ def available_adapters() -> list[str]:
     return sorted(_adapters())
 
 
-def get_adapter(model_or_config: Any) -> ModelAdapter:
-    """The adapter for a model or config, by ``config.model_type``; ValueError lists the allowed ones."""
+def get_adapter(model_or_config: Any, attention_unit: str | None = None) -> ModelAdapter:
+    """The adapter for a model or config, by ``config.model_type``; ValueError lists the allowed ones.
+
+    ``attention_unit``: ``head`` or ``kv-group`` for grouped-query models (:mod:`osscar.lm.adapters`);
+    None: the unit recorded on the config (``config.osscar_attention_unit``), else ``kv-group``."""
     config = getattr(model_or_config, "config", model_or_config)
     mt = getattr(config, "model_type", None)
     adapters = _adapters()
     if mt not in adapters:
         raise ValueError(f"unsupported architecture model_type={mt!r}; allowed: {', '.join(sorted(adapters))}")
-    return adapters[mt](config)
+    return adapters[mt](config, attention_unit)
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -96,8 +101,9 @@ class Producer:
     rows_per_group: int
 
 
-class ModelAdapter:
-    """Names the prunable parts of one architecture. Instances hold the model's config."""
+class ModelAdapter(ABC):
+    """Names the prunable parts of one architecture. Instances hold the model's config and the GQA
+    attention unit (``head`` or ``kv-group``; None: the one recorded on the config, else ``kv-group``)."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
     layers_path: ClassVar[str] = ""
@@ -107,8 +113,13 @@ class ModelAdapter:
     attn_module: ClassVar[str] = "self_attn"
     max_positions_attr: ClassVar[str] = "max_position_embeddings"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, attention_unit: str | None = None) -> None:
+        from osscar.options import ATTENTION_UNITS
+
+        if attention_unit is not None and attention_unit not in ATTENTION_UNITS:
+            raise ValueError(f"attention_unit={attention_unit!r} is unknown; allowed: {', '.join(ATTENTION_UNITS)}")
         self.config = config
+        self.requested_unit = attention_unit
 
     @property
     def attention_unit(self) -> str:
@@ -144,12 +155,14 @@ class ModelAdapter:
         return int(getattr(self.config, "num_key_value_heads", None) or self.n_heads)
 
     @property
+    @abstractmethod
     def ffn_dim(self) -> int:
-        raise NotImplementedError
+        """Neurons of the MLP consumer."""
 
     @property
+    @abstractmethod
     def n_attn_groups(self) -> int:
-        raise NotImplementedError
+        """Groups of the attention consumer."""
 
     @property
     def heads_per_group(self) -> int:
@@ -160,8 +173,9 @@ class ModelAdapter:
         """Columns of the attention consumer per group."""
         return self.head_dim * self.heads_per_group
 
+    @abstractmethod
     def attn_producers(self) -> tuple[Producer, ...]:
-        raise NotImplementedError
+        """The attention producers and their rows per group."""
 
     def max_positions(self) -> int:
         return int(getattr(self.config, self.max_positions_attr))
@@ -217,14 +231,28 @@ class ModelAdapter:
         for path, rows in self.mlp_row_slices(kept):
             _set(layer, path, slice_linear(_get(layer, path), rows=rows))
 
+    @abstractmethod
     def _set_attention_counts(self, attn: nn.Module, kept_groups: int) -> None:
-        raise NotImplementedError
+        """Tell a sliced block's attention module how many groups it keeps."""
 
+    @abstractmethod
     def update_config(self, config: Any, kept_attn_groups: int, kept_neurons: int) -> dict[str, Any]:
         """Write the sliced widths into ``config``; return the manifest entries needed to rebuild."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def restore_widths(self, config: Any, original: dict[str, Any]) -> None:
+        """Write the dense widths of a manifest's ``original`` entry (:func:`osscar.lm.slicing.original_widths`)
+        back into ``config``, undoing :meth:`update_config`."""
+
+    def original_config(self) -> Any:
+        """A copy of this adapter's config as it was before slicing (the model's own if it is not sliced)."""
+        cfg = copy.deepcopy(self.config)
+        manifest = getattr(cfg, "osscar_pruned", None)
+        if manifest:
+            self.restore_widths(cfg, manifest["original"])
+        return cfg
 
     # -- FLOPs model -----------------------------------------------------------------------------
+    @abstractmethod
     def layer_flops(self, kept_attn_groups: int | None = None, kept_neurons: int | None = None) -> dict[str, int]:
         """Multiply-add FLOPs (2 per MAC) per token of one block's prunable projections."""
-        raise NotImplementedError

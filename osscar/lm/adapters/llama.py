@@ -40,7 +40,7 @@ class LlamaAdapter(ModelAdapter):
 
     @property
     def attention_unit(self) -> str:
-        unit = getattr(self.config, "osscar_attention_unit", None) or "kv-group"
+        unit = self.requested_unit or getattr(self.config, "osscar_attention_unit", None) or "kv-group"
         if unit not in ATTENTION_UNITS:
             raise ValueError(f"attention_unit={unit!r} is unknown; allowed: {', '.join(ATTENTION_UNITS)}")
         return "kv-group" if self.n_kv_heads == self.n_heads else unit
@@ -89,6 +89,11 @@ class LlamaAdapter(ModelAdapter):
         return {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
                 "intermediate_size": int(kept_neurons), "head_dim": hd, "attention_unit": unit,
                 "needs_load_pruned": False}
+
+    def restore_widths(self, config: Any, original: dict[str, Any]) -> None:
+        config.intermediate_size = original["ffn_dim"]
+        config.num_attention_heads = original["num_attention_heads"]
+        config.num_key_value_heads = original.get("num_key_value_heads", original["attn_groups"])
 
     def layer_flops(self, kept_attn_groups: int | None = None, kept_neurons: int | None = None) -> dict[str, int]:
         d = int(self.config.hidden_size)

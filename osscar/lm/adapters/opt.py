@@ -53,6 +53,9 @@ class OPTAdapter(ModelAdapter):
         return {"num_attention_heads": int(kept_attn_groups), "ffn_dim": int(kept_neurons),
                 "head_dim": self.head_dim, "needs_load_pruned": True}
 
+    def restore_widths(self, config: Any, original: dict[str, Any]) -> None:
+        config.ffn_dim = original["ffn_dim"]  # num_attention_heads was never changed (class docstring)
+
     def layer_flops(self, kept_attn_groups: int | None = None, kept_neurons: int | None = None) -> dict[str, int]:
         d = int(self.config.hidden_size)
         h = self.n_heads if kept_attn_groups is None else kept_attn_groups

@@ -43,7 +43,7 @@ from osscar.lm.calibrate.capture import (HESSIAN_CHUNK_ROWS, Batch, HessianAccum
 from osscar.lm.offloading.offload import BlockStore, ResidentBlocks
 from osscar.methods import PruneResult, PruningMethod
 from osscar.problem import LayerProblem, reconstruction_error
-from osscar.options import CALIBRATION_INPUTS  # noqa: F401  (re-exported)
+from osscar.options import CALIBRATION_INPUTS, DEFAULT_DAMPING  # noqa: F401  (CALIBRATION_INPUTS re-exported)
 
 SHORTCUT_BYTES = 1 << 30  # largest stored MLP-consumer input (all segments) for the no-rerun step c
 
@@ -102,7 +102,7 @@ def collect_loss_curves(
     model: nn.Module,
     segments: Tensor,
     levels: Mapping[str, list[int]],
-    damping: float = 0.01,
+    damping: float = DEFAULT_DAMPING,
     layers: list[int] | None = None,
     p_hat: Mapping[str, int] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -171,7 +171,7 @@ def prune_model_sequential(
     method: PruningMethod,
     keep_attn: int | Mapping[int, int],
     keep_mlp: int | Mapping[int, int],
-    damping: float = 0.01,
+    damping: float = DEFAULT_DAMPING,
     layers: list[int] | None = None,
     progress: Callable[[str], None] | None = None,
     hessian_hook: Callable[[int, str, Tensor], None] | None = None,

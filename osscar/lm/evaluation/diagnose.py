@@ -26,6 +26,7 @@ from osscar.lm.sources.models import load_model
 from osscar.lm.run import removed_count
 from osscar.methods import make_method
 from osscar.problem import LayerProblem
+from osscar.options import DEFAULT_DAMPING
 
 
 def _make(spec: str):
@@ -39,7 +40,7 @@ def _make(spec: str):
 
 
 def layer_objectives(model, segments, methods: list[str], blocks: list[int], head_fraction: float,
-                     neuron_fraction: float, damping: float = 0.01) -> list[dict]:
+                     neuron_fraction: float, damping: float = DEFAULT_DAMPING) -> list[dict]:
     a = get_adapter(model)
     hs: dict[tuple[int, str], torch.Tensor] = {}
     weights = {}
