@@ -12,7 +12,9 @@ import torch
 
 from osscar.lm.sources import models as lm_models
 from osscar.lm.evaluation.measure import flops_per_token, fractions_for_speedup
-from osscar.lm.run import LMRunConfig, removed_count, run_lm
+from osscar.lm.run import run_lm
+from osscar.lm.run_config import LMRunConfig
+from osscar.lm.targets import removed_count
 
 from .conftest import tiny_llama_config, tiny_opt_config
 
