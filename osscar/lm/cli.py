@@ -179,6 +179,14 @@ def _fmt(value: float | None) -> str:
     return f"{value:>12.3f}" if value is not None else f"{'not measured':>12}"
 
 
+def _distinct(value: float, other: float) -> str:
+    """``value`` with the fewest decimals (at least 3) that tell it from ``other``: 0.3001 beside 0.3."""
+    for digits in range(3, 8):
+        if f"{value:.{digits}f}" != f"{other:.{digits}f}":
+            break
+    return f"{value:.{digits}f}"
+
+
 def width_notes(w: Widths) -> list[str]:
     """A note for each fraction applied other than requested (rounded to whole groups, at least one kept);
     none with ``allocation="runtime"`` (per-block widths)."""
@@ -193,7 +201,7 @@ def width_notes(w: Widths) -> list[str]:
             notes.append(f"note: {flag} {frac:g} removes nothing from {what} on this model ({total} {unit} per block, "
                          f"rounded to the nearest count, at least one kept); {what} is not pruned")
         elif not math.isclose(applied, frac, rel_tol=0.0, abs_tol=1e-12):
-            notes.append(f"note: {flag} {frac:g} is applied as {applied:.3f} on this model ({total - keep} of {total} "
+            notes.append(f"note: {flag} {frac:g} is applied as {_distinct(applied, frac)} on this model ({total - keep} of {total} "
                          f"{unit} per block removed)")
     return notes
 

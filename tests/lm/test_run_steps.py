@@ -40,7 +40,7 @@ def test_uniform_widths_of_a_smollm2_shaped_model():
     (_widths(n_attn=9, keep_attn=6, attn_blocks=3, kv_groups=3, head_fraction=0.3, n_mlp=1536, keep_mlp=1075,
              neuron_fraction=0.3),
      ["--head-fraction 0.3 is applied as 0.333 on this model (3 of 9 heads in 3 KV groups per block removed)",
-      "--neuron-fraction 0.3 is applied as 0.300 on this model (461 of 1536 neurons per block removed)"]),
+      "--neuron-fraction 0.3 is applied as 0.3001 on this model (461 of 1536 neurons per block removed)"]),
     (_widths(n_attn=3, keep_attn=3, kv_groups=3, heads_per_group=2, head_fraction=0.1),
      ["--head-fraction 0.1 removes nothing from attention on this model (3 KV groups per block"]),
     (_widths(n_mlp=1536, keep_mlp=768), []),  # exact: 6 of 12 heads, 768 of 1536 neurons
