@@ -7,13 +7,11 @@ import json
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from osscar.lm.run_state import RunEvents, Widths
 from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, EMBEDDED_LM_NAMES, MODEL_DTYPES,
                             OFFLOAD_MODES, ZERO_SHOT_TASKS, HelpFormatter, as_flags, parser_flags)
-
-if TYPE_CHECKING:  # the run module imports torch; --help must not
-    from osscar.lm.run import RunEvents, Widths
 
 # the model_types osscar.lm.adapters registers (tests/lm/test_families.py checks the two agree)
 LM_FAMILIES = ("opt, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text (Gemma 3 text-only), phi3, "
@@ -242,8 +240,6 @@ def _say(text: str) -> None:
 
 def console_events() -> RunEvents:
     """What the console shows while a run runs: each long step, the rounding notes, the dense results."""
-    from osscar.lm.run import RunEvents
-
     return RunEvents(step=lambda text: _say(f"{text} ..."), widths=lambda w: [_say(n) for n in width_notes(w)],
                      dense=lambda dense: _say(format_dense(dense)))
 

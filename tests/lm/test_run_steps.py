@@ -8,7 +8,7 @@ import os
 import pytest
 
 from osscar.lm.cli import format_summary, width_notes
-from osscar.lm.run import RunEvents, Widths, uniform_widths
+from osscar.lm.run_state import RunEvents, Widths, uniform_widths
 
 from .conftest import tiny_llama_config
 
