@@ -163,11 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         parser.error(as_flags(str(exc), flags))
-    from osscar.vision.pipeline import run_vision
-
     from osscar.io import atomic_write_json
     from osscar.provenance import environment
-    from osscar.vision.pipeline import run_name
+    from osscar.vision.pipeline import run_name, run_vision
 
     rows, env = [], environment()
     for cfg in configs:
