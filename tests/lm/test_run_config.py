@@ -207,3 +207,6 @@ def test_lm_record_states_the_threads_it_used_after_another_count(tiny_llama_dir
     rec, ran = execute(spec, ResultStore(tmp_path))
     assert ran and rec.provenance["device"]["torch_threads"] == 2
     assert rec.metrics["provenance"]["threads_used"] == 2 and torch.get_num_threads() == 1
+    # one memory monitor: the run's phases in the worker's monitor, no second summary beside them
+    assert "memory_run" not in rec.metrics and "versions" not in rec.metrics["provenance"]
+    assert list(rec.metrics["memory"]["phases"]) == ["load_and_dense_eval", "prune", "slice_and_evaluate"]
