@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from osscar.provenance import git_state, versions
+
 GiB = 2 ** 30
 FAMILIES = ("llama", "opt")
 MODES = ("disk", "none")
@@ -161,18 +163,6 @@ def run_mode(model: Path, mode: str, work: Path, threads: int, corpus: Path) -> 
     return result
 
 
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": str(os.cpu_count())}
-    for mod in ("torch", "transformers", "safetensors", "accelerate"):
-        out[mod] = __import__(mod).__version__
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                           check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        out["git_commit"] = "unknown"
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.offload_memory", description=__doc__.splitlines()[0])
     p.add_argument("--gib", type=float, default=6.5, help="least size of each model on disk (GiB, float32)")
@@ -187,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"--families: unknown {bad}; allowed: {', '.join(FAMILIES)}")
     report: dict[str, Any] = {"what": __doc__.split("\n\n")[0], "limit_ratio": 0.25, "models": [],
-                              "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                              "versions": {**versions(("torch", "transformers", "safetensors", "accelerate")),
+                                           "python": platform.python_version(), "platform": platform.platform(),
+                                           "cpus": str(os.cpu_count()), "git_commit": git_state()["commit"] or "unknown"},
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for family in families:
         work = Path(tempfile.mkdtemp(prefix=f"osscar-bench-{family}-", dir=a.workdir))
         try:

@@ -53,7 +53,7 @@ class Pipeline:
 
 
 PIPELINES = MappingProxyType({
-    "lm": Pipeline("lm", "osscar.lm.run:LMRunConfig", "osscar.lm.run:run_lm",
+    "lm": Pipeline("lm", "osscar.lm.run_config:LMRunConfig", "osscar.lm.run:run_lm",
                    volatile=("output_dir", "save_model", "cache_dir", "max_device_memory"),
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
                           ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None),

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from osscar.provenance import git_state, versions
+
 DEFAULT_SHAPES = ("heads-12x64", "heads-32x64", "gqa-32x64-kv8", "ffn-3072", "ffn-8192")
 DEFAULT_METHODS = ("osscar", "ziplm")
 
@@ -65,12 +67,6 @@ def measure_one(shape: str, method: str, threads: int) -> dict[str, Any]:
             "peak_bytes": peak, "budget_bytes": budget, "peak_over_budget": peak / budget,
             "seconds": seconds, "load_average_1min": os.getloadavg()[0], "objective": result.objective,
             "kept_sha1": hashlib.sha1(json.dumps(kept).encode()).hexdigest()[:16]}
-
-
-def _versions() -> dict[str, str | None]:
-    from benchmarks.provenance import git_state, package_versions
-
-    return {**package_versions(("torch", "numpy", "memray", "osscar-harness")), "git": git_state()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"what": "peak bytes of the tensors a layer solve holds (problem + memray high-water mark of the solve)",
            "budget": "(2p² + 3pm)·8 bytes", "machine": {"cpu": platform.processor() or platform.machine(),
                                                      "cpu_count": os.cpu_count()},
-           "versions": _versions(), "rows": rows}
+           "versions": {**versions(("torch", "numpy", "memray", "osscar-harness")), "git": git_state()}, "rows": rows}
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

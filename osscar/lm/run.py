@@ -40,284 +40,247 @@ under ``allocation`` in the metrics. ``allocation="uniform"`` (default) is the b
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
-import platform
-import sys
 import time
 from typing import Any
 
-from osscar.devices import device_label, peak_accelerator_mb, resolve_device, torch_threads
-from osscar.io import atomic_write_json
-from osscar.lm.text import data as lm_data
-from osscar.lm.run_config import LMRunConfig  # noqa: F401  (re-exported: the sweep pipeline names it here)
+from osscar.devices import resolve_device, torch_threads
+from osscar.lm.run_config import LMRunConfig
+from osscar.lm.run_record import record
+from osscar.lm.run_state import ConsumerMethods, RunEvents, RunState, uniform_widths
 from osscar.lm.runtime_allocation import runtime_allocation
-from osscar.lm.targets import heads_removed, removed_count  # noqa: F401  (re-exported)
-from osscar.options import ALLOCATIONS  # noqa: F401  (re-exported)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("torch", "transformers", "lm_eval", "datasets", "gensim", "osscar"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = "unavailable"
-    return out
+from osscar.lm.text import data as lm_data
+from osscar.memory import MemoryMonitor, run_monitor
 
 
 def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = None,
-           plan: Any = None) -> dict[str, Any]:
-    """Calibrate, prune, slice and evaluate one model. Returns metrics and provenance.
+           plan: Any = None, events: RunEvents | None = None) -> dict[str, Any]:
+    """Calibrate, prune, slice and evaluate one model. Returns metrics and the run's provenance; writes nothing
+    but the sliced model (``save_to``: its folder, :func:`osscar.lm.slicing.save_pruned`, saved before evaluation).
 
     First the memory plan (:func:`osscar.lm.plan.check_memory`; ``plan``: one already checked): a run that would
-    not fit stops here, before any weights load; the plan is recorded under ``memory_plan``.
-    ``save_to``: folder for the sliced model (:func:`osscar.lm.slicing.save_pruned`).
+    not fit stops here, before any weights load; the plan is recorded under ``memory_plan``. Then the steps
+    :func:`read_text` → :func:`load` → :func:`evaluate_dense` → :func:`prune` → :func:`slice_pruned` →
+    :func:`save` → :func:`evaluate_pruned` → :func:`measure_latency` → :func:`record` over one :class:`RunState`.
     Runs with ``config.threads`` torch threads; the caller's count is restored afterwards.
     """
-    import contextlib
-
-    from osscar.memory import MemoryMonitor
-
     if plan is None:
         from osscar.lm.plan import check_memory
 
         plan, _, err = check_memory(config)
         if err is not None:
             raise ValueError(err)
-    with torch_threads(config.threads), MemoryMonitor(device=config.device) as mem, contextlib.ExitStack() as stack:
-        result = _run_lm(config, progress, save_to, mem, stack)  # stack: a disk run's output folder
-    result["memory"].update(mem.summary())
+    with torch_threads(config.threads), run_monitor(config.device) as mem, contextlib.ExitStack() as stack:
+        state = start(config, progress, events or RunEvents())
+        read_text(state)
+        load(state, stack, save_to)  # stack: a disk run's output folder
+        evaluate_dense(state)
+        prune(state, mem)
+        slice_pruned(state)
+        save(state, save_to)
+        evaluate_pruned(state)
+        measure_latency(state)
+        result = record(state, mem)
     result["memory_plan"] = plan.to_dict()
     return result
 
 
-def _run_lm(config: LMRunConfig, progress: bool, save_to: str | None, mem: Any, stack: Any) -> dict[str, Any]:
+def start(config: LMRunConfig, progress: bool, events: RunEvents) -> RunState:
+    """Seed torch and resolve the device (a CUDA config on a machine without one fails here)."""
     import torch
-    from tqdm.auto import tqdm
-
-    from osscar.lm.adapters import get_adapter
-    from osscar.lm.calibrate.calibration import prune_model_sequential
-    from osscar.lm.evaluation.evaluate import zero_shot
-    from osscar.lm.text.heldout import heldout_segments
-    from osscar.lm.evaluation.latency import prefill_comparison
-    from osscar.lm.evaluation.measure import flops_per_token, param_count, peak_rss_mb
-    from osscar.lm.sources.models import load_model, load_tokenizer
-    from osscar.lm.offloading.offload_run import OffloadedModel, load_skeleton
-    from osscar.lm.slicing import save_pruned, slice_model
-    from osscar.methods import make_method
 
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device, "device")
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    return RunState(config=config, device=resolve_device(config.device, "device"), progress=progress, events=events)
 
-    # 1. text first: fails fast on a short corpus, before any weights are loaded
-    t = time.perf_counter()
-    tok = load_tokenizer(config.model, config.cache_dir)
+
+def read_text(state: RunState) -> None:
+    """Tokenize the calibration segments (n_samples, seqlen), the evaluation windows and the held-out windows:
+    text first, so a short corpus fails before any weights are loaded."""
+    from osscar.lm.sources.models import load_tokenizer
+    from osscar.lm.text.heldout import heldout_segments
+
+    c, t = state.config, time.perf_counter()
+    state.events.step("reading and tokenizing corpora")
+    state.tok = load_tokenizer(c.model, c.cache_dir)
     cal_ids = None  # the joined calibration text, tokenized once for the calibration and held-out windows
-    if config.heldout_samples and lm_data.get_corpus(config.calib_corpus).sampling == "joined":
-        cal_ids = lm_data.joined_tokens(config.calib_corpus, tok, "calibration")
-    segments = lm_data.calibration_segments(config.calib_corpus, tok, config.n_samples, config.seqlen, config.seed,
-                                            ids=cal_ids)
-    eval_len = config.eval_seqlen or config.seqlen
-    windows = {c: lm_data.eval_windows(c, tok, eval_len, config.eval_windows) for c in config.eval_corpora}
-    heldout, heldout_info = None, None
-    if config.heldout_samples:
-        heldout, heldout_info = heldout_segments(config.calib_corpus, tok, config.heldout_samples,
-                                                 config.heldout_seqlen or config.seqlen, config.n_samples,
-                                                 config.seqlen, config.seed, eval_len, ids=cal_ids)
-    timings["data_s"] = time.perf_counter() - t
+    if c.heldout_samples and lm_data.get_corpus(c.calib_corpus).sampling == "joined":
+        cal_ids = lm_data.joined_tokens(c.calib_corpus, state.tok, "calibration")
+    state.segments = lm_data.calibration_segments(c.calib_corpus, state.tok, c.n_samples, c.seqlen, c.seed, ids=cal_ids)
+    eval_len = c.eval_seqlen or c.seqlen
+    state.windows = {name: lm_data.eval_windows(name, state.tok, eval_len, c.eval_windows) for name in c.eval_corpora}
+    if c.heldout_samples:
+        state.heldout, state.heldout_info = heldout_segments(
+            c.calib_corpus, state.tok, c.heldout_samples, c.heldout_seqlen or c.seqlen, c.n_samples, c.seqlen, c.seed,
+            eval_len, ids=cal_ids)
+    state.timed("data_s", t)
 
-    # 2. model
+
+def load(state: RunState, stack: contextlib.ExitStack, save_to: str | None) -> None:
+    """Load the model (disk offload: a skeleton whose blocks are read when fetched), find its adapter, fix the
+    uniform widths (told to ``events.widths``) and the dense sizes, before anything is pruned."""
+    import torch
+
+    from osscar.lm.adapters import get_adapter
+    from osscar.lm.evaluation.measure import flops_per_token, param_count
+    from osscar.lm.offloading.offload_run import OffloadedModel, load_skeleton
+    from osscar.lm.sources.models import load_model
+
+    c, t = state.config, time.perf_counter()
+    state.events.step(f"loading {c.model}")
+    if c.offload == "disk":
+        state.loaded = load_skeleton(c.model, c.cache_dir, c.dtype)
+    else:
+        state.loaded = load_model(c.model, c.cache_dir, dtype=c.dtype)
+    model = state.loaded.model.to(state.device) if c.offload == "none" else state.loaded.model
+    state.model, state.tok = model, state.loaded.tokenizer
+    state.handle = OffloadedModel(c.offload, model, state.device, getattr(torch, c.dtype), source=state.loaded.source)
+    state.handle.open_output(stack, save_to, c.output_dir)
+    state.timed("load_s", t)
+    model.config.osscar_attention_unit = c.attention_unit  # every adapter of this model reads it
+    state.adapter = get_adapter(model, c.attention_unit)
+    state.widths = uniform_widths(state.adapter, *c.fractions(), c.allocation)
+    state.events.widths(state.widths)
+    state.dense_params, state.dense_flops = param_count(model), flops_per_token(model)
+    state.dense_config = copy.deepcopy(model.config)  # slicing rewrites model.config
+    state.result["config"] = c.to_dict()
+
+
+def _evaluate(state: RunState, tag: str) -> dict[str, Any]:
+    """Perplexity on every evaluation corpus, then the zero-shot tasks, of the dense or pruned model."""
+    from tqdm.auto import tqdm
+
+    from osscar.lm.evaluation.evaluate import zero_shot
+
+    c, out = state.config, {}
+    for name, w in state.windows.items():
+        bar = tqdm(total=len(w), desc=f"ppl {name} ({tag})", disable=not state.progress, leave=False)
+        out[name] = state.handle.perplexity(w, pruned=tag != "dense", progress=bar.update)
+        bar.close()
+    if c.zero_shot_tasks:
+        t = time.perf_counter()
+        out["zero_shot"] = zero_shot(state.model, state.tok, list(c.zero_shot_tasks), c.zero_shot_limit,
+                                     cache_dir=c.cache_dir)
+        state.timed(f"zero_shot_{tag}_s", t)
+    return out
+
+
+def evaluate_dense(state: RunState) -> None:
+    """With ``evaluate_dense``: the dense model's evaluation, told to ``events.dense`` at once."""
+    if not state.config.evaluate_dense:
+        return
     t = time.perf_counter()
-    if config.offload == "disk":  # a skeleton: each block's weights are read when it is fetched
-        loaded = load_skeleton(config.model, config.cache_dir, config.dtype)
-    else:
-        loaded = load_model(config.model, config.cache_dir, dtype=config.dtype)
-    model, tok = (loaded.model.to(device) if config.offload == "none" else loaded.model), loaded.tokenizer
-    handle = OffloadedModel(config.offload, model, device, getattr(torch, config.dtype), source=loaded.source)
-    handle.open_output(stack, save_to, config.output_dir)
-    timings["load_s"] = time.perf_counter() - t
-    model.config.osscar_attention_unit = config.attention_unit  # every adapter of this model reads it
-    adapter = get_adapter(model)
-    n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
-    hf, nf = config.fractions()
-    # read before slicing rewrites model.config (and so what the adapter reports)
-    unit, attn_blocks, kv_groups, heads_per_group = (adapter.attention_unit, adapter.attn_blocks, adapter.n_kv_heads,
-                                                     adapter.heads_per_group)
-    if adapter.attn_blocks > 1:  # query heads, the same number in every KV group
-        per = n_attn // adapter.attn_blocks
-        keep_attn = adapter.attn_blocks * (per - heads_removed(hf, per))
-    else:
-        keep_attn = n_attn - removed_count(hf, n_attn)
-    keep_mlp = n_mlp - removed_count(nf, n_mlp)
-    if config.allocation == "uniform":
-        groups_word = "KV groups" if heads_per_group > 1 else "heads"
-        if attn_blocks > 1:
-            groups_word = f"heads in {attn_blocks} KV groups"
-        for what, frac, keep, total, flag in (("attention", hf, keep_attn, n_attn, "--head-fraction"),
-                                              ("MLP", nf, keep_mlp, n_mlp, "--neuron-fraction")):
-            if frac > 0 and keep == total:
-                print(f"note: {flag} {frac:g} removes nothing from {what} on this model ({total} "
-                      f"{groups_word if what == 'attention' else 'neurons'} per block, rounded to the nearest count, at "
-                      f"least one kept); {what} is not pruned", file=sys.stderr, flush=True)
-            elif frac > 0 and abs((1 - keep / total) - frac) > 0.05:
-                print(f"note: {flag} {frac:g} is applied as {1 - keep / total:.3f} on this model ({total - keep} of "
-                      f"{total} {groups_word if what == 'attention' else 'neurons'} per block)", file=sys.stderr, flush=True)
-    dense_params = param_count(model)
-    dense_flops = flops_per_token(model)
-    dense_config = copy.deepcopy(model.config)  # slicing rewrites model.config
-    result: dict[str, Any] = {"config": config.to_dict()}
+    state.events.step("evaluating the dense model")
+    state.result["dense"] = _evaluate(state, "dense")
+    state.timed("eval_dense_s", t)
+    state.events.dense(state.result["dense"])
 
-    def eval_all(tag: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for c, w in windows.items():
-            bar = tqdm(total=len(w), desc=f"ppl {c} ({tag})", disable=not progress, leave=False)
-            out[c] = handle.perplexity(w, pruned=tag != "dense", progress=bar.update)
-            bar.close()
-        if config.zero_shot_tasks:
-            t = time.perf_counter()
-            out["zero_shot"] = zero_shot(model, tok, list(config.zero_shot_tasks), config.zero_shot_limit,
-                                         cache_dir=config.cache_dir)
-            timings[f"zero_shot_{tag}_s"] = time.perf_counter() - t
-        return out
 
-    if config.evaluate_dense:
+def _block_widths(plan: int | dict[int, int], uniform: int, total: int, todo: list[int], n_all: int) -> list[int]:
+    """Groups kept in every block: ``plan`` per block (runtime allocation) or ``uniform`` in the blocks pruned."""
+    if isinstance(plan, dict):
+        return [plan.get(i, total) for i in range(n_all)]
+    return [uniform if i in todo else total for i in range(n_all)]
+
+
+def prune(state: RunState, mem: MemoryMonitor) -> None:
+    """Allocate per-block widths (``allocation="runtime"``) and prune the blocks sequentially."""
+    from tqdm.auto import tqdm
+
+    from osscar.lm.calibrate.calibration import prune_model_sequential
+    from osscar.lm.evaluation.measure import peak_rss_mb
+    from osscar.methods import make_method
+
+    c, w, adapter = state.config, state.widths, state.adapter
+    state.methods = ConsumerMethods(make_method(c.method, **c.params_for("attn")),
+                                    make_method(c.method, **c.params_for("mlp")), adapter.attn_consumer)
+    n_all = len(adapter.layers(state.model))
+    n_blocks = len(c.layers) if c.layers is not None else n_all
+    bar = tqdm(total=2 * n_blocks, desc=f"prune {c.method}", disable=not state.progress)
+    todo = sorted(set(c.layers)) if c.layers is not None else list(range(n_all))
+    plan_attn: int | dict[int, int] = w.keep_attn
+    plan_mlp: int | dict[int, int] = w.keep_mlp
+    if c.allocation == "runtime":
         t = time.perf_counter()
-        result["dense"] = eval_all("dense")
-        timings["eval_dense_s"] = time.perf_counter() - t
-
-    # 3. prune sequentially
-    method_attn = make_method(config.method, **config.params_for("attn"))
-    method_mlp = make_method(config.method, **config.params_for("mlp"))
-    n_blocks = len(config.layers) if config.layers is not None else len(adapter.layers(model))
-    bar = tqdm(total=2 * n_blocks, desc=f"prune {config.method}", disable=not progress)
-
-    def prune_with(problem):  # one method object per consumer kind (their params may differ)
-        m = method_attn if problem.name.endswith(adapter.attn_consumer) else method_mlp
-        return m.prune(problem)
-
-    class _Router:
-        def prune(self, problem):
-            return prune_with(problem)
-
-    n_all = len(adapter.layers(model))
-    todo = sorted(set(config.layers)) if config.layers is not None else list(range(n_all))
-    plan_attn: int | dict[int, int] = keep_attn
-    plan_mlp: int | dict[int, int] = keep_mlp
-    if config.allocation == "runtime":
-        t = time.perf_counter()
-        plan_attn, plan_mlp, result["allocation"] = runtime_allocation(
-            model, segments, config, todo, uniform=(keep_attn, keep_mlp),
-            progress=(lambda msg: bar.set_postfix_str(msg)) if progress else None)
-        timings["allocation_s"] = time.perf_counter() - t
-    widths_attn = [plan_attn.get(i, n_attn) if isinstance(plan_attn, dict) else (keep_attn if i in todo else n_attn)
-                   for i in range(n_all)]
-    widths_mlp = [plan_mlp.get(i, n_mlp) if isinstance(plan_mlp, dict) else (keep_mlp if i in todo else n_mlp)
-                  for i in range(n_all)]
-
-    rss_before = peak_rss_mb()
+        state.events.step("runtime allocation: timing the latency table and the dense model's loss curves")
+        plan_attn, plan_mlp, state.result["allocation"] = runtime_allocation(
+            state.model, state.segments, c, todo, uniform=(w.keep_attn, w.keep_mlp),
+            progress=(lambda msg: bar.set_postfix_str(msg)) if state.progress else None)
+        state.timed("allocation_s", t)
+    state.widths_attn = _block_widths(plan_attn, w.keep_attn, w.n_attn, todo, n_all)
+    state.widths_mlp = _block_widths(plan_mlp, w.keep_mlp, w.n_mlp, todo, n_all)
+    state.rss_before = peak_rss_mb()
     mem.phase("load_and_dense_eval")
     t = time.perf_counter()
-    outcome = prune_model_sequential(model, segments, _Router(), plan_attn, plan_mlp, damping=config.damping,
-                                     layers=list(config.layers) if config.layers is not None else None,
-                                     inputs_from=config.calibration_inputs, heldout=heldout,
-                                     progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)),
-                                     blocks=handle.prune_store())
-    timings["prune_total_s"] = time.perf_counter() - t
-    timings["prune_solver_s"] = outcome.seconds_solver
-    rss_after = peak_rss_mb()
+    state.events.step(f"pruning {n_blocks} blocks with {c.method}")
+    state.outcome = prune_model_sequential(
+        state.model, state.segments, state.methods, plan_attn, plan_mlp, damping=c.damping,
+        layers=list(c.layers) if c.layers is not None else None, inputs_from=c.calibration_inputs,
+        heldout=state.heldout, progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)),
+        blocks=state.handle.prune_store())
+    state.timed("prune_total_s", t)
+    state.timings["prune_solver_s"] = state.outcome.seconds_solver
+    state.rss_after = peak_rss_mb()
     mem.phase("prune")
     bar.close()
 
-    # 4. slice (check it keeps the pruned model's function on one window)
-    probe = next(iter(windows.values()))[:1] if windows else segments[:1]
-    sliced = config.layers is None or len(set(config.layers)) == len(adapter.layers(model))
-    slice_diff: float | None = None
-    if config.offload == "disk":  # every block was sliced and written as it finished; no unsliced copy is left
-        manifest = handle.finish(outcome.kept, tok)
-    elif sliced:  # uniform widths give a plain config; per-block widths a manifest (see slicing)
-        with torch.no_grad():
-            before = handle.logits(probe)
-        manifest = slice_model(model, outcome.kept)
-        with torch.no_grad():
-            after = handle.logits(probe)
-        slice_diff = float((before - after).abs().max())
-    else:  # a subset of blocks gives non-uniform widths: evaluate the pruned, unsliced model
-        manifest = {"kept_attn_groups": keep_attn, "kept_neurons": keep_mlp,
-                    "note": "only some blocks pruned; model not sliced (non-uniform widths)"}
 
-    # 5. evaluate the sliced model
-    t = time.perf_counter()
-    result["pruned"] = eval_all("pruned")
-    timings["eval_pruned_s"] = time.perf_counter() - t
+def slice_pruned(state: RunState) -> None:
+    """Slice the pruned groups away, checking on one window that the logits do not move (a subset of blocks:
+    non-uniform widths, the model stays unsliced; disk offload: every block was sliced as it was written)."""
+    import torch
 
-    if config.allocation == "runtime":
-        pruned_flops = flops_per_token(adapter.original_config(), widths_attn, widths_mlp)
+    c, w = state.config, state.widths
+    probe = next(iter(state.windows.values()))[:1] if state.windows else state.segments[:1]
+    state.sliced = c.layers is None or len(set(c.layers)) == len(state.adapter.layers(state.model))
+    if c.offload == "disk":
+        state.manifest = state.handle.finish(state.outcome.kept, state.tok)
+    elif state.sliced:  # uniform widths give a plain config; per-block widths a manifest (see slicing)
+        from osscar.lm.slicing import slice_model
+
+        with torch.no_grad():
+            before = state.handle.logits(probe)
+        state.manifest = slice_model(state.model, state.outcome.kept)
+        with torch.no_grad():
+            after = state.handle.logits(probe)
+        state.slice_diff = float((before - after).abs().max())
     else:
-        pruned_flops = flops_per_token(adapter.original_config(), keep_attn, keep_mlp)  # if every block is pruned
-    result["applied"] = {
-        "attn_groups_total": n_attn, "attn_groups_kept": keep_attn, "head_fraction_applied": 1 - keep_attn / n_attn,
-        "attn_group": "kv-group" if heads_per_group > 1 else "head", "heads_per_group": heads_per_group,
-        "attention_unit": unit, "kv_groups": kv_groups,
-        "heads_kept_per_kv_group": (keep_attn // attn_blocks) if attn_blocks > 1 else None,
-        "neurons_total": n_mlp, "neurons_kept": keep_mlp, "neuron_fraction_applied": 1 - keep_mlp / n_mlp,
-        "head_fraction_requested": hf, "neuron_fraction_requested": nf,
-        "blocks_pruned": n_blocks, "allocation": config.allocation,
-    }
-    if config.allocation == "runtime":  # per-block widths; the scalar fields above are the uniform plan
-        tot_a, tot_m = sum(widths_attn), sum(widths_mlp)
-        result["applied"].update({
-            "attn_groups_kept": None, "neurons_kept": None,
-            "attn_groups_kept_per_block": widths_attn, "neurons_kept_per_block": widths_mlp,
-            "head_fraction_applied": 1 - tot_a / (n_attn * n_all), "neuron_fraction_applied": 1 - tot_m / (n_mlp * n_all),
-            "head_fraction_requested": None, "neuron_fraction_requested": None})
-    result["size"] = {
-        "params_dense": dense_params, "params_pruned": param_count(model),
-        "flops_dense": dense_flops, "flops_pruned": pruned_flops,
-        "block_flops_ratio": dense_flops["block_flops"] / pruned_flops["block_flops"],
-        "total_flops_ratio": dense_flops["total_flops"] / pruned_flops["total_flops"],
-    }
-    result["slicing"] = {"sliced": sliced, "manifest": manifest, "max_abs_logit_diff_vs_unsliced": slice_diff}
-    result["layers"] = [dataclasses.asdict(r) for r in outcome.records]
-
-    # 6. latency, dense vs sliced in the same process; shared by runs with the same widths (cache)
-    if config.latency_points and sliced:
-        t = time.perf_counter()
-        result["latency"], cache_info = prefill_comparison(
-            dense_config, model, (widths_attn, widths_mlp), list(config.latency_points),
-            lambda: load_model(config.model, config.cache_dir, dtype=config.dtype).model, config.latency_repeats,
-            cache_dir=config.cache_dir)
-        result["latency_cache"] = {k: cache_info[k] for k in ("cached", "path", "measured_at")}
-        timings["latency_s"] = time.perf_counter() - t
-
-    if save_to and sliced:
-        if config.offload != "disk":  # disk: written block by block into save_to (renamed when the run ends)
-            save_pruned(model, tok, save_to)
-        result["saved_to"] = str(save_to)
-    if config.offload != "none":
-        result["offload"] = {"mode": config.offload, "weights_from": loaded.source if config.offload == "disk" else None,
-                             "written_block_by_block": config.offload == "disk"}
-    timings["total_s"] = time.perf_counter() - t0
-    result["timings"] = timings
-    mem.phase("slice_and_evaluate")
-    result["memory"] = {"process_max_rss_mb": peak_rss_mb(), "process_max_rss_before_prune_mb": rss_before,
-                        "process_max_rss_after_prune_mb": rss_after, "peak_accelerator_mb": peak_accelerator_mb(device),
-                        "note": "phases / peak_rss_mb: this run alone (sampled RSS, see osscar.memory); process_*: "
-                                "ru_maxrss of the whole process, which includes earlier runs of a sweep"}
-    result["provenance"] = {
-        "model": config.model, "model_source": loaded.source, "model_provenance": loaded.provenance,
-        "calib_corpus": config.calib_corpus, "eval_corpora": list(config.eval_corpora),
-        "corpora": {c: lm_data.corpus_provenance(c) for c in dict.fromkeys((config.calib_corpus, *config.eval_corpora))},
-        "calib_segments_shape": list(segments.shape), "heldout_windows": heldout_info,
-        "seed": config.seed, "threads": config.threads,
-        "threads_used": torch.get_num_threads(), "device": device_label(device), "dtype": config.dtype,
-        "method": config.method, "method_params": {"attn": method_attn.params(), "mlp": method_mlp.params()},
-        "versions": versions(),
-    }
-    return result
+        state.manifest = {"kept_attn_groups": w.keep_attn, "kept_neurons": w.keep_mlp,
+                          "note": "only some blocks pruned; model not sliced (non-uniform widths)"}
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
-    atomic_write_json(path, obj)
+def save(state: RunState, save_to: str | None) -> None:
+    """Save the sliced model before it is evaluated (disk offload: written block by block into ``save_to``,
+    renamed when the run ends)."""
+    if not (save_to and state.sliced):
+        return
+    if state.config.offload != "disk":
+        from osscar.lm.slicing import save_pruned
+
+        state.events.step(f"saving the pruned model to {save_to}")
+        save_pruned(state.model, state.tok, save_to)
+    state.result["saved_to"] = str(save_to)
+
+
+def evaluate_pruned(state: RunState) -> None:
+    t = time.perf_counter()
+    state.events.step("evaluating the pruned model")
+    state.result["pruned"] = _evaluate(state, "pruned")
+    state.timed("eval_pruned_s", t)
+
+
+def measure_latency(state: RunState) -> None:
+    """Prefill latency, dense vs sliced in the same process; shared by runs with the same widths (cache)."""
+    from osscar.lm.evaluation.latency import prefill_comparison
+    from osscar.lm.sources.models import load_model
+
+    c = state.config
+    if not (c.latency_points and state.sliced):
+        return
+    t = time.perf_counter()
+    state.events.step("timing prefill latency, dense and pruned")
+    state.result["latency"], cache_info = prefill_comparison(
+        state.dense_config, state.model, (state.widths_attn, state.widths_mlp), list(c.latency_points),
+        lambda: load_model(c.model, c.cache_dir, dtype=c.dtype).model, c.latency_repeats, cache_dir=c.cache_dir)
+    state.result["latency_cache"] = {k: cache_info[k] for k in ("cached", "path", "measured_at")}
+    state.timed("latency_s", t)

@@ -110,7 +110,8 @@ class LMRunConfig:
 
     model: str = option(
         "smollm2-135m", section="model",
-        help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}); a GGUF file, or a folder holding one .gguf "
+        help=f"embedded model ({', '.join(EMBEDDED_LM_NAMES)}: SmolLM2-135M-Instruct, Q4_1 GGUF); "
+             "a GGUF file, or a folder holding one .gguf "
              "(Gemma2/Gemma3/Llama/Mistral/Phi3/Qwen2/Qwen3; converted to fp32 once, cached); a transformers folder; or a "
              "hub id (facebook/opt-1.3b)")
     method: str = option("osscar", section="target",

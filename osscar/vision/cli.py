@@ -189,20 +189,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         return _error(parser, args, exc)
-    from osscar.vision.pipeline import run_vision
+    from osscar.io import atomic_write_json
+    from osscar.provenance import environment
+    from osscar.vision.pipeline import run_name, run_vision
 
-    rows = []
+    rows, env = [], environment()
     for cfg in configs:
         r = run_vision(cfg, progress=not args.quiet)
+        if cfg.output_dir is not None:
+            path = Path(cfg.output_dir) / f"{run_name(cfg)}.json"
+            r["files"]["metrics"] = str(path)
+            atomic_write_json(path, {**r, "environment": env})
         rows.append(r)
         print(f"{cfg.method} @ {cfg.flops_fraction:g}: top-1 {r['pruned']['top1']:.4f} (dense {r['dense']['top1']:.4f}), "
               f"MACs -{r['flops_reduction']:.3f}, {r['timings']['prune']:.1f}s", flush=True)
     print(format_table(rows))
     if args.output_dir:
-        from osscar.io import atomic_write_json
-
         atomic_write_json(Path(args.output_dir) / "summary.json",
                           {"argv": list(sys.argv[1:] if argv is None else argv), "table": format_table(rows),
+                           "environment": env,
                            "runs": [{k: r[k] for k in ("config", "dense", "pruned", "flops_reduction", "latency_speedup",
                                                         "timings", "files", "provenance")} for r in rows]})
     return 0

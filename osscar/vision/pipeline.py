@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,6 @@ import torch
 from torch import nn
 
 from osscar.devices import check_device_name, device_label, resolve_device, synchronize, torch_threads
-from osscar.io import atomic_write_json  # noqa: F401  (also used by osscar.vision.cli)
 from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
 from osscar.vision.models import ARCHS, is_pretrained_name, load_model
 from osscar.options import DEFAULT_DAMPING
@@ -190,25 +187,13 @@ def measure_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int,
     return {n: 1e3 * sorted(v)[len(v) // 2] for n, v in times.items()}
 
 
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "torch": str(torch.__version__), "platform": platform.platform()}
-    for mod in ("torchvision", "timm", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional
-            pass
-    import osscar
-
-    out["osscar"] = osscar.__version__
-    return out
-
-
 def run_name(cfg: VisionRunConfig) -> str:
     return f"{cfg.arch}_{cfg.dataset}_{cfg.method}_f{cfg.flops_fraction:g}_n{cfg.n_calib}_s{cfg.seed}"
 
 
 def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]:
-    """Run one pruning experiment; returns metrics + provenance (and writes them when output_dir is set)."""
+    """Run one pruning experiment; returns metrics and the run's provenance (the caller writes them; with
+    ``output_dir`` and ``save_model`` the sliced model is saved there)."""
     from osscar.vision.adapters import prune_units
     from osscar.vision.flops import count_params, layer_shapes, macs, solve_keep_counts
     from osscar.vision.prune import prune_model
@@ -309,13 +294,8 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             "kept": {k: v.tolist() for k, v in kept.items()},
             "provenance": {"checkpoint": ckpt, "checkpoint_sha256": prov.get("sha256"), "checkpoint_meta": prov,
                            "dataset": cfg.dataset, "data_root": cfg.data_root, "seed": cfg.seed,
-                           "device": device_label(device), "threads_used": torch.get_num_threads(),
-                           "versions": versions()},
+                           "device": device_label(device), "threads_used": torch.get_num_threads()},
             "timings": timings,
             "files": out_files,
         }
-        if cfg.output_dir is not None:
-            path = Path(cfg.output_dir) / f"{run_name(cfg)}.json"
-            result["files"]["metrics"] = str(path)
-            atomic_write_json(path, result)
         return result

@@ -17,7 +17,8 @@ from osscar.lm.sources import models as lm_models
 from osscar.lm.run_config import check_model
 from osscar.lm.adapters import get_adapter
 from osscar.lm.evaluation.latency import LatencyTable, default_levels, latency_table
-from osscar.lm.run import LMRunConfig, run_lm
+from osscar.lm.run import run_lm
+from osscar.lm.run_config import LMRunConfig
 from osscar.lm.slicing import MANIFEST, load_pruned, save_pruned, slice_model
 
 from .conftest import zero_out_groups as _zero_out

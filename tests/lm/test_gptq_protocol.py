@@ -191,7 +191,7 @@ def test_a_missing_hub_dataset_is_an_error_not_a_substitute(monkeypatch):
 
 def test_defaults_evaluate_every_window():
     from osscar.lm.cli import build_parser
-    from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import LMRunConfig
 
     assert build_parser().parse_args([]).eval_windows is None
     assert LMRunConfig.__dataclass_fields__["eval_windows"].default is None

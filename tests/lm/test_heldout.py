@@ -123,7 +123,8 @@ def test_heldout_error_is_the_pruned_models_error_on_the_heldout_windows(tiny_mo
 
 
 def test_run_records_carry_calibration_and_heldout_errors(tiny_llama_dir, corpus_file):
-    from osscar.lm.run import LMRunConfig, run_lm
+    from osscar.lm.run import run_lm
+    from osscar.lm.run_config import LMRunConfig
 
     cfg = LMRunConfig(model=str(tiny_llama_dir), method="osscar", head_fraction=0.34, neuron_fraction=0.5,
                       calib_corpus=corpus_file, eval_corpora=(corpus_file,), n_samples=4, seqlen=32,
@@ -143,7 +144,7 @@ def test_run_records_carry_calibration_and_heldout_errors(tiny_llama_dir, corpus
 @pytest.mark.parametrize("field, value, match", [("heldout_samples", -1, "heldout_samples must be an integer ≥ 0"),
                                                  ("heldout_seqlen", 0, "heldout_seqlen must be a positive integer")])
 def test_bad_heldout_settings_fail_before_any_load(tiny_llama_dir, field, value, match):
-    from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import LMRunConfig
 
     with pytest.raises(ValueError, match=match):
         LMRunConfig(model=str(tiny_llama_dir), **{field: value})

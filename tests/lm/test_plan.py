@@ -152,7 +152,7 @@ def test_plan_over_the_limit_stops_the_cli_before_loading(tiny_llama_dir, monkey
     assert len(lines) == 1 and lines[0].startswith("osscar lm: error: the memory plan needs")
     assert "--max-device-memory is 64 KiB" in lines[0] and "largest item: " in lines[0]
     from osscar.lm.plan import check_memory
-    from osscar.lm.run import LMRunConfig
+    from osscar.lm.run_config import LMRunConfig
 
     plan, _, _ = check_memory(LMRunConfig(model=str(tiny_llama_dir), method="mp", n_samples=4, seqlen=32))
     assert f"largest item: {plan.largest('device').name} " in lines[0]
@@ -172,7 +172,8 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tiny_llama_dir, monkeypatch, 
 
 def test_run_lm_refuses_before_loading(tiny_llama_dir, monkeypatch):
     import osscar.lm.sources.models as models
-    from osscar.lm.run import LMRunConfig, run_lm
+    from osscar.lm.run import run_lm
+    from osscar.lm.run_config import LMRunConfig
 
     monkeypatch.setattr(models, "load_model", _no_load)
     monkeypatch.setattr(models, "load_tokenizer", _no_load)

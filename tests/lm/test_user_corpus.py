@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from osscar.lm.text import data as lm_data
-from osscar.lm.run import LMRunConfig, run_lm
+from osscar.lm.run import run_lm
+from osscar.lm.run_config import LMRunConfig
 
 PARAGRAPHS = [f"Chapter {i}. The quick brown fox number {i} jumps over the lazy dog, then rests by the river "
               f"and watches the boats go by, one after another, until the evening comes. " * 3 for i in range(12)]

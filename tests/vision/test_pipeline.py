@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -202,8 +201,8 @@ def test_run_vision_random_init(tmp_path):
                         latency_batch=4, chip_samples=4, output_dir=str(tmp_path)), progress=False)
     assert r["flops_reduction"] >= 0.5 and r["pruned"]["params"] < r["dense"]["params"]
     assert r["slice_max_abs_diff"] < 1e-4 and r["eval_n"] == 50
-    saved = json.loads(Path(r["files"]["metrics"]).read_text())
-    assert saved["config"]["method"] == "chip" and saved["provenance"]["versions"]["torch"]
+    assert "metrics" not in r["files"] and not list(tmp_path.glob("*.json"))  # the caller writes the result
+    assert r["config"]["method"] == "chip" and "versions" not in r["provenance"]
     model = load_sliced(r["files"]["sliced_model"])
     assert sum(p.numel() for p in model.parameters()) == r["pruned"]["params"]
 

@@ -23,7 +23,7 @@ from osscar.lm.adapters import get_adapter
 from osscar.lm.calibrate.calibration import prune_model_sequential
 from osscar.lm.text.data import calibration_segments
 from osscar.lm.sources.models import load_model
-from osscar.lm.run import removed_count
+from osscar.lm.targets import removed_count
 from osscar.methods import make_method
 from osscar.problem import LayerProblem
 from osscar.options import DEFAULT_DAMPING

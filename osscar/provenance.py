@@ -1,4 +1,11 @@
-"""What every record carries about where it came from: versions, device, git commit."""
+"""The one source of a run's environment: package versions, device, git commit, python, platform.
+
+:func:`environment` is written once per result: a sweep record's ``provenance`` (benchmarks.worker) or
+the ``environment`` of the metrics JSON a CLI writes. Runs return only their own inputs under
+``metrics.provenance`` (model, corpora, seed, device, method parameters), never versions. Records made
+before this module carried ``metrics.provenance.versions`` as well (module names, e.g. ``lm_eval``);
+they are read as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "torchvision", "transformers", "timm", "lm-eval", "datasets", "numpy", "pandas",
+# distribution names (importlib.metadata), not module names
+PACKAGES = ("torch", "torchvision", "transformers", "timm", "lm-eval", "datasets", "gensim", "numpy", "pandas",
             "osscar-harness")
 
 
-def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution in ``packages`` (None: not installed)."""
     out: dict[str, str | None] = {}
     for name in packages:
         try:
@@ -24,6 +33,7 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
 
 
 def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -34,6 +44,7 @@ def cpu_model() -> str:
 
 
 def device_info() -> dict[str, Any]:
+    """CPU, core count, torch threads now, CUDA and the first GPU's name."""
     import torch
 
     info: dict[str, Any] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -44,6 +55,7 @@ def device_info() -> dict[str, Any]:
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
+    """{"commit", "dirty"} of the checkout holding this package (None where git cannot tell)."""
     root = root or Path(__file__).resolve().parent.parent
     def git(*args: str) -> str | None:
         try:
@@ -55,7 +67,7 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
-def provenance() -> dict[str, Any]:
-    """Versions, device, git commit, python and platform, for one record."""
-    return {"versions": package_versions(), "device": device_info(), "git": git_state(),
+def environment() -> dict[str, Any]:
+    """Versions, device, git commit, python and platform, for one result."""
+    return {"versions": versions(), "device": device_info(), "git": git_state(),
             "python": platform.python_version(), "platform": platform.platform()}
