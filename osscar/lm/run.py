@@ -49,6 +49,7 @@ from osscar.devices import resolve_device, torch_threads
 from osscar.lm.run_config import LMRunConfig
 from osscar.lm.run_record import record
 from osscar.lm.run_state import ConsumerMethods, RunEvents, RunState, uniform_widths
+from osscar.lm.allocation.run_step import GLOBAL_ALLOCATIONS, global_allocation
 from osscar.lm.runtime_allocation import runtime_allocation
 from osscar.lm.text import data as lm_data
 from osscar.memory import MemoryMonitor, run_monitor
@@ -206,6 +207,13 @@ def prune(state: RunState, mem: MemoryMonitor) -> None:
         plan_attn, plan_mlp, state.result["allocation"] = runtime_allocation(
             state.model, state.segments, c, todo, uniform=(w.keep_attn, w.keep_mlp),
             progress=(lambda msg: bar.set_postfix_str(msg)) if state.progress else None)
+        state.timed("allocation_s", t)
+    elif c.allocation in GLOBAL_ALLOCATIONS:
+        t = time.perf_counter()
+        state.events.step(f"{c.allocation} allocation: the latency table, the {c.method} candidate database "
+                          "(cached) and the search over stitched models")
+        plan_attn, plan_mlp, state.result["allocation"] = global_allocation(
+            state.model, state.segments, state.heldout, c, state.methods, progress=state.events.step)
         state.timed("allocation_s", t)
     state.widths_attn = _block_widths(plan_attn, w.keep_attn, w.n_attn, todo, n_all)
     state.widths_mlp = _block_widths(plan_mlp, w.keep_mlp, w.n_mlp, todo, n_all)

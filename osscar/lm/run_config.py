@@ -76,8 +76,10 @@ class LMRunConfig:
             count share one cached measurement (:func:`osscar.lm.evaluation.latency.prefill_comparison`).
         evaluate_dense: also evaluate the dense model (ppl and zero-shot).
         layers: only prune these block indices (None: all) — for quick tests.
-        allocation: ``uniform`` (default: same widths in every block) or ``runtime`` (per-block widths
-            for a measured-latency ``speedup``; see the module docstring; needs ``speedup``).
+        allocation: ``uniform`` (default: same widths in every block), ``runtime`` (per-block widths
+            for a measured-latency ``speedup``; see the module docstring; needs ``speedup``), or ``spdy`` /
+            ``evolutionary`` (a global search over the method's candidate database, module removal included:
+            :mod:`osscar.lm.allocation.run_step`).
         allocation_point: (batch, seqlen) of the latency table for ``runtime`` (None: (1, seqlen)).
         allocation_mlp_levels: MLP widths timed and offered to the allocator (evenly spaced).
         allocation_min_keep: with ``runtime``, no consumer keeps fewer than this fraction of its
@@ -146,7 +148,10 @@ class LMRunConfig:
              "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "
              "device, gets every consumer's loss curve from one gradual-removal pass on the dense "
              "model, and picks per-block widths by knapsack so the predicted decoder-block latency is "
-             "dense/SPEEDUP; the model is then pruned sequentially with those widths")
+             "dense/SPEEDUP; the model is then pruned sequentially with those widths; 'spdy' (ZipLM's search) "
+             "and 'evolutionary' (EvoPress-style) search per-block widths, whole modules removed included, "
+             "over the method's own candidate database scored on the stitched model, then prune "
+             "sequentially at them (the database is cached under --cache-dir)")
     allocation_point: tuple[int, int] | None = option(
         None, section="target", parse=parse_point, metavar="BxS",
         help="prefill shape BATCHxSEQLEN of the latency table for --allocation runtime (default: 1x--seqlen)")
@@ -246,12 +251,16 @@ class LMRunConfig:
     def _check_target(self) -> None:
         """What is removed: fractions or a speedup, the allocation, the attention unit."""
         validate.one_of("allocation", self.allocation, ALLOCATIONS)
-        if self.allocation == "runtime":
+        if self.allocation != "uniform":
             if self.speedup is None:
-                raise ValueError("allocation='runtime' needs a target speedup (speedup=..., --speedup); "
+                raise ValueError(f"allocation={self.allocation!r} needs a target speedup (speedup=..., --speedup); "
                                  "head_fraction/neuron_fraction apply to the uniform allocation only")
             if self.allocation_point is not None:
                 validate.int_pair("allocation_point", self.allocation_point)
+        if self.allocation in ("spdy", "evolutionary") and self.layers is not None:
+            raise ValueError(f"allocation={self.allocation!r} allocates every block: leave layers unset")
+        if self.allocation == "evolutionary" and self.heldout_samples == 0:
+            raise ValueError("allocation='evolutionary' scores KL on the held-out windows: heldout_samples must be > 0")
         validate.positive_int("allocation_mlp_levels", self.allocation_mlp_levels)
         validate.fraction("allocation_min_keep", self.allocation_min_keep)
         validate.fraction("head_fraction", self.head_fraction)

@@ -25,7 +25,7 @@ def _applied(state: RunState) -> dict[str, Any]:
         "blocks_pruned": len(state.config.layers) if state.config.layers is not None else n_all,
         "allocation": w.allocation,
     }
-    if w.allocation == "runtime":  # per-block widths; the scalar fields above are the uniform plan
+    if w.allocation != "uniform":  # per-block widths; the scalar fields above are the uniform plan
         applied.update({
             "attn_groups_kept": None, "neurons_kept": None,
             "attn_groups_kept_per_block": state.widths_attn, "neurons_kept_per_block": state.widths_mlp,
@@ -40,7 +40,7 @@ def _size(state: RunState) -> dict[str, Any]:
     from osscar.lm.evaluation.measure import flops_per_token, param_count
 
     w, dense = state.widths, state.dense_flops
-    if w.allocation == "runtime":
+    if w.allocation != "uniform":
         pruned = flops_per_token(state.adapter.original_config(), state.widths_attn, state.widths_mlp)
     else:
         pruned = flops_per_token(state.adapter.original_config(), w.keep_attn, w.keep_mlp)  # if every block is pruned

@@ -87,6 +87,15 @@ class ConsumerMethods:
     def prune(self, problem: Any) -> Any:
         return (self.attn if problem.name.endswith(self.attn_consumer) else self.mlp).prune(problem)
 
+    @property
+    def name(self) -> str:
+        return self.attn.name
+
+    def params(self) -> dict[str, Any]:
+        """The method's parameters; per consumer when they differ (a candidate database is keyed by them)."""
+        attn, mlp = self.attn.params(), self.mlp.params()
+        return attn if attn == mlp else {"attn": attn, "mlp": mlp}
+
 
 @dataclass
 class RunState:

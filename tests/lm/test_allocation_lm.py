@@ -268,3 +268,34 @@ def test_prefill_comparison_cached_per_architecture(tmp_path):
     assert not info3["cached"] and len(loads) == 2 and info3["path"] != info["path"]
     with pytest.raises(ValueError, match="widths"):
         prefill_comparison(cfg, sliced, ([2] * n, [32] * (n - 1)), **kw)
+
+
+@pytest.mark.parametrize("allocator", ["spdy", "evolutionary"])
+def test_global_allocation_run_prunes_at_the_searched_widths_and_reloads(allocator, tiny_llama_dir, tmp_path):
+    """run_lm with allocation=spdy|evolutionary: the searched widths (level 0 allowed) meet the predicted latency
+    budget, the sequential pruning uses them, the sliced model reloads with its logits, and a second run with
+    another target reuses the candidate database (no solver call while building it)."""
+    cfg = dict(model=str(tiny_llama_dir), method="mp+", allocation=allocator, allocation_mlp_levels=4, n_samples=3,
+               seqlen=16, eval_windows=1, heldout_samples=2, latency_repeats=1, cache_dir=str(tmp_path / "cache"))
+    out = run_lm(LMRunConfig(speedup=1.5, **cfg), save_to=str(tmp_path / "m"))
+    al = out["allocation"]
+    assert al["budget"]["predicted_cost"] <= al["budget"]["limit"] * (1 + 1e-9)
+    assert al["budget"]["predicted_speedup"] >= 1.5 * (1 - 1e-9) and al["search"]["trace"]
+    ks = [(r["part"], r["k"]) for r in out["layers"]]
+    n = len(al["kept_attn_groups"])
+    assert ks == [p for i in range(n) for p in (("attn", al["kept_attn_groups"][i]), ("mlp", al["kept_neurons"][i]))]
+    assert out["applied"]["attn_groups_kept_per_block"] == al["kept_attn_groups"]
+    assert out["slicing"]["sliced"] and out["slicing"]["max_abs_logit_diff_vs_unsliced"] < 1e-4
+    reloaded = load_pruned(tmp_path / "m")
+    assert [l.mlp.down_proj.in_features for l in get_adapter(reloaded).layers(reloaded)] == al["kept_neurons"]
+    again = run_lm(LMRunConfig(speedup=2.0, **cfg))["allocation"]
+    assert again["database"]["key"] == al["database"]["key"] and again["database"]["build"]["solver_calls"] == 0
+
+
+def test_global_allocation_config_errors():
+    with pytest.raises(ValueError, match="allocation='spdy' needs a target speedup"):
+        LMRunConfig(allocation="spdy")
+    with pytest.raises(ValueError, match="heldout_samples must be > 0"):
+        LMRunConfig(allocation="evolutionary", speedup=2.0, heldout_samples=0)
+    with pytest.raises(ValueError, match="allocates every block"):
+        LMRunConfig(allocation="spdy", speedup=2.0, layers=(0,))
