@@ -174,81 +174,124 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
         from osscar.lm.calibrate.calibration import SHORTCUT_BYTES
 
         shortcut_bytes = SHORTCUT_BYTES
-    b = DTYPE_BYTES[dtype]
-    d, ffn, L = shape.hidden, shape.ffn, eval_seqlen or seqlen
-    rows, batch_rows = n_samples * seqlen, min(CALIB_BATCH, n_samples) * seqlen
-    weights = shape.params * b
-    block, rest = shape.block_params * b, shape.other_params * b
-    offloaded = offload != "none"
-    acts_on = "host" if offloaded else "device"  # where the activations of all segments wait
-    items: list[PlanItem] = []
-
-    def add(phase: str, name: str, shp: str, n: int, where: str = "device") -> None:
-        items.append(PlanItem(phase, where, name, shp, int(n)))
-
-    # load: the whole model on the host (then moved to a CUDA device); disk: one block's tensors at a time
-    if offload == "disk":
-        add("load", "one block read from the shards", count(shape.block_params), block, "host")
-    else:
-        add("load", "weights", f"{count(shape.params)} params", weights, "host")
-    if device_type == "cuda" and not offloaded:
-        add("load", "weights", f"{count(shape.params)} params", weights)
-    # prune: the resident model (or one block), activations in/out, one batch's forward, the largest solve
-    if offloaded:
-        add("prune", "one block (resident)", count(shape.block_params), block)
-        add("prune", "embeddings, LM head, norm (capture only)", count(shape.other_params), rest)
-        add("prune", "one batch in and out", f"2×{min(CALIB_BATCH, n_samples)}×{seqlen}×{d}", 2 * batch_rows * d * b)
-    else:
-        add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
-            shape.n_layers * shape.block_params * b)
-        add("prune", "embeddings, LM head, norm", count(shape.other_params), rest)
-    add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
-    add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
-    if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
-        add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32, acts_on)
-    if shape.eager_attention:
-        add("prune", "attention masks (eager)", f"{n_samples}×{seqlen}×{seqlen}", n_samples * seqlen * seqlen * b)
-    scores = 2 * min(CALIB_BATCH, n_samples) * shape.n_heads * seqlen * seqlen * b if shape.eager_attention else 0
-    fwd = (scores + 3 * batch_rows * ffn * b + batch_rows * max(ffn, shape.attn_p) * F32 + 4 * batch_rows * d * b)
-    add("prune", "one batch's block forward", f"{min(CALIB_BATCH, n_samples)}×{seqlen}", fwd)
-    consumers = (("attention", shape.attn_p, keep_fraction[0]), ("MLP", ffn, keep_fraction[1]))
-    _, part, p, keep = max((solve_bytes(method, p, d, round(keep * p)), part, p, keep) for part, p, keep in consumers)
-    for name, shp, n in solve_parts(method, p, d, round(keep * p)):
-        add("prune", f"solve {part}: {name}", shp, n)
-    if device_type == "cuda" and offload == "cpu":
-        add("prune", "the model (host)", f"{count(shape.params)} params", weights, "host")
-    elif device_type == "cuda" and offload == "disk":
-        add("prune", "one block read and its sliced copy (host)", f"2×{count(shape.block_params)}", 2 * block, "host")
-    # evaluate: the resident model (or one block, the embeddings and LM head), one window's logits
-    logits = ("logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
-    if offloaded:
-        from osscar.lm.offloading.streaming_eval import EVAL_HOST_BYTES
-
-        add("evaluate", "one block (resident)", count(shape.block_params), block)
-        add("evaluate", "embeddings, LM head, norm", count(shape.other_params), rest)
-        add("evaluate", "hidden states of one window in and out", f"2×{L}×{d}", 2 * L * d * b)
-        add("evaluate", *logits)
-        per_window = L * d * b
-        chunk = max(1, EVAL_HOST_BYTES // per_window)
-        chunk = min(chunk, eval_windows) if eval_windows else chunk
-        add("evaluate", "hidden states of one chunk of windows", f"{chunk}×{L}×{d}", chunk * per_window, "host")
-        if device_type == "cuda" and offload == "cpu":
-            add("evaluate", "the model (host)", f"{count(shape.params)} params", weights, "host")
-        elif device_type == "cuda":
-            add("evaluate", "one block read (host)", count(shape.block_params), block, "host")
-    else:
-        add("evaluate", "weights (resident)", f"{count(shape.params)} params", weights)
-        add("evaluate", *logits)
-        if latency:
-            add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", weights)
+    ctx = _PlanContext(shape, n_samples, seqlen, eval_seqlen or seqlen, DTYPE_BYTES[dtype], method, device_type,
+                       offload, [])
+    _load_items(ctx)
+    _prune_items(ctx, keep_fraction, shortcut_bytes)
+    _evaluate_items(ctx, latency, eval_windows)
+    items = ctx.items
     if device_type != "cuda":  # the device is the host: one set of items, listed for both
         if offload == "cpu":  # the whole model waits in host memory beside the resident block
             for ph in PHASES[1:]:
-                add(ph, "the rest of the model (host)", f"{shape.n_layers - 1}×{count(shape.block_params)}",
-                    (shape.n_layers - 1) * block)
+                ctx.add(ph, "the rest of the model (host)", f"{shape.n_layers - 1}×{count(shape.block_params)}",
+                        (shape.n_layers - 1) * ctx.block)
         items = [PlanItem(i.phase, w, i.name, i.shape, i.bytes) for w in ("device", "host") for i in items]
     return MemoryPlan(model=model, device_type=device_type, dtype=dtype, offload=offload, n_samples=n_samples,
                       seqlen=seqlen, method=method, items=tuple(items))
+
+@dataclass
+class _PlanContext:
+    """What the phases of one plan share; ``items`` grows as each phase adds its tensors."""
+
+    shape: ModelShape
+    n_samples: int
+    seqlen: int
+    eval_len: int
+    b: int  # bytes per element of the model's dtype
+    method: str
+    device_type: str
+    offload: str
+    items: list[PlanItem]
+
+    def add(self, phase: str, name: str, shp: str, n: int, where: str = "device") -> None:
+        self.items.append(PlanItem(phase, where, name, shp, int(n)))
+
+    @property
+    def offloaded(self) -> bool:
+        return self.offload != "none"
+
+    @property
+    def weights(self) -> int:
+        return self.shape.params * self.b
+
+    @property
+    def block(self) -> int:
+        return self.shape.block_params * self.b
+
+    @property
+    def rest(self) -> int:
+        return self.shape.other_params * self.b
+
+
+def _load_items(c: _PlanContext) -> None:
+    """Load: the whole model on the host (then moved to a CUDA device); disk: one block's tensors at a time."""
+    shape = c.shape
+    if c.offload == "disk":
+        c.add("load", "one block read from the shards", count(shape.block_params), c.block, "host")
+    else:
+        c.add("load", "weights", f"{count(shape.params)} params", c.weights, "host")
+    if c.device_type == "cuda" and not c.offloaded:
+        c.add("load", "weights", f"{count(shape.params)} params", c.weights)
+
+
+def _prune_items(c: _PlanContext, keep_fraction: tuple[float, float], shortcut_bytes: int) -> None:
+    """Prune: the resident model (or one block), activations in/out, one batch's forward, the largest solve."""
+    shape, b, n_samples, seqlen = c.shape, c.b, c.n_samples, c.seqlen
+    d, ffn = shape.hidden, shape.ffn
+    rows, batch_rows = n_samples * seqlen, min(CALIB_BATCH, n_samples) * seqlen
+    acts_on = "host" if c.offloaded else "device"  # where the activations of all segments wait
+    if c.offloaded:
+        c.add("prune", "one block (resident)", count(shape.block_params), c.block)
+        c.add("prune", "embeddings, LM head, norm (capture only)", count(shape.other_params), c.rest)
+        c.add("prune", "one batch in and out", f"2×{min(CALIB_BATCH, n_samples)}×{seqlen}×{d}", 2 * batch_rows * d * b)
+    else:
+        c.add("prune", "block weights (all resident)", f"{shape.n_layers}×{count(shape.block_params)}",
+              shape.n_layers * shape.block_params * b)
+        c.add("prune", "embeddings, LM head, norm", count(shape.other_params), c.rest)
+    c.add("prune", "activations in", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
+    c.add("prune", "activations out", f"{n_samples}×{seqlen}×{d}", rows * d * b, acts_on)
+    if shape.mlp_residual and rows * ffn * F32 <= shortcut_bytes:
+        c.add("prune", "MLP inputs (no-rerun step)", f"{n_samples}×{seqlen}×{ffn} f32", rows * ffn * F32, acts_on)
+    if shape.eager_attention:
+        c.add("prune", "attention masks (eager)", f"{n_samples}×{seqlen}×{seqlen}", n_samples * seqlen * seqlen * b)
+    scores = 2 * min(CALIB_BATCH, n_samples) * shape.n_heads * seqlen * seqlen * b if shape.eager_attention else 0
+    fwd = (scores + 3 * batch_rows * ffn * b + batch_rows * max(ffn, shape.attn_p) * F32 + 4 * batch_rows * d * b)
+    c.add("prune", "one batch's block forward", f"{min(CALIB_BATCH, n_samples)}×{seqlen}", fwd)
+    consumers = (("attention", shape.attn_p, keep_fraction[0]), ("MLP", ffn, keep_fraction[1]))
+    _, part, p, keep = max((solve_bytes(c.method, p, d, round(keep * p)), part, p, keep) for part, p, keep in consumers)
+    for name, shp, n in solve_parts(c.method, p, d, round(keep * p)):
+        c.add("prune", f"solve {part}: {name}", shp, n)
+    if c.device_type == "cuda" and c.offload == "cpu":
+        c.add("prune", "the model (host)", f"{count(shape.params)} params", c.weights, "host")
+    elif c.device_type == "cuda" and c.offload == "disk":
+        c.add("prune", "one block read and its sliced copy (host)", f"2×{count(shape.block_params)}", 2 * c.block, "host")
+
+
+def _evaluate_items(c: _PlanContext, latency: bool, eval_windows: int | None) -> None:
+    """Evaluate: the resident model (or one block, the embeddings and LM head), one window's logits."""
+    shape, L, d, b = c.shape, c.eval_len, c.shape.hidden, c.b
+    logits = ("logits of one window", f"{L}×{shape.vocab}", L * shape.vocab * (b + 2 * F32))
+    if not c.offloaded:
+        c.add("evaluate", "weights (resident)", f"{count(shape.params)} params", c.weights)
+        c.add("evaluate", *logits)
+        if latency:
+            c.add("evaluate", "dense copy for latency timing (cache miss)", f"{count(shape.params)} params", c.weights)
+        return
+    from osscar.lm.offloading.streaming_eval import EVAL_HOST_BYTES
+
+    c.add("evaluate", "one block (resident)", count(shape.block_params), c.block)
+    c.add("evaluate", "embeddings, LM head, norm", count(shape.other_params), c.rest)
+    c.add("evaluate", "hidden states of one window in and out", f"2×{L}×{d}", 2 * L * d * b)
+    c.add("evaluate", *logits)
+    per_window = L * d * b
+    chunk = max(1, EVAL_HOST_BYTES // per_window)
+    chunk = min(chunk, eval_windows) if eval_windows else chunk
+    c.add("evaluate", "hidden states of one chunk of windows", f"{chunk}×{L}×{d}", chunk * per_window, "host")
+    if c.device_type == "cuda" and c.offload == "cpu":
+        c.add("evaluate", "the model (host)", f"{count(shape.params)} params", c.weights, "host")
+    elif c.device_type == "cuda":
+        c.add("evaluate", "one block read (host)", count(shape.block_params), c.block, "host")
+
 
 
 def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
