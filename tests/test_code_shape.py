@@ -15,7 +15,11 @@ MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 400
 
 # "path:function" or "path" -> why it may be longer
-EXCEPTIONS: dict[str, str] = {}
+EXCEPTIONS: dict[str, str] = {
+    "osscar/lm/run_config.py": "the one table of the LM run's ~40 options, each with its flag, help, section and check "
+                               "(the single source the CLI, the sweep keys and the validation are generated from); "
+                               "splitting it would split that table",
+}
 
 
 def long_functions(root: Path = ROOT) -> dict[str, int]:

@@ -197,9 +197,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
     from osscar.vision.adapters import prune_units
     from osscar.vision.flops import count_params, layer_shapes, macs, solve_keep_counts
     from osscar.vision.prune import prune_model
-    from osscar.vision.slicing import save_sliced, slice_model
-    from osscar.vision.train import TrainConfig, cached_evaluate, default_checkpoint, evaluate, reference_checkpoint
-
+    from osscar.vision.slicing import slice_model
     cfg = config
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -207,19 +205,7 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device, "device")
         t = time.perf_counter()
-        train = load_split(cfg.dataset, cfg.data_root, "train")
-        test = load_split(cfg.dataset, cfg.data_root, "test")
-        meta_ds = dataset_meta(cfg.dataset)
-        ckpt = cfg.checkpoint
-        if ckpt == "default":
-            ckpt = str(reference_checkpoint())
-        elif ckpt == "train":
-            ckpt = str(default_checkpoint(TrainConfig(root=cfg.data_root, threads=cfg.threads), progress=progress))
-        if cfg.random_init:
-            dense, provenance = load_model(cfg.arch, None, random_init=True, **meta_ds)
-        else:
-            dense, provenance = load_model(cfg.arch, ckpt)
-        dense = dense.to(device)
+        train, test, meta_ds, ckpt, dense, provenance = _load(cfg, device, progress)
         timings["load"] = time.perf_counter() - t
 
         # calibration images: n_calib training images, training augmentation, one seeded generator
@@ -242,35 +228,20 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
         timings["prune"] = time.perf_counter() - t
         sliced = slice_model(pruned, units, kept).eval()
 
-        # exactness of slicing on real test images
-        xs, _ = test.batch(torch.arange(min(64, len(test))))
-        xs = xs.to(device)
-        with torch.inference_mode():
-            slice_diff = float((sliced(xs) - pruned(xs)).abs().max())
+        slice_diff = _slice_diff(sliced, pruned, test, device)  # exactness of slicing on real test images
 
         t = time.perf_counter()
-        ckpt_sha = provenance.get("sha256")
-        if cfg.random_init or not ckpt_sha:
-            acc_dense = evaluate(dense, test, cfg.eval_limit, cfg.eval_batch_size, progress)
-        else:  # the same dense checkpoint in every run of a sweep: evaluated once, cached
-            acc_dense = cached_evaluate(dense, test, ckpt_sha, cfg.eval_limit, cfg.eval_batch_size, progress)
-        acc_pruned = evaluate(sliced, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+        acc_dense, acc_pruned = _accuracies(cfg, dense, sliced, test, provenance.get("sha256"), progress)
         timings["eval"] = time.perf_counter() - t
 
         macs_dense, macs_sliced = macs(shapes), macs(layer_shapes(sliced, shape))
         lat: dict[str, float] = {}
         if cfg.latency:
             t = time.perf_counter()
-            xl = torch.randn(cfg.latency_batch, *shape, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-            lat = measure_latency({"dense": dense, "sliced": sliced}, xl, cfg.latency_repeats)
+            lat = _latency(cfg, dense, sliced, shape, device)
             timings["latency"] = time.perf_counter() - t
 
-        out_files: dict[str, str] = {}
-        if cfg.output_dir is not None and cfg.save_model:
-            p = save_sliced(Path(cfg.output_dir) / f"{run_name(cfg)}.pt", sliced, cfg.arch,
-                            provenance.get("arch_kwargs", meta_ds), kept,
-                            meta={"config": cfg.to_dict(), "top1": acc_pruned["top1"]})
-            out_files["sliced_model"] = str(p)
+        out_files = _save(cfg, sliced, provenance.get("arch_kwargs", meta_ds), kept, acc_pruned["top1"])
         timings["total"] = time.perf_counter() - t_start
         prov = {k: v for k, v in provenance.items() if k != "state_dict"}
         result: dict[str, Any] = {
@@ -299,3 +270,61 @@ def run_vision(config: VisionRunConfig, progress: bool = True) -> dict[str, Any]
             "files": out_files,
         }
         return result
+
+
+def _load(cfg: VisionRunConfig, device: Any, progress: bool) -> tuple[Any, Any, dict[str, Any], str, nn.Module, dict]:
+    """(train, test, dataset meta, checkpoint path, the dense model on ``device``, its provenance)."""
+    from osscar.vision.train import TrainConfig, default_checkpoint, reference_checkpoint
+
+    train = load_split(cfg.dataset, cfg.data_root, "train")
+    test = load_split(cfg.dataset, cfg.data_root, "test")
+    meta_ds = dataset_meta(cfg.dataset)
+    ckpt = cfg.checkpoint
+    if ckpt == "default":
+        ckpt = str(reference_checkpoint())
+    elif ckpt == "train":
+        ckpt = str(default_checkpoint(TrainConfig(root=cfg.data_root, threads=cfg.threads), progress=progress))
+    if cfg.random_init:
+        dense, provenance = load_model(cfg.arch, None, random_init=True, **meta_ds)
+    else:
+        dense, provenance = load_model(cfg.arch, ckpt)
+    return train, test, meta_ds, ckpt, dense.to(device), provenance
+
+
+def _accuracies(cfg: VisionRunConfig, dense: nn.Module, sliced: nn.Module, test: Any, ckpt_sha: str | None,
+                progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Top-1 of the dense and the sliced model on the test split (the dense one cached per checkpoint)."""
+    from osscar.vision.train import cached_evaluate, evaluate
+
+    if cfg.random_init or not ckpt_sha:
+        acc_dense = evaluate(dense, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+    else:  # the same dense checkpoint in every run of a sweep: evaluated once, cached
+        acc_dense = cached_evaluate(dense, test, ckpt_sha, cfg.eval_limit, cfg.eval_batch_size, progress)
+    return acc_dense, evaluate(sliced, test, cfg.eval_limit, cfg.eval_batch_size, progress)
+
+
+def _slice_diff(sliced: nn.Module, pruned: nn.Module, test: Any, device: Any) -> float:
+    """Largest |logit difference| of the sliced and the unsliced pruned model on up to 64 test images."""
+    xs, _ = test.batch(torch.arange(min(64, len(test))))
+    xs = xs.to(device)
+    with torch.inference_mode():
+        return float((sliced(xs) - pruned(xs)).abs().max())
+
+
+def _latency(cfg: VisionRunConfig, dense: nn.Module, sliced: nn.Module, shape: tuple[int, ...], device: Any
+             ) -> dict[str, float]:
+    """Median ms of the dense and the sliced model on a seeded random batch (``latency_batch``, ``shape``)."""
+    xl = torch.randn(cfg.latency_batch, *shape, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    return measure_latency({"dense": dense, "sliced": sliced}, xl, cfg.latency_repeats)
+
+
+def _save(cfg: VisionRunConfig, sliced: nn.Module, arch_kwargs: dict[str, Any], kept: dict[str, Any],
+          top1: float) -> dict[str, str]:
+    """With ``output_dir`` and ``save_model``: the sliced model with its widths manifest; returns the files."""
+    from osscar.vision.slicing import save_sliced
+
+    if cfg.output_dir is None or not cfg.save_model:
+        return {}
+    path = save_sliced(Path(cfg.output_dir) / f"{run_name(cfg)}.pt", sliced, cfg.arch, arch_kwargs, kept,
+                       meta={"config": cfg.to_dict(), "top1": top1})
+    return {"sliced_model": str(path)}

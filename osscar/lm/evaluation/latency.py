@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from osscar.devices import check_model_dtype, device_label, model_device, resolve_device
+from osscar.io import atomic_write_json
 from osscar.lm.adapters import _get, get_adapter
 from osscar.lm.removed import remove_attention, remove_mlp
 
@@ -202,11 +203,57 @@ def _path(cache_dir: str | os.PathLike | None, key: dict[str, Any]) -> Path:
     return cache_root(cache_dir) / "latency" / f"{key['config_hash']}-b{key['batch']}-s{key['seqlen']}-{digest}.json"
 
 
-def _write_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def _read_cached(path: Path, key: dict[str, Any]) -> LatencyTable | None:
+    """The cached table of ``key`` at ``path``, or None (missing, of another key, or corrupt: re-measured)."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if d.get("key") != key:
+        return None
+    try:
+        table = LatencyTable.from_dict(d)
+    except (ValueError, KeyError):
+        return None
+    table.info.update({"cached": True, "path": str(path)})
+    return table
+
+
+def _time_block(ad: Any, layer: nn.Module, x: Tensor, kwargs: dict[str, Any], warmup: int, repeats: int,
+                sync: bool) -> tuple[float, float, float]:
+    """Median seconds of (attention, MLP, whole block) over ``repeats`` forwards of ``layer`` after ``warmup``."""
+    sw_attn = _Stopwatch(_get(layer, ad.attn_module), _get(layer, ad.attn_module), sync)
+    sw_mlp = _Stopwatch(_get(layer, ad.mlp_producers[0]), ad.consumer(layer, "mlp"), sync)
+    sw_block = _Stopwatch(layer, layer, sync)
+    try:
+        for _ in range(warmup):
+            layer(x, **kwargs)
+        sw_attn.times.clear(), sw_mlp.times.clear(), sw_block.times.clear()
+        for _ in range(repeats):
+            layer(x, **kwargs)
+    finally:
+        for sw in (sw_attn, sw_mlp, sw_block):
+            sw.remove()
+    return statistics.median(sw_attn.times), statistics.median(sw_mlp.times), statistics.median(sw_block.times)
+
+
+def _fixed_seconds(model: nn.Module, block0: nn.Module, ids: Tensor, warmup: int, repeats: int, sync: bool) -> float:
+    """Median time of the one-block model minus its block, in the same forward passes."""
+    sw_block = _Stopwatch(block0, block0, sync)
+    totals = []
+    try:
+        for _ in range(warmup + repeats):
+            t = time.perf_counter()
+            model(ids, use_cache=False)
+            if sync:
+                torch.cuda.synchronize()
+            totals.append(time.perf_counter() - t)
+    finally:
+        sw_block.remove()
+    fixed = [tot - blk for tot, blk in zip(totals[warmup:], sw_block.times[warmup:])]
+    return max(0.0, statistics.median(fixed))
 
 
 @torch.no_grad()
@@ -240,17 +287,9 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
            "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
            "attn_levels": a_levels, "mlp_levels": m_levels}
     path = _path(cache_dir, key)
-    if use_cache and path.is_file():
-        try:
-            d = json.loads(path.read_text())
-            if d.get("key") == key:
-                table = LatencyTable.from_dict(d)
-                table.info["cached"] = True
-                table.info["path"] = str(path)
-                return table
-        except (ValueError, KeyError):
-            pass  # a corrupt entry is re-measured and overwritten
-
+    cached = _read_cached(path, key) if use_cache else None
+    if cached is not None:
+        return cached
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     sync = device.type == "cuda"
@@ -263,20 +302,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
         x, kwargs = _capture(model, block0, ids)
 
         def run_block(layer: nn.Module) -> tuple[float, float, float]:
-            sw_attn = _Stopwatch(_get(layer, ad.attn_module), _get(layer, ad.attn_module), sync)
-            sw_mlp = _Stopwatch(_get(layer, ad.mlp_producers[0]), ad.consumer(layer, "mlp"), sync)
-            sw_block = _Stopwatch(layer, layer, sync)
-            try:
-                for _ in range(warmup):
-                    layer(x, **kwargs)
-                sw_attn.times.clear(), sw_mlp.times.clear(), sw_block.times.clear()
-                for _ in range(repeats):
-                    layer(x, **kwargs)
-            finally:
-                for sw in (sw_attn, sw_mlp, sw_block):
-                    sw.remove()
-            return (statistics.median(sw_attn.times), statistics.median(sw_mlp.times),
-                    statistics.median(sw_block.times))
+            return _time_block(ad, layer, x, kwargs, warmup, repeats, sync)
 
         attn_t: dict[int, float] = {}
         mlp_t: dict[int, float] = {}
@@ -297,30 +323,18 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
             ta, tm, tb = run_block(layer)
             mlp_t[m] = tm
             rests.append(max(0.0, tb - ta - tm))
-        # fixed part: the whole one-block model minus its block, in the same forward passes
-        sw_block = _Stopwatch(block0, block0, sync)
-        totals = []
-        try:
-            for _ in range(warmup + repeats):
-                t = time.perf_counter()
-                model(ids, use_cache=False)
-                if sync:
-                    torch.cuda.synchronize()
-                totals.append(time.perf_counter() - t)
-        finally:
-            sw_block.remove()
-        fixed = [tot - blk for tot, blk in zip(totals[warmup:], sw_block.times[warmup:])]
+        fixed_s = _fixed_seconds(model, block0, ids, warmup, repeats, sync)
         raw = {"attn": {str(k): v for k, v in attn_t.items()}, "mlp": {str(k): v for k, v in mlp_t.items()}}
         attn_t, mlp_t = _monotone(attn_t), _monotone(mlp_t)
         table = LatencyTable(key=key, attn=attn_t, mlp=mlp_t, block_rest_s=statistics.median(rests),
-                             fixed_model_s=max(0.0, statistics.median(fixed)), n_layers=int(config.num_hidden_layers),
+                             fixed_model_s=fixed_s, n_layers=int(config.num_hidden_layers),
                              n_attn_groups=n_attn, ffn_dim=n_mlp,
                              info={"repeats": repeats, "warmup": warmup, "statistic": "median",
                                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "raw": raw,
                                    "monotone": "narrower never slower: t[k] = min over widths ≥ k"})
     finally:
         torch.set_num_threads(old_threads)
-    _write_atomic(table.to_dict(), path)
+    atomic_write_json(path, table.to_dict(), indent=1)
     table.info.update({"cached": False, "path": str(path)})
     return table
 
