@@ -1,4 +1,4 @@
-"""Sessions: tests, reproduce, ablation_calibration, ablation_lm, ablation_tp, bench, bench_memory,
+"""Sessions: tests, reproduce, ablation_calibration, ablation_lm, ablation_tp, claim, bench, bench_memory,
 bench_solver_memory, report, lint, mutation.
 
 Every session installs the project with the pinned versions of ``constraints.txt`` plus the
@@ -173,9 +173,18 @@ def ablation_calibration(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def ablation_lm(session: nox.Session) -> None:
-    """The long sweeps (``in_reproduce = false``: LM calibration-size and damping ablations, #16) into results/records."""
+    """The long LM ablations (``in_reproduce = false``: calibration size and damping, #16) into results/records."""
     _install(session)
-    _sweep(session, *_sweeps_in_reproduce(False))
+    _sweep(session, *[s for s in _sweeps_in_reproduce(False) if s.startswith("ablation_")])
+
+
+@nox.session(python=PYTHON)
+def claim(session: nox.Session) -> None:
+    """The paper's headline claim (#27): OSSCAR vs ZipLM at a target speedup under uniform, runtime-aware and
+    global (spdy) allocation, measured speedups, three seeds (``benchmarks/sweeps/claim_lm.toml``; cpu profile
+    unless ``-- --profile paper``; not part of reproduce: an hour or more on 2 cores) into results/records."""
+    _install(session)
+    _sweep(session, "claim_lm")
 
 
 @nox.session(python=PYTHON)
