@@ -98,7 +98,8 @@ def mutation(session: nox.Session) -> None:
     ``[tool.mutmut]`` in pyproject.toml names the modules and the unit tests run against each
     mutant; survivors judged equivalent are listed, with the reason, in
     results/mutation_equivalent.toml. One worker unless ``-- --max-children N``; the run resumes
-    from mutants/ (git-ignored) unless ``-- --fresh``. The solver core alone took ~45 min on one core; with the LM modules it is longer.
+    from mutants/ (git-ignored) unless ``-- --fresh``. The solver core alone took ~45 min
+    on one core; with the LM modules it is longer.
     """
     import time
 
