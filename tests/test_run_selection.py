@@ -106,7 +106,7 @@ def test_a_filter_that_matches_nothing_exits_2_with_one_line_naming_what_is_know
 
 def _offline(monkeypatch):
     """No model config can be read (as offline, with nothing cached)."""
-    import osscar.lm.run_config as rc
+    import osscar.lm.sources.models as rc  # check_model reads configs through it
 
     def no_hub(model, cache_dir=None):
         raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {model}")
@@ -143,7 +143,7 @@ def test_listing_offline_gives_the_keys_a_validated_plan_gives(tmp_path, capsys,
     listed with a config at hand (a stand-in OPT config)."""
     from transformers import OPTConfig
 
-    import osscar.lm.run_config as rc
+    import osscar.lm.sources.models as rc  # check_model reads configs through it
 
     argv = [PAPER, "--profile", "paper", "--store", str(tmp_path / "store"), "--list"]
     monkeypatch.setattr(rc, "load_config", lambda model, cache_dir=None: OPTConfig())
