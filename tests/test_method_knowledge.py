@@ -12,7 +12,7 @@ import pytest
 from osscar.lm.plan import F64, memory_plan, model_shape, solve_parts
 from osscar.methods import PruningMethod, register_method
 from osscar.vision.prune import vision_method_params
-from tests.lm.conftest import tiny_llama_config
+from lm.conftest import tiny_llama_config  # tests/ is on sys.path (rootdir conftest), tests/lm a package
 
 P, M, A = 96, 40, 48  # a (p, m) problem keeping a rows
 
