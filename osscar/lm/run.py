@@ -49,7 +49,7 @@ from osscar.devices import resolve_device, torch_threads
 from osscar.lm.run_config import LMRunConfig
 from osscar.lm.run_record import record
 from osscar.lm.run_state import ConsumerMethods, RunEvents, RunState, uniform_widths
-from osscar.lm.allocation.run_step import GLOBAL_ALLOCATIONS, global_allocation
+from osscar.lm.allocation.run_step import global_allocation, uniform_latency_allocation
 from osscar.lm.runtime_allocation import runtime_allocation
 from osscar.lm.text import data as lm_data
 from osscar.memory import MemoryMonitor, run_monitor
@@ -184,8 +184,32 @@ def _block_widths(plan: int | dict[int, int], uniform: int, total: int, todo: li
     return [uniform if i in todo else total for i in range(n_all)]
 
 
+def _allocate(state: RunState, todo: list[int], bar: Any) -> tuple[int | dict[int, int], int | dict[int, int]]:
+    """(attention plan, MLP plan): the uniform counts, or {block: count} from the run's allocation (its report
+    goes to ``state.result["allocation"]``)."""
+    c, w = state.config, state.widths
+    if c.allocation == "uniform":
+        return w.keep_attn, w.keep_mlp
+    t = time.perf_counter()
+    if c.allocation == "runtime":
+        state.events.step("runtime allocation: timing the latency table and the dense model's loss curves")
+        plan_attn, plan_mlp, state.result["allocation"] = runtime_allocation(
+            state.model, state.segments, c, todo, uniform=(w.keep_attn, w.keep_mlp),
+            progress=(lambda msg: bar.set_postfix_str(msg)) if state.progress else None)
+    elif c.allocation == "uniform-latency":
+        state.events.step("uniform-latency allocation: the latency table, then the largest common kept fraction")
+        plan_attn, plan_mlp, state.result["allocation"] = uniform_latency_allocation(state.model, c)
+    else:
+        state.events.step(f"{c.allocation} allocation: the latency table, the {c.method} candidate database "
+                          "(cached) and the search over stitched models")
+        plan_attn, plan_mlp, state.result["allocation"] = global_allocation(
+            state.model, state.segments, state.heldout, c, state.methods, progress=state.events.step)
+    state.timed("allocation_s", t)
+    return plan_attn, plan_mlp
+
+
 def prune(state: RunState, mem: MemoryMonitor) -> None:
-    """Allocate per-block widths (``allocation="runtime"``) and prune the blocks sequentially."""
+    """Allocate per-block widths (any allocation but ``uniform``) and prune the blocks sequentially."""
     from tqdm.auto import tqdm
 
     from osscar.lm.calibrate.calibration import prune_model_sequential
@@ -199,22 +223,7 @@ def prune(state: RunState, mem: MemoryMonitor) -> None:
     n_blocks = len(c.layers) if c.layers is not None else n_all
     bar = tqdm(total=2 * n_blocks, desc=f"prune {c.method}", disable=not state.progress)
     todo = sorted(set(c.layers)) if c.layers is not None else list(range(n_all))
-    plan_attn: int | dict[int, int] = w.keep_attn
-    plan_mlp: int | dict[int, int] = w.keep_mlp
-    if c.allocation == "runtime":
-        t = time.perf_counter()
-        state.events.step("runtime allocation: timing the latency table and the dense model's loss curves")
-        plan_attn, plan_mlp, state.result["allocation"] = runtime_allocation(
-            state.model, state.segments, c, todo, uniform=(w.keep_attn, w.keep_mlp),
-            progress=(lambda msg: bar.set_postfix_str(msg)) if state.progress else None)
-        state.timed("allocation_s", t)
-    elif c.allocation in GLOBAL_ALLOCATIONS:
-        t = time.perf_counter()
-        state.events.step(f"{c.allocation} allocation: the latency table, the {c.method} candidate database "
-                          "(cached) and the search over stitched models")
-        plan_attn, plan_mlp, state.result["allocation"] = global_allocation(
-            state.model, state.segments, state.heldout, c, state.methods, progress=state.events.step)
-        state.timed("allocation_s", t)
+    plan_attn, plan_mlp = _allocate(state, todo, bar)
     state.widths_attn = _block_widths(plan_attn, w.keep_attn, w.n_attn, todo, n_all)
     state.widths_mlp = _block_widths(plan_mlp, w.keep_mlp, w.n_mlp, todo, n_all)
     state.rss_before = peak_rss_mb()

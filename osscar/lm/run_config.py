@@ -23,6 +23,7 @@ from typing import Any
 
 from osscar import validate
 from osscar.config_cli import option, parse_ints, parse_key_value, parse_names, parse_point
+from osscar.lm.allocation.run_step import search_settings
 from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, DEFAULT_DAMPING,
                             EMBEDDED_LM_NAMES, MODEL_DTYPES, OFFLOAD_MODES, ZERO_SHOT_TASKS)
 
@@ -144,7 +145,9 @@ class LMRunConfig:
              "embeddings and the LM head are not pruned and not counted")
     allocation: str = option(
         "uniform", section="target", choices=ALLOCATIONS,
-        help="per-block widths: 'uniform' removes the same fractions in every block; 'runtime' "
+        help="per-block widths: 'uniform' removes the same fractions in every block (by block FLOPs with "
+             "--speedup); 'uniform-latency' keeps the largest fraction, the same in every block, whose predicted "
+             "block latency (measured table) meets --speedup; 'runtime' "
              "(ZipLM-style, any method, needs --speedup) measures a per-layer latency table on this "
              "device, gets every consumer's loss curve from one gradual-removal pass on the dense "
              "model, and picks per-block widths by knapsack so the predicted decoder-block latency is "
@@ -157,6 +160,11 @@ class LMRunConfig:
         help="prefill shape BATCHxSEQLEN of the latency table for --allocation runtime (default: 1x--seqlen)")
     allocation_mlp_levels: int = option(
         16, section="target", help="MLP widths timed and offered to the runtime allocator (evenly spaced)")
+    allocation_params: dict[str, Any] = option(
+        section="target", default_factory=dict, flag="--allocation-param", parse=parse_key_value, repeat=True,
+        cli_default=[], to_field=dict, metavar="KEY=VALUE",
+        help="search setting of --allocation spdy/evolutionary (e.g. max_evaluations=40, generations=12; spdy also "
+             "fitness_samples: calibration rows its fitness scores), repeatable")
     allocation_min_keep: float = option(
         0.0, section="target", help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
     calib_corpus: str = option(
@@ -257,8 +265,9 @@ class LMRunConfig:
                                  "head_fraction/neuron_fraction apply to the uniform allocation only")
             if self.allocation_point is not None:
                 validate.int_pair("allocation_point", self.allocation_point)
-        if self.allocation in ("spdy", "evolutionary") and self.layers is not None:
+        if self.allocation in ("uniform-latency", "spdy", "evolutionary") and self.layers is not None:
             raise ValueError(f"allocation={self.allocation!r} allocates every block: leave layers unset")
+        search_settings(self.allocation, self.allocation_params, self.seed)
         if self.allocation == "evolutionary" and self.heldout_samples == 0:
             raise ValueError("allocation='evolutionary' scores KL on the held-out windows: heldout_samples must be > 0")
         validate.positive_int("allocation_mlp_levels", self.allocation_mlp_levels)

@@ -200,7 +200,7 @@ def test_non_uniform_slicing_preserves_logits_and_reloads(tiny_model, tmp_path):
 
 # -- validation ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw, match", [
-    ({"allocation": "foo"}, "allocation='foo'.*allowed: uniform, runtime"),
+    ({"allocation": "foo"}, "allocation='foo'.*allowed: uniform, uniform-latency, runtime"),
     ({"allocation": "runtime"}, "needs a target speedup"),
     ({"allocation": "runtime", "head_fraction": 0.3}, "needs a target speedup"),
     ({"allocation": "runtime", "speedup": 1.5, "allocation_point": (1, 0)}, "allocation_point"),

@@ -85,12 +85,13 @@ def _fitness(allocator: str, fitness: StitchedFitness, choices: Sequence[Any]) -
 def allocate_lm(model: nn.Module, calibration: Tensor, heldout: Tensor | None, method: PruningMethod, allocator: str,
                 budget: Any, root: str | os.PathLike, *, mlp_steps: int = 8, damping: float = 0.01,
                 costs: Costs | None = None, fixed: float = 0.0, config: Any = None, batch_size: int = 8,
-                progress: Callable[[str], None] | None = None) -> LMAllocation:
+                fitness_rows: int | None = None, progress: Callable[[str], None] | None = None) -> LMAllocation:
     """Per-block widths of the dense ``model`` for ``budget`` (module docstring).
 
     ``calibration: (n, seqlen)`` builds the database and scores ``spdy``; ``heldout: (h, seqlen')``
     (not the database's tokens) scores ``evolutionary``. ``costs`` / ``fixed``: per-level costs of
-    one block and the unprunable cost, required for a ``latency`` budget.
+    one block and the unprunable cost, required for a ``latency`` budget. ``config``: the allocator's
+    settings; ``fitness_rows``: the first rows of ``calibration`` that ``spdy``'s fitness scores (None: all).
     """
     from osscar.allocation import get_allocator, run_allocator
 
@@ -107,7 +108,7 @@ def allocate_lm(model: nn.Module, calibration: Tensor, heldout: Tensor | None, m
     limit = budget.check(layer_choices(n_blocks, levels, costs), dense_cost, fixed)  # unreachable: before work
     db, report = build_database(model, calibration, method, root, mlp_steps, damping, batch_size, progress)
     choices = layer_choices(n_blocks, levels, costs, db)
-    fitness = StitchedFitness(model, db, calibration, heldout, batch_size)
+    fitness = StitchedFitness(model, db, calibration[:fitness_rows], heldout, batch_size)
     t0 = time.perf_counter()
     result = run_allocator(allocator, choices, limit, _fitness(allocator, fitness, choices), config)
     search_s = time.perf_counter() - t0

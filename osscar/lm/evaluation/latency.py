@@ -368,7 +368,7 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
     key = {"config_hash": config_hash(dense_config), "model_type": dense_config.model_type,
            "device": device_label(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "kept_attn": attn, "kept_mlp": mlp, "points": [[int(b), int(s)] for b, s in points],
-           "repeats": int(repeats), "warmup": int(warmup)}
+           "repeats": int(repeats), "warmup": int(warmup), "timed": ["model", "blocks"]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / "latency" / f"prefill-{key['config_hash']}-{digest}.json"
     if use_cache and path.is_file():

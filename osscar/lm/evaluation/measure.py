@@ -83,12 +83,15 @@ def peak_rss_mb() -> float:
 
 def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int, int]], repeats: int = 5,
                     warmup: int = 2) -> list[dict[str, Any]]:
-    """Dense vs sliced prefill latency in the same process.
+    """Dense vs sliced prefill latency in the same process: the whole model and its decoder blocks alone.
 
     Per point: ``warmup`` untimed passes of each, then ``repeats`` rounds that time one dense and
     one sliced pass back to back (interleaved, so drift from other load hits both alike); medians
-    are reported. The thread count is ``torch.get_num_threads()`` (recorded in each row). Both
-    models must be on one device; on a GPU every timed pass is synchronised."""
+    are reported. ``speedup``: the whole model (LM head included); ``blocks_speedup``: the backbone
+    (``model.base_model``: embeddings, decoder blocks, final norm; no LM head), the quantity a
+    block-latency target (``--allocation uniform-latency|runtime|spdy|evolutionary``) aims at. The
+    thread count is ``torch.get_num_threads()`` (recorded in each row). Both models must be on one
+    device; on a GPU every timed pass is synchronised."""
     from osscar.devices import model_device, synchronize
 
     device = model_device(dense)
@@ -106,19 +109,24 @@ def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int,
     for b, s in points:
         vocab = min(int(dense.config.vocab_size), int(sliced.config.vocab_size))
         ids = torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(0)).to(device)
+        runs = {"dense": dense, "sliced": sliced, "dense_blocks": dense.base_model, "sliced_blocks": sliced.base_model}
+        times: dict[str, list[float]] = {name: [] for name in runs}
         with torch.no_grad():
             for _ in range(warmup):
-                dense(ids, use_cache=False)
-                sliced(ids, use_cache=False)
-            td, tp = [], []
+                for model in runs.values():
+                    model(ids, use_cache=False)
             for _ in range(repeats):
-                td.append(timed(dense, ids))
-                tp.append(timed(sliced, ids))
-        d, p = statistics.median(td), statistics.median(tp)
+                for name, model in runs.items():
+                    times[name].append(timed(model, ids))
+        med = {name: statistics.median(t) for name, t in times.items()}
+        d, p = med["dense"], med["sliced"]
         rows.append({"batch": b, "seqlen": s, "threads": torch.get_num_threads(),
-                     "dense_s": d, "sliced_s": p, "dense_min_s": min(td), "sliced_min_s": min(tp),
+                     "dense_s": d, "sliced_s": p, "dense_min_s": min(times["dense"]), "sliced_min_s": min(times["sliced"]),
                      "dense_tok_s": b * s / d, "sliced_tok_s": b * s / p,
-                     "speedup": d / p, "speedup_of_min": min(td) / min(tp), "repeats": repeats, "warmup": warmup})
+                     "speedup": d / p, "speedup_of_min": min(times["dense"]) / min(times["sliced"]),
+                     "dense_blocks_s": med["dense_blocks"], "sliced_blocks_s": med["sliced_blocks"],
+                     "blocks_speedup": med["dense_blocks"] / med["sliced_blocks"],
+                     "repeats": repeats, "warmup": warmup})
     return rows
 
 
