@@ -140,6 +140,27 @@ def _sweep(session: nox.Session, *sweeps: str, store: str = REFERENCE_STORE) -> 
     session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, "--store", store, *extra, env=_env())
 
 
+def _sweep_workers(session: nox.Session, *sweeps: str, workers: int = 2) -> None:
+    """:func:`_sweep` with ``workers`` local processes on one store (the cpu profile's sweeps run one thread per run;
+    leases give every config to one worker). The paper profile runs one worker (one GPU)."""
+    import subprocess
+
+    profile, extra = _profile_args(session)
+    if profile == "paper" or workers < 2:
+        _sweep(session, *sweeps)
+        return
+    cmd = [str(Path(session.bin) / "python"), "-m", "benchmarks.run",
+           *[f"benchmarks/sweeps/{s}.toml" for s in sweeps], "--profile", profile, "--store", REFERENCE_STORE, *extra]
+    env = {**os.environ, **_env()}
+    others = [subprocess.Popen(cmd, env=env) for _ in range(workers - 1)]
+    try:
+        session.run(*cmd, env=_env())
+    finally:
+        codes = [p.wait() for p in others]
+    if any(codes):
+        session.error(f"a sweep worker exited with {codes}")
+
+
 def _report(session: nox.Session, store: str = REFERENCE_STORE, out: str = "reports/output") -> None:
     session.run("python", "-m", "reports", "--store", store, "--out", out, env=_env())
 
@@ -182,11 +203,21 @@ def ablation_lm(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def claim(session: nox.Session) -> None:
-    """The paper's headline claim (#27): OSSCAR vs ZipLM at a target speedup under uniform, runtime-aware and
-    global (spdy) allocation, measured speedups, three seeds (``benchmarks/sweeps/claim_lm.toml``; cpu profile
-    unless ``-- --profile paper``; not part of reproduce: an hour or more on 2 cores) into results/records."""
+    """The paper's headline claim (#27): OSSCAR vs ZipLM at a target block speedup under uniform (FLOPs and
+    measured latency), runtime-aware and global (spdy) allocation, measured speedups, three seeds
+    (``benchmarks/sweeps/claim_lm.toml``; cpu profile unless ``-- --profile paper``; not part of reproduce: about
+    two hours on 2 cores, two workers) into results/records."""
     _install(session)
-    _sweep(session, "claim_lm")
+    _sweep_workers(session, "claim_lm")
+
+
+@nox.session(python=PYTHON)
+def allocation(session: nox.Session) -> None:
+    """Global allocation (#26): spdy and evolutionary searches over each method's candidate database at a 2x
+    block-latency target (``benchmarks/sweeps/allocation_lm.toml``; cpu profile unless ``-- --profile paper``;
+    not part of reproduce) into results/records."""
+    _install(session)
+    _sweep_workers(session, "allocation_lm")
 
 
 @nox.session(python=PYTHON)

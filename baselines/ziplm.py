@@ -8,13 +8,16 @@ available to every method.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from osscar.method import PruningMethod, register_method
+from osscar.devices import synchronize
+from osscar.method import PruneResult, PruningMethod, register_method
 from osscar.obs import SupportState, refit, refit_floats, support_state_floats
 from osscar.problem import LayerProblem
 from osscar.solver import gradual_removal
@@ -46,3 +49,25 @@ class ZipLM(PruningMethod):
         kept = torch.nonzero(state.kept).flatten()
         del state  # E and W_S go before the refit allocates its own
         return kept, refit(problem, kept), {"stages": stages}
+
+    def prune_ladder(self, problem_at: Callable[[int], LayerProblem], levels: Sequence[int]) -> dict[int, PruneResult]:
+        """Every level from one removal pass (no partition constraint): one-at-a-time greedy removal does not
+        depend on where it stops, so the kept groups at each level are those of a solve to that level, and each
+        level's weights are the same refit. The state is held through the refits (more memory than
+        :meth:`solve`). Under a partition constraint (per-KV-group head counts) the per-block budgets depend on
+        the level: one solve per level, as the base class."""
+        if not levels or problem_at(max(levels)).blocks > 1:
+            return super().prune_ladder(problem_at, levels)
+        state: SupportState | None = None
+        out: dict[int, PruneResult] = {}
+        for k in sorted(levels, reverse=True):
+            problem = problem_at(k)
+            self.check(problem)
+            start = time.perf_counter()
+            state = state or SupportState(problem, deferred=self.deferred)
+            stages = gradual_removal(state, k, p_hat=1)
+            kept = torch.nonzero(state.kept).flatten()
+            W = refit(problem, kept)
+            synchronize(problem.device)
+            out[k] = self._result(problem, kept, W, {"stages": stages, "one_pass": True}, time.perf_counter() - start)
+        return out

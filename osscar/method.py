@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -90,7 +91,18 @@ class PruningMethod:
         start = time.perf_counter()
         kept, W, info = self.solve(problem)
         synchronize(problem.device)  # queued GPU kernels belong to the solve's wall time
-        seconds = time.perf_counter() - start
+        return self._result(problem, kept, W, info, time.perf_counter() - start)
+
+    def prune_ladder(self, problem_at: Callable[[int], LayerProblem], levels: Sequence[int]) -> dict[int, PruneResult]:
+        """The method's solution at each kept count in ``levels`` (0 < k < all) of one layer, whose problem keeping
+        k groups is ``problem_at(k)`` (one H, one Ŵ). This base: one :meth:`prune` per level; a method whose
+        solutions at several levels come from one pass (a removal path) overrides it with identical results."""
+        return {k: self.prune(problem_at(k)) for k in levels}
+
+    def _result(self, problem: LayerProblem, kept: Tensor, W: Tensor, info: dict[str, Any],
+                seconds: float) -> PruneResult:
+        """A checked :class:`PruneResult`: ``problem.k`` distinct groups (per-block counts under a partition
+        constraint), the pruned rows of ``W`` zeroed, the objective."""
         kept = torch.as_tensor(kept, dtype=torch.long, device="cpu").sort().values
         if kept.numel() != problem.k or torch.unique(kept).numel() != problem.k:
             raise RuntimeError(f"method {self.name!r} returned {kept.numel()} groups, expected {problem.k}")

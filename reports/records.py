@@ -95,15 +95,35 @@ def _common(r: RunRecord) -> dict[str, Any]:
     }
 
 
+def _largest_point(rows: Any) -> dict[str, Any] | None:
+    """The latency row at the largest (batch × seqlen) point (None when no row has a speedup)."""
+    if not isinstance(rows, list):
+        return None
+    pts = [p for p in rows if isinstance(p, dict) and num(p.get("speedup")) is not None]
+    return max(pts, key=lambda q: (num(q.get("batch")) or 0) * (num(q.get("seqlen")) or 0)) if pts else None
+
+
 def _latency_point(rows: Any) -> tuple[float | None, str]:
     """Measured speedup at the largest (batch × seqlen) latency point, and that point's label."""
-    if not isinstance(rows, list):
+    p = _largest_point(rows)
+    if p is None:
         return None, ""
-    pts = [p for p in rows if isinstance(p, dict) and num(p.get("speedup")) is not None]
-    if not pts:
-        return None, ""
-    p = max(pts, key=lambda q: (num(q.get("batch")) or 0) * (num(q.get("seqlen")) or 0))
     return num(p["speedup"]), f"batch {p.get('batch')} × {p.get('seqlen')} tok, {p.get('threads', '?')} thr"
+
+
+def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
+    """A run's allocation as row columns: the measured decoder-block speedup (``blocks_speedup``, at the largest
+    latency point), the allocation's predicted speedup, its database-build and search seconds, and the kept
+    widths per block (lists)."""
+    point = _largest_point(m.get("latency"))
+    al = m.get("allocation") or {}
+    predicted = num(dig(al, "budget", "predicted_speedup")) or num(al.get("predicted_speedup"))
+    return {"blocks_speedup": num(point.get("blocks_speedup")) if point else None,
+            "predicted_speedup": predicted,
+            "alloc_seconds": num(dig(m, "timings", "allocation_s")),
+            "db_seconds": num(dig(al, "seconds", "database")), "search_seconds": num(dig(al, "seconds", "search")),
+            "kept_attn_per_block": dig(m, "applied", "attn_groups_kept_per_block"),
+            "kept_mlp_per_block": dig(m, "applied", "neurons_kept_per_block")}
 
 
 def layer_error_means(layers: Any) -> dict[str, float | None]:
@@ -153,7 +173,8 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "params_dense": num(dig(m, "size", "params_dense")), "params_pruned": num(dig(m, "size", "params_pruned")),
         "block_flops_speedup": num(dig(m, "size", "block_flops_ratio")),
         "flops_speedup": num(dig(m, "size", "total_flops_ratio")),
-        "latency_speedup": lat, "latency_point": lat_point,
+        "latency_speedup": lat, "latency_point": lat_point, "allocation": cfg.get("allocation") or "uniform",
+        **allocation_columns(m),
         "prune_seconds": num(dig(m, "timings", "prune_total_s")),
         "solver_seconds": num(dig(m, "timings", "prune_solver_s")),
         # this run alone (sampled per phase); records before osscar.memory carried only ru_maxrss

@@ -102,7 +102,9 @@ def test_stitched_model_is_the_method_on_dense_inputs(family, method_name, tmp_p
     db, report = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, batch_size=2)
     levels = {p: list(db.spec.levels(p)) for p in PARTS}
     n_solves = 3 * (len(levels["attn"]) - 2 + len(levels["mlp"]) - 2)
-    assert report.solver_calls == len(solver_calls) == n_solves and report.parts_solved == 6
+    one_pass = method_name == "ziplm" and family == "opt"  # ZipLM fills an unconstrained ladder in one pass
+    assert report.solver_calls == n_solves and len(solver_calls) == (0 if one_pass else n_solves)
+    assert report.parts_solved == 6
     assert report.size_bytes > 0 and report.seconds > 0
     widths = [(0, 32), (levels["attn"][1], 0), (a.n_attn_groups, 32)]
     ref, errors = _reference(model, method, widths)
@@ -163,7 +165,9 @@ def test_a_database_of_other_data_params_damping_or_weights_is_never_reused(tmp_
     for m, segs, method, damping in variants:
         before = len(solver_calls)
         other, report = build_database(m, segs, method, tmp_path, mlp_steps=MLP_STEPS, damping=damping)
-        assert report.solver_calls == len(solver_calls) - before == n and report.parts_reused == 0
+        assert report.solver_calls == n and report.parts_reused == 0  # every level solved again
+        if method.name != "ziplm":  # ZipLM fills its MLP ladder in one pass, not through prune()
+            assert len(solver_calls) - before == n
         paths.add(other.path)
     assert len(paths) == 1 + len(variants)
 

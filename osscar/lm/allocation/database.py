@@ -204,28 +204,25 @@ def solve_part(problem_at: Callable[[int], LayerProblem], method: PruningMethod,
     """The method at every level of one consumer: ({level: errors, seconds}, tensors, solver calls).
 
     ``problem_at(k)``: the layer problem keeping k groups (the same H for every k); the weights are
-    stored in ``dtype`` (the consumer's)."""
+    stored in ``dtype`` (the consumer's). The levels between 0 and all come from
+    :meth:`~osscar.method.PruningMethod.prune_ladder` (one pass for a method with a removal path, e.g.
+    ZipLM; one solve per level otherwise); ``solver calls`` counts the levels solved."""
     full = levels[-1]
-    out: dict[int, dict[str, float]] = {}
+    dense = problem_at(full)
+    zero_err, zero_rel = dense.calibration_error(torch.zeros_like(dense.W_dense))
+    out: dict[int, dict[str, float]] = {full: {"error": 0.0, "rel_error": 0.0, "seconds": 0.0}}
+    if 0 in levels:
+        out[0] = {"error": zero_err, "rel_error": zero_rel, "seconds": 0.0}
     tensors: dict[str, Tensor] = {}
-    calls = 0
-    for level in levels:
-        problem = problem_at(full if level in (0, full) else level)
-        if level == full:
-            out[level] = {"error": 0.0, "rel_error": 0.0, "seconds": 0.0}
-            continue
-        if level == 0:
-            err, rel = problem.calibration_error(torch.zeros_like(problem.W_dense))
-            out[level] = {"error": err, "rel_error": rel, "seconds": 0.0}
-            continue
-        res = method.prune(problem)
-        calls += 1
+    solved = method.prune_ladder(problem_at, [k for k in levels if k not in (0, full)])
+    for level, res in solved.items():
+        problem = problem_at(level)
         err, rel = problem.calibration_error(res.W)
         out[level] = {"error": err, "rel_error": rel, "seconds": res.seconds}
         cols = problem.rows_of(res.kept.to(problem.device))
         tensors[f"kept.{level}"] = res.kept.clone()
         tensors[f"W.{level}"] = res.W[cols].T.to("cpu", dtype).contiguous()  # (m, k·group_size)
-    return out, tensors, calls
+    return {k: out[k] for k in levels}, tensors, len(solved)
 
 
 @torch.no_grad()
