@@ -84,8 +84,17 @@ class ConsumerMethods:
     mlp: Any
     attn_consumer: str
 
+    def _for(self, problem: Any) -> Any:
+        return self.attn if problem.name.endswith(self.attn_consumer) else self.mlp
+
     def prune(self, problem: Any) -> Any:
-        return (self.attn if problem.name.endswith(self.attn_consumer) else self.mlp).prune(problem)
+        return self._for(problem).prune(problem)
+
+    def prune_ladder(self, problem_at: Any, levels: Any) -> dict[int, Any]:
+        """The consumer's method's :meth:`~osscar.method.PruningMethod.prune_ladder` (routed by ``problem_at``'s name)."""
+        if not levels:
+            return {}
+        return self._for(problem_at(max(levels))).prune_ladder(problem_at, levels)
 
     @property
     def name(self) -> str:

@@ -62,8 +62,8 @@ def test_uniform_latency_keeps_the_largest_common_fraction_that_meets_the_table(
 
 def test_spdy_search_settings_reach_the_search(tiny_llama_dir, tmp_path):
     """allocation_params: max_evaluations caps the stitched-model evaluations, the run's seed seeds the search,
-    fitness_samples limits the rows scored."""
-    cfg = LMRunConfig(model=str(tiny_llama_dir), method="mp+", allocation="spdy", speedup=1.5, seed=3,
+    fitness_samples limits the rows scored. ZipLM: its database ladder through the run's per-consumer router."""
+    cfg = LMRunConfig(model=str(tiny_llama_dir), method="ziplm", allocation="spdy", speedup=1.5, seed=3,
                       allocation_params={"max_evaluations": 2, "fitness_samples": 1, "random_inits": 4},
                       allocation_mlp_levels=4, n_samples=3, seqlen=16, eval_windows=1, latency_repeats=1,
                       cache_dir=str(tmp_path / "cache"))
