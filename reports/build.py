@@ -66,6 +66,13 @@ SECTIONS = [  # (heading, table section, figure section, intro)
     ("Ablation: damping, language model", "lm_damping", "lm_damping",
      "The same against the damping λ of the layer problems; the default λ comes from the calibration-size "
      "sweep's runs of the same configuration (issue #16)."),
+    ("The paper's claim: OSSCAR vs ZipLM in every reading", "claim", "claim",
+     "OSSCAR and ZipLM at a target decoder-block speedup under every allocation (uniform by FLOPs and by measured "
+     "latency, runtime-aware, spdy), three calibration seeds, compared at their measured speedups; the readings "
+     "R1–R3 of the claim are stated in the first table (issue #27)."),
+    ("Global allocation", "allocation_global", "allocation_global",
+     "spdy and evolutionary searches over each method's own per-layer candidate database, and the widths per block "
+     "they choose (issue #26)."),
 ]
 
 

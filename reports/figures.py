@@ -21,6 +21,7 @@ from reports.plotting import (Figure, figure_legend, fixture_tag, jitter, log_ax
                               methods_of, publication_style, save, slug, subplots, titles)
 from reports.records import describe, frame
 from reports.figures_ablation import lm_calibration_figures, lm_damping_figures
+from reports.figures_claim import allocation_width_figures, claim_figures
 from reports.figures_grid import calibration_curves, tp_heatmaps
 from reports.paired import paired_ratios
 from reports.tables_common import method_labels
@@ -263,6 +264,8 @@ BUILDERS = {
     "speedup": speedup_scatter,
     "lm_calibration": lm_calibration_figures,
     "lm_damping": lm_damping_figures,
+    "claim": claim_figures,
+    "allocation_global": allocation_width_figures,
 }
 
 

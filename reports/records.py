@@ -122,6 +122,9 @@ def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
             "predicted_speedup": predicted,
             "alloc_seconds": num(dig(m, "timings", "allocation_s")),
             "db_seconds": num(dig(al, "seconds", "database")), "search_seconds": num(dig(al, "seconds", "search")),
+            "db_bytes": num(dig(al, "database", "build", "size_bytes")),
+            "db_solver_calls": num(dig(al, "database", "build", "solver_calls")),
+            "search_evaluations": num(dig(al, "search", "stitched_evaluations")),
             "kept_attn_per_block": dig(m, "applied", "attn_groups_kept_per_block"),
             "kept_mlp_per_block": dig(m, "applied", "neurons_kept_per_block")}
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from reports.table import Table
 from reports.tables_ablation import calibration_tables, tp_tables
+from reports.tables_claim import allocation_tables, claim_tables
 from reports.tables_lm import (lm_calibration_tables, lm_cost_tables, lm_damping_tables, lm_layer_error_section,
                                lm_paired_tables, lm_perplexity_tables, lm_zero_shot_tables)
 from reports.tables_runtime import runtime_tables, speedup_table
@@ -30,6 +31,8 @@ BUILDERS: dict[str, Callable[..., list[Table]]] = {
     "ablation_tp": tp_tables,
     "lm_calibration": lm_calibration_tables,
     "lm_damping": lm_damping_tables,
+    "claim": claim_tables,
+    "allocation_global": allocation_tables,
 }
 
 
