@@ -57,7 +57,7 @@ PIPELINES = MappingProxyType({
                    volatile=("output_dir", "save_model", "cache_dir", "max_device_memory"),
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
                           ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None),
-                          ("offload", "none"), ("allocation_params", {})),
+                          ("offload", "none"), ("allocation_params", {}), ("drift", False)),
                    check="osscar.lm.run_config:check_model"),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),

@@ -62,8 +62,9 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
 
     First the memory plan (:func:`osscar.lm.plan.check_memory`; ``plan``: one already checked): a run that would
     not fit stops here, before any weights load; the plan is recorded under ``memory_plan``. Then the steps
-    :func:`read_text` → :func:`load` → :func:`evaluate_dense` → :func:`prune` → :func:`slice_pruned` →
-    :func:`save` → :func:`evaluate_pruned` → :func:`measure_latency` → :func:`record` over one :class:`RunState`.
+    :func:`read_text` → :func:`load` → :func:`evaluate_dense` → :func:`dense_drift_reference` → :func:`prune` →
+    :func:`slice_pruned` → :func:`save` → :func:`evaluate_pruned` → :func:`measure_drift` → :func:`measure_latency`
+    → :func:`record` over one :class:`RunState`.
     Runs with ``config.threads`` torch threads; the caller's count is restored afterwards.
     """
     if plan is None:
@@ -77,10 +78,12 @@ def run_lm(config: LMRunConfig, progress: bool = False, save_to: str | None = No
         read_text(state)
         load(state, stack, save_to)  # stack: a disk run's output folder
         evaluate_dense(state)
+        dense_drift_reference(state)
         prune(state, mem)
         slice_pruned(state)
         save(state, save_to)
         evaluate_pruned(state)
+        measure_drift(state)
         measure_latency(state)
         result = record(state, mem)
     result["memory_plan"] = plan.to_dict()
@@ -175,6 +178,27 @@ def evaluate_dense(state: RunState) -> None:
     state.result["dense"] = _evaluate(state, "dense")
     state.timed("eval_dense_s", t)
     state.events.dense(state.result["dense"])
+
+
+def dense_drift_reference(state: RunState) -> None:
+    """With ``drift``: the dense model's hidden states and log-probabilities on the held-out windows."""
+    if state.config.drift:
+        from osscar.lm.evaluation.drift import dense_reference
+
+        state.events.step("drift: the dense model on the held-out windows")
+        state.drift_reference = dense_reference(state.model, state.heldout)
+
+
+def measure_drift(state: RunState) -> None:
+    """With ``drift``: per-block output error and final KL of the pruned model against the dense reference."""
+    if state.drift_reference is not None:
+        from osscar.lm.evaluation.drift import drift
+
+        t = time.perf_counter()
+        state.events.step("drift: the pruned model on the held-out windows")
+        state.result["drift"] = drift(state.model, state.drift_reference)
+        state.drift_reference = None
+        state.timed("drift_s", t)
 
 
 def _block_widths(plan: int | dict[int, int], uniform: int, total: int, todo: list[int], n_all: int) -> list[int]:

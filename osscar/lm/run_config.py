@@ -205,6 +205,9 @@ class LMRunConfig:
     latency_repeats: int = option(5, section="evaluation", help="timed repeats per latency point (after 2 warm-ups)")
     evaluate_dense: bool = option(False, section="evaluation", flag="--dense", switch=True,
                                   help="also evaluate the dense model")
+    drift: bool = option(False, section="evaluation", switch=True,
+                         help="per-block output error and final KL of the pruned vs the dense model on the held-out "
+                              "windows (osscar.lm.evaluation.drift; needs --heldout-samples > 0, no offload)")
     layers: tuple[int, ...] | None = option(
         None, section="target", parse=parse_ints, cli_default="", to_field=lambda v: tuple(v) or None,
         help="comma-separated block indices to prune (empty: all)")
@@ -341,6 +344,9 @@ class LMRunConfig:
         check_device_name(self.device, "device")
         check_model_dtype(self.dtype, "dtype")
         validate.one_of("offload", self.offload, OFFLOAD_MODES)
+        if self.drift and (self.heldout_samples == 0 or self.offload != "none"):
+            raise ValueError("drift compares the pruned and the dense model on the held-out windows: it needs "
+                             "heldout_samples > 0 and offload='none'")
         if self.max_device_memory is not None:
             validate.parse_bytes(self.max_device_memory)  # ValueError naming max_device_memory
 

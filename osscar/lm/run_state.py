@@ -123,6 +123,7 @@ class RunState:
     windows: dict[str, Any] = field(default_factory=dict)
     heldout: Any = None
     heldout_info: Any = None
+    drift_reference: Any = None  # the dense model on the held-out windows (drift=True)
     # load
     loaded: Any = None
     model: Any = None
