@@ -149,3 +149,33 @@ def arm_summary(df: pd.DataFrame, corpus: str) -> pd.DataFrame:
         rows.append({"arm": arm, "target": target, "seeds": int(sub[col].notna().sum()), "ppl mean": sub[col].mean(),
                      "ppl min": sub[col].min(), "ppl max": sub[col].max(), **mean})
     return pd.DataFrame(rows)
+
+
+DRIFT_QUANTITIES = {  # column -> what it is (the chain from the layer objective to perplexity)
+    "err_calib:all": "layer error on the calibration inputs (the objective, relative; mean over layers)",
+    "err_heldout:all": "layer error on held-out inputs (relative; mean over layers)",
+    "drift_final": "output error of the last block vs dense, held-out (relative)",
+    "drift_kl": "KL(dense ‖ pruned) of the next-token distribution, held-out",
+}
+
+
+def tracking(df: pd.DataFrame, corpus: str) -> pd.DataFrame:
+    """Per target: Spearman rank correlation over the runs (every arm and seed) of each quantity of
+    :data:`DRIFT_QUANTITIES` with the perplexity, and the number of runs."""
+    col = f"ppl:{corpus}"
+    rows = []
+    for target, sub in df.groupby("speedup_target", sort=True):
+        for q, what in DRIFT_QUANTITIES.items():
+            if q not in sub:
+                continue
+            pair = sub[[q, col]].dropna()
+            rho = pair[q].rank().corr(pair[col].rank()) if len(pair) > 2 else math.nan
+            rows.append({"target": target, "quantity": q, "what": what, "spearman": rho, "runs": len(pair)})
+    return pd.DataFrame(rows)
+
+
+def drift_by_arm(df: pd.DataFrame, corpus: str, target: float) -> pd.DataFrame:
+    """Per arm at ``target``, means over seeds: perplexity and the quantities of :data:`DRIFT_QUANTITIES`."""
+    at = df[df["speedup_target"] == target]
+    cols = [f"ppl:{corpus}", *[q for q in DRIFT_QUANTITIES if q in at]]
+    return at.groupby("arm", sort=True)[cols].mean().reset_index()

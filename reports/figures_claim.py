@@ -91,12 +91,56 @@ def claim_figures(records, out: Path) -> list[Figure]:
     caption = (f"{title}. {sub}. Left: perplexity vs measured block speedup (mean over seeds; bars: range over "
                "seeds); dotted verticals: the targets. Right: each arm's perplexity over ZipLM · runtime (the R2 "
                "ZipLM arm) at the same target, paired on windows, pooled over seeds, 95% bars. Lower is better.")
+    return [Figure(name, title, caption, paths), *drift_figures(df, corpus, out)]
+
+
+def _drift_panel(ax: Any, df: pd.DataFrame, target: float) -> None:
+    at = df[(df["speedup_target"] == target) & df["drift_blocks"].map(lambda v: isinstance(v, list))]
+    for arm, sub in at.groupby("arm", sort=True):
+        curves = np.array([v for v in sub["drift_blocks"]], dtype=float)
+        ax.plot(np.arange(curves.shape[1]), curves.mean(0), label=arm, **{**_style(arm), "ms": 2.5})
+    log_axis(ax, "y")
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("output error vs dense (relative, log)")
+    ax.set_title(f"drift block by block at {target:g}× (held-out)", fontsize=9)
+
+
+def _kl_panel(ax: Any, df: pd.DataFrame, corpus: str) -> None:
+    for arm, sub in df[df["drift_kl"].notna()].groupby("arm", sort=True):
+        st = _style(arm)
+        ax.plot(sub["drift_kl"], sub[f"ppl:{corpus}"], ls="none", marker=st["marker"], color=st["color"], ms=4,
+                alpha=0.8, label=arm)
+    log_axis(ax, "y")
+    ax.set_xlabel("KL(dense ‖ pruned), held-out")
+    ax.set_ylabel(f"perplexity on {corpus} (log)")
+    ax.set_title("every run (both targets, all seeds)", fontsize=9)
+
+
+def drift_figures(df: pd.DataFrame, corpus: str, out: Path) -> list[Figure]:
+    """#27 item 5: the drift from the dense model block by block, and perplexity against the final KL."""
+    if "drift_kl" not in df or df["drift_kl"].isna().all():
+        return []
+    target = df["speedup_target"].max()
+    with publication_style():
+        fig, (a, b) = subplots(1, 2, figsize=(9.0, 3.6))
+        _drift_panel(a, df, target)
+        _kl_panel(b, df, corpus)
+        figure_legend(fig, [a, b])
+        title = f"From layer error to perplexity — {describe(df['model'])}{fixture_tag(df)}"
+        sub = f"claim sweep; held-out windows never used to prune; seeds {describe(sorted(df['seed'].unique()))}"
+        titles(fig, title, sub)
+        name = slug("claim_drift", corpus)
+        paths = save(fig, out, name)
+    caption = (f"{title}. {sub}. Left: relative error of each block's output against the dense model (mean over "
+               f"seeds) at {target:g}×. Right: perplexity against the KL of the next-token distribution, every run.")
     return [Figure(name, title, caption, paths)]
 
 
 def _widths(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of non-uniform allocations (runtime and the searches) with per-block widths: seed 0 (or the lowest),
     the highest target."""
+    if df.empty or "kept_attn_per_block" not in df:
+        return df
     df = df[df["kept_attn_per_block"].map(lambda v: isinstance(v, list)) & (df["allocation"] != "uniform-latency")]
     if df.empty:
         return df

@@ -125,6 +125,9 @@ def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
             "db_bytes": num(dig(al, "database", "build", "size_bytes")),
             "db_solver_calls": num(dig(al, "database", "build", "solver_calls")),
             "search_evaluations": num(dig(al, "search", "stitched_evaluations")),
+            "drift_kl": num(dig(m, "drift", "kl")),
+            "drift_final": num((dig(m, "drift", "block_rel_error") or [None])[-1]),
+            "drift_blocks": dig(m, "drift", "block_rel_error"),
             "kept_attn_per_block": dig(m, "applied", "attn_groups_kept_per_block"),
             "kept_mlp_per_block": dig(m, "applied", "neurons_kept_per_block")}
 

@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from reports.claim import ALLOCATION_EXPERIMENT, CLAIM_EXPERIMENT, MATCH_TOLERANCE, arm_summary, claim_runs, corpus_of, readings
+from reports.claim import (ALLOCATION_EXPERIMENT, CLAIM_EXPERIMENT, DRIFT_QUANTITIES, MATCH_TOLERANCE, arm_summary,
+                           claim_runs, corpus_of, drift_by_arm, readings, tracking)
 from reports.plotting import slug
 from reports.records import describe
 from reports.table import LOWER, Table
@@ -73,12 +74,46 @@ def claim_arm_table(df: pd.DataFrame, corpus: str) -> Table | None:
         notes=fixture_note(df))
 
 
+def drift_tables(df: pd.DataFrame, corpus: str) -> list[Table]:
+    """#27 item 5: which quantity tracks perplexity (rank correlations over runs), and the quantities per arm."""
+    if "drift_kl" not in df or df["drift_kl"].isna().all():
+        return []
+    tr = tracking(df, corpus)
+    out = [Table(
+        name=slug("claim_tracking", corpus), title=f"What tracks perplexity — {corpus}",
+        caption=("Spearman rank correlation, over every run of the claim sweep at a target (each method, "
+                 f"allocation and seed), between perplexity on {corpus} and each quantity of the chain from the "
+                 "layer objective to the model's output; 1: the quantity orders the runs exactly as perplexity "
+                 "does. Held-out: the run's held-out calibration windows, never used to prune. "
+                 + provenance_caption(df, "lm")),
+        data=pd.DataFrame({"target": [f"{t:g}×" for t in tr["target"]], "quantity": tr["what"],
+                           "Spearman ρ with ppl": tr["spearman"], "runs": tr["runs"]}),
+        label_cols=["target", "quantity"], value_cols=["Spearman ρ with ppl", "runs"],
+        formats={"Spearman ρ with ppl": ".2f", "runs": ".0f"}, notes=fixture_note(df))]
+    target = df["speedup_target"].max()
+    by = drift_by_arm(df, corpus, target)
+    names = {f"ppl:{corpus}": "ppl", "err_calib:all": "layer err (calib)", "err_heldout:all": "layer err (held-out)",
+             "drift_final": "last-block drift", "drift_kl": "KL"}
+    data = by.rename(columns={"arm": "method · allocation", **names})
+    vcols = [names[c] for c in by.columns if c in names]
+    out.append(Table(
+        name=slug("claim_drift", corpus), title=f"From layer error to perplexity, per arm at {target:g}× — {corpus}",
+        caption=("Means over seeds: perplexity, the layer objective (relative error on the calibration inputs), the "
+                 "same on held-out inputs, the relative output error of the last block against the dense model "
+                 "and the KL of the next-token distribution, both on held-out windows "
+                 f"({'; '.join(f'{k}: {v}' for k, v in DRIFT_QUANTITIES.items())}). " + provenance_caption(df, "lm")),
+        data=data, label_cols=["method · allocation"], value_cols=vcols, directions={v: LOWER for v in vcols},
+        formats={v: ".4g" for v in vcols}, notes=fixture_note(df)))
+    return out
+
+
 def claim_tables(records) -> list[Table]:
     df = claim_runs(records)
     corpus = corpus_of(df) if not df.empty else None
     if corpus is None:
         return []
-    return [t for t in (claim_reading_table(df, corpus), claim_arm_table(df, corpus)) if t is not None]
+    tables = [t for t in (claim_reading_table(df, corpus), claim_arm_table(df, corpus)) if t is not None]
+    return tables + drift_tables(df, corpus)
 
 
 def allocation_tables(records) -> list[Table]:

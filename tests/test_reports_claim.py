@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks.store import ResultStore, RunRecord
 from reports import build_report
-from reports.claim import claim_runs, readings
+from reports.claim import claim_runs, readings, tracking
 from reports.records import load_records
 from reports.tables_claim import allocation_tables, claim_tables
 
@@ -47,6 +47,8 @@ def synthetic_claim(root: Path, windows: int = 8, experiment: str = "claim_lm") 
                     m["pruned"][CORPUS].update(window_nll=[float(v) for v in w], ppl=float(np.exp(w.mean())))
                     m["latency"] = [{"batch": 1, "seqlen": 256, "speedup": 1.5, "blocks_speedup":
                                      SPEEDUP[alloc] * target / 2 + 0.01 * seed}]
+                    kl = float(np.exp(w.mean()) / 100 + 0.05 * rng.random())  # tracks ppl, with noise
+                    m["drift"] = {"kl": kl, "block_rel_error": [0.01 * (b + 1) * (1 + kl) for b in range(30)]}
                     if alloc != "uniform":
                         m["applied"].update(attn_groups_kept_per_block=[9, 6, 0] * 10,
                                             neurons_kept_per_block=[1536, 768, 96] * 10)
@@ -82,10 +84,30 @@ def test_claim_and_allocation_sections_and_figures(tmp_path):
     synthetic_claim(tmp_path / "store")
     synthetic_claim(tmp_path / "store", experiment="allocation_lm")
     records = load_records(tmp_path / "store")
-    assert [t.name for t in claim_tables(records)] == ["claim_readings_wiki-gensim", "claim_arms_wiki-gensim"]
+    assert [t.name for t in claim_tables(records)] == ["claim_readings_wiki-gensim", "claim_arms_wiki-gensim",
+                                                       "claim_tracking_wiki-gensim", "claim_drift_wiki-gensim"]
     (alloc,) = allocation_tables(records)
     assert set(alloc.data["database s"]) == {100.0, math.nan} or alloc.data["database s"].max() == 100.0
     index = build_report(tmp_path / "store", tmp_path / "out").read_text()
     assert "## The paper's claim: OSSCAR vs ZipLM in every reading" in index and "## Global allocation" in index
-    for name in ("claim_wiki-gensim", "allocation_widths_allocation_lm", "allocation_widths_claim_lm"):
+    for name in ("claim_wiki-gensim", "claim_drift_wiki-gensim", "allocation_widths_allocation_lm",
+                 "allocation_widths_claim_lm"):
         assert (tmp_path / "out" / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _ranks(v):
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v))
+    return r
+
+
+def test_tracking_is_the_rank_correlation_by_hand(tmp_path):
+    synthetic_claim(tmp_path)
+    df = claim_runs(load_records(tmp_path))
+    tr = tracking(df, CORPUS).set_index(["target", "quantity"])
+    at = df[df["speedup_target"] == 2.0]
+    ppl, kl = at[f"ppl:{CORPUS}"].to_numpy(), at["drift_kl"].to_numpy()
+    expected = np.corrcoef(_ranks(ppl), _ranks(kl))[0, 1]  # no ties in these floats
+    assert tr.loc[(2.0, "drift_kl"), "spearman"] == pytest.approx(expected, rel=1e-12)
+    assert tr.loc[(2.0, "drift_kl"), "runs"] == 24 and expected > 0.5
