@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -66,6 +67,24 @@ def torch_threads(n: int) -> Iterator[int]:
         yield n
     finally:
         torch.set_num_threads(previous)
+
+
+def add_device_arguments(parser: Any, threads: int = 1, device_help: str = "cpu, cuda or cuda:N") -> None:
+    """``--device`` and ``--threads`` of a small CLI (read back with :func:`device_from_arguments`)."""
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads")
+    parser.add_argument("--device", default="cpu", help=device_help)
+
+
+def device_from_arguments(parser: Any, args: Any) -> torch.device:
+    """The device of :func:`add_device_arguments`' flags, and the thread count checked; a bad value is the
+    parser's one-line error (exit 2). Run the work inside ``torch_threads(args.threads)``."""
+    if isinstance(args.threads, bool) or not isinstance(args.threads, int) or args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads!r}")
+    try:
+        return resolve_device(args.device, "--device")
+    except ValueError as e:
+        parser.error(str(e))
+        raise  # parser.error exits; this is for a parser that does not
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -34,6 +34,12 @@ def nonneg_int(name: str, v: Any, meaning: str = "") -> None:
         raise ValueError(f"{name} must be an integer ≥ 0{f' ({meaning})' if meaning else ''}, got {v!r}")
 
 
+def int_at_least(name: str, v: Any, low: int) -> None:
+    """An integer ≥ ``low``."""
+    if not _is_int(v) or v < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}")
+
+
 def fraction(name: str, v: Any, allow_none: bool = True) -> None:
     """A number in [0, 1) (or None when ``allow_none``)."""
     if v is None and allow_none:

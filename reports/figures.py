@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from reports.plotting import (Figure, figure_legend, fixture_tag, jitter, log_axis, marker_style, method_style,
-                              methods_of, publication_style, save, slug, subplots, titles)
+                              methods_of, publication_style, save, subplots, titles)
 from reports.records import describe, frame
 from reports.figures_ablation import lm_calibration_figures, lm_damping_figures
 from reports.figures_claim import allocation_width_figures, claim_figures
 from reports.figures_grid import calibration_curves, tp_heatmaps
 from reports.paired import paired_ratios
-from reports.tables_common import method_labels
+from reports.tables_common import method_labels, slug
 
 REFERENCE_METHOD = "ziplm"
 CLOSE_RATIO = 3.0       # methods within this perplexity ratio of the reference get the ratio panel

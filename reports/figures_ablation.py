@@ -22,10 +22,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from reports.lm_ablation import CALIBRATION, DAMPING, REFERENCE, LmAblation, ablation_runs, corpora, geo_mean, seed_ratios
-from reports.plotting import Figure, fixture_tag, jitter, log_axis, method_style, methods_of, publication_style, save, slug
+from reports.plotting import Figure, fixture_tag, jitter, log_axis, method_style, methods_of, publication_style, save
 from reports.plotting import subplots, titles
 from reports.records import describe
-from reports.tables_common import config_groups
+from reports.tables_common import config_groups, slug
 
 CLOSE_RATIO = 3.0  # as the lm_perplexity figure: ratios above this get their own (log) panel
 

@@ -18,8 +18,9 @@ import pandas as pd
 
 from reports.claim import (ALLOCATION_EXPERIMENT, CLAIM_EXPERIMENT, R2_REFERENCE, arm_label, arm_summary,
                            claim_runs, corpus_of, ratios_to_reference)
-from reports.plotting import Figure, figure_legend, fixture_tag, jitter, log_axis, publication_style, save, slug
+from reports.plotting import Figure, figure_legend, fixture_tag, jitter, log_axis, publication_style, save
 from reports.plotting import subplots, titles
+from reports.tables_common import slug
 from reports.records import describe
 
 COLORS = {"ziplm": "#1f77b4", "osscar": "#d62728"}

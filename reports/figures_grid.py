@@ -10,11 +10,11 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 
 from reports.plotting import (Figure, figure_legend, fixture_tag, log_axis, method_style,
-                              publication_style, save, slug, subplots, titles)
+                              publication_style, save, subplots, titles)
 from reports.records import describe, frame
 from reports.table import clear_best
 from reports.tables_ablation import tp_frame, tp_margin
-from reports.tables_common import method_labels, method_rank
+from reports.tables_common import method_labels, method_rank, slug
 
 
 def calibration_curves(records, out: Path, experiment: str = "ablation_calibration") -> list[Figure]:

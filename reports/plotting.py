@@ -130,11 +130,6 @@ def log_axis(ax: Any, axis: str = "y", base: float = 10) -> None:
     a.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else ""))
 
 
-def slug(*parts: Any) -> str:
-    s = "_".join(str(p) for p in parts if p is not None and str(p) != "")
-    return "".join(ch if ch.isalnum() or ch == "_" else "-" for ch in s).strip("-").lower()
-
-
 def methods_of(df: pd.DataFrame, col: str = "method_label") -> list[str]:
     return sorted(df[col].dropna().unique(), key=method_rank)
 

@@ -8,10 +8,9 @@ import pandas as pd
 
 from reports.claim import (ALLOCATION_EXPERIMENT, CLAIM_EXPERIMENT, DRIFT_QUANTITIES, MATCH_TOLERANCE, arm_summary,
                            claim_runs, corpus_of, drift_by_arm, readings, tracking)
-from reports.plotting import slug
 from reports.records import describe
 from reports.table import LOWER, Table
-from reports.tables_common import fixture_note, provenance_caption
+from reports.tables_common import fixture_note, provenance_caption, slug
 
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from osscar import validate
 from osscar.allocation.budgets import AllocationError, total_cost, within
 from osscar.allocation.choices import Allocation, LayerChoices, check_allocation, levels_of
 from osscar.allocation.dp import solve_dp
@@ -57,10 +58,7 @@ class EvolutionConfig:
 
     def __post_init__(self) -> None:
         for name in ("seed", "generations", "offspring", "max_raises", "max_tries"):
-            v = getattr(self, name)
-            low = 0 if name in ("seed", "generations") else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"evolutionary {name} must be an integer ≥ {low}, got {v!r}")
+            validate.int_at_least(f"evolutionary {name}", getattr(self, name), 0 if name in ("seed", "generations") else 1)
         if not 0 <= self.fill_probability <= 1:
             raise ValueError(f"evolutionary fill_probability must be in [0, 1], got {self.fill_probability!r}")
         s, t = tuple(self.survivors), tuple(self.tokens)

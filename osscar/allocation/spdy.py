@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from osscar import validate
 from osscar.allocation.budgets import total_cost
 from osscar.allocation.choices import Allocation, LayerChoices, levels_of
 from osscar.allocation.dp import DEFAULT_RESOLUTION, solve_dp
@@ -46,10 +47,7 @@ class SpdyConfig:
 
     def __post_init__(self) -> None:
         for name in ("seed", "random_inits", "patience", "max_evaluations", "resolution"):
-            v = getattr(self, name)
-            low = 0 if name in ("seed", "random_inits") else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"spdy {name} must be an integer ≥ {low}, got {v!r}")
+            validate.int_at_least(f"spdy {name}", getattr(self, name), 0 if name in ("seed", "random_inits") else 1)
         if not 0 < self.resample_fraction <= 1:
             raise ValueError(f"spdy resample_fraction must be in (0, 1], got {self.resample_fraction!r}")
 

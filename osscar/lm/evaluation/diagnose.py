@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
 
-from osscar.devices import resolve_device
+from osscar.devices import add_device_arguments, device_from_arguments, torch_threads
+from osscar.io import atomic_write_json
 from osscar.lm.adapters import get_adapter
 from osscar.lm.calibrate.calibration import prune_model_sequential
 from osscar.lm.text.data import calibration_segments
@@ -81,28 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-samples", type=int, default=32, help="calibration segments")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per segment")
     p.add_argument("--seed", type=int, default=0, help="seed")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: model, H and the solvers run there")
+    add_device_arguments(p, device_help="cpu, cuda or cuda:N: model, H and the solvers run there")
     p.add_argument("--output", default=None, help="JSON file for the rows")
     args = p.parse_args(argv)
-    try:
-        device = resolve_device(args.device, "--device")
-    except ValueError as e:
-        p.error(str(e))
-    torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
-    lm.model.to(device)
-    segs = calibration_segments(args.calib_corpus, lm.tokenizer, args.n_samples, args.seqlen, args.seed)
-    rows = layer_objectives(lm.model, segs, args.methods.split(",") + args.method, [int(b) for b in args.blocks.split(",")],
-                            args.fraction, args.fraction)
+    device = device_from_arguments(p, args)
+    with torch_threads(args.threads):
+        lm = load_model(args.model)
+        lm.model.to(device)
+        segs = calibration_segments(args.calib_corpus, lm.tokenizer, args.n_samples, args.seqlen, args.seed)
+        rows = layer_objectives(lm.model, segs, args.methods.split(",") + args.method,
+                                [int(b) for b in args.blocks.split(",")], args.fraction, args.fraction)
     for r in rows:
         print(f"block {r['block']:2d} {r['part']:4s} k={r['k']:4d}/{r['n_groups']:4d} {r['method']:7s} "
               f"excess={r['excess']:.6g} rel={r['rel_excess']:.4%} t={r['seconds']:.2f}s {r['info']}")
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-        os.replace(tmp, args.output)
+        atomic_write_json(args.output, {"args": vars(args), "rows": rows}, indent=1)
     return 0
 
 

@@ -136,10 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from osscar.devices import MODEL_DTYPES, device_label, resolve_device
+    from osscar.devices import MODEL_DTYPES, add_device_arguments, device_from_arguments, device_label, torch_threads
+    from osscar.io import atomic_write_json
     from osscar.lm.sources.models import load_model
-    from osscar.lm.targets import removed_count
-    from osscar.lm.slicing import slice_model
 
     ap = argparse.ArgumentParser(prog="python -m osscar.lm.evaluation.measure", description=main.__doc__,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -148,33 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--neuron-fraction", type=float, default=0.5, help="fraction of neurons removed")
     ap.add_argument("--points", default="1x128,1x512,8x256", help="comma-separated BATCHxSEQLEN points")
     ap.add_argument("--repeats", type=int, default=10, help="timed rounds per point")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_arguments(ap)
     ap.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES), help="model weights/activations")
     ap.add_argument("--output", default=None, help="JSON output file")
     args = ap.parse_args(argv)
-    try:
-        device = resolve_device(args.device, "--device")
-    except ValueError as e:
-        ap.error(str(e))
-    torch.set_num_threads(args.threads)
-    dense = load_model(args.model, dtype=args.dtype).model.to(device)
-    sliced = load_model(args.model, dtype=args.dtype).model.to(device)
-    a = get_adapter(sliced)
-    na, nm = a.n_attn_groups, a.ffn_dim
-    ka, km = na - removed_count(args.head_fraction, na), nm - removed_count(args.neuron_fraction, nm)
-    kept = {}
-    for i, layer in enumerate(a.layers(sliced)):
-        kept[i] = {}
-        for part, k in (("attn", ka), ("mlp", km)):
-            W = a.consumer(layer, part).weight.data
-            norms = W.abs().sum(0).reshape(-1, a.group_size(part)).sum(1)
-            kept[i][part] = torch.topk(norms, k).indices.sort().values
-    flops_d = flops_per_token(dense)
-    flops_p = flops_per_token(dense, ka, km)
-    slice_model(sliced, kept)
-    rows = compare_latency(dense, sliced, [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")],
-                           args.repeats)
+    device = device_from_arguments(ap, args)
+    points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")]
+    with torch_threads(args.threads):
+        dense = load_model(args.model, dtype=args.dtype).model.to(device)
+        sliced = load_model(args.model, dtype=args.dtype).model.to(device)
+        ka, km = _slice_by_magnitude(sliced, args.head_fraction, args.neuron_fraction)
+        rows = compare_latency(dense, sliced, points, args.repeats)
+    flops_d, flops_p = flops_per_token(dense), flops_per_token(dense, ka, km)
     out = {"model": args.model, "kept_attn_groups": ka, "kept_neurons": km,
            "params_dense": param_count(dense), "params_sliced": param_count(sliced),
            "block_flops_ratio": flops_d["block_flops"] / flops_p["block_flops"],
@@ -182,13 +166,28 @@ def main(argv: list[str] | None = None) -> int:
            "torch": torch.__version__, "device": device_label(device), "dtype": args.dtype, "latency": rows}
     print(json.dumps(out, indent=1))
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        import os
-
-        os.replace(tmp, args.output)
+        atomic_write_json(args.output, out, indent=1)
     return 0
+
+
+def _slice_by_magnitude(model: nn.Module, head_fraction: float, neuron_fraction: float) -> tuple[int, int]:
+    """Slice every block of ``model`` to the groups with the largest consumer-weight L1 norms (latency does not
+    depend on which); returns (attention groups, neurons) kept."""
+    from osscar.lm.slicing import slice_model
+    from osscar.lm.targets import removed_count
+
+    a = get_adapter(model)
+    ka = a.n_attn_groups - removed_count(head_fraction, a.n_attn_groups)
+    km = a.ffn_dim - removed_count(neuron_fraction, a.ffn_dim)
+    kept = {}
+    for i, layer in enumerate(a.layers(model)):
+        kept[i] = {}
+        for part, k in (("attn", ka), ("mlp", km)):
+            W = a.consumer(layer, part).weight.data
+            norms = W.abs().sum(0).reshape(-1, a.group_size(part)).sum(1)
+            kept[i][part] = torch.topk(norms, k).indices.sort().values
+    slice_model(model, kept)
+    return ka, km
 
 
 if __name__ == "__main__":
