@@ -61,7 +61,8 @@ PIPELINES = MappingProxyType({
                    check="osscar.lm.run_config:check_model"),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),
-                       added=(("device", "cpu"), ("chip_full_maps", None))),
+                       added=(("device", "cpu"), ("chip_full_maps", None)),
+                       check="osscar.vision.pipeline:check_weights"),
     "solver": Pipeline("solver", "benchmarks.solver_pipeline:SolverRunConfig", "benchmarks.solver_pipeline:run_solver",
                        added=(("device", "cpu"),)),
 })

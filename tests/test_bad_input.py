@@ -41,6 +41,8 @@ SWEEPS = {
                    'head_fractoin = 0.5\n',
     "no-data": 'name = "bad"\npipeline = "vision"\n[profiles.cpu.base]\ndata_root = "/no/such/fashion-mnist"\n'
                '[profiles.cpu.grid]\nmethod = [{method = "mp"}]\n',
+    "text-checkpoint": 'name = "bad"\npipeline = "vision"\n[profiles.cpu.base]\ncheckpoint = "{text}"\n'
+                       'data_root = "{fmnist}"\n[profiles.cpu.grid]\nmethod = ["mp", "osscar"]\n',
 }
 
 CASES = [
@@ -83,6 +85,8 @@ CASES = [
     Case("run-unknown-sweep-key", (*RUN, "{sweep:unknown-key}"), ("unknown key 'head_fractoin'",)),
     Case("run-sweep-missing-dataset", (*RUN, "{sweep:no-data}"),
          ("data_root=/no/such/fashion-mnist does not exist", "apt-get install -y dataset-fashion-mnist")),
+    Case("run-sweep-text-checkpoint", (*RUN, "{sweep:text-checkpoint}"),  # caught at validation, before any run
+         ("run (method='mp'): checkpoint {text}: not a file torch.load reads",), ("[1/2]",)),
     Case("run-no-such-sweep", (*RUN, "{tmp}/none.toml"), ("sweep file", "does not exist")),
 ]
 
@@ -100,7 +104,7 @@ def places(tmp_path_factory) -> dict[str, str]:
     for f in (base / "bad-idx").iterdir():  # gzip files holding text
         f.write_bytes(gzip.compress(b"<html>not found</html>"))
     for name, body in SWEEPS.items():
-        (base / f"{name}.toml").write_text(body)
+        (base / f"{name}.toml").write_text(_fill(body, out))
         out[f"sweep:{name}"] = str(base / f"{name}.toml")
     return out
 

@@ -144,15 +144,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _check_weights(configs: list[Any]) -> None:
-    """Load each checkpoint file the runs name once (ValueError for a file that is not one, or not for the arch)."""
-    from osscar.vision.models import is_pretrained_name, load_model
-
-    for arch, ckpt in sorted({(c.arch, c.checkpoint) for c in configs if isinstance(c.checkpoint, str)}):
-        if ckpt not in ("default", "train") and not is_pretrained_name(ckpt):
-            load_model(arch, ckpt)
-
-
 def _prepare(args: argparse.Namespace) -> int:
     """``--prepare``: train and cache the default-recipe ResNet20."""
     from osscar.vision.data import check_dataset_root
@@ -182,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare(args)
         configs = _configs(args)
         from osscar.devices import resolve_device
+        from osscar.vision.pipeline import check_weights
 
         resolve_device(args.device, "--device")
-        _check_weights(configs)
+        for c in configs:
+            check_weights(c)
     except (ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise

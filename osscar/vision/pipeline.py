@@ -11,6 +11,7 @@ it (see :mod:`osscar.vision.train`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,6 +164,21 @@ class VisionRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_weights(config: VisionRunConfig) -> None:
+    """The checks that read a checkpoint file the config names (a sweep's validation, the CLI): ValueError for a
+    file that is not a checkpoint or holds another architecture; each (arch, file) is read once per process."""
+    ckpt = config.checkpoint
+    if isinstance(ckpt, str) and ckpt not in ("default", "train") and not is_pretrained_name(ckpt):
+        path = Path(ckpt)
+        _read_weights(config.arch, str(path), path.stat().st_mtime_ns if path.is_file() else None)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_weights(arch: str, path: str, mtime_ns: int | None) -> bool:
+    load_model(arch, path)  # raises for a missing file, a non-checkpoint or another architecture
+    return True
 
 
 def input_shape(dataset: str) -> tuple[int, int, int]:
