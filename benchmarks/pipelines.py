@@ -19,6 +19,8 @@ class Pipeline:
 
     ``check``: a 'module:function' run on each config while a sweep is validated, for the checks that read
     files (a model's config) and so are not in the config's ``__post_init__``; None: none.
+    ``progress``: a 'module:function' turning ``say(text)`` into the run function's keyword arguments that
+    report its long steps (a sweep prints them under the run's progress line); None: the run says nothing.
     ``volatile`` names config fields that do not change results (output folders, progress),
     left out of a run's key. ``added`` maps fields added after records existed to the value that
     reproduces the earlier behaviour: at that value a field is left out of the key too, so the
@@ -31,6 +33,7 @@ class Pipeline:
     volatile: tuple[str, ...] = ()
     added: tuple[tuple[str, Any], ...] = ()
     check: str | None = None
+    progress: str | None = None  # 'module:function': say(text) -> the run function's keyword arguments that report steps
 
     def key_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The fields of ``config`` (a dataclass as dict) that identify a run."""
@@ -51,6 +54,10 @@ class Pipeline:
     def check_function(self) -> Callable[[Any], None] | None:
         return self._load(self.check) if self.check else None
 
+    def progress_kwargs(self, say: Callable[[str], None]) -> dict[str, Any]:
+        """Keyword arguments of the run function that make it call ``say(text)`` at each long step ({}: none)."""
+        return self._load(self.progress)(say) if self.progress else {}
+
 
 PIPELINES = MappingProxyType({
     "lm": Pipeline("lm", "osscar.lm.run_config:LMRunConfig", "osscar.lm.run:run_lm",
@@ -58,7 +65,7 @@ PIPELINES = MappingProxyType({
                    added=(("device", "cpu"), ("dtype", "float32"), ("calibration_inputs", "pruned"),
                           ("attention_unit", "kv-group"), ("heldout_samples", 4), ("heldout_seqlen", None),
                           ("offload", "none"), ("allocation_params", {}), ("drift", False)),
-                   check="osscar.lm.run_config:check_model"),
+                   check="osscar.lm.run_config:check_model", progress="osscar.lm.run_state:step_events"),
     "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),
                        added=(("device", "cpu"), ("chip_full_maps", None)),

@@ -58,7 +58,9 @@ def execute(spec: RunSpec, store: ResultStore, executor: dict[str, Any] | None =
     threads = getattr(spec.config, "threads", None)
     with torch_threads(threads) if threads else contextlib.nullcontext(), \
             run_monitor(getattr(spec.config, "device", None)) as mem:  # the run's phases join this monitor
-        metrics = dict(get_pipeline(spec.pipeline).run_function()(spec.config))
+        pipeline = get_pipeline(spec.pipeline)
+        say = lambda text: print(f"    {spec.experiment}/{key}: {text}", flush=True)  # noqa: E731
+        metrics = dict(pipeline.run_function()(spec.config, **pipeline.progress_kwargs(say)))
         if not mem.phases:  # a run that measures no phases of its own is one phase
             mem.phase("run")
         prov = environment()

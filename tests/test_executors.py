@@ -393,3 +393,13 @@ def test_job_files_go_to_a_private_folder_outside_the_store(tmp_path, monkeypatc
         os.chown(theirs, 65534, 65534)
         with pytest.raises(ExecutorError, match="belongs to another user"):
             private_dir(theirs)
+
+
+def test_a_sweep_prints_each_runs_long_steps(tmp_path, tiny_lm_dir, capsys):
+    """The run's steps (loading, pruning, evaluating...) appear under its progress line, named by its key."""
+    import re
+
+    assert run_main([str(_lm_sweep(tmp_path, tiny_lm_dir)), "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"toy_lm/[0-9a-f]{16}: pruning \d+ blocks with ", out), out[-2000:]
+    assert re.search(r"toy_lm/[0-9a-f]{16}: evaluating the pruned model", out)

@@ -65,7 +65,7 @@ def uniform_widths(adapter: Any, head_fraction: float, neuron_fraction: float, a
 
 @dataclass
 class RunEvents:
-    """What a run tells its caller while it runs; the CLI prints it, a sweep ignores it.
+    """What a run tells its caller while it runs; the CLI prints it, a sweep prints its steps under the run's line.
 
     ``step(text)``: a step that may take a while is starting; ``widths(Widths)``: the uniform plan, before
     any solving; ``dense(results)``: the dense model's evaluation, as soon as it exists.
@@ -74,6 +74,11 @@ class RunEvents:
     step: Callable[[str], None] = _ignore
     widths: Callable[[Widths], None] = _ignore
     dense: Callable[[dict[str, Any]], None] = _ignore
+
+
+def step_events(say: Callable[[str], None]) -> dict[str, Any]:
+    """``run_lm``'s keyword arguments that report each long step through ``say`` (a sweep's log lines)."""
+    return {"events": RunEvents(step=say)}
 
 
 @dataclass(frozen=True)
