@@ -134,20 +134,22 @@ def _profile_args(session: nox.Session) -> tuple[str, list[str]]:
     return profile, extra
 
 
-def _sweep(session: nox.Session, *sweeps: str, store: str = REFERENCE_STORE) -> None:
-    profile, extra = _profile_args(session)
+def _sweep(session: nox.Session, *sweeps: str, store: str = REFERENCE_STORE, extra: list[str] | None = None) -> None:
+    profile, posargs = _profile_args(session)
+    extra = posargs if extra is None else extra
     targets = [f"benchmarks/sweeps/{s}.toml" for s in sweeps] if sweeps else ["--all"]
     session.run("python", "-m", "benchmarks.run", *targets, "--profile", profile, "--store", store, *extra, env=_env())
 
 
-def _sweep_workers(session: nox.Session, *sweeps: str, workers: int = 2) -> None:
+def _sweep_workers(session: nox.Session, *sweeps: str, workers: int = 2, only: list[str] | None = None) -> None:
     """:func:`_sweep` with ``workers`` local processes on one store (the cpu profile's sweeps run one thread per run;
-    leases give every config to one worker). The paper profile runs one worker (one GPU)."""
+    leases give every config to one worker); ``only``: ``--only`` filters. The paper profile runs one worker."""
     import subprocess
 
     profile, extra = _profile_args(session)
+    extra = [*extra, *[a for f in only or [] for a in ("--only", f)]]
     if profile == "paper" or workers < 2:
-        _sweep(session, *sweeps)
+        _sweep(session, *sweeps, extra=extra)
         return
     cmd = [str(Path(session.bin) / "python"), "-m", "benchmarks.run",
            *[f"benchmarks/sweeps/{s}.toml" for s in sweeps], "--profile", profile, "--store", REFERENCE_STORE, *extra]
@@ -208,14 +210,15 @@ def claim(session: nox.Session) -> None:
     (``benchmarks/sweeps/claim_lm.toml``; cpu profile unless ``-- --profile paper``; not part of reproduce: about
     two hours on 2 cores, two workers) into results/records."""
     _install(session)
+    _sweep_workers(session, "claim_lm", "allocation_lm", only=["speedup=2.0"])  # the paper's target first
     _sweep_workers(session, "claim_lm")
 
 
 @nox.session(python=PYTHON)
 def allocation(session: nox.Session) -> None:
-    """Global allocation (#26): spdy and evolutionary searches over each method's candidate database at a 2x
-    block-latency target (``benchmarks/sweeps/allocation_lm.toml``; cpu profile unless ``-- --profile paper``;
-    not part of reproduce) into results/records."""
+    """Global allocation (#26): the evolutionary search over each method's candidate database at a 2x block-latency
+    target (``benchmarks/sweeps/allocation_lm.toml``; its spdy counterparts are the claim sweep's; cpu profile unless
+    ``-- --profile paper``; not part of reproduce; ``nox -s claim`` runs it too) into results/records."""
     _install(session)
     _sweep_workers(session, "allocation_lm")
 
