@@ -66,8 +66,11 @@ class ZipLM(PruningMethod):
             start = time.perf_counter()
             state = state or SupportState(problem, deferred=self.deferred)
             stages = gradual_removal(state, k, p_hat=1)
-            kept = torch.nonzero(state.kept).flatten()
-            W = refit(problem, kept)
+            kept_here = torch.nonzero(state.kept).flatten()  # on the problem's device, as in solve()
+            W = refit(problem, kept_here)
+            kept = self._checked_kept(problem, kept_here)
+            W = self._pruned_weights(problem, kept, W)
             synchronize(problem.device)
-            out[k] = self._result(problem, kept, W, {"stages": stages, "one_pass": True}, time.perf_counter() - start)
+            out[k] = PruneResult(kept=kept, W=W, objective=problem.objective(W), seconds=time.perf_counter() - start,
+                                 method=self.name, info={"stages": stages, "one_pass": True})
         return out

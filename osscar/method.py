@@ -91,7 +91,10 @@ class PruningMethod:
         start = time.perf_counter()
         kept, W, info = self.solve(problem)
         synchronize(problem.device)  # queued GPU kernels belong to the solve's wall time
-        return self._result(problem, kept, W, info, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        kept = self._checked_kept(problem, kept)
+        W = self._pruned_weights(problem, kept, W)  # rebinding W frees the solver's copy (peak: two, briefly)
+        return PruneResult(kept=kept, W=W, objective=problem.objective(W), seconds=seconds, method=self.name, info=info)
 
     def prune_ladder(self, problem_at: Callable[[int], LayerProblem], levels: Sequence[int]) -> dict[int, PruneResult]:
         """The method's solution at each kept count in ``levels`` (0 < k < all) of one layer, whose problem keeping
@@ -99,10 +102,9 @@ class PruningMethod:
         solutions at several levels come from one pass (a removal path) overrides it with identical results."""
         return {k: self.prune(problem_at(k)) for k in levels}
 
-    def _result(self, problem: LayerProblem, kept: Tensor, W: Tensor, info: dict[str, Any],
-                seconds: float) -> PruneResult:
-        """A checked :class:`PruneResult`: ``problem.k`` distinct groups (per-block counts under a partition
-        constraint), the pruned rows of ``W`` zeroed, the objective."""
+    def _checked_kept(self, problem: LayerProblem, kept: Tensor) -> Tensor:
+        """``kept`` sorted on the CPU; RuntimeError unless it is ``problem.k`` distinct groups (per-block counts
+        under a partition constraint)."""
         kept = torch.as_tensor(kept, dtype=torch.long, device="cpu").sort().values
         if kept.numel() != problem.k or torch.unique(kept).numel() != problem.k:
             raise RuntimeError(f"method {self.name!r} returned {kept.numel()} groups, expected {problem.k}")
@@ -111,12 +113,16 @@ class PruningMethod:
             if not bool((counts == problem.block_keep).all()):
                 raise RuntimeError(f"method {self.name!r} kept {counts.tolist()} groups per block, expected "
                                    f"{problem.block_keep} in each of {problem.blocks} blocks")
+        return kept
+
+    @staticmethod
+    def _pruned_weights(problem: LayerProblem, kept: Tensor, W: Tensor) -> Tensor:
+        """A float64 copy of ``W`` on the problem's device with the rows of every pruned group zero."""
         W = W.to(device=problem.device, dtype=torch.float64).clone()
         mask = torch.ones(problem.n_groups, dtype=torch.bool, device=problem.device)
         mask[kept.to(problem.device)] = False
         W[problem.rows_of(torch.nonzero(mask).flatten())] = 0
-        return PruneResult(kept=kept, W=W, objective=problem.objective(W), seconds=seconds,
-                           method=self.name, info=info)
+        return W
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

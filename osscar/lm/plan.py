@@ -158,9 +158,13 @@ def solve_bytes(method: str, p: int, m: int, kept_rows: int) -> int:
 def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, dtype: str, method: str,
                 device_type: str, keep_fraction: tuple[float, float] = (0.5, 0.5), offload: str = "none",
                 eval_seqlen: int | None = None, latency: bool = False,
-                shortcut_bytes: int | None = None, eval_windows: int | None = None) -> MemoryPlan:
+                shortcut_bytes: int | None = None, eval_windows: int | None = None, stitched: bool = False,
+                drift_tokens: int = 0) -> MemoryPlan:
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
+    ``stitched``: a global allocation search (``spdy``/``evolutionary``) holds one stitched copy of the model
+    beside it while it scores candidates; ``drift_tokens``: held-out tokens whose dense hidden states and
+    log-probabilities wait on the host through pruning (``drift=True``).
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
     item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
     (module docstring). ``eval_windows``: windows per corpus if capped (offloaded evaluation keeps a
@@ -179,6 +183,7 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     _load_items(ctx)
     _prune_items(ctx, keep_fraction, shortcut_bytes)
     _evaluate_items(ctx, latency, eval_windows)
+    _allocation_items(ctx, stitched, drift_tokens)
     items = ctx.items
     if device_type != "cuda":  # the device is the host: one set of items, listed for both
         if offload == "cpu":  # the whole model waits in host memory beside the resident block
@@ -293,6 +298,17 @@ def _evaluate_items(c: _PlanContext, latency: bool, eval_windows: int | None) ->
         c.add("evaluate", "one block read (host)", count(shape.block_params), c.block, "host")
 
 
+def _allocation_items(c: _PlanContext, stitched: bool, drift_tokens: int) -> None:
+    """A global search's stitched model copy (prune phase); the drift reference on the host (prune, evaluate)."""
+    if stitched:
+        c.add("prune", "stitched copy scored by the width search", f"{count(c.shape.params)} params", c.weights)
+    shape = c.shape
+    if drift_tokens:
+        n = drift_tokens * (shape.n_layers * shape.hidden + shape.vocab) * F32
+        for phase in ("prune", "evaluate"):
+            c.add(phase, "held-out reference: dense hidden states and log-probabilities",
+                  f"{drift_tokens}×({shape.n_layers}×{shape.hidden}+{shape.vocab}) f32", n, "host")
+
 
 def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
     """The plan of an :class:`osscar.lm.run.LMRunConfig` (``changes``: fields overridden, e.g. dtype)."""
@@ -304,7 +320,10 @@ def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
     return memory_plan(shape, model=c["model"], n_samples=c["n_samples"], seqlen=c["seqlen"], dtype=c["dtype"],
                        method=c["method"], device_type=str(c["device"]).split(":")[0], keep_fraction=(1 - hf, 1 - nf),
                        offload=c["offload"], eval_seqlen=c["eval_seqlen"], latency=bool(c["latency_points"]),
-                       eval_windows=c["eval_windows"])
+                       eval_windows=c["eval_windows"],
+                       stitched=getattr(config, "allocation", "uniform") in ("spdy", "evolutionary"),
+                       drift_tokens=(config.heldout_samples * (config.heldout_seqlen or config.seqlen)
+                                     if getattr(config, "drift", False) else 0))
 
 
 def available_bytes(device: str) -> tuple[int, str]:
