@@ -117,6 +117,21 @@ def test_plan_counts_the_model_and_activations():
     assert len(lines) == 2 + len(PHASES)
 
 
+def test_plan_counts_a_global_search_copy_and_the_drift_reference():
+    cfg = tiny_llama_config()
+    shape = model_shape(cfg)
+    kw = dict(model="t", n_samples=16, seqlen=64, dtype="bfloat16", method="osscar", device_type="cuda")
+    plain = memory_plan(shape, **kw)
+    plan = memory_plan(shape, **kw, stitched=True, drift_tokens=4 * 64)
+    extra = {(i.phase, i.where, i.name): i.bytes for i in plan.items}.items() - \
+        {(i.phase, i.where, i.name): i.bytes for i in plain.items}.items()
+    reference = 4 * 64 * (cfg.num_hidden_layers * cfg.hidden_size + cfg.vocab_size) * 4  # float32, by hand
+    assert dict(extra) == {
+        ("prune", "device", "stitched copy scored by the width search"): shape.params * 2,
+        ("prune", "host", "held-out reference: dense hidden states and log-probabilities"): reference,
+        ("evaluate", "host", "held-out reference: dense hidden states and log-probabilities"): reference}
+
+
 def test_unknown_offload_mode_is_refused():
     shape = model_shape(tiny_llama_config())
     with pytest.raises(ValueError, match="offload='gpu' is unknown; allowed: none, cpu, disk"):
