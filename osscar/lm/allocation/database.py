@@ -138,10 +138,12 @@ class CandidateDatabase:
             try:
                 index = json.loads(index_path.read_text())
             except (OSError, ValueError) as e:
-                raise ValueError(f"candidate database {path}: {INDEX} is unreadable ({e})") from None
+                raise ValueError(f"candidate database {path}: {INDEX} is unreadable ({e}); delete the folder to "
+                                 "rebuild it") from None
             if index.get("spec") != spec.to_dict():
                 raise ValueError(f"candidate database {path} was built for another model, data, method or levels "
-                                 f"(its spec: {index.get('spec')}); use another --database folder")
+                                 f"(its spec: {index.get('spec')}); delete the folder to rebuild it, or use "
+                                 "another --cache-dir")
             return cls(path, spec, index)
         if not create:
             raise ValueError(f"no candidate database at {path}")
