@@ -78,7 +78,8 @@ def corpus_of(df: pd.DataFrame) -> str | None:
 def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], z: float = 1.96) -> dict[str, float]:
     """ppl(a) / ppl(b) pooled over paired windows of several seeds: exp(mean d) with d = nll_a − nll_b per
     window, and exp(mean ± z·SE), SE = sd(d)/√n over every window of every seed. ``pairs``: (a, b) per seed."""
-    d = np.concatenate([np.asarray(a, float) - np.asarray(b, float) for a, b in pairs if len(a) == len(b) and len(a)])
+    diffs = [np.asarray(a, float) - np.asarray(b, float) for a, b in pairs if len(a) == len(b) and len(a)]
+    d = np.concatenate(diffs) if diffs else np.zeros(0)
     if not len(d):
         return {"ratio": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
     mean = float(d.mean())

@@ -122,19 +122,24 @@ def allocation_tables(records) -> list[Table]:
     corpus = corpus_of(df) if not df.empty else None
     if corpus is None:
         return []
+    claim = claim_runs(records, CLAIM_EXPERIMENT)
+    if not claim.empty:  # the spdy counterparts: the claim sweep's runs at the same targets and seeds
+        spdy = claim[(claim["allocation"] == "spdy") & claim["speedup_target"].isin(df["speedup_target"])
+                     & claim["seed"].isin(df["seed"])]
+        df = pd.concat([spdy, df], ignore_index=True)
     data = pd.DataFrame({
-        "method · allocation": df["arm"], "target": [f"{t:g}×" for t in df["speedup_target"]], "seed": df["seed"],
+        "sweep": df["experiment"], "method · allocation": df["arm"], "target": [f"{t:g}×" for t in df["speedup_target"]], "seed": df["seed"],
         "ppl": df[f"ppl:{corpus}"], "predicted": df["predicted_speedup"], "block speedup": df["blocks_speedup"],
         "database s": df["db_seconds"], "database MB": df["db_bytes"] / 2**20, "solves": df["db_solver_calls"],
         "search s": df["search_seconds"], "evaluations": df["search_evaluations"]})
     return [Table(
         name=slug("allocation_global", corpus), title=f"Global allocation — {corpus}",
-        caption=(f"spdy and evolutionary searches over each method's own candidate database "
+        caption=(f"spdy (the claim sweep's runs) and evolutionary searches over each method's own candidate database "
                  f"({describe(df['model'])}), then sequential pruning at the searched widths. ppl on {corpus}; "
                  "predicted: the search's block speedup from the latency table; block speedup: measured at prefill. "
                  "database s / solves: this run's build (0 solves: reused from an earlier run, e.g. the claim "
                  "sweep's); search s / evaluations: stitched-model fitness calls. " + provenance_caption(df, "lm")),
-        data=data, label_cols=["method · allocation", "target", "seed"],
+        data=data, label_cols=["sweep", "method · allocation", "target", "seed"],
         value_cols=["ppl", "predicted", "block speedup", "database s", "database MB", "solves", "search s",
                     "evaluations"],
         directions={"ppl": LOWER},

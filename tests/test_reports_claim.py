@@ -111,3 +111,16 @@ def test_tracking_is_the_rank_correlation_by_hand(tmp_path):
     expected = np.corrcoef(_ranks(ppl), _ranks(kl))[0, 1]  # no ties in these floats
     assert tr.loc[(2.0, "drift_kl"), "spearman"] == pytest.approx(expected, rel=1e-12)
     assert tr.loc[(2.0, "drift_kl"), "runs"] == 24 and expected > 0.5
+
+
+def test_partial_records_give_the_readings_they_can(tmp_path):
+    """Only some arms recorded (a sweep still running): readings without both arms are left out, nothing fails."""
+    synthetic_claim(tmp_path / "store")
+    for f in (tmp_path / "store" / "claim_lm").glob("*.json"):
+        cfg = json.loads(f.read_text())["config"]
+        if cfg["method"] == "osscar" and cfg["allocation"] != "spdy" or cfg["seed"] == 2 and cfg["method"] == "osscar":
+            f.unlink()
+    records = load_records(tmp_path / "store")
+    r = readings(claim_runs(records), CORPUS)
+    assert set(r["reading"]) == {"R3 (spdy)"} and set(r["seeds"]) == {2}
+    assert build_report(tmp_path / "store", tmp_path / "out").is_file()
