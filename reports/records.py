@@ -117,7 +117,8 @@ def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
     widths per block (lists)."""
     point = _largest_point(m.get("latency"))
     al = m.get("allocation") or {}
-    predicted = num(dig(al, "budget", "predicted_speedup")) or num(al.get("predicted_speedup"))
+    predicted = next((v for v in (num(dig(al, "budget", "predicted_speedup")), num(al.get("predicted_block_speedup")),
+                                  num(al.get("predicted_speedup"))) if v is not None), None)  # of the blocks
     return {"blocks_speedup": num(point.get("blocks_speedup")) if point else None,
             "predicted_speedup": predicted,
             "alloc_seconds": num(dig(m, "timings", "allocation_s")),

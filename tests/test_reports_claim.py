@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks.store import ResultStore, RunRecord
 from reports import build_report
-from reports.claim import claim_runs, readings, tracking
+from reports.claim import arm_summary, claim_runs, readings, tracking
 from reports.records import load_records
 from reports.tables_claim import allocation_tables, claim_tables
 
@@ -54,6 +54,8 @@ def synthetic_claim(root: Path, windows: int = 8, experiment: str = "claim_lm") 
                                             neurons_kept_per_block=[1536, 768, 96] * 10)
                         m["allocation"] = {"budget": {"predicted_speedup": target},
                                            "seconds": {"database": 100.0, "search": 20.0}}
+                    if alloc == "runtime":  # its report: the whole model's prediction beside the blocks'
+                        m["allocation"] = {"predicted_speedup": 1.6, "predicted_block_speedup": target}
                     store.put(RunRecord(experiment, "lm", cfg, m, {**tpl["provenance"], "fixture": True}, "t0",
                                         f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}"))
                     out[method, alloc, target, seed] = w
@@ -78,6 +80,8 @@ def test_each_reading_is_the_pooled_paired_ratio_by_hand(tmp_path):
     assert r.loc[("R2", 2.0), "matched"]  # 2.0 vs 1.95: 2.6% apart
     assert not r.loc[("R2 (OSSCAR by FLOPs)", 2.0), "matched"]  # 2.0 vs 1.6: 25% apart
     assert r.loc[("R2", 2.0), "ratio"] < 1  # ZipLM runtime is lower here: OSSCAR uniform +0.10 nats
+    arms = arm_summary(df, CORPUS).set_index(["arm", "target"])
+    assert arms.loc[("ziplm · runtime", 2.0), "predicted_speedup"] == 2.0  # the blocks' prediction, not the model's
 
 
 def test_claim_and_allocation_sections_and_figures(tmp_path):
