@@ -208,7 +208,7 @@ def claim(session: nox.Session) -> None:
     """The paper's headline claim (#27): OSSCAR vs ZipLM at a target block speedup under uniform (FLOPs and
     measured latency), runtime-aware and global (spdy) allocation, measured speedups, three seeds
     (``benchmarks/sweeps/claim_lm.toml``; cpu profile unless ``-- --profile paper``; not part of reproduce: about
-    two hours on 2 cores, two workers) into results/records."""
+    four hours on 2 cores, two workers) into results/records."""
     _install(session)
     _sweep_workers(session, "claim_lm", "allocation_lm", only=["speedup=2.0"])  # the paper's target first
     _sweep_workers(session, "claim_lm")
