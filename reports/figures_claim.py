@@ -70,7 +70,6 @@ def _ratio_panel(ax: Any, df: pd.DataFrame, corpus: str) -> None:
     ax.set_xticklabels([f"{t:g}×" for t in sorted(r["target"].unique())])
     ax.set_xlabel("target block speedup")
     ax.set_ylabel(f"ppl / ppl({arm_label(*R2_REFERENCE)})")
-    log_axis(ax, "y", base=2)
 
 
 def claim_figures(records, out: Path) -> list[Figure]:
