@@ -156,15 +156,14 @@ def allocation_width_figures(records, out: Path) -> list[Figure]:
             continue
         with publication_style():
             fig, (a, b) = subplots(1, 2, figsize=(9.0, 3.4), sharey=True)
-            heads = max(max(v) for v in df["kept_attn_per_block"])
-            neurons = max(max(v) for v in df["kept_mlp_per_block"])
-            for _, r in df.sort_values("arm").iterrows():
+            for _, r in df.sort_values("arm").iterrows():  # shares of the run's own totals (heads or KV groups)
                 st = _style(r["arm"])
                 blocks = np.arange(len(r["kept_attn_per_block"]))
-                a.plot(blocks, np.asarray(r["kept_attn_per_block"]) / heads, label=r["arm"], **st)
-                b.plot(blocks, np.asarray(r["kept_mlp_per_block"]) / neurons, label=r["arm"], **st)
+                a.plot(blocks, np.asarray(r["kept_attn_per_block"]) / r["attn_groups_total"], label=r["arm"], **st)
+                b.plot(blocks, np.asarray(r["kept_mlp_per_block"]) / r["neurons_total"], label=r["arm"], **st)
             a.set_ylabel("share kept (0: module removed)")
-            for ax, what in ((a, f"attention (of {heads} heads)"), (b, f"MLP (of {neurons} neurons)")):
+            for ax, what in ((a, "attention (share of its heads or KV groups)"),
+                             (b, f"MLP (share of {describe(df['neurons_total'].astype(int))} neurons)")):
                 ax.set_xlabel("decoder block")
                 ax.set_title(what, fontsize=9)
                 ax.set_ylim(-0.05, 1.05)

@@ -130,6 +130,8 @@ def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
             "drift_final": num((dig(m, "drift", "block_rel_error") or [None])[-1]),
             "drift_blocks": dig(m, "drift", "block_rel_error"),
             "kept_attn_per_block": dig(m, "applied", "attn_groups_kept_per_block"),
+            "attn_groups_total": num(dig(m, "applied", "attn_groups_total")),  # in the run's attention unit
+            "neurons_total": num(dig(m, "applied", "neurons_total")),
             "kept_mlp_per_block": dig(m, "applied", "neurons_kept_per_block")}
 
 
