@@ -182,7 +182,9 @@ def test_uniform_takes_the_largest_common_fraction_that_fits():
 
 
 def test_registry_names_and_errors():
-    assert tuple(ALLOCATORS) == options.ALLOCATIONS
+    # every registered allocator is a run's allocation; the run's "uniform-latency" is the registry's "uniform" on
+    # the measured latency table (osscar.lm.allocation.run_step), its "uniform" the FLOPs fractions (no registry)
+    assert [a for a in options.ALLOCATIONS if a != "uniform-latency"] == list(ALLOCATORS)
     with pytest.raises(ValueError, match=r"^allocation='foo' is unknown; allowed: uniform, runtime, spdy, evolutionary$"):
         get_allocator("foo")
     layers = [LayerChoices("a", (0, 1), [0.0, 1.0], [1.0, 0.0])]
