@@ -217,11 +217,10 @@ def solve_part(problem_at: Callable[[int], LayerProblem], method: PruningMethod,
         out[0] = {"error": zero_err, "rel_error": zero_rel, "seconds": 0.0}
     tensors: dict[str, Tensor] = {}
     solved = method.prune_ladder(problem_at, [k for k in levels if k not in (0, full)])
-    for level, res in solved.items():
-        problem = problem_at(level)
-        err, rel = problem.calibration_error(res.W)
+    for level, res in solved.items():  # the error and the rows depend on H, Ŵ and the groups, not on k
+        err, rel = dense.calibration_error(res.W)
         out[level] = {"error": err, "rel_error": rel, "seconds": res.seconds}
-        cols = problem.rows_of(res.kept.to(problem.device))
+        cols = dense.rows_of(res.kept.to(dense.device))
         tensors[f"kept.{level}"] = res.kept.clone()
         tensors[f"W.{level}"] = res.W[cols].T.to("cpu", dtype).contiguous()  # (m, k·group_size)
     return {k: out[k] for k in levels}, tensors, len(solved)
