@@ -61,8 +61,8 @@ def _ensure_fashion_mnist(session: nox.Session) -> None:
     step = fashion_mnist_step(root, os.geteuid() if hasattr(os, "geteuid") else -1, shutil.which("apt-get"))
     if isinstance(step, str):
         session.error(step)
-    for command in step:
-        session.run(*command, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    for command in step:  # an install step: it runs under --install-only too, and is skipped with --no-install
+        session.run_install(*command, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
     if not root.is_dir():
         session.error(f"{FMNIST_PACKAGE} is installed but {root} is still missing")
 
