@@ -64,7 +64,8 @@ def _ensure_fashion_mnist(session: nox.Session) -> None:
     for command in step:  # an install step: it runs under --install-only too, and is skipped with --no-install
         session.run_install(*command, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
     if not root.is_dir():
-        session.error(f"{FMNIST_PACKAGE} is installed but {root} is still missing")
+        session.error(f"{root} is still missing after installing {FMNIST_PACKAGE} (with nox -R / --no-install the "
+                      "install step is skipped: run the session once without it)")
 
 
 @nox.session(python=PYTHON)

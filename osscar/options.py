@@ -17,6 +17,7 @@ CORPUS_NAMES = ("c4", "c4-train", "ptb", "wiki-gensim", "wikitext2")
 ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai")
 EMBEDDED_LM_NAMES = ("smollm2-135m",)
 ALLOCATIONS = ("uniform", "uniform-latency", "runtime", "spdy", "evolutionary")
+ALLOCATION_APPLY = ("sequential", "database")  # a global search's widths: re-solved, or its database's weights
 OFFLOAD_MODES = ("none", "cpu", "disk")  # LM runs: where blocks wait while not computed (osscar.lm.offloading.offload)
 ATTENTION_UNITS = ("head", "kv-group")  # GQA: query heads uniform per KV group, or whole KV groups
 VISION_DATASETS = ("fashion-mnist", "cifar10", "imagenet")

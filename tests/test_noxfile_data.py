@@ -25,13 +25,14 @@ class Stop(Exception):
 
 
 class StubSession:
-    """Records ``run`` calls; ``error`` stops like nox's does. ``creates``: the folder an install makes."""
+    """Records ``run_install`` calls (the apt step is an install step: it runs under ``--install-only``);
+    ``error`` stops like nox's does. ``creates``: the folder an install makes."""
 
     def __init__(self, creates: Path | None = None):
         self.calls: list[tuple[tuple[str, ...], dict]] = []
         self.creates = creates
 
-    def run(self, *args: str, **kwargs) -> None:
+    def run_install(self, *args: str, **kwargs) -> None:
         self.calls.append((args, kwargs))
         if "install" in args and self.creates is not None:
             self.creates.mkdir(parents=True)

@@ -253,12 +253,19 @@ def prune(state: RunState, mem: MemoryMonitor) -> None:
     state.rss_before = peak_rss_mb()
     mem.phase("load_and_dense_eval")
     t = time.perf_counter()
-    state.events.step(f"pruning {n_blocks} blocks with {c.method}")
-    state.outcome = prune_model_sequential(
-        state.model, state.segments, state.methods, plan_attn, plan_mlp, damping=c.damping,
-        layers=list(c.layers) if c.layers is not None else None, inputs_from=c.calibration_inputs,
-        heldout=state.heldout, progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)),
-        blocks=state.handle.prune_store())
+    if c.allocation_apply == "database":
+        from osscar.lm.allocation.apply import apply_from_database, open_database
+
+        state.events.step(f"taking {n_blocks} blocks' weights from the {c.method} candidate database (no solver call)")
+        state.outcome = apply_from_database(state.model, open_database(state.result["allocation"]),
+                                            list(zip(state.widths_attn, state.widths_mlp)))
+    else:
+        state.events.step(f"pruning {n_blocks} blocks with {c.method}")
+        state.outcome = prune_model_sequential(
+            state.model, state.segments, state.methods, plan_attn, plan_mlp, damping=c.damping,
+            layers=list(c.layers) if c.layers is not None else None, inputs_from=c.calibration_inputs,
+            heldout=state.heldout, progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)),
+            blocks=state.handle.prune_store())
     state.timed("prune_total_s", t)
     state.timings["prune_solver_s"] = state.outcome.seconds_solver
     state.rss_after = peak_rss_mb()

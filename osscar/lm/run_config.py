@@ -24,7 +24,7 @@ from typing import Any
 from osscar import validate
 from osscar.config_cli import option, parse_ints, parse_key_value, parse_names, parse_point
 from osscar.lm.allocation.run_step import search_settings
-from osscar.options import (ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, DEFAULT_DAMPING,
+from osscar.options import (ALLOCATION_APPLY, ALLOCATIONS, ATTENTION_UNITS, CALIBRATION_INPUTS, CORPUS_NAMES, DEFAULT_DAMPING,
                             EMBEDDED_LM_NAMES, MODEL_DTYPES, OFFLOAD_MODES, ZERO_SHOT_TASKS)
 
 DEFAULT_EVAL_CORPORA = ("wiki-gensim",)
@@ -83,6 +83,8 @@ class LMRunConfig:
             :mod:`osscar.lm.allocation.run_step`).
         allocation_point: (batch, seqlen) of the latency table for ``runtime`` (None: (1, seqlen)).
         allocation_mlp_levels: MLP widths timed and offered to the allocator (evenly spaced).
+        allocation_apply: ``spdy``/``evolutionary`` widths re-solved sequentially (``sequential``) or taken with
+            their weights from the candidate database (``database``; :mod:`osscar.lm.allocation.apply`).
         allocation_min_keep: with ``runtime``, no consumer keeps fewer than this fraction of its
             groups (at least one group): a guard against the normalised loss under-rating layers.
         seed, threads: recorded; ``torch.set_num_threads(threads)``.
@@ -165,6 +167,11 @@ class LMRunConfig:
         cli_default=[], to_field=dict, metavar="KEY=VALUE",
         help="search setting of --allocation spdy/evolutionary (e.g. max_evaluations=40, generations=12; spdy also "
              "fitness_samples: calibration rows its fitness scores), repeatable")
+    allocation_apply: str = option(
+        "sequential", section="target", choices=ALLOCATION_APPLY,
+        help="--allocation spdy/evolutionary: 'sequential' re-solves every block at the searched widths on the pruned "
+             "model's inputs; 'database' takes each consumer's weights from the candidate database (dense-model "
+             "inputs: the stitched model the search scored; no solver call after the search)")
     allocation_min_keep: float = option(
         0.0, section="target", help="--allocation runtime: no layer keeps fewer than this fraction of its groups/neurons")
     calib_corpus: str = option(
@@ -271,6 +278,10 @@ class LMRunConfig:
         if self.allocation in ("uniform-latency", "spdy", "evolutionary") and self.layers is not None:
             raise ValueError(f"allocation={self.allocation!r} allocates every block: leave layers unset")
         search_settings(self.allocation, self.allocation_params, self.seed)
+        validate.one_of("allocation_apply", self.allocation_apply, ALLOCATION_APPLY)
+        if self.allocation_apply == "database" and self.allocation not in ("spdy", "evolutionary"):
+            raise ValueError(f"allocation_apply='database' takes the weights from a global search's candidate database:"
+                             f" use allocation 'spdy' or 'evolutionary' (got {self.allocation!r})")
         if self.allocation == "evolutionary" and self.heldout_samples == 0:
             raise ValueError("allocation='evolutionary' scores KL on the held-out windows: heldout_samples must be > 0")
         validate.positive_int("allocation_mlp_levels", self.allocation_mlp_levels)

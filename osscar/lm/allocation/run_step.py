@@ -15,7 +15,8 @@ speedup rather than the block-FLOPs one of ``allocation="uniform"``. The global 
    pruned nor counted, as for the uniform and runtime allocations).
 3. The caller prunes the model sequentially at the chosen widths (:func:`prune_model_sequential` with per-block
    counts; level 0 removes the module): the database's weights decide the widths, the sequential protocol
-   the weights, as the runtime allocation does.
+   the weights, as the runtime allocation does; or, with ``allocation_apply="database"``, takes the database's
+   own weights at those widths (:mod:`osscar.lm.allocation.apply`).
 """
 
 from __future__ import annotations
@@ -125,9 +126,11 @@ def global_allocation(model: nn.Module, segments: Tensor, heldout: Tensor | None
                       costs=costs, fixed=0.0, config=settings, fitness_rows=rows, progress=progress)
     keep_attn = {i: a for i, (a, _) in enumerate(out.widths)}
     keep_mlp = {i: m for i, (_, m) in enumerate(out.widths)}
-    report = {"scheme": f"{config.allocation} search over the method's candidate database (dense-model inputs), "
-                        "then sequential pruning at the chosen widths",
-              "target_speedup": float(config.speedup), "point": [batch, seqlen], **out.to_dict(),
+    then = ("the chosen widths' weights taken from the database" if config.allocation_apply == "database"
+            else "then sequential pruning at the chosen widths")
+    report = {"scheme": f"{config.allocation} search over the method's candidate database (dense-model inputs), {then}",
+              "apply": config.allocation_apply, "target_speedup": float(config.speedup), "point": [batch, seqlen],
+              **out.to_dict(),
               "kept_attn_groups": [keep_attn[i] for i in range(len(out.widths))],
               "kept_neurons": [keep_mlp[i] for i in range(len(out.widths))]}
     return keep_attn, keep_mlp, report

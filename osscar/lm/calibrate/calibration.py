@@ -57,8 +57,8 @@ class LayerRecord:
     n_groups: int
     k: int
     kept: list[int]
-    objective: float
-    dense_objective: float
+    objective: float | None  # None: not solved here (taken from a candidate database)
+    dense_objective: float | None
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
     # ½‖X(W − Ŵ)‖² (raw H, no damping) and its ratio to ½‖XŴ‖², on the calibration inputs and on the
