@@ -135,6 +135,13 @@ def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
             "kept_mlp_per_block": dig(m, "applied", "neurons_kept_per_block")}
 
 
+def allocation_label(cfg: dict[str, Any]) -> str:
+    """A run's allocation as the reports name it: the allocation, with ``/db`` when a global search's widths took
+    the candidate database's weights (``allocation_apply="database"``) instead of a sequential re-solve."""
+    name = cfg.get("allocation") or "uniform"
+    return f"{name}/db" if cfg.get("allocation_apply") == "database" else name
+
+
 def layer_error_means(layers: Any) -> dict[str, float | None]:
     """Mean over a run's layer records of ``calib_rel_error`` / ``heldout_rel_error`` per part:
     ``err_calib:attn``, ``err_heldout:attn``, ``err_calib:mlp``, ``err_heldout:mlp``, and over every
@@ -182,7 +189,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "params_dense": num(dig(m, "size", "params_dense")), "params_pruned": num(dig(m, "size", "params_pruned")),
         "block_flops_speedup": num(dig(m, "size", "block_flops_ratio")),
         "flops_speedup": num(dig(m, "size", "total_flops_ratio")),
-        "latency_speedup": lat, "latency_point": lat_point, "allocation": cfg.get("allocation") or "uniform",
+        "latency_speedup": lat, "latency_point": lat_point, "allocation": allocation_label(cfg),
         **allocation_columns(m),
         "prune_seconds": num(dig(m, "timings", "prune_total_s")),
         "solver_seconds": num(dig(m, "timings", "prune_solver_s")),

@@ -128,3 +128,13 @@ def test_partial_records_give_the_readings_they_can(tmp_path):
     r = readings(claim_runs(records), CORPUS)
     assert set(r["reading"]) == {"R3 (spdy)"} and set(r["seeds"]) == {2}
     assert build_report(tmp_path / "store", tmp_path / "out").is_file()
+
+
+def test_database_weights_are_their_own_arm():
+    """A global search applied with the database's weights is reported apart from its sequential re-solve."""
+    from reports.records import allocation_label
+
+    assert allocation_label({"allocation": "spdy", "allocation_apply": "database"}) == "spdy/db"
+    assert allocation_label({"allocation": "spdy", "allocation_apply": "sequential"}) == "spdy"
+    assert allocation_label({"allocation": "spdy"}) == allocation_label({"allocation": "spdy"}) == "spdy"
+    assert allocation_label({}) == "uniform"
