@@ -29,6 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from benchmarks import record_schema as schema
 from benchmarks.store import ResultStore, RunRecord
 
 
@@ -67,61 +68,41 @@ class Metric:
     value: float
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
 def deterministic_metrics(record: RunRecord) -> Iterator[Metric]:
-    """The metrics of a record that must reproduce (per pipeline)."""
+    """The metrics of a record that must reproduce (per pipeline), read through :mod:`benchmarks.record_schema`."""
     m = record.metrics
     if record.pipeline == "lm":
-        for state in ("dense", "pruned"):
-            for corpus, res in (m.get(state) or {}).items():
-                if isinstance(res, dict) and _num(res.get("ppl")) is not None:
-                    yield Metric(f"{state} ppl {corpus}", "ppl", float(res["ppl"]))
-            for task, res in ((m.get(state) or {}).get("zero_shot") or {}).get("tasks", {}).items():
-                for k in ("acc", "acc_norm"):
-                    if _num(res.get(k)) is not None:
-                        yield Metric(f"{state} {task} {k}", "zero_shot", float(res[k]))
+        for state in schema.STATES:
+            for corpus, ppl in schema.perplexities(m, state).items():
+                yield Metric(f"{state} ppl {corpus}", "ppl", ppl)
+            for task, scores in schema.zero_shot_scores(m, state).items():
+                for k, value in scores.items():
+                    if value is not None:
+                        yield Metric(f"{state} {task} {k}", "zero_shot", value)
         for k in ("params_dense", "params_pruned"):
-            if _num((m.get("size") or {}).get(k)) is not None:
-                yield Metric(k, "size", float(m["size"][k]))
+            if schema.lm_sizes(m)[k] is not None:
+                yield Metric(k, "size", schema.lm_sizes(m)[k])
     elif record.pipeline == "vision":
-        for state in ("dense", "pruned"):
-            s = m.get(state) or {}
-            if _num(s.get("top1")) is not None:
-                yield Metric(f"{state} top1", "accuracy", float(s["top1"]))
-            for k in ("macs", "params"):
-                if _num(s.get(k)) is not None:
-                    yield Metric(f"{state} {k}", "size", float(s[k]))
+        for state in schema.STATES:
+            for k, value in schema.vision_scores(m, state).items():
+                if value is not None:
+                    yield Metric(f"{state} {k}", "accuracy" if k == "top1" else "size", value)
     elif record.pipeline == "solver":
-        if _num(m.get("objective")) is not None:
-            yield Metric("objective", "objective", float(m["objective"]))
-    for layer in m.get("layers") or []:
-        name = layer.get("name") or layer.get("unit")
-        if name and _num(layer.get("objective")) is not None:
-            yield Metric(f"objective {name}", "objective", float(layer["objective"]))
+        if schema.num(m.get("objective")) is not None:
+            yield Metric("objective", "objective", schema.num(m["objective"]))
+    for name, objective in schema.layer_objectives(m).items():
+        yield Metric(f"objective {name}", "objective", objective)
 
 
 def selections(record: RunRecord) -> dict[str, Any]:
     """Kept groups per layer (the discrete outcome of a run)."""
-    m = record.metrics
-    if record.pipeline == "solver":
-        return {"kept": m.get("kept")}
-    if record.pipeline == "vision":
-        return dict(m.get("kept") or {})
-    return {layer.get("name"): layer.get("kept") for layer in m.get("layers") or [] if layer.get("name")}
+    return schema.kept_groups(record.pipeline, record.metrics)
 
 
 def timings(record: RunRecord) -> dict[str, float]:
-    m = record.metrics
-    out = {"wall_seconds": _num(m.get("wall_seconds"))}
-    if record.pipeline == "solver":
-        out["prune_seconds"] = _num(m.get("prune_seconds"))
-    elif record.pipeline == "lm":
-        out["prune_solver_s"] = _num((m.get("timings") or {}).get("prune_solver_s"))
-    elif record.pipeline == "vision":
-        out["prune"] = _num((m.get("timings") or {}).get("prune"))
+    """The record's wall seconds and pruning seconds (compared as ratios, never checked)."""
+    out = {"wall_seconds": schema.num(record.metrics.get("wall_seconds")),
+           "prune_seconds": schema.solver_seconds(record.pipeline, record.metrics)}
     return {k: v for k, v in out.items() if v}
 
 

@@ -25,29 +25,9 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.record_schema import dig, layer_records, lm_sizes, num, perplexities, vision_scores, \
+    window_nll, zero_shot_scores
 from benchmarks.store import ResultStore, RunRecord
-
-
-def dig(obj: Any, *path: Any) -> Any:
-    """``obj[p0][p1]...`` or None when any step is missing (lists take int indices)."""
-    for p in path:
-        if isinstance(obj, dict):
-            obj = obj.get(p)
-        elif isinstance(obj, list) and isinstance(p, int) and -len(obj) <= p < len(obj):
-            obj = obj[p]
-        else:
-            return None
-        if obj is None:
-            return None
-    return obj
-
-
-def num(x: Any) -> float | None:
-    """A finite float, or None (bools, strings, NaN and missing values are not numbers here)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def load_records(store_root: str | Any) -> list[RunRecord]:
@@ -161,8 +141,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
     """One lm record → one flat row (``ppl:<corpus>``, ``dense_ppl:<corpus>``, ``acc:<task>``, ...)."""
     cfg, m = r.config or {}, r.metrics or {}
     row = _common(r)
-    corpora = list(cfg.get("eval_corpora") or []) or [k for k, v in (m.get("pruned") or {}).items()
-                                                      if isinstance(v, dict) and "ppl" in v]
+    corpora = list(cfg.get("eval_corpora") or []) or list(perplexities(m, "pruned"))
     speedup = num(cfg.get("speedup"))
     hf = num(cfg.get("head_fraction"))
     nf = num(cfg.get("neuron_fraction"))
@@ -177,6 +156,7 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         target_sort = 1.0 / max(1e-9, 1 - ((hf or 0) + (nf or 0)) / 2)
     model = dig(m, "provenance", "model") or cfg.get("model")
     lat, lat_point = _latency_point(m.get("latency"))
+    size = lm_sizes(m)
     row.update({
         "model": model, "model_source": dig(m, "provenance", "model_source"),
         "calib_corpus": cfg.get("calib_corpus"), "n_samples": cfg.get("n_samples"), "seqlen": cfg.get("seqlen"),
@@ -186,9 +166,8 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "target": target, "target_sort": target_sort, "speedup_target": speedup,
         "head_fraction": hf_applied if hf_applied is not None else hf,
         "neuron_fraction": nf_applied if nf_applied is not None else nf,
-        "params_dense": num(dig(m, "size", "params_dense")), "params_pruned": num(dig(m, "size", "params_pruned")),
-        "block_flops_speedup": num(dig(m, "size", "block_flops_ratio")),
-        "flops_speedup": num(dig(m, "size", "total_flops_ratio")),
+        "params_dense": size["params_dense"], "params_pruned": size["params_pruned"],
+        "block_flops_speedup": size["block_flops_ratio"], "flops_speedup": size["total_flops_ratio"],
         "latency_speedup": lat, "latency_point": lat_point, "allocation": allocation_label(cfg),
         **allocation_columns(m),
         "prune_seconds": num(dig(m, "timings", "prune_total_s")),
@@ -200,23 +179,24 @@ def lm_row(r: RunRecord) -> dict[str, Any]:
         "zero_shot_limit": dig(m, "pruned", "zero_shot", "limit"),
         "lm_eval_version": dig(m, "pruned", "zero_shot", "lm_eval_version"),
     })
-    row.update(layer_error_means(m.get("layers")))
+    row.update(layer_error_means(layer_records(m)))
+    ppl, dense_ppl = perplexities(m, "pruned"), perplexities(m, "dense")
     for c in corpora:
-        row[f"ppl:{c}"] = num(dig(m, "pruned", c, "ppl"))
-        row[f"dense_ppl:{c}"] = num(dig(m, "dense", c, "ppl"))
-        row[f"window_nll:{c}"] = dig(m, "pruned", c, "window_nll")  # list per window, or None
+        row[f"ppl:{c}"], row[f"dense_ppl:{c}"] = ppl.get(c), dense_ppl.get(c)
+        row[f"window_nll:{c}"] = window_nll(m, "pruned", c)  # list per window, or None
     for which, prefix in (("pruned", ""), ("dense", "dense_")):
-        tasks = dig(m, which, "zero_shot", "tasks") or {}
+        tasks = zero_shot_scores(m, which)
         for t in list(cfg.get("zero_shot_tasks") or []) or list(tasks):
-            row[f"{prefix}acc:{t}"] = num(dig(tasks, t, "acc"))
-            row[f"{prefix}acc_norm:{t}"] = num(dig(tasks, t, "acc_norm"))
+            row[f"{prefix}acc:{t}"] = dig(tasks, t, "acc")
+            row[f"{prefix}acc_norm:{t}"] = dig(tasks, t, "acc_norm")
     return row
 
 
 def vision_row(r: RunRecord) -> dict[str, Any]:
     cfg, m = r.config or {}, r.metrics or {}
     row = _common(r)
-    macs_d, macs_p = num(dig(m, "dense", "macs")), num(dig(m, "pruned", "macs"))
+    dense, pruned = vision_scores(m, "dense"), vision_scores(m, "pruned")
+    macs_d, macs_p = dense["macs"], pruned["macs"]
     red = num(m.get("flops_reduction"))
     if macs_d and macs_p:
         flops_speedup = macs_d / macs_p
@@ -234,9 +214,9 @@ def vision_row(r: RunRecord) -> dict[str, Any]:
         "checkpoint_sha256": dig(m, "provenance", "checkpoint_sha256"),
         "n_calib": cfg.get("n_calib"), "flops_fraction": num(cfg.get("flops_fraction")),
         "flops_reduction": red, "flops_speedup": flops_speedup,
-        "top1": num(dig(m, "pruned", "top1")), "dense_top1": num(dig(m, "dense", "top1")),
+        "top1": pruned["top1"], "dense_top1": dense["top1"],
         "eval_n": m.get("eval_n"),
-        "params_dense": num(dig(m, "dense", "params")), "params_pruned": num(dig(m, "pruned", "params")),
+        "params_dense": dense["params"], "params_pruned": pruned["params"],
         "latency_speedup": num(m.get("latency_speedup")),
         "latency_point": (f"batch {dig(m, 'latency_setup', 'batch')}, {dig(m, 'latency_setup', 'threads')} thr"
                           if isinstance(m.get("latency_setup"), dict) else ""),
