@@ -75,11 +75,11 @@ def _common(r: RunRecord) -> dict[str, Any]:
     }
 
 
-def _largest_point(rows: Any) -> dict[str, Any] | None:
-    """The latency row at the largest (batch × seqlen) point (None when no row has a speedup)."""
+def _largest_point(rows: Any, field: str = "speedup") -> dict[str, Any] | None:
+    """The latency row at the largest (batch × seqlen) point (None when no row has a number in ``field``)."""
     if not isinstance(rows, list):
         return None
-    pts = [p for p in rows if isinstance(p, dict) and num(p.get("speedup")) is not None]
+    pts = [p for p in rows if isinstance(p, dict) and num(p.get(field)) is not None]
     return max(pts, key=lambda q: (num(q.get("batch")) or 0) * (num(q.get("seqlen")) or 0)) if pts else None
 
 
@@ -113,6 +113,20 @@ def allocation_columns(m: dict[str, Any]) -> dict[str, Any]:
             "attn_groups_total": num(dig(m, "applied", "attn_groups_total")),  # in the run's attention unit
             "neurons_total": num(dig(m, "applied", "neurons_total")),
             "kept_mlp_per_block": dig(m, "applied", "neurons_kept_per_block")}
+
+
+def retimed_speedups(records: Iterable[RunRecord], experiment: str) -> dict[str, float]:
+    """{source record key: decoder-block speedup at the largest point} from the records
+    :mod:`benchmarks.retime` wrote for ``experiment`` (the latest per source record)."""
+    from benchmarks.retime import PIPELINE, SUFFIX
+
+    out: dict[str, float] = {}
+    for r in sorted((r for r in records if r.pipeline == PIPELINE and r.experiment == experiment + SUFFIX),
+                    key=lambda r: r.finished):
+        point = _largest_point((r.metrics or {}).get("rows"), "blocks_speedup")
+        if point and num(point.get("blocks_speedup")) is not None:
+            out[str(r.config.get("source_key"))] = num(point["blocks_speedup"])
+    return out
 
 
 def allocation_label(cfg: dict[str, Any]) -> str:

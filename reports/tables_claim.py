@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from reports.claim import (ALLOCATION_EXPERIMENT, CLAIM_EXPERIMENT, DRIFT_QUANTITIES, MATCH_TOLERANCE, arm_summary,
-                           claim_runs, corpus_of, drift_by_arm, readings, tracking)
+                           claim_runs, corpus_of, drift_by_arm, readings, timing_note, tracking)
 from reports.records import describe
 from reports.table import LOWER, Table
 from reports.tables_common import fixture_note, provenance_caption, slug
@@ -37,7 +37,7 @@ def claim_reading_table(df: pd.DataFrame, corpus: str) -> Table | None:
                  "the same evaluation windows of the same calibration seed and pooled over windows and seeds, with "
                  "its 95% range and the range of the per-seed ratios. Block speedup: measured decoder-block prefill "
                  f"speedup (mean over seeds); matched: within {MATCH_TOLERANCE:.0%} of each other. "
-                 + provenance_caption(df, "lm")),
+                 + timing_note(df) + provenance_caption(df, "lm")),
         data=data, label_cols=["target", "reading", "ZipLM arm", "OSSCAR arm", "95% range", "per-seed range",
                                "matched"],
         value_cols=["ppl ZipLM", "ppl OSSCAR", "ZipLM/OSSCAR", "seeds", "block speedup ZipLM",
@@ -54,7 +54,7 @@ def claim_arm_table(df: pd.DataFrame, corpus: str) -> Table | None:
     data = pd.DataFrame({
         "target": [f"{t:g}×" for t in s["target"]], "method · allocation": s["arm"], "seeds": s["seeds"],
         "ppl mean": s["ppl mean"], "ppl range": [_range(a, b, ".2f") for a, b in zip(s["ppl min"], s["ppl max"])],
-        "block speedup": s["blocks_speedup"], "model speedup": s["latency_speedup"],
+        "block speedup": s["blocks_speedup"], "in run": s["blocks_speedup_in_run"], "model speedup": s["latency_speedup"],
         "predicted": s["predicted_speedup"], "block FLOPs": s["block_flops_speedup"],
         "allocation s": s["alloc_seconds"], "prune s": s["prune_seconds"]})
     return Table(
@@ -63,12 +63,13 @@ def claim_arm_table(df: pd.DataFrame, corpus: str) -> Table | None:
                  "(mean, range), the measured speedup of the decoder blocks and of the whole model (LM head "
                  "included) at prefill, the speedup the allocation predicted from its latency table, the block-FLOPs "
                  "ratio, and the seconds spent allocating (latency table, loss curves or candidate database, "
-                 "search; databases are cached, so later runs reuse them) and pruning. " + provenance_caption(df, "lm")),
+                 "search; databases are cached, so later runs reuse them) and pruning; in run: the block speedup "
+                 "measured inside the run. " + timing_note(df) + provenance_caption(df, "lm")),
         data=data, label_cols=["target", "method · allocation", "ppl range"],
-        value_cols=["seeds", "ppl mean", "block speedup", "model speedup", "predicted", "block FLOPs",
+        value_cols=["seeds", "ppl mean", "block speedup", "in run", "model speedup", "predicted", "block FLOPs",
                     "allocation s", "prune s"],
         directions={"ppl mean": LOWER}, group_by=["target"],
-        formats={"seeds": ".0f", "ppl mean": ".2f", "block speedup": ".2f", "model speedup": ".2f",
+        formats={"seeds": ".0f", "ppl mean": ".2f", "block speedup": ".2f", "in run": ".2f", "model speedup": ".2f",
                  "predicted": ".2f", "block FLOPs": ".2f", "allocation s": ".0f", "prune s": ".0f"},
         notes=fixture_note(df))
 
@@ -137,6 +138,7 @@ def allocation_tables(records) -> list[Table]:
         caption=(f"spdy (the claim sweep's runs) and evolutionary searches over each method's own candidate database "
                  f"({describe(df['model'])}), then sequential pruning at the searched widths. ppl on {corpus}; "
                  "predicted: the search's block speedup from the latency table; block speedup: measured at prefill. "
+                 + timing_note(df) +
                  "database s / solves: this run's build (0 solves: reused from an earlier run, e.g. the claim "
                  "sweep's); search s / evaluations: stitched-model fitness calls. " + provenance_caption(df, "lm")),
         data=data, label_cols=["sweep", "method · allocation", "target", "seed"],

@@ -138,3 +138,22 @@ def test_database_weights_are_their_own_arm():
     assert allocation_label({"allocation": "spdy", "allocation_apply": "sequential"}) == "spdy"
     assert allocation_label({"allocation": "spdy"}) == allocation_label({"allocation": "spdy"}) == "spdy"
     assert allocation_label({}) == "uniform"
+
+
+def test_retimed_speedups_replace_the_in_run_ones(tmp_path):
+    """A run timed again after the sweep (benchmarks.retime records) is paired by that speedup; the in-run one is
+    kept beside it; runs not timed again keep theirs; the latest retime of a run wins."""
+    synthetic_claim(tmp_path)
+    store = ResultStore(tmp_path)
+    runs = claim_runs(load_records(tmp_path))
+    osscar_ul = runs[(runs["arm"] == "osscar · uniform-latency") & (runs["speedup_target"] == 2.0)]
+    for i, (key, value) in enumerate([(k, 1.5) for k in osscar_ul["key"]] + [(osscar_ul["key"].iloc[0], 1.6)]):
+        store.put(RunRecord("claim_lm_retimed", "retime", {"source_key": key, "repeats": i}, {"rows": [
+            {"batch": 1, "seqlen": 256, "blocks_speedup": value}]}, {}, "t0", f"2026-02-01T00:00:{i:02d}"))
+    df = claim_runs(load_records(tmp_path))
+    again = df.set_index("key").loc[list(osscar_ul["key"])]
+    assert list(again["blocks_speedup"]) == [1.6, 1.5, 1.5] and again["retimed"].all()
+    assert list(again["blocks_speedup_in_run"]) == list(osscar_ul["blocks_speedup"])
+    assert df.loc[~df["key"].isin(list(osscar_ul["key"])), "retimed"].sum() == 0
+    r = readings(df, CORPUS).set_index(["reading", "target"])
+    assert not r.loc[("R2", 2.0), "matched"]  # ZipLM runtime at 2.0 vs OSSCAR now at ~1.53: beyond 10%

@@ -159,6 +159,21 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+def slice_shapes(adapter: Any, layers: list[nn.Module], widths: list[tuple[int, int]]) -> None:
+    """Give every block the shapes of its (attention groups, neurons) width, keeping the first groups (level 0:
+    the module removed): the architecture of a sliced model, whatever its weights (a state dict to load, or
+    none: latency depends on the shapes only)."""
+    for layer, (ka, km) in zip(layers, widths):
+        if ka == 0:
+            remove_attention(adapter, layer)
+        elif ka < adapter.n_attn_groups:
+            adapter.slice_attention(layer, adapter.canonical_kept("attn", ka))
+        if km == 0:
+            remove_mlp(adapter, layer)
+        elif km < adapter.ffn_dim:
+            adapter.slice_mlp(layer, torch.arange(km))
+
+
 def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a folder written by :func:`save_pruned` (any family; required for sliced OPT and for
     non-uniform per-block widths, read from ``per_layer`` in ``osscar_pruned.json``)."""
@@ -178,15 +193,7 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
             raise RuntimeError(f"load_pruned({path}): manifest has {len(widths)} blocks, config {len(layers)}")
     else:  # uniform: OPT keeps the original head count in its config
         widths = [(int(manifest["kept_attn_groups"]), adapter.ffn_dim)] * len(layers)
-    for layer, (ka, km) in zip(layers, widths):  # shapes only; the weights come from the state dict
-        if ka == 0:
-            remove_attention(adapter, layer)
-        elif ka < adapter.n_attn_groups:
-            adapter.slice_attention(layer, adapter.canonical_kept("attn", ka))
-        if km == 0:
-            remove_mlp(adapter, layer)
-        elif km < adapter.ffn_dim:
-            adapter.slice_mlp(layer, torch.arange(km))
+    slice_shapes(adapter, layers, widths)  # shapes only; the weights come from the state dict
     sd = _load_state_dict(path)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()

@@ -108,3 +108,15 @@ def test_block_timing_leaves_the_lm_head_out():
     assert calls == {"head": 2 * (3 + 1), "blocks": 4 * (3 + 1)}
     assert row["blocks_speedup"] == pytest.approx(row["dense_blocks_s"] / row["sliced_blocks_s"])
     assert row["speedup"] == pytest.approx(row["dense_s"] / row["sliced_s"])
+
+
+def test_blocks_only_timing_never_runs_the_lm_head():
+    cfg = tiny_llama_config()
+    dense, sliced = make_model(cfg), make_model(cfg)
+    calls = {"head": 0, "blocks": 0}
+    for m in (dense, sliced):
+        m.lm_head.register_forward_hook(lambda *_: calls.__setitem__("head", calls["head"] + 1))
+        m.model.layers[0].register_forward_hook(lambda *_: calls.__setitem__("blocks", calls["blocks"] + 1))
+    (row,) = compare_latency(dense, sliced, [(1, 8)], repeats=3, warmup=1, blocks_only=True)
+    assert calls == {"head": 0, "blocks": 2 * (3 + 1)} and "speedup" not in row
+    assert row["blocks_speedup"] == pytest.approx(row["dense_blocks_s"] / row["sliced_blocks_s"])

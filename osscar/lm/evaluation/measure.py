@@ -82,7 +82,7 @@ def peak_rss_mb() -> float:
 
 
 def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int, int]], repeats: int = 5,
-                    warmup: int = 2) -> list[dict[str, Any]]:
+                    warmup: int = 2, blocks_only: bool = False) -> list[dict[str, Any]]:
     """Dense vs sliced prefill latency in the same process: the whole model and its decoder blocks alone.
 
     Per point: ``warmup`` untimed passes of each, then ``repeats`` rounds that time one dense and
@@ -91,7 +91,8 @@ def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int,
     (``model.base_model``: embeddings, decoder blocks, final norm; no LM head), the quantity a
     block-latency target (``--allocation uniform-latency|runtime|spdy|evolutionary``) aims at. The
     thread count is ``torch.get_num_threads()`` (recorded in each row). Both models must be on one
-    device; on a GPU every timed pass is synchronised."""
+    device; on a GPU every timed pass is synchronised. ``blocks_only``: time the backbones alone (rows without the
+    whole-model fields)."""
     from osscar.devices import model_device, synchronize
 
     device = model_device(dense)
@@ -109,7 +110,9 @@ def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int,
     for b, s in points:
         vocab = min(int(dense.config.vocab_size), int(sliced.config.vocab_size))
         ids = torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(0)).to(device)
-        runs = {"dense": dense, "sliced": sliced, "dense_blocks": dense.base_model, "sliced_blocks": sliced.base_model}
+        runs = {"dense_blocks": dense.base_model, "sliced_blocks": sliced.base_model}
+        if not blocks_only:
+            runs = {"dense": dense, "sliced": sliced, **runs}
         times: dict[str, list[float]] = {name: [] for name in runs}
         with torch.no_grad():
             for _ in range(warmup):
@@ -119,13 +122,15 @@ def compare_latency(dense: nn.Module, sliced: nn.Module, points: list[tuple[int,
                 for name, model in runs.items():
                     times[name].append(timed(model, ids))
         med = {name: statistics.median(t) for name, t in times.items()}
-        d, p = med["dense"], med["sliced"]
-        rows.append({"batch": b, "seqlen": s, "threads": torch.get_num_threads(),
-                     "dense_s": d, "sliced_s": p, "dense_min_s": min(times["dense"]), "sliced_min_s": min(times["sliced"]),
-                     "dense_tok_s": b * s / d, "sliced_tok_s": b * s / p,
-                     "speedup": d / p, "speedup_of_min": min(times["dense"]) / min(times["sliced"]),
-                     "dense_blocks_s": med["dense_blocks"], "sliced_blocks_s": med["sliced_blocks"],
+        row: dict[str, Any] = {"batch": b, "seqlen": s, "threads": torch.get_num_threads()}
+        if not blocks_only:
+            d, p = med["dense"], med["sliced"]
+            row.update({"dense_s": d, "sliced_s": p, "dense_min_s": min(times["dense"]),
+                        "sliced_min_s": min(times["sliced"]), "dense_tok_s": b * s / d, "sliced_tok_s": b * s / p,
+                        "speedup": d / p, "speedup_of_min": min(times["dense"]) / min(times["sliced"])})
+        rows.append({**row, "dense_blocks_s": med["dense_blocks"], "sliced_blocks_s": med["sliced_blocks"],
                      "blocks_speedup": med["dense_blocks"] / med["sliced_blocks"],
+                     "blocks_speedup_of_min": min(times["dense_blocks"]) / min(times["sliced_blocks"]),
                      "repeats": repeats, "warmup": warmup})
     return rows
 
