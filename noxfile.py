@@ -209,19 +209,24 @@ def claim(session: nox.Session) -> None:
     """The paper's headline claim (#27): OSSCAR vs ZipLM at a target block speedup under uniform (FLOPs and
     measured latency), runtime-aware and global (spdy) allocation, measured speedups, three seeds
     (``benchmarks/sweeps/claim_lm.toml``; cpu profile unless ``-- --profile paper``; not part of reproduce: about
-    four hours on 2 cores, two workers) into results/records."""
+    four hours on 2 cores, two workers) into results/records; then every run's decoder blocks are timed again, one
+    at a time with nothing else running (``benchmarks.retime``: the workers' in-run timings disturb each other)."""
     _install(session)
     _sweep_workers(session, "claim_lm", "allocation_lm", only=["speedup=2.0"])  # the paper's target first
-    _sweep_workers(session, "claim_lm")
+    _sweep_workers(session, "claim_lm", "allocation_lm")
+    session.run("python", "-m", "benchmarks.retime", "claim_lm", "allocation_lm", "--store", REFERENCE_STORE,
+                env=_env())
 
 
 @nox.session(python=PYTHON)
 def allocation(session: nox.Session) -> None:
     """Global allocation (#26): the evolutionary search over each method's candidate database at a 2x block-latency
     target (``benchmarks/sweeps/allocation_lm.toml``; its spdy counterparts are the claim sweep's; cpu profile unless
-    ``-- --profile paper``; not part of reproduce; ``nox -s claim`` runs it too) into results/records."""
+    ``-- --profile paper``; not part of reproduce; ``nox -s claim`` runs it too) and spdy with the database's own
+    weights (``allocation_apply = "database"``) into results/records; then the runs are timed again, alone."""
     _install(session)
     _sweep_workers(session, "allocation_lm")
+    session.run("python", "-m", "benchmarks.retime", "allocation_lm", "--store", REFERENCE_STORE, env=_env())
 
 
 @nox.session(python=PYTHON)
