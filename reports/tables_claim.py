@@ -130,22 +130,27 @@ def allocation_tables(records) -> list[Table]:
         df = pd.concat([spdy, df], ignore_index=True)
     data = pd.DataFrame({
         "sweep": df["experiment"], "method · allocation": df["arm"], "target": [f"{t:g}×" for t in df["speedup_target"]], "seed": df["seed"],
-        "ppl": df[f"ppl:{corpus}"], "predicted": df["predicted_speedup"], "block speedup": df["blocks_speedup"],
+        "ppl": df[f"ppl:{corpus}"], "layer error": df["err_calib:all"] if "err_calib:all" in df else math.nan,
+        "predicted": df["predicted_speedup"], "block speedup": df["blocks_speedup"],
         "database s": df["db_seconds"], "database MB": df["db_bytes"] / 2**20, "solves": df["db_solver_calls"],
         "search s": df["search_seconds"], "evaluations": df["search_evaluations"]})
     return [Table(
         name=slug("allocation_global", corpus), title=f"Global allocation — {corpus}",
         caption=(f"spdy (the claim sweep's runs) and evolutionary searches over each method's own candidate database "
-                 f"({describe(df['model'])}), then sequential pruning at the searched widths. ppl on {corpus}; "
+                 f"({describe(df['model'])}), then sequential pruning at the searched widths (except spdy/db). ppl on {corpus}; "
+                 "spdy/db: the searched widths with the database's own weights (solved on the dense model's inputs, "
+                 "no re-solve). Layer error: mean relative layer error on the calibration inputs the weights were "
+                 "solved on (dense inputs for spdy/db, the pruned model's for the others). "
                  "predicted: the search's block speedup from the latency table; block speedup: measured at prefill. "
                  + timing_note(df) +
                  "database s / solves: this run's build (0 solves: reused from an earlier run, e.g. the claim "
                  "sweep's); search s / evaluations: stitched-model fitness calls. " + provenance_caption(df, "lm")),
         data=data, label_cols=["sweep", "method · allocation", "target", "seed"],
-        value_cols=["ppl", "predicted", "block speedup", "database s", "database MB", "solves", "search s",
-                    "evaluations"],
+        value_cols=["ppl", "layer error", "predicted", "block speedup", "database s", "database MB", "solves",
+                    "search s", "evaluations"],
         directions={"ppl": LOWER},
-        formats={"ppl": ".2f", "predicted": ".2f", "block speedup": ".2f", "database s": ".0f", "database MB": ".0f",
+        formats={"ppl": ".2f", "layer error": ".4f", "predicted": ".2f", "block speedup": ".2f", "database s": ".0f",
+                 "database MB": ".0f",
                  "solves": ".0f", "search s": ".0f", "evaluations": ".0f"},
         notes=fixture_note(df))]
 
