@@ -12,8 +12,10 @@
 How: a one-block copy of the model is built from the model's own config (``num_hidden_layers=1``,
 random weights — latency does not depend on the values), its block inputs are captured once, and
 for every level a copy of the block is sliced with the adapter (the same code that slices pruned
-models) and run ``warmup + repeats`` times. Forward hooks time the attention module (pre/post
-hooks on ``self_attn``) and the MLP (pre-hook on the first MLP producer, post-hook on the MLP
+models) and run ``warmup + repeats`` times, in :data:`ROUNDS` rounds over all levels (a level's time is the
+median over rounds: a burst of other load during one level's measurement cannot make it an outlier, as a
+single round let the dense MLP width of SmolLM2 time 40% above the next width down). Forward hooks time
+the attention module (pre/post hooks on ``self_attn``) and the MLP (pre-hook on the first MLP producer, post-hook on the MLP
 consumer) inside each block forward; on CUDA every timestamp synchronises. Medians are stored.
 The thread count is fixed (``torch.set_num_threads(threads)`` for the measurement, restored
 after) and recorded.
@@ -44,6 +46,7 @@ from osscar.io import atomic_write_json
 from osscar.lm.adapters import _get, get_adapter
 from osscar.lm.removed import remove_attention, remove_mlp
 
+ROUNDS = 3  # sweeps over all levels; a level's time is the median over rounds (a burst of load hits one round)
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned", "_commit_hash", "architectures",
                         "torch_dtype", "dtype", "_attn_implementation_autoset"}
 
@@ -239,6 +242,32 @@ def _time_block(ad: Any, layer: nn.Module, x: Tensor, kwargs: dict[str, Any], wa
     return statistics.median(sw_attn.times), statistics.median(sw_mlp.times), statistics.median(sw_block.times)
 
 
+def _time_levels(ad: Any, block0: nn.Module, x: Tensor, kwargs: dict[str, Any], a_levels: list[int],
+                 m_levels: list[int], warmup: int, repeats: int, sync: bool
+                 ) -> tuple[dict[int, float], dict[int, float], list[float]]:
+    """One round over every level: ({attention level: s}, {MLP level: s}, [rest of the block per MLP level])."""
+    attn_t: dict[int, float] = {}
+    mlp_t: dict[int, float] = {}
+    rests = []
+    for a in a_levels:
+        layer = copy.deepcopy(block0)
+        if a == 0:
+            remove_attention(ad, layer)
+        elif a < ad.n_attn_groups:
+            ad.slice_attention(layer, ad.canonical_kept("attn", a))
+        attn_t[a] = _time_block(ad, layer, x, kwargs, warmup, repeats, sync)[0]
+    for m in m_levels:
+        layer = copy.deepcopy(block0)
+        if m == 0:
+            remove_mlp(ad, layer)
+        elif m < ad.ffn_dim:
+            ad.slice_mlp(layer, torch.arange(m))
+        ta, tm, tb = _time_block(ad, layer, x, kwargs, warmup, repeats, sync)
+        mlp_t[m] = tm
+        rests.append(max(0.0, tb - ta - tm))
+    return attn_t, mlp_t, rests
+
+
 def _fixed_seconds(model: nn.Module, block0: nn.Module, ids: Tensor, warmup: int, repeats: int, sync: bool) -> float:
     """Median time of the one-block model minus its block, in the same forward passes."""
     sw_block = _Stopwatch(block0, block0, sync)
@@ -285,7 +314,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
         a_levels, m_levels = [0, *a_levels], [0, *m_levels]
     key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_label(device),
            "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
-           "attn_levels": a_levels, "mlp_levels": m_levels}
+           "attn_levels": a_levels, "mlp_levels": m_levels, "rounds": ROUNDS}
     path = _path(cache_dir, key)
     cached = _read_cached(path, key) if use_cache else None
     if cached is not None:
@@ -301,35 +330,18 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
         ids = torch.randint(0, vocab, (batch, seqlen), generator=torch.Generator().manual_seed(0)).to(device)
         x, kwargs = _capture(model, block0, ids)
 
-        def run_block(layer: nn.Module) -> tuple[float, float, float]:
-            return _time_block(ad, layer, x, kwargs, warmup, repeats, sync)
-
-        attn_t: dict[int, float] = {}
-        mlp_t: dict[int, float] = {}
-        for a in a_levels:
-            layer = copy.deepcopy(block0)
-            if a == 0:
-                remove_attention(ad, layer)
-            elif a < n_attn:
-                ad.slice_attention(layer, ad.canonical_kept("attn", a))
-            attn_t[a] = run_block(layer)[0]
-        rests = []
-        for m in m_levels:
-            layer = copy.deepcopy(block0)
-            if m == 0:
-                remove_mlp(ad, layer)
-            elif m < n_mlp:
-                ad.slice_mlp(layer, torch.arange(m))
-            ta, tm, tb = run_block(layer)
-            mlp_t[m] = tm
-            rests.append(max(0.0, tb - ta - tm))
+        sweeps = [_time_levels(ad, block0, x, kwargs, a_levels, m_levels, warmup, repeats, sync) for _ in range(ROUNDS)]
+        attn_t = {a: statistics.median(r[0][a] for r in sweeps) for a in a_levels}
+        mlp_t = {m: statistics.median(r[1][m] for r in sweeps) for m in m_levels}
+        rests = [v for r in sweeps for v in r[2]]
         fixed_s = _fixed_seconds(model, block0, ids, warmup, repeats, sync)
         raw = {"attn": {str(k): v for k, v in attn_t.items()}, "mlp": {str(k): v for k, v in mlp_t.items()}}
         attn_t, mlp_t = _monotone(attn_t), _monotone(mlp_t)
         table = LatencyTable(key=key, attn=attn_t, mlp=mlp_t, block_rest_s=statistics.median(rests),
                              fixed_model_s=fixed_s, n_layers=int(config.num_hidden_layers),
                              n_attn_groups=n_attn, ffn_dim=n_mlp,
-                             info={"repeats": repeats, "warmup": warmup, "statistic": "median",
+                             info={"repeats": repeats, "warmup": warmup, "rounds": ROUNDS,
+                                   "statistic": "median over rounds of the median over repeats",
                                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "raw": raw,
                                    "monotone": "narrower never slower: t[k] = min over widths ≥ k"})
     finally:
