@@ -106,7 +106,23 @@ def test_apply_from_database_refuses_another_model_or_block_count(tmp_path):
         apply_from_database(model, db, [(1, 32)] * 2)
 
 
-def test_sequential_apply_resolves_the_weights(tiny_llama_dir, tmp_path):
+@pytest.fixture
+def linear_costs(monkeypatch):
+    """Per-level block costs proportional to the width (instead of timings, which can make every level 0 or full):
+    the search then picks intermediate widths whatever the machine's load."""
+    from osscar.lm.allocation import run_step
+
+    real = run_step._table_costs
+
+    def table_costs(model, config):
+        adapter, levels, _, point = real(model, config)
+        costs = {part: {k: 1e-3 * (1 + k) / (1 + max(levels[part])) for k in levels[part]} for part in levels}
+        return adapter, levels, costs, point
+
+    monkeypatch.setattr(run_step, "_table_costs", table_costs)
+
+
+def test_sequential_apply_resolves_the_weights(tiny_llama_dir, tmp_path, linear_costs):
     """The default re-solves on the pruned model's inputs: the same widths, other weights than the database's."""
     cfg = dict(model=str(tiny_llama_dir), method="mp+", allocation="spdy", speedup=1.6, allocation_mlp_levels=4,
                n_samples=3, seqlen=16, eval_windows=1, heldout_samples=2, latency_repeats=1,
@@ -116,6 +132,7 @@ def test_sequential_apply_resolves_the_weights(tiny_llama_dir, tmp_path):
     seq_err = [r["calib_rel_error"] for r in seq["layers"]]
     db_err = [r["calib_rel_error"] for r in db_run["layers"]]
     assert [r["k"] for r in seq["layers"]] == [r["k"] for r in db_run["layers"]]
+    assert any(0 < r["k"] < r["n_groups"] for r in seq["layers"][2:]), "no intermediate width after block 0"
     assert seq_err != db_err  # block 0 sees the same inputs; later blocks see pruned inputs in the sequential run
     assert seq["pruned"] != db_run["pruned"]
 
