@@ -79,9 +79,10 @@ def deterministic_metrics(record: RunRecord) -> Iterator[Metric]:
                 for k, value in scores.items():
                     if value is not None:
                         yield Metric(f"{state} {task} {k}", "zero_shot", value)
+        sizes = schema.lm_sizes(m)
         for k in ("params_dense", "params_pruned"):
-            if schema.lm_sizes(m)[k] is not None:
-                yield Metric(k, "size", schema.lm_sizes(m)[k])
+            if sizes[k] is not None:
+                yield Metric(k, "size", sizes[k])
     elif record.pipeline == "vision":
         for state in schema.STATES:
             for k, value in schema.vision_scores(m, state).items():

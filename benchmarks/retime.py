@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.record_schema import dig
-from benchmarks.store import ResultStore, RunRecord
+from benchmarks.store import ResultStore, RunRecord, config_key
 
 PIPELINE = "retime"
 SUFFIX = "_retimed"
@@ -97,9 +97,8 @@ def retime(store_root: str, experiments: list[str], repeats: int = 7, warmup: in
     ran = 0
     for i, t in enumerate(targets, 1):
         config = retime_config(t, repeats, warmup)
-        record = RunRecord(experiment=t.record.experiment + SUFFIX, pipeline=PIPELINE, config=config, metrics={},
-                           provenance={}, started="", finished="")
-        if store.has(record.experiment, record.key) and not fresh:
+        experiment = t.record.experiment + SUFFIX
+        if store.has(experiment, config_key(PIPELINE, config)) and not fresh:
             continue
         model_key = (config["model"], config["dtype"])
         if model_key not in dense_models:
@@ -112,7 +111,7 @@ def retime(store_root: str, experiments: list[str], repeats: int = 7, warmup: in
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
             shared[same] = _time(dense_models[model_key], t, repeats, warmup)
         rows = shared[same]
-        store.put(RunRecord(experiment=record.experiment, pipeline=PIPELINE, config=config,
+        store.put(RunRecord(experiment=experiment, pipeline=PIPELINE, config=config,
                             metrics={"rows": rows, "load_average_1min": os.getloadavg()[0]},
                             provenance=environment(), started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%S")))
         ran += 1

@@ -124,7 +124,7 @@ def retimed_speedups(records: Iterable[RunRecord], experiment: str) -> dict[str,
     for r in sorted((r for r in records if r.pipeline == PIPELINE and r.experiment == experiment + SUFFIX),
                     key=lambda r: r.finished):
         point = _largest_point((r.metrics or {}).get("rows"), "blocks_speedup")
-        if point and num(point.get("blocks_speedup")) is not None:
+        if point:
             out[str(r.config.get("source_key"))] = num(point["blocks_speedup"])
     return out
 

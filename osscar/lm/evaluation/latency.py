@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from osscar.devices import check_model_dtype, device_label, model_device, resolve_device
 from osscar.io import atomic_write_json
 from osscar.lm.adapters import _get, get_adapter
-from osscar.lm.removed import remove_attention, remove_mlp
+from osscar.lm.slicing import slice_shapes
 
 ROUNDS = 3  # sweeps over all levels; a level's time is the median over rounds (a burst of load hits one round)
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned", "_commit_hash", "architectures",
@@ -251,17 +251,11 @@ def _time_levels(ad: Any, block0: nn.Module, x: Tensor, kwargs: dict[str, Any], 
     rests = []
     for a in a_levels:
         layer = copy.deepcopy(block0)
-        if a == 0:
-            remove_attention(ad, layer)
-        elif a < ad.n_attn_groups:
-            ad.slice_attention(layer, ad.canonical_kept("attn", a))
+        slice_shapes(ad, [layer], [(a, ad.ffn_dim)])
         attn_t[a] = _time_block(ad, layer, x, kwargs, warmup, repeats, sync)[0]
     for m in m_levels:
         layer = copy.deepcopy(block0)
-        if m == 0:
-            remove_mlp(ad, layer)
-        elif m < ad.ffn_dim:
-            ad.slice_mlp(layer, torch.arange(m))
+        slice_shapes(ad, [layer], [(ad.n_attn_groups, m)])
         ta, tm, tb = _time_block(ad, layer, x, kwargs, warmup, repeats, sync)
         mlp_t[m] = tm
         rests.append(max(0.0, tb - ta - tm))
