@@ -67,7 +67,7 @@ PIPELINES = MappingProxyType({
                           ("offload", "none"), ("allocation_params", {}), ("drift", False),
                           ("allocation_apply", "sequential")),
                    check="osscar.lm.run_config:check_model", progress="osscar.lm.run_state:step_events"),
-    "vision": Pipeline("vision", "osscar.vision.pipeline:VisionRunConfig", "osscar.vision.pipeline:run_vision",
+    "vision": Pipeline("vision", "osscar.vision.run_config:VisionRunConfig", "osscar.vision.pipeline:run_vision",
                        volatile=("output_dir", "save_model"),
                        added=(("device", "cpu"), ("chip_full_maps", None)),
                        check="osscar.vision.pipeline:check_weights"),

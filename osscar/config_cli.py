@@ -48,7 +48,8 @@ def option(default: Any = MISSING, *, section: str, help: str, default_factory: 
 
     ``cli`` keys: ``flag`` (default ``--field-name``), ``choices``, ``metavar``, ``parse`` (one value's
     parser; default: the field's type, ``int``/``float``/``str``), ``repeat`` (the flag may be given
-    several times: a list), ``switch`` (a flag without value: True when given), ``cli_default`` (the
+    several times: a list), ``switch`` (a flag without value: True when given; for a field whose
+    default is True, False when given, under a ``flag`` such as ``--no-latency``), ``cli_default`` (the
     value when the flag is absent, if not the field's default) and ``to_field`` (parsed value → field value).
     """
     if section not in SECTIONS:
@@ -119,7 +120,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> dict[str, 
         kw: dict[str, Any] = {"dest": f.name, "help": opt.help}
         default = _field_default(f) if opt.cli_default is UNSET else opt.cli_default
         if opt.switch:
-            kw.update(action="store_true", default=bool(default))
+            kw.update(action="store_false" if default else "store_true", default=bool(default))  # True: a --no-… flag
         else:
             kw.update(type=opt.parse or _scalar_type(hints[f.name], f.name), default=default)
             if opt.repeat:

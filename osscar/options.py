@@ -30,11 +30,12 @@ DEFAULT_DAMPING = 1e-2
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` once: not when the help text already states its default, nor for
-    flags and options whose default is "not given"."""
+    flags (switches) and options whose default is "not given"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text.lower() or action.default in (None, False, [], "", argparse.SUPPRESS):
+        not_given = any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default in ([], "")
+        if "(default" in text.lower() or action.nargs == 0 or not_given:  # `is`: a default of 0 is printed
             return text
         return super()._get_help_string(action)
 

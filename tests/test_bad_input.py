@@ -66,7 +66,7 @@ CASES = [
          ("osscar vision: error:", "magic")),
     Case("vision-bad-n-calib", (*VISION, "--random-init", "--n-calib", "0", "--data-root", "{fmnist}"), ("--n-calib",)),
     Case("vision-bad-method-param", (*VISION, "--random-init", "--method-param", "nokey", "--data-root", "{fmnist}"),
-         ("--method-param expects [METHOD.]KEY=VALUE",)),
+         ("argument --method-param: expected [METHOD.]KEY=VALUE", "'nokey'"), usage=True),
     Case("vision-bad-flops-fraction", (*VISION, "--flops-fraction", "half"),
          ("argument --flops-fraction", "'half'"), usage=True),
     Case("vision-bad-arch", (*VISION, "--arch", "vgg"), ("argument --arch: invalid choice: 'vgg'",), usage=True),

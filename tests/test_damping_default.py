@@ -16,7 +16,7 @@ def _targets():
     from osscar.lm.evaluation.diagnose import layer_objectives
     from osscar.lm.run_config import LMRunConfig
     from osscar.problem import LayerProblem
-    from osscar.vision.pipeline import VisionRunConfig
+    from osscar.vision.run_config import VisionRunConfig
     from osscar.vision.prune import prune_model
 
     funcs = [LayerProblem.from_calibration, collect_loss_curves, prune_model_sequential, layer_objectives, prune_model]

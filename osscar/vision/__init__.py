@@ -6,7 +6,8 @@ Usage::
     python -m osscar vision --prepare                        # train/cache the embedded default model
     python -m osscar vision --method paper --flops-fraction 0.3,0.5,0.7 --output-dir runs/vision/x
 
-    from osscar.vision.pipeline import VisionRunConfig, run_vision
+    from osscar.vision.pipeline import run_vision
+    from osscar.vision.run_config import VisionRunConfig
     metrics = run_vision(VisionRunConfig(method="osscar", flops_fraction=0.5))
 
 Pieces (data flows one way):
@@ -20,6 +21,7 @@ Pieces (data flows one way):
 * :mod:`~osscar.vision.prune` — block-sequential two-stream calibration (H = X̃ᵀX̃, G = X̃ᵀX_dŴ).
 * :mod:`~osscar.vision.flops` — MACs, parameters, per-layer targets for a FLOPs fraction.
 * :mod:`~osscar.vision.slicing` — physical removal; ``save_sliced``/``load_sliced``.
+* :mod:`~osscar.vision.run_config` — the run's configuration (its fields are the CLI's flags and the sweep keys).
 * :mod:`~osscar.vision.pipeline` / :mod:`~osscar.vision.cli` — one run, metrics + provenance.
 
 Damping: λ = 1e-2 by default, applied to H only (H + λ·mean(diag H)·I), as the spec's vision

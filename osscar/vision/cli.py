@@ -1,6 +1,6 @@
 """``python -m osscar vision``: prune a CNN with one or more methods at one or more FLOPs targets.
 
-Every (method, flops fraction) pair is one :class:`~osscar.vision.pipeline.VisionRunConfig`; all
+Every (method, flops fraction) pair is one :class:`~osscar.vision.run_config.VisionRunConfig`; all
 are validated before the first run. With ``--output-dir``, each run writes its metrics JSON and
 sliced model there, and ``summary.json`` collects the table printed at the end.
 """
@@ -8,122 +8,72 @@ sliced model there, and ``summary.json`` collects the table printed at the end.
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 from typing import Any
 
-from osscar.options import (DEFAULT_DAMPING, DEFAULT_FMNIST_ROOT, VISION_ARCHS, VISION_DATASETS, HelpFormatter, as_flags,
-                            parser_flags)
+from osscar.config_cli import add_config_options, config_flags, config_values
+from osscar.options import HelpFormatter, as_flags, parser_flags
+from osscar.vision.run_config import PAPER_METHODS, VisionRunConfig
 
-# VisionRunConfig fields whose flag is not the field's name
-FIELD_FLAGS = {"latency": "--no-latency", "save_model": "--no-save-model", "method_params": "--method-param"}
-
-PAPER_METHODS = ("mp", "mp+", "chip", "fpgm", "lasso", "thinet", "osscar")
-
-
-def _floats(s: str) -> list[float]:
-    try:
-        values = [float(v) for v in s.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {s!r}")
-    return values
+# {VisionRunConfig field: its flag}, from the fields' own option metadata
+FIELD_FLAGS = config_flags(VisionRunConfig)
 
 
-def _value(s: str) -> Any:
-    try:
-        return ast.literal_eval(s)
-    except (ValueError, SyntaxError):
-        return s
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config_class: type | None = None) -> argparse.ArgumentParser:
+    """The parser: one option per :func:`osscar.config_cli.option` field of ``config_class`` (default
+    :class:`~osscar.vision.run_config.VisionRunConfig`), grouped by section, plus the CLI's own options."""
     p = argparse.ArgumentParser(
         prog="osscar vision", formatter_class=HelpFormatter,
         description="One-shot structured pruning of a CNN (block-sequential, two calibration streams, no "
                     "fine-tuning), then physical slicing, top-1 accuracy, MACs, parameters and CPU latency. "
                     "Default: the reference ResNet20 trained on real Fashion-MNIST, shipped with the package.")
-    p.add_argument("--arch", default="resnet20", choices=VISION_ARCHS, help="architecture")
-    p.add_argument("--checkpoint", default="default",
-                   help="'default': the reference ResNet20/Fashion-MNIST shipped with the package (sha256-checked; "
-                        "the same on every machine); 'train': retrain it with the default recipe at --threads "
-                        "(cached in $OSSCAR_CACHE/vision or ~/.cache/osscar/vision; minutes); a checkpoint path; or a pretrained name "
-                        "'timm:resnet50.a1_in1k' / 'timm:mobilenetv1_100.ra4_e3600_r224_in1k' / "
-                        "'torchvision:IMAGENET1K_V2' (needs hub access)")
-    p.add_argument("--random-init", action="store_true", help="random weights instead of a checkpoint (tests only)")
-    p.add_argument("--dataset", default="fashion-mnist", choices=VISION_DATASETS, help="dataset")
-    p.add_argument("--data-root", default=DEFAULT_FMNIST_ROOT,
-                   help="dataset folder (fashion-mnist: the IDX .gz files, e.g. from apt-get install "
-                        "dataset-fashion-mnist; cifar10: torchvision layout; imagenet: train/ and val/ folders)")
-    p.add_argument("--method", default="osscar",
-                   help=f"method name(s), comma-separated, or 'paper' for {','.join(PAPER_METHODS)}")
-    p.add_argument("--method-param", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
-                   help="method parameter (Python literal); without METHOD. it applies to every method run")
-    p.add_argument("--p-hat", type=int, default=None,
-                   help="OSSCAR p̂: groups removed per Stage-A step (default: max(1, round(2%% of the channels)))")
-    p.add_argument("--t-hat", type=int, default=None,
-                   help="OSSCAR t̂: groups changed per local-search step, swap size t̂/2 "
-                        "(default: 2·max(1, ceil(5%% of the channels)); 0 disables local search)")
-    p.add_argument("--flops-fraction", type=_floats, default="0.5",
-                   help="fraction(s) of the whole network's MACs to remove, comma-separated, each in (0,1)")
-    p.add_argument("--n-calib", type=int, default=1024, help="calibration images (training set, augmented)")
-    p.add_argument("--calib-batch-size", type=int, default=128, help="calibration batch size")
-    p.add_argument("--seed", type=int, default=0, help="seed (calibration sample, augmentation, CHIP positions)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded; latency uses the same)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: models, calibration, H, solvers, eval, latency")
-    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING, help="λ: H + λ·mean(diag H)·I (on H only)")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test images (default: all)")
-    p.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
-    p.add_argument("--chip-samples", type=int, default=64, help="CHIP: calibration images whose feature maps are scored")
-    p.add_argument("--chip-positions", type=int, default=None,
-                   help="CHIP: score this many sampled spatial positions per map (default: every position)")
-    p.add_argument("--no-latency", action="store_true", help="skip the dense-vs-sliced CPU latency measurement")
-    p.add_argument("--latency-batch", type=int, default=64, help="latency batch size")
-    p.add_argument("--latency-repeats", type=int, default=20, help="timed repeats (median reported), after 3 warm-ups")
-    p.add_argument("--output-dir", default=None, help="write metrics JSON (+ sliced model) per run and summary.json here")
-    p.add_argument("--no-save-model", action="store_true", help="with --output-dir: do not save the sliced models")
-    p.add_argument("--prepare", action="store_true",
-                   help="only train and cache the default-recipe ResNet20 (what --checkpoint train uses) and exit")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    groups = add_config_options(p, config_class or VisionRunConfig)
+    groups["model"].add_argument(
+        "--prepare", action="store_true",
+        help="only train and cache the default-recipe ResNet20 (what --checkpoint train uses) and exit")
+    out = groups["output"]
+    out.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def _configs(args: argparse.Namespace) -> list[Any]:
-    from osscar.variants import osscar_parameters
-    from osscar.vision.pipeline import VisionRunConfig
-
-    methods = list(PAPER_METHODS) if args.method == "paper" else [m.strip() for m in args.method.split(",") if m.strip()]
-    if not methods:
-        raise ValueError("--method: no method given")
+def _method_params(pairs: list[tuple[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``--method-param [METHOD.]KEY=VALUE`` pairs → {method: {key: value}}; without METHOD. for every method."""
     per: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for item in args.method_param:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise ValueError(f"--method-param expects [METHOD.]KEY=VALUE, got {item!r}")
+    for key, value in pairs:
         target, dot, name = key.rpartition(".")
         for m in ([target] if dot else methods):
             if m not in per:
-                raise ValueError(f"--method-param {item!r}: method {m!r} is not among the runs ({', '.join(methods)})")
-            per[m][name] = _value(val)
+                raise ValueError(f"--method-param {key}={value!r}: method {m!r} is not among the runs ({', '.join(methods)})")
+            per[m][name] = value
+    return per
+
+
+def _configs(args: argparse.Namespace, config_class: type | None = None) -> list[VisionRunConfig]:
+    """One config per (FLOPs fraction, method) of the parsed arguments; p̂/t̂ go to the OSSCAR variants only,
+    ``--chip-positions`` unset means CHIP's full maps."""
+    from osscar.variants import osscar_parameters
+
+    cls = config_class or VisionRunConfig
+    values = config_values(cls, args)
+    methods = list(PAPER_METHODS) if args.method == "paper" else [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("--method: no method given")
+    per = _method_params(values.pop("method_params"), methods)
+    fractions = values.pop("flops_fraction")
+    positions = values.pop("chip_positions")
+    if args.random_init:
+        values["checkpoint"] = None
     configs = []
-    for frac in args.flops_fraction:
+    for frac in fractions if isinstance(fractions, list) else [fractions]:
         for m in methods:
-            configs.append(VisionRunConfig(
-                arch=args.arch, checkpoint=None if args.random_init else args.checkpoint, dataset=args.dataset,
-                data_root=args.data_root, method=m, method_params=per[m],
-                p_hat=args.p_hat if "p_hat" in osscar_parameters(m) else None,
-                t_hat=args.t_hat if "t_hat" in osscar_parameters(m) else None,
-                flops_fraction=frac, n_calib=args.n_calib, calib_batch_size=args.calib_batch_size, seed=args.seed,
-                threads=args.threads, damping=args.damping, eval_limit=args.eval_limit,
-                eval_batch_size=args.eval_batch_size, chip_samples=args.chip_samples,
-                chip_positions=256 if args.chip_positions is None else args.chip_positions,
-                chip_full_maps=(args.chip_positions is None) if m == "chip" else None,
-                latency=not args.no_latency, latency_batch=args.latency_batch,
-                latency_repeats=args.latency_repeats, output_dir=args.output_dir,
-                save_model=not args.no_save_model, random_init=args.random_init, device=args.device))
+            configs.append(cls(**{
+                **values, "method": m, "method_params": per[m], "flops_fraction": frac,
+                "p_hat": args.p_hat if "p_hat" in osscar_parameters(m) else None,
+                "t_hat": args.t_hat if "t_hat" in osscar_parameters(m) else None,
+                "chip_positions": 256 if positions is None else positions,
+                "chip_full_maps": (positions is None) if m == "chip" else None}))
     return configs
 
 

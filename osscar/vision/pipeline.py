@@ -1,6 +1,7 @@
 """One vision run: load → calibrate and prune (block-sequential, two streams) → slice → evaluate.
 
->>> from osscar.vision.pipeline import VisionRunConfig, run_vision
+>>> from osscar.vision.pipeline import run_vision
+>>> from osscar.vision.run_config import VisionRunConfig
 >>> metrics = run_vision(VisionRunConfig(method="osscar", flops_fraction=0.5))   # doctest: +SKIP
 
 ``checkpoint="default"`` is the reference ResNet20 on real Fashion-MNIST shipped with the package
@@ -10,160 +11,18 @@ it (see :mod:`osscar.vision.train`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from osscar.devices import check_device_name, device_label, resolve_device, synchronize, torch_threads
-from osscar.vision.data import DATASETS, DEFAULT_FMNIST_ROOT, check_dataset_root, dataset_meta, load_split
-from osscar.vision.models import ARCHS, is_pretrained_name, load_model
-from osscar.options import DEFAULT_DAMPING
-
-
-def _methods() -> dict[str, Any]:
-    from osscar.methods import available_methods
-
-    return available_methods()
-
-
-@dataclass(frozen=True)
-class VisionRunConfig:
-    """Everything one run depends on; validated on construction, before any work.
-
-    Attributes:
-        arch: one of ``ARCHS`` (resnet20, mobilenetv1, resnet50).
-        checkpoint: ``"default"`` (the shipped reference ResNet20 on Fashion-MNIST), ``"train"`` (that
-            recipe retrained at ``threads`` and cached), a checkpoint path, or
-            ``timm:<name>`` / ``torchvision:<WEIGHTS>`` (needs hub access). None only with random_init.
-        dataset, data_root: a dataset of ``DATASETS`` and the folder holding its files.
-        method: a registered pruning method; method_params: its parameters (dict).
-        p_hat, t_hat: OSSCAR's p̂ (groups removed per Stage-A step) and t̂ (groups changed per
-            local-search step, swap size t̂/2); None: per-layer defaults (2% / 2·5% of the channels).
-        flops_fraction: fraction of the whole network's MACs to remove, in (0, 1).
-        n_calib: calibration images (training set, training augmentation), seeded.
-        damping: λ, H + λ·mean(diag H)·I (on H only; G = X̃ᵀX_dŴ).
-        eval_limit: evaluate on the first N test images (None: the full test set).
-        chip_samples: CHIP: calibration images whose maps are scored.
-        chip_full_maps: CHIP only: True (what unset resolves to for ``method="chip"``): every spatial
-            position of each map, as the paper and the authors' code; False: ``chip_positions``
-            positions sampled once with ``seed`` (the behaviour before issue #15). Unset for other methods,
-            so their run keys do not change.
-        output_dir: where the metrics JSON and the sliced model go (None: nothing written).
-        random_init: random weights (tests only; excludes checkpoint).
-        device: where the models, calibration, H and the solvers run (``cpu``, ``cuda``, ``cuda:N``);
-            evaluation and latency run there too.
-    """
-
-    arch: str = "resnet20"
-    checkpoint: str | None = "default"
-    dataset: str = "fashion-mnist"
-    data_root: str = DEFAULT_FMNIST_ROOT
-    method: str = "osscar"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    p_hat: int | None = None
-    t_hat: int | None = None
-    flops_fraction: float = 0.5
-    n_calib: int = 1024
-    calib_batch_size: int = 128
-    seed: int = 0
-    threads: int = 1
-    damping: float = DEFAULT_DAMPING
-    eval_limit: int | None = None
-    eval_batch_size: int = 500
-    chip_samples: int = 64
-    chip_positions: int = 256
-    chip_full_maps: bool | None = None
-    latency: bool = True
-    latency_batch: int = 64
-    latency_repeats: int = 20
-    output_dir: str | None = None
-    save_model: bool = True
-    random_init: bool = False
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        check_device_name(self.device, "device")  # availability: where the run executes
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch: unknown architecture {self.arch!r}; allowed: {', '.join(ARCHS)}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
-        methods = _methods()
-        if self.method not in methods:
-            raise ValueError(f"method: unknown method {self.method!r}; allowed: {', '.join(methods)}")
-        if not isinstance(self.method_params, dict):
-            raise ValueError(f"method_params must be a dict, got {type(self.method_params).__name__}")
-        object.__setattr__(self, "method_params", dict(self.method_params))
-        from osscar.variants import OSSCAR_VARIANTS, osscar_parameters
-
-        for name in ("p_hat", "t_hat"):
-            v = getattr(self, name)
-            if v is not None:
-                if name not in osscar_parameters(self.method):
-                    takers = [m for m in OSSCAR_VARIANTS if name in osscar_parameters(m)]
-                    raise ValueError(f"{name} is an OSSCAR parameter (of {', '.join(takers)}); method is {self.method!r}")
-                if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "p_hat" else 0):
-                    raise ValueError(f"{name} must be an integer ≥ {1 if name == 'p_hat' else 0}, got {v!r}")
-        from osscar.methods import make_method
-
-        make_method(self.method, **self.all_method_params())  # unknown/invalid parameters fail now
-        f = self.flops_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 < f < 1):
-            raise ValueError(f"flops_fraction must be in (0, 1), got {f!r}")
-        for name in ("n_calib", "calib_batch_size", "threads", "eval_batch_size", "latency_batch", "latency_repeats"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
-        for name in ("chip_samples", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an integer ≥ 0, got {v!r}")
-        v = self.chip_positions
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"chip_positions must be an integer ≥ 1, got {v!r}")
-        if self.chip_full_maps not in (None, True, False):
-            raise ValueError(f"chip_full_maps must be true, false or unset, got {self.chip_full_maps!r}")
-        if self.method == "chip":
-            if self.chip_samples < 1:
-                raise ValueError("chip needs chip_samples ≥ 1")
-            if self.chip_full_maps is None:  # CHIP's default: every position of each map
-                object.__setattr__(self, "chip_full_maps", True)
-        elif self.chip_full_maps is not None:
-            raise ValueError(f"chip_full_maps is a CHIP setting; method is {self.method!r} (leave it unset)")
-        if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
-            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
-        if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
-            raise ValueError(f"eval_limit must be None or an integer ≥ 1, got {self.eval_limit!r}")
-        if self.random_init and self.checkpoint is not None:
-            raise ValueError("random_init=True excludes a checkpoint: pass checkpoint=None")
-        if not self.random_init:
-            if self.checkpoint is None:
-                raise ValueError("checkpoint: no weights given; use 'default', a path or a timm:/torchvision: "
-                                 "name (random weights only with random_init=True, for tests)")
-            if self.checkpoint in ("default", "train"):
-                if self.arch != "resnet20" or self.dataset != "fashion-mnist":
-                    raise ValueError(f"checkpoint={self.checkpoint!r} is the embedded ResNet20 on Fashion-MNIST; for "
-                                     f"arch={self.arch!r}/dataset={self.dataset!r} pass a checkpoint path or name")
-            elif not is_pretrained_name(self.checkpoint) and not Path(self.checkpoint).is_file():
-                raise FileNotFoundError(f"checkpoint: file not found: {self.checkpoint}")
-        check_dataset_root(self.dataset, self.data_root)
-
-    def all_method_params(self) -> dict[str, Any]:
-        params = dict(self.method_params)
-        if self.p_hat is not None:
-            params["p_hat"] = self.p_hat
-        if self.t_hat is not None:
-            params["t_hat"] = self.t_hat
-        return params
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from osscar.devices import device_label, resolve_device, synchronize, torch_threads
+from osscar.vision.data import dataset_meta, load_split
+from osscar.vision.models import is_pretrained_name, load_model
+from osscar.vision.run_config import VisionRunConfig
 
 
 def check_weights(config: VisionRunConfig) -> None:

@@ -127,3 +127,20 @@ def zero_out_groups(model, kept):
             mask = torch.zeros(W.shape[1] // s, dtype=torch.bool)
             mask[kept[i][part]] = True
             W[:, ~mask.repeat_interleave(s)] = 0
+
+
+@pytest.fixture
+def solver_calls(monkeypatch) -> list[int]:
+    """Counts every solver call (``PruningMethod.prune``, which every registered method inherits), independently
+    of the code's own counts: the kept count ``k`` of each call, in order."""
+    from osscar.method import PruningMethod
+
+    calls: list[int] = []
+    original = PruningMethod.prune
+
+    def counted(self, problem):
+        calls.append(problem.k)
+        return original(self, problem)
+
+    monkeypatch.setattr(PruningMethod, "prune", counted)
+    return calls

@@ -33,26 +33,6 @@ def _model(family: str = "llama"):
     return random_model(_config(family, 6, 3) if family != "opt" else _config("opt", 4, 4))
 
 
-def count_solver_calls(monkeypatch) -> list[int]:
-    """Counts every PruningMethod.prune call (independently of the database's own count): the k of each."""
-    from osscar.method import PruningMethod
-
-    calls = []
-    original = PruningMethod.prune
-
-    def counted(self, problem):
-        calls.append(problem.k)
-        return original(self, problem)
-
-    monkeypatch.setattr(PruningMethod, "prune", counted)
-    return calls
-
-
-@pytest.fixture
-def solver_calls(monkeypatch):
-    return count_solver_calls(monkeypatch)
-
-
 def _dense_inputs(model):
     """Every consumer's inputs X (rows, p) from the dense model's own forward on SEGS (hooks)."""
     a = get_adapter(model)

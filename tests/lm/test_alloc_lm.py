@@ -16,7 +16,7 @@ import pytest
 from osscar.lm.allocation.allocate import allocate_lm
 from osscar.methods import make_method
 
-from .test_alloc_database import OTHER, SEGS, _model, count_solver_calls
+from .test_alloc_database import OTHER, SEGS, _model
 
 
 @dataclass
@@ -73,11 +73,6 @@ def _stand_in(scored):
 
     mod.get_allocator, mod.run_allocator = get_allocator, run_allocator
     return mod
-
-
-@pytest.fixture
-def solver_calls(monkeypatch):
-    return count_solver_calls(monkeypatch)
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def test_osscar_variants_get_the_vision_defaults_they_take():
 
 # -- configuration -----------------------------------------------------------------------------
 def _cfg(**kw):
-    from osscar.vision.pipeline import VisionRunConfig
+    from osscar.vision.run_config import VisionRunConfig
 
     base = dict(checkpoint=None, random_init=True)
     base.update(kw)
@@ -245,7 +245,8 @@ def test_cli_rejects_before_work(capsys, fake_fmnist):
 def test_integration_tiny_budget(tmp_path, monkeypatch):
     """Real Fashion-MNIST end to end: ResNet20 trained on a 6,400-image budget (about 30-45 s on
     one thread) in a private cache, then OSSCAR and MP at 50% FLOPs. Independent of any existing cache."""
-    from osscar.vision.pipeline import VisionRunConfig, run_vision
+    from osscar.vision.pipeline import run_vision
+    from osscar.vision.run_config import VisionRunConfig
     from osscar.vision.train import TrainConfig, default_checkpoint, load_checkpoint_meta
 
     monkeypatch.setenv("OSSCAR_CACHE", str(tmp_path / "cache"))
@@ -275,7 +276,8 @@ def test_integration_tiny_budget(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_default_model():
     """The embedded default (trains ~5-8 min on one thread when the cache is empty)."""
-    from osscar.vision.pipeline import VisionRunConfig, run_vision
+    from osscar.vision.pipeline import run_vision
+    from osscar.vision.run_config import VisionRunConfig
 
     res = {m: run_vision(VisionRunConfig(method=m, flops_fraction=0.5, n_calib=512, eval_limit=2000, latency=False),
                          progress=False) for m in ("mp", "osscar")}
@@ -335,7 +337,8 @@ def test_retrained_checkpoint_key_includes_the_thread_count():
 def test_default_checkpoint_is_the_shipped_reference_with_its_golden_accuracy():
     """checkpoint='default' prunes the shipped weights (no training), whose dense top-1 on the full
     Fashion-MNIST test set is the one recorded when it was trained (0.9026)."""
-    from osscar.vision.pipeline import VisionRunConfig, run_vision
+    from osscar.vision.pipeline import run_vision
+    from osscar.vision.run_config import VisionRunConfig
     from osscar.vision.train import REFERENCE_SHA256, load_checkpoint_meta, reference_checkpoint
 
     meta = load_checkpoint_meta(reference_checkpoint())
@@ -351,7 +354,7 @@ def test_default_checkpoint_is_the_shipped_reference_with_its_golden_accuracy():
 def test_vision_record_states_the_threads_it_used_after_another_count(tmp_path):
     from benchmarks.sweep import RunSpec
     from benchmarks.worker import execute
-    from osscar.vision.pipeline import VisionRunConfig
+    from osscar.vision.run_config import VisionRunConfig
     from benchmarks.store import ResultStore
 
     torch.set_num_threads(1)
