@@ -92,6 +92,13 @@ def test_stitched_model_is_the_method_on_dense_inputs(family, method_name, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(stitched(SEGS).logits, ref(SEGS).logits, atol=1e-8, rtol=1e-8)
     assert stitched.config.osscar_pruned["kept_neurons"] == [32, 0, 32]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    light = stitch(model, db, widths, share_weights=True)  # what StitchedFitness scores: dense tensors shared
+    with torch.no_grad():
+        torch.testing.assert_close(light(SEGS).logits, ref(SEGS).logits, atol=1e-8, rtol=1e-8)
+    assert light.get_input_embeddings().weight is model.get_input_embeddings().weight
+    assert stitched.get_input_embeddings().weight is not model.get_input_embeddings().weight  # the default: a copy
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "stitching wrote into the dense model"
     for (i, part), rel in errors.items():
         k = widths[i][PARTS.index(part)]
         assert db.errors(i, part)[k] == pytest.approx(rel, rel=1e-6, abs=1e-12)

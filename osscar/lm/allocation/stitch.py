@@ -42,15 +42,19 @@ def check_model(db: CandidateDatabase, model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def stitch(dense: nn.Module, db: CandidateDatabase, widths: Allocation) -> nn.Module:
+def stitch(dense: nn.Module, db: CandidateDatabase, widths: Allocation, share_weights: bool = False) -> nn.Module:
     """A sliced copy of ``dense`` with every block's consumers taken from ``db`` at ``widths``.
 
     ``dense`` is not modified. ValueError if a level is not in the database's ladder or a part is
-    missing (an unfinished build)."""
+    missing (an unfinished build). ``share_weights``: the copy's modules hold ``dense``'s own tensors
+    wherever slicing leaves them whole (embeddings, norms, unpruned projections), so scoring a candidate
+    costs the sliced Linears alone, not a second dense model; for a model that is only run and dropped
+    (:class:`StitchedFitness`), never for one that is cast, trained or saved."""
     widths = [(int(a), int(m)) for a, m in widths]
     if len(widths) != db.spec.n_blocks:
         raise ValueError(f"allocation has {len(widths)} blocks, the database {db.spec.n_blocks}")
-    model = copy.deepcopy(dense)
+    shared = {id(t): t for t in (*dense.parameters(), *dense.buffers())} if share_weights else {}
+    model = copy.deepcopy(dense, memo=shared)  # slicing writes new Linears: no shared tensor is written
     adapter = get_adapter(model)
     original = original_widths(adapter)
     for i, (layer, levels) in enumerate(zip(adapter.layers(model), widths)):
@@ -104,7 +108,7 @@ class StitchedFitness:
     def loss(self, widths: Allocation) -> float:
         """Mean next-token cross-entropy of the stitched model on the calibration tokens."""
         self.evaluations += 1
-        lp = _log_probs(stitch(self.dense, self.db, widths), self.calibration, self.batch_size)
+        lp = _log_probs(stitch(self.dense, self.db, widths, share_weights=True), self.calibration, self.batch_size)
         target = self.calibration[:, 1:].to(torch.long)
         return float(-lp.gather(-1, target[..., None]).mean())
 
@@ -120,5 +124,5 @@ class StitchedFitness:
         if self._dense_lp is None:
             self._dense_lp = _log_probs(self.dense, self.heldout, self.batch_size)
         p_log = self._dense_lp[:rows]
-        q_log = _log_probs(stitch(self.dense, self.db, widths), self.heldout[:rows], self.batch_size)
+        q_log = _log_probs(stitch(self.dense, self.db, widths, share_weights=True), self.heldout[:rows], self.batch_size)
         return float((p_log.exp() * (p_log - q_log)).sum(-1).mean())
