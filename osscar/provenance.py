@@ -55,7 +55,9 @@ def device_info() -> dict[str, Any]:
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
-    """{"commit", "dirty"} of the checkout holding this package (None where git cannot tell)."""
+    """{"commit", "dirty"} of the checkout holding this package (None where git cannot tell). ``dirty``: a tracked
+    file differs from the commit, the committed record store (``results/records``: data a rerun replaces, never
+    read by a run) left out."""
     root = root or Path(__file__).resolve().parent.parent
     def git(*args: str) -> str | None:
         try:
@@ -63,7 +65,7 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results/records")
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
