@@ -162,8 +162,8 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
                 drift_tokens: int = 0) -> MemoryPlan:
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
-    ``stitched``: a global allocation search (``spdy``/``evolutionary``) holds one stitched copy of the model
-    beside it while it scores candidates; ``drift_tokens``: held-out tokens whose dense hidden states and
+    ``stitched``: a global allocation search (``spdy``/``evolutionary``) holds the sliced blocks of one stitched
+    model beside it while it scores candidates (embeddings, head and whatever is not sliced are shared); ``drift_tokens``: held-out tokens whose dense hidden states and
     log-probabilities wait on the host through pruning (``drift=True``).
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
     item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
@@ -301,7 +301,9 @@ def _evaluate_items(c: _PlanContext, latency: bool, eval_windows: int | None) ->
 def _allocation_items(c: _PlanContext, stitched: bool, drift_tokens: int) -> None:
     """A global search's stitched model copy (prune phase); the drift reference on the host (prune, evaluate)."""
     if stitched:
-        c.add("prune", "stitched copy scored by the width search", f"{count(c.shape.params)} params", c.weights)
+        # stitch(share_weights=True): new modules hold only the sliced blocks' tensors (at most the dense blocks)
+        c.add("prune", "stitched blocks scored by the width search", f"{c.shape.n_layers}×{count(c.shape.block_params)} params",
+              c.shape.n_layers * c.shape.block_params * c.b)
     shape = c.shape
     if drift_tokens:
         n = drift_tokens * (shape.n_layers * shape.hidden + shape.vocab) * F32

@@ -126,8 +126,11 @@ def test_plan_counts_a_global_search_copy_and_the_drift_reference():
     extra = {(i.phase, i.where, i.name): i.bytes for i in plan.items}.items() - \
         {(i.phase, i.where, i.name): i.bytes for i in plain.items}.items()
     reference = 4 * 64 * (cfg.num_hidden_layers * cfg.hidden_size + cfg.vocab_size) * 4  # float32, by hand
+    h, hd, i = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size  # every block's weights, by hand (no biases)
+    blocks = cfg.num_hidden_layers * (2 * h * cfg.num_attention_heads * hd + 2 * h * cfg.num_key_value_heads * hd
+                                      + 3 * h * i + 2 * h)
     assert dict(extra) == {
-        ("prune", "device", "stitched copy scored by the width search"): shape.params * 2,
+        ("prune", "device", "stitched blocks scored by the width search"): blocks * 2,
         ("prune", "host", "held-out reference: dense hidden states and log-probabilities"): reference,
         ("evaluate", "host", "held-out reference: dense hidden states and log-probabilities"): reference}
 
