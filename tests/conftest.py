@@ -66,3 +66,34 @@ def write_fake_fmnist(root, n: int = 4):
 def fake_fmnist(tmp_path):
     """A folder with tiny Fashion-MNIST-layout files (see :func:`write_fake_fmnist`)."""
     return write_fake_fmnist(tmp_path / "fashion-mnist")
+
+
+@pytest.fixture
+def check_new_option(capsys):
+    """``check(parser_for, config_from_args, pipeline, base, base_argv)``: adding one field with option metadata to
+    ``base`` (a run config) gives its flag, help, choices, value, sweep key and flag name in errors, with no other
+    edit; ``parser_for(cls)`` builds the CLI's parser, ``config_from_args(args, cls)`` one config."""
+    return lambda *args: _check_new_option(*args, capsys=capsys)
+
+
+def _check_new_option(parser_for, configs_from_args, pipeline: str, base: type, base_argv: list[str], capsys) -> None:
+    import dataclasses
+
+    from benchmarks.pipelines import get_pipeline
+    from osscar.config_cli import option
+    from osscar.options import as_flags, parser_flags
+
+    Extended = dataclasses.make_dataclass(
+        "Extended", [("knob", str, option("low", section="calibration", choices=("low", "high"),
+                                          help="a knob no code knows about"))],
+        bases=(base,), frozen=True)
+    parser = parser_for(Extended)
+    calibration = parser.format_help().split("\ncalibration:\n")[1].split("\nevaluation:\n")[0]
+    assert "--knob {low,high}" in calibration and "a knob no code knows about (default: low)" in " ".join(calibration.split())
+    config = configs_from_args(parser.parse_args([*base_argv, "--knob", "high"]), Extended)
+    assert config.knob == "high"
+    assert get_pipeline(pipeline).key_config(dataclasses.asdict(config))["knob"] == "high"
+    assert as_flags("knob must be low", parser_flags(parser)) == "--knob must be low"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--knob", "medium"])
+    assert "--knob: invalid choice: 'medium'" in capsys.readouterr().err

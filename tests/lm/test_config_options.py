@@ -8,11 +8,9 @@ import dataclasses
 
 import pytest
 
-from benchmarks.pipelines import get_pipeline
 from osscar.config_cli import SECTIONS, add_config_options, config_values, option
 from osscar.lm.cli import FIELD_FLAGS, build_parser, config_from_args
 from osscar.lm.run_config import LMRunConfig
-from osscar.options import as_flags, parser_flags
 
 
 def _values(argv: list[str]) -> dict:
@@ -57,22 +55,8 @@ def test_the_help_lists_every_option_under_its_section():
     assert set(FIELD_FLAGS) == {f.name for f in dataclasses.fields(LMRunConfig)}
 
 
-def test_a_new_field_gets_its_flag_help_choices_and_sweep_key_with_no_other_edit(tiny_llama_dir, capsys):
-    Extended = dataclasses.make_dataclass(
-        "Extended", [("knob", str, option("low", section="calibration", choices=("low", "high"),
-                                          help="a knob no code knows about"))],
-        bases=(LMRunConfig,), frozen=True)
-    parser = build_parser(Extended)
-    text = parser.format_help()
-    calibration = text.split("\ncalibration:\n")[1].split("\nevaluation:\n")[0]
-    assert "--knob {low,high}" in calibration and "a knob no code knows about (default: low)" in " ".join(calibration.split())
-    config = config_from_args(parser.parse_args(["--model", str(tiny_llama_dir), "--knob", "high"]), Extended)
-    assert config.knob == "high"
-    assert get_pipeline("lm").key_config(dataclasses.asdict(config))["knob"] == "high"
-    assert as_flags("knob must be low", parser_flags(parser)) == "--knob must be low"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--knob", "medium"])
-    assert "--knob: invalid choice: 'medium'" in capsys.readouterr().err
+def test_a_new_field_gets_its_flag_help_choices_and_sweep_key_with_no_other_edit(tiny_llama_dir, check_new_option):
+    check_new_option(build_parser, config_from_args, "lm", LMRunConfig, ["--model", str(tiny_llama_dir)])
 
 
 def test_a_field_type_the_cli_cannot_read_needs_a_parser():

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
-from benchmarks.pipelines import get_pipeline
-from osscar.config_cli import SECTIONS, option
-from osscar.options import as_flags, parser_flags
+from osscar.config_cli import SECTIONS
 from osscar.vision.cli import FIELD_FLAGS, _configs, build_parser
 from osscar.vision.run_config import VisionRunConfig
 
@@ -41,18 +37,6 @@ def test_flags_reach_their_fields_and_runs_multiply(fake_fmnist):
     assert not osscar.latency and not osscar.save_model and osscar.eval_limit == 7 and osscar.threads == 2
 
 
-def test_a_new_field_gets_its_flag_help_value_and_sweep_key_with_no_other_edit(fake_fmnist, capsys):
-    Extended = dataclasses.make_dataclass(
-        "Extended", [("knob", str, option("low", section="calibration", choices=("low", "high"),
-                                          help="a knob no code knows about"))],
-        bases=(VisionRunConfig,), frozen=True)
-    parser = build_parser(Extended)
-    calibration = parser.format_help().split("\ncalibration:\n")[1].split("\nevaluation:\n")[0]
-    assert "--knob {low,high}" in calibration and "a knob no code knows about (default: low)" in " ".join(calibration.split())
-    (config,) = _configs(parser.parse_args(["--random-init", "--data-root", str(fake_fmnist), "--knob", "high"]), Extended)
-    assert config.knob == "high"
-    assert get_pipeline("vision").key_config(dataclasses.asdict(config))["knob"] == "high"
-    assert as_flags("knob must be low", parser_flags(parser)) == "--knob must be low"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--knob", "medium"])
-    assert "--knob: invalid choice: 'medium'" in capsys.readouterr().err
+def test_a_new_field_gets_its_flag_help_value_and_sweep_key_with_no_other_edit(fake_fmnist, check_new_option):
+    check_new_option(build_parser, lambda args, cls: _configs(args, cls)[0], "vision", VisionRunConfig,
+                     ["--random-init", "--data-root", str(fake_fmnist)])
