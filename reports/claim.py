@@ -41,6 +41,7 @@ class Reading:
     ziplm: str  # allocation of the ZipLM arm
     osscar: str  # allocation of the OSSCAR arm
     meaning: str
+    nearest_speed: bool = False  # OSSCAR: per seed, the arm's run (any target) nearest in measured block speedup
 
 
 READINGS = (
@@ -48,6 +49,9 @@ READINGS = (
     Reading("R1 (measured)", "uniform-latency", "uniform-latency", "both uniform widths, target by measured latency"),
     Reading("R2", "runtime", "uniform-latency", "ZipLM runtime-aware non-uniform vs OSSCAR uniform (measured target)"),
     Reading("R2 (OSSCAR by FLOPs)", "runtime", "uniform", "ZipLM runtime-aware vs OSSCAR uniform by block FLOPs"),
+    Reading("R2 (speed-matched)", "runtime", "uniform",
+            "ZipLM runtime-aware vs OSSCAR uniform by FLOPs, per seed the OSSCAR run (any target) nearest in measured "
+            "block speedup", nearest_speed=True),
     Reading("R3 (spdy)", "spdy", "spdy", "both with ZipLM's spdy search over their own candidate databases"),
     Reading("R3 (runtime)", "runtime", "runtime", "both with the runtime-aware knapsack on their own loss curves"),
 )
@@ -93,12 +97,28 @@ def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], z: fl
     return {"ratio": math.exp(mean), "lo": math.exp(mean - z * se), "hi": math.exp(mean + z * se), "n": len(d)}
 
 
-def paired_arms(df: pd.DataFrame, a: str, b: str, target: float, corpus: str) -> dict[str, float]:
+def _nearest_in_speed(df: pd.DataFrame, A: pd.DataFrame, b: str) -> pd.DataFrame:
+    """Per seed of ``A`` (indexed by seed), the run of arm ``b`` with that seed, at any target, whose measured
+    block speedup is nearest to A's (indexed by seed)."""
+    runs = df[(df["arm"] == b) & df["blocks_speedup"].notna()]
+    picked = []
+    for seed, speed in A["blocks_speedup"].dropna().items():
+        mine = runs[runs["seed"] == seed]
+        if len(mine):
+            picked.append(mine.loc[(mine["blocks_speedup"] - speed).abs().idxmin()])
+    return pd.DataFrame(picked).set_index("seed") if picked else runs.iloc[:0].set_index("seed")
+
+
+def paired_arms(df: pd.DataFrame, a: str, b: str, target: float, corpus: str,
+                nearest_speed: bool = False) -> dict[str, float]:
     """ppl(arm a) / ppl(arm b) at ``target``: pooled (:func:`pooled_ratio`) and per-seed min / max, the seeds
-    paired, and both arms' mean perplexity and measured block speedup over those seeds."""
+    paired, and both arms' mean perplexity and measured block speedup over those seeds. ``nearest_speed``: arm b's
+    run of each seed is the one, at any target, nearest to arm a's in measured block speedup (its targets in
+    ``targets_b``)."""
     col, wcol = f"ppl:{corpus}", f"window_nll:{corpus}"
     at = df[df["speedup_target"] == target]
-    A, B = at[at["arm"] == a].set_index("seed"), at[at["arm"] == b].set_index("seed")
+    A = at[at["arm"] == a].set_index("seed")
+    B = _nearest_in_speed(df, A, b) if nearest_speed else at[at["arm"] == b].set_index("seed")
     seeds = sorted(set(A.index) & set(B.index))
     ok = [s for s in seeds if isinstance(A.at[s, wcol], list) and isinstance(B.at[s, wcol], list)]
     out = pooled_ratio([(A.at[s, wcol], B.at[s, wcol]) for s in ok])
@@ -108,7 +128,8 @@ def paired_arms(df: pd.DataFrame, a: str, b: str, target: float, corpus: str) ->
                 "ppl_a": float(A.loc[ok, col].mean()) if ok else math.nan,
                 "ppl_b": float(B.loc[ok, col].mean()) if ok else math.nan,
                 "speedup_a": float(A.loc[ok, "blocks_speedup"].mean()) if ok else math.nan,
-                "speedup_b": float(B.loc[ok, "blocks_speedup"].mean()) if ok else math.nan})
+                "speedup_b": float(B.loc[ok, "blocks_speedup"].mean()) if ok else math.nan,
+                "targets_b": sorted({float(B.at[s, "speedup_target"]) for s in ok})})
     return out
 
 
@@ -118,11 +139,12 @@ def readings(df: pd.DataFrame, corpus: str) -> pd.DataFrame:
     for target in sorted(df["speedup_target"].dropna().unique()):
         for r in READINGS:
             z, o = arm_label("ziplm", r.ziplm), arm_label("osscar", r.osscar)
-            p = paired_arms(df, z, o, target, corpus)
-            if not p["seeds"]:
-                continue
+            p = paired_arms(df, z, o, target, corpus, nearest_speed=r.nearest_speed)
+            if not p["seeds"] or (r.nearest_speed and p["targets_b"] == [target]):
+                continue  # speed-matched: only where it pairs other runs than the plain reading
             gap = p["speedup_a"] / p["speedup_b"] - 1 if p["speedup_b"] else math.nan
-            rows.append({"reading": r.name, "target": target, "ziplm arm": r.ziplm, "osscar arm": r.osscar,
+            osscar_arm = r.osscar + (f" at {'/'.join(f'{t:g}×' for t in p['targets_b'])}" if r.nearest_speed else "")
+            rows.append({"reading": r.name, "target": target, "ziplm arm": r.ziplm, "osscar arm": osscar_arm,
                          "meaning": r.meaning, "ppl ziplm": p["ppl_a"], "ppl osscar": p["ppl_b"],
                          "ratio": p["ratio"], "lo": p["lo"], "hi": p["hi"], "seed_min": p["seed_min"],
                          "seed_max": p["seed_max"], "seeds": p["seeds"], "windows": p["n"],
@@ -184,6 +206,8 @@ def tracking(df: pd.DataFrame, corpus: str) -> pd.DataFrame:
     col = f"ppl:{corpus}"
     rows = []
     for target, sub in df.groupby("speedup_target", sort=True):
+        if sub["arm"].nunique() < 2:
+            continue  # a target only one arm ran (a speed-matching run): no comparison across runs
         for q, what in DRIFT_QUANTITIES.items():
             if q not in sub:
                 continue

@@ -84,6 +84,20 @@ def test_each_reading_is_the_pooled_paired_ratio_by_hand(tmp_path):
     assert arms.loc[("ziplm · runtime", 2.0), "predicted_speedup"] == 2.0  # the blocks' prediction, not the model's
 
 
+def test_speed_matched_reading_pairs_each_seed_with_the_nearest_measured_speed_by_hand(tmp_path):
+    """ZipLM runtime at 1.5 measures 1.5(+0.01·seed); OSSCAR uniform measures 1.2 at target 1.5 and 1.6 at target 2:
+    the speed-matched reading pairs it with OSSCAR's target-2 runs (0.1 away, not 0.3). At 2 the nearest OSSCAR
+    run is the plain reading's own, so no speed-matched row is made there."""
+    w = synthetic_claim(tmp_path)
+    r = readings(claim_runs(load_records(tmp_path)), CORPUS).set_index(["reading", "target"])
+    row = r.loc[("R2 (speed-matched)", 1.5)]
+    d = np.concatenate([w["ziplm", "runtime", 1.5, s] - w["osscar", "uniform", 2.0, s] for s in (0, 1, 2)])
+    assert row["ratio"] == pytest.approx(math.exp(d.mean()), rel=1e-12) and row["osscar arm"] == "uniform at 2×"
+    assert row["speedup osscar"] == pytest.approx(1.61) and row["matched"]  # 1.51 vs 1.61: 6% apart
+    assert not r.loc[("R2 (OSSCAR by FLOPs)", 1.5), "matched"]  # 1.51 vs 1.21
+    assert ("R2 (speed-matched)", 2.0) not in r.index
+
+
 def test_claim_and_allocation_sections_and_figures(tmp_path):
     synthetic_claim(tmp_path / "store")
     synthetic_claim(tmp_path / "store", experiment="allocation_lm")

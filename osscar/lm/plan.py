@@ -163,8 +163,9 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
     ``stitched``: a global allocation search (``spdy``/``evolutionary``) holds the sliced blocks of one stitched
-    model beside it while it scores candidates (embeddings, head and whatever is not sliced are shared); ``drift_tokens``: held-out tokens whose dense hidden states and
-    log-probabilities wait on the host through pruning (``drift=True``).
+    model beside it while it scores candidates (embeddings, head and whatever is not sliced are shared);
+    ``drift_tokens``: held-out tokens whose dense hidden states and log-probabilities wait on the host through
+    pruning (``drift=True``).
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
     item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
     (module docstring). ``eval_windows``: windows per corpus if capped (offloaded evaluation keeps a
