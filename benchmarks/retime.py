@@ -10,7 +10,9 @@ more measurement with nothing else running: the sliced architecture is rebuilt f
 (:func:`osscar.lm.slicing.slice_shapes` on a copy of the dense model: latency depends on the shapes, not on the
 weights), and its backbone is timed against the dense backbone (interleaved, medians) at the record's latency
 points and thread count. Runs with the same widths share one measurement (uniform widths do not depend on the
-method or the seed).
+method or the seed). Every distinct architecture is timed once per round, all in turn, for three rounds; per point
+the median round is kept: a single pass let one burst of load move a width's speedup by 10% between sessions
+(uniform at 1.5×: 1.43× in one quiet pass, 1.27× in the next).
 
 Each measurement is a record of pipeline ``retime`` in experiment ``<experiment>_retimed``, keyed by its config
 (the source record's key, widths, points, repeats, threads): the source records are never rewritten, a rerun
@@ -63,12 +65,23 @@ def target_of(record: RunRecord) -> Target | None:
                   tuple((int(b), int(s)) for b, s in cfg["latency_points"]), int(cfg.get("threads") or 1))
 
 
-def retime_config(t: Target, repeats: int, warmup: int) -> dict[str, Any]:
-    """The key-defining config of one measurement."""
-    return {"source_experiment": t.record.experiment, "source_key": t.record.key, "model": t.record.config["model"],
-            "dtype": t.record.config.get("dtype", "float32"), "attention_unit": t.attention_unit,
-            "kept_attn": list(t.kept_attn), "kept_mlp": list(t.kept_mlp), "points": [list(p) for p in t.points],
-            "threads": t.threads, "repeats": repeats, "warmup": warmup}
+def retime_config(t: Target, repeats: int, warmup: int, rounds: int = 1) -> dict[str, Any]:
+    """The key-defining config of one measurement (``rounds`` only when more than one, so earlier keys stay)."""
+    config = {"source_experiment": t.record.experiment, "source_key": t.record.key, "model": t.record.config["model"],
+              "dtype": t.record.config.get("dtype", "float32"), "attention_unit": t.attention_unit,
+              "kept_attn": list(t.kept_attn), "kept_mlp": list(t.kept_mlp), "points": [list(p) for p in t.points],
+              "threads": t.threads, "repeats": repeats, "warmup": warmup}
+    return {**config, "rounds": rounds} if rounds > 1 else config
+
+
+def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per latency point, the round whose block speedup is the median (lower median for an even count), with
+    every round's block speedup beside it (``rounds_blocks_speedup``)."""
+    out = []
+    for per_point in zip(*rounds):
+        ordered = sorted(per_point, key=lambda row: row["blocks_speedup"])
+        out.append({**ordered[(len(ordered) - 1) // 2], "rounds_blocks_speedup": [r["blocks_speedup"] for r in per_point]})
+    return out
 
 
 def _time(dense: Any, t: Target, repeats: int, warmup: int) -> list[dict[str, Any]]:
@@ -85,37 +98,41 @@ def _time(dense: Any, t: Target, repeats: int, warmup: int) -> list[dict[str, An
         return compare_latency(dense, sliced, list(t.points), repeats, warmup, blocks_only=True)
 
 
-def retime(store_root: str, experiments: list[str], repeats: int = 7, warmup: int = 2, fresh: bool = False) -> int:
-    """Time every finished, sliced run of ``experiments`` not yet timed; returns how many measurements ran."""
+def retime(store_root: str, experiments: list[str], repeats: int = 7, warmup: int = 2, fresh: bool = False,
+           rounds: int = 3) -> int:
+    """Time every finished, sliced run of ``experiments`` not yet timed; returns how many measurements ran. Each
+    distinct architecture (runs with the same widths share it) is timed once per round, all of them in turn, for
+    ``rounds`` rounds: a burst of load hits one round of several architectures, and the median round drops it."""
     from osscar.lm.sources.models import load_model
     from osscar.provenance import environment
 
     store = ResultStore(store_root)
-    targets = [t for e in experiments for r in store.records(e) if (t := target_of(r)) is not None]
-    shared: dict[tuple, list[dict[str, Any]]] = {}
+    todo = []
+    for t in (t for e in experiments for r in store.records(e) if (t := target_of(r)) is not None):
+        config = retime_config(t, repeats, warmup, rounds)
+        if fresh or not store.has(t.record.experiment + SUFFIX, config_key(PIPELINE, config)):
+            todo.append((t, config))
     dense_models: dict[tuple[str, str], Any] = {}
-    ran = 0
-    for i, t in enumerate(targets, 1):
-        config = retime_config(t, repeats, warmup)
-        experiment = t.record.experiment + SUFFIX
-        if store.has(experiment, config_key(PIPELINE, config)) and not fresh:
-            continue
+    by_shape: dict[tuple, Target] = {}
+    for t, config in todo:
         model_key = (config["model"], config["dtype"])
         if model_key not in dense_models:
             print(f"loading {config['model']} ({config['dtype']})", flush=True)
             dense_models[model_key] = load_model(config["model"], dtype=config["dtype"]).model.eval()
-        same = (model_key, t.attention_unit, t.kept_attn, t.kept_mlp, t.points, t.threads)
-        started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        if same not in shared:
-            print(f"[{i}/{len(targets)}] timing {t.record.experiment}/{t.record.key} "
+        by_shape.setdefault((model_key, t.attention_unit, t.kept_attn, t.kept_mlp, t.points, t.threads), t)
+    timings: dict[tuple, list[list[dict[str, Any]]]] = {shape: [] for shape in by_shape}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for k in range(rounds):
+        for i, (shape, t) in enumerate(by_shape.items(), 1):
+            print(f"round {k + 1}/{rounds}, architecture {i}/{len(by_shape)}: {t.record.experiment}/{t.record.key} "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
-            shared[same] = _time(dense_models[model_key], t, repeats, warmup)
-        rows = shared[same]
-        store.put(RunRecord(experiment=experiment, pipeline=PIPELINE, config=config,
-                            metrics={"rows": rows, "load_average_1min": os.getloadavg()[0]},
+            timings[shape].append(_time(dense_models[shape[0]], t, repeats, warmup))
+    for t, config in todo:
+        shape = ((config["model"], config["dtype"]), t.attention_unit, t.kept_attn, t.kept_mlp, t.points, t.threads)
+        store.put(RunRecord(experiment=t.record.experiment + SUFFIX, pipeline=PIPELINE, config=config,
+                            metrics={"rows": median_rows(timings[shape]), "load_average_1min": os.getloadavg()[0]},
                             provenance=environment(), started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%S")))
-        ran += 1
-    return ran
+    return len(todo)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default="results/records", help="the record store (default: results/records)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per point (medians; default 7)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds over every architecture; per point the median round is kept (default 3)")
     p.add_argument("--fresh", action="store_true", help="time again runs already timed")
     args = p.parse_args(argv)
     store = ResultStore(args.store)
@@ -133,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: experiments {unknown} not in {args.store}; it has: {', '.join(store.experiments())}",
               file=sys.stderr)
         return 2
-    if args.repeats < 1 or args.warmup < 0:
-        print("error: --repeats must be ≥ 1 and --warmup ≥ 0", file=sys.stderr)
+    if args.repeats < 1 or args.warmup < 0 or args.rounds < 1:
+        print("error: --repeats and --rounds must be ≥ 1 and --warmup ≥ 0", file=sys.stderr)
         return 2
     print(f"timing the decoder blocks again: nothing else should run on this machine (load average now "
           f"{os.getloadavg()[0]:.2f})", flush=True)
-    n = retime(args.store, args.experiments, args.repeats, args.warmup, args.fresh)
+    n = retime(args.store, args.experiments, args.repeats, args.warmup, args.fresh, args.rounds)
     print(f"{n} measurement(s) written to {args.store}/<experiment>{SUFFIX}/")
     return 0
 

@@ -48,8 +48,8 @@ def test_retime_rebuilds_each_runs_architecture_and_resumes(tiny_llama_dir, tmp_
         store.put(record)
         saved[record.key] = load_pruned(tmp_path / name)
     timed.clear()  # the runs' own latency measurements
-    assert retime.main(["claim_lm", "--store", str(store.root), "--repeats", "3", "--warmup", "1"]) == 0
-    assert len(timed) == 2, "the two uniform runs have the same widths: one measurement"
+    assert retime.main(["claim_lm", "--store", str(store.root), "--repeats", "3", "--warmup", "1", "--rounds", "2"]) == 0
+    assert len(timed) == 2 * 2, "the two uniform runs have the same widths: one measurement per round"
     for dense, _sliced, points, repeats, warmup, blocks_only, threads in timed:
         assert (points, repeats, warmup, blocks_only, threads) == ([(1, 8)], 3, 1, True, 1)
         assert _shapes(dense) == _shapes(AutoModelForCausalLM.from_pretrained(tiny_llama_dir))
@@ -58,9 +58,21 @@ def test_retime_rebuilds_each_runs_architecture_and_resumes(tiny_llama_dir, tmp_
     retimed = list(store.records("claim_lm" + retime.SUFFIX))
     assert sorted(r.config["source_key"] for r in retimed) == sorted(saved)
     assert all(r.metrics["rows"][0]["blocks_speedup"] == 1.5 and r.provenance["device"] for r in retimed)
-    again = ["claim_lm", "--store", str(store.root), "--repeats", "3", "--warmup", "1"]
-    assert retime.main(again) == 0 and len(timed) == 2  # resumed: nothing new
+    assert all(r.metrics["rows"][0]["rounds_blocks_speedup"] == [1.5, 1.5] for r in retimed)
+    again = ["claim_lm", "--store", str(store.root), "--repeats", "3", "--warmup", "1", "--rounds", "2"]
+    assert retime.main(again) == 0 and len(timed) == 4  # resumed: nothing new
     assert "0 measurement(s)" in capsys.readouterr().out
+
+
+def test_the_median_round_is_kept_per_point():
+    """Three rounds of two points; a burst of load slowed the dense blocks in round 2 at the first point only."""
+    rounds = [[{"blocks_speedup": 1.50, "round": 1}, {"blocks_speedup": 2.00, "round": 1}],
+              [{"blocks_speedup": 1.80, "round": 2}, {"blocks_speedup": 1.90, "round": 2}],
+              [{"blocks_speedup": 1.55, "round": 3}, {"blocks_speedup": 2.10, "round": 3}]]
+    first, second = retime.median_rows(rounds)
+    assert (first["blocks_speedup"], first["round"]) == (1.55, 3) and first["rounds_blocks_speedup"] == [1.5, 1.8, 1.55]
+    assert (second["blocks_speedup"], second["round"]) == (2.00, 1)
+    assert retime.median_rows(rounds[:2])[0]["blocks_speedup"] == 1.50  # an even count: the lower median
 
 
 def test_retime_names_an_unknown_experiment(tmp_path, capsys):
