@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiments", nargs="+", help="experiments of the store whose runs to time again (e.g. claim_lm)")
     p.add_argument("--store", default="results/records", help="the record store (default: results/records)")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds per point (medians; default 7)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--repeats", type=int, default=7, help="timed passes per point in each round (median; default 7)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default 2)")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds over every architecture; per point the median round is kept (default 3)")
     p.add_argument("--fresh", action="store_true", help="time again runs already timed")
