@@ -17,20 +17,18 @@ of its items:
   (``eval_seqlen × vocab`` in ``dtype`` plus two float32 copies), and with latency points a second,
   dense copy of the model (built on a latency-cache miss).
 
-With block offloading (``offload`` ``cpu`` or ``disk``, :mod:`osscar.lm.offloading.offload`) the device holds
-one block at a time. ``prune``: one block's weights, the embeddings / LM head / final norm
-(counted beside it, although they visit the device only for the capture), one batch's block
-input and output, and the same forward and solve; the activations of all segments (in, out and
-the no-rerun step's MLP inputs) wait on the host. ``evaluate``: one block, the embeddings and LM
-head, one window's hidden states and logits on the device; one chunk of windows' hidden states
-(at most :data:`osscar.lm.offloading.streaming_eval.EVAL_HOST_BYTES`) on the host. ``cpu`` keeps the whole
-model in host memory; ``disk`` holds there only the block being read (and, pruning, its sliced
-copy being written). On a CPU device the host column repeats the device's.
+With block offloading (``offload`` ``cpu`` or ``disk``, :mod:`osscar.lm.offloading.offload`) the device holds one
+block at a time. ``prune``: one block's weights, the embeddings / LM head / final norm (counted beside it, although
+they visit the device only for the capture), one batch's block input and output, and the same forward and solve; the
+activations of all segments (in, out and the no-rerun step's MLP inputs) wait on the host. ``evaluate``: one block,
+the embeddings and LM head, one window's hidden states and logits on the device; one chunk of windows' hidden states
+(at most :data:`osscar.lm.offloading.streaming_eval.EVAL_HOST_BYTES`) on the host. ``cpu`` keeps the whole model in
+host memory; ``disk`` holds there only the block being read (and, pruning, its sliced copy being written). On a CPU
+device the host column repeats the device's.
 
-Byte counts are of the tensors named; allocator slack, CUDA context and library code (a few
-hundred MiB) are not in them. The model's sizes come from a one-block meta-device model
-(``torch.device("meta")``: shapes only), so any architecture transformers knows is counted
-exactly, tied embeddings once.
+Byte counts are of the tensors named; allocator slack, CUDA context and library code (a few hundred MiB) are not in
+them. The model's sizes come from a one-block meta-device model (``torch.device("meta")``: shapes only), so any
+architecture transformers knows is counted exactly, tied embeddings once.
 """
 
 from __future__ import annotations
@@ -163,9 +161,8 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     """The plan of one run (module docstring). ``keep_fraction``: (attention, MLP) groups kept.
 
     ``stitched``: a global allocation search (``spdy``/``evolutionary``) holds the sliced blocks of one stitched
-    model beside it while it scores candidates (embeddings, head and whatever is not sliced are shared);
-    ``drift_tokens``: held-out tokens whose dense hidden states and log-probabilities wait on the host through
-    pruning (``drift=True``).
+    model while it scores candidates; ``drift_tokens``: held-out tokens whose dense hidden states and
+    log-probabilities wait on the host through pruning (``drift=True``).
     ``device_type`` ``cuda``: device and host items apart; ``cpu``: the device is the host, so every
     item is on ``device`` and the host column repeats it. ``offload``: ``none``, ``cpu`` or ``disk``
     (module docstring). ``eval_windows``: windows per corpus if capped (offloaded evaluation keeps a
@@ -300,12 +297,12 @@ def _evaluate_items(c: _PlanContext, latency: bool, eval_windows: int | None) ->
 
 
 def _allocation_items(c: _PlanContext, stitched: bool, drift_tokens: int) -> None:
-    """A global search's stitched model copy (prune phase); the drift reference on the host (prune, evaluate)."""
-    if stitched:
-        # stitch(share_weights=True): new modules hold only the sliced blocks' tensors (at most the dense blocks)
-        c.add("prune", "stitched blocks scored by the width search", f"{c.shape.n_layers}×{count(c.shape.block_params)} params",
-              c.shape.n_layers * c.shape.block_params * c.b)
+    """A global search's stitched blocks (prune phase; ``stitch(share_weights=True)`` shares every other tensor, so
+    at most the dense blocks); the drift reference on the host (prune, evaluate)."""
     shape = c.shape
+    if stitched:
+        c.add("prune", "stitched blocks scored by the width search", f"{shape.n_layers}×{count(shape.block_params)} params",
+              shape.n_layers * shape.block_params * c.b)
     if drift_tokens:
         n = drift_tokens * (shape.n_layers * shape.hidden + shape.vocab) * F32
         for phase in ("prune", "evaluate"):
