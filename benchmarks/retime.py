@@ -107,19 +107,19 @@ def retime(store_root: str, experiments: list[str], repeats: int = 7, warmup: in
     from osscar.provenance import environment
 
     store = ResultStore(store_root)
-    todo = []
+    todo = []  # (target, its config, the architecture it shares with every run of the same widths)
     for t in (t for e in experiments for r in store.records(e) if (t := target_of(r)) is not None):
         config = retime_config(t, repeats, warmup, rounds)
         if fresh or not store.has(t.record.experiment + SUFFIX, config_key(PIPELINE, config)):
-            todo.append((t, config))
+            model_key = (config["model"], config["dtype"])
+            todo.append((t, config, (model_key, t.attention_unit, t.kept_attn, t.kept_mlp, t.points, t.threads)))
     dense_models: dict[tuple[str, str], Any] = {}
     by_shape: dict[tuple, Target] = {}
-    for t, config in todo:
-        model_key = (config["model"], config["dtype"])
-        if model_key not in dense_models:
+    for t, config, shape in todo:
+        if shape[0] not in dense_models:
             print(f"loading {config['model']} ({config['dtype']})", flush=True)
-            dense_models[model_key] = load_model(config["model"], dtype=config["dtype"]).model.eval()
-        by_shape.setdefault((model_key, t.attention_unit, t.kept_attn, t.kept_mlp, t.points, t.threads), t)
+            dense_models[shape[0]] = load_model(config["model"], dtype=config["dtype"]).model.eval()
+        by_shape.setdefault(shape, t)
     timings: dict[tuple, list[list[dict[str, Any]]]] = {shape: [] for shape in by_shape}
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     for k in range(rounds):
@@ -127,8 +127,7 @@ def retime(store_root: str, experiments: list[str], repeats: int = 7, warmup: in
             print(f"round {k + 1}/{rounds}, architecture {i}/{len(by_shape)}: {t.record.experiment}/{t.record.key} "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
             timings[shape].append(_time(dense_models[shape[0]], t, repeats, warmup))
-    for t, config in todo:
-        shape = ((config["model"], config["dtype"]), t.attention_unit, t.kept_attn, t.kept_mlp, t.points, t.threads)
+    for t, config, shape in todo:
         store.put(RunRecord(experiment=t.record.experiment + SUFFIX, pipeline=PIPELINE, config=config,
                             metrics={"rows": median_rows(timings[shape]), "load_average_1min": os.getloadavg()[0]},
                             provenance=environment(), started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%S")))

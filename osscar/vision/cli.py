@@ -66,13 +66,13 @@ def _configs(args: argparse.Namespace, config_class: type | None = None) -> list
     if args.random_init:
         values["checkpoint"] = None
     configs = []
-    for frac in fractions if isinstance(fractions, list) else [fractions]:
+    for frac in fractions:  # parse_fractions: a list, the default "0.5" included
         for m in methods:
             configs.append(cls(**{
                 **values, "method": m, "method_params": per[m], "flops_fraction": frac,
                 "p_hat": args.p_hat if "p_hat" in osscar_parameters(m) else None,
                 "t_hat": args.t_hat if "t_hat" in osscar_parameters(m) else None,
-                "chip_positions": 256 if positions is None else positions,
+                "chip_positions": cls.chip_positions if positions is None else positions,  # the field's default
                 "chip_full_maps": (positions is None) if m == "chip" else None}))
     return configs
 
