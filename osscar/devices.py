@@ -8,6 +8,7 @@ second moments H and the layer problems, so the solvers run there too (float64; 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Iterator
 from typing import Any
@@ -104,6 +105,39 @@ def peak_accelerator_mb(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def available_bytes(device: str) -> tuple[int, str]:
+    """(bytes, what) free for a run on ``device``: CUDA: ``torch.cuda.mem_get_info``; CPU: the host's
+    available memory (``MemAvailable`` of /proc/meminfo; elsewhere free pages, ``os.sysconf``)."""
+    if str(device).startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]), f"free on {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free host memory"
+
+
+def cublas_workspace_bytes(env: str | None = None, capability_major: int | None = None) -> int:
+    """Bytes of the cuBLAS workspace PyTorch allocates on a CUDA device at the first matrix product; it comes
+    from the caching allocator, so ``torch.cuda.max_memory_allocated`` counts it in every later peak.
+
+    ``env``: ``CUBLAS_WORKSPACE_CONFIG`` (``:SIZE_KiB:COUNT`` pairs, summed); else PyTorch's default, 32 MiB on
+    Hopper (compute capability 9) and ``:4096:2:16:8`` (8.1 MiB) before it. ``capability_major`` None: this
+    machine's first GPU, or 32 MiB (the larger default) where there is none — a plan made on a login node.
+    Seen on an H200 (benchmarks/gpu_check.sh): every phase's measured peak was 20–30 MiB over a plan without it.
+    """
+    env = os.environ.get("CUBLAS_WORKSPACE_CONFIG") if env is None else env
+    if env:
+        parts = [int(x) for x in env.strip(":").split(":")]
+        return sum(parts[i] * parts[i + 1] for i in range(0, len(parts) - 1, 2)) * 2**10
+    if capability_major is None:
+        capability_major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 9
+    return 32 * 2**20 if capability_major == 9 else (4096 * 2 + 16 * 8) * 2**10
 
 
 def device_label(device: str | torch.device = "cpu") -> str:

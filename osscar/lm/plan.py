@@ -26,9 +26,9 @@ the embeddings and LM head, one window's hidden states and logits on the device;
 host memory; ``disk`` holds there only the block being read (and, pruning, its sliced copy being written). On a CPU
 device the host column repeats the device's.
 
-Byte counts are of the tensors named; allocator slack, CUDA context and library code (a few hundred MiB) are not in
-them. The model's sizes come from a one-block meta-device model (``torch.device("meta")``: shapes only), so any
-architecture transformers knows is counted exactly, tied embeddings once.
+Byte counts are of the tensors named and, on CUDA, cuBLAS's workspace (prune, evaluate); allocator slack, the CUDA
+context and library code (a few hundred MiB) are not in them. Sizes come from a one-block meta-device model (shapes
+only), so any architecture transformers knows is counted exactly, tied embeddings once.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ F32 = 4
 CALIB_BATCH = 8  # prune_model_sequential's batch_size
 PHASES = ("load", "prune", "evaluate")
 GiB = 2 ** 30
+
 
 @dataclass(frozen=True)
 class PlanItem:
@@ -79,10 +80,11 @@ class MemoryPlan:
     def peak_phase(self, where: str) -> str:
         return max(PHASES, key=lambda ph: self.peak(where, ph))
 
-    def largest(self, where: str, phase: str | None = None) -> PlanItem:
-        """The largest item on ``where`` in ``phase`` (None: the peak phase)."""
+    def largest(self, where: str, phase: str | None = None) -> PlanItem | None:
+        """The largest item on ``where`` in ``phase`` (None: the peak phase); None if there is none then."""
         phase = phase or self.peak_phase(where)
-        return max((i for i in self.items if i.where == where and i.phase == phase), key=lambda i: i.bytes)
+        return max((i for i in self.items if i.where == where and i.phase == phase), key=lambda i: i.bytes,
+                   default=None)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -97,10 +99,10 @@ class MemoryPlan:
                  f"{self.method}, offload {self.offload}; {where}):",
                  f"  {'phase':<9}{'device':>10}{'host':>10}  largest item"]
         for ph in PHASES:
-            big = self.largest("device", ph)
+            big = self.largest("device", ph) or self.largest("host", ph)
+            what = f"{big.name} {big.shape} {fmt_bytes(big.bytes)}" if big else "-"
             lines.append(f"  {ph:<9}{fmt_bytes(self.peak('device', ph)):>10}"
-                         f"{fmt_bytes(self.peak('host', ph)) if self.device_type == 'cuda' else '=':>10}"
-                         f"  {big.name} {big.shape} {fmt_bytes(big.bytes)}")
+                         f"{fmt_bytes(self.peak('host', ph)) if self.device_type == 'cuda' else '=':>10}  {what}")
         return "\n".join(lines)
 
 
@@ -182,6 +184,9 @@ def memory_plan(shape: ModelShape, *, model: str, n_samples: int, seqlen: int, d
     _prune_items(ctx, keep_fraction, shortcut_bytes)
     _evaluate_items(ctx, latency, eval_windows)
     _allocation_items(ctx, stitched, drift_tokens)
+    if device_type == "cuda":  # cuBLAS's workspace: allocated at the first matrix product, held to the end
+        from osscar.devices import cublas_workspace_bytes
+        ctx.items += [PlanItem(ph, "device", "cuBLAS workspace", "", cublas_workspace_bytes()) for ph in PHASES[1:]]
     items = ctx.items
     if device_type != "cuda":  # the device is the host: one set of items, listed for both
         if offload == "cpu":  # the whole model waits in host memory beside the resident block
@@ -326,33 +331,14 @@ def plan_for_run(config: Any, shape: ModelShape, **changes: Any) -> MemoryPlan:
                                      if getattr(config, "drift", False) else 0))
 
 
-def available_bytes(device: str) -> tuple[int, str]:
-    """(bytes, what) free for a run on ``device``: CUDA: ``torch.cuda.mem_get_info``; CPU: the host's
-    available memory (``MemAvailable`` of /proc/meminfo; elsewhere free pages, ``os.sysconf``)."""
-    if str(device).startswith("cuda"):
-        import torch
-
-        return int(torch.cuda.mem_get_info(torch.device(device))[0]), f"free on {device}"
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "available host memory"
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free host memory"
-
-
 def check_memory(config: Any) -> tuple[MemoryPlan, str, str | None]:
     """(the plan of an :class:`osscar.lm.run.LMRunConfig`, the limit it was checked against, the error or
     None), from the config alone: no weights load. First :func:`osscar.lm.run_config.check_model` (ValueError).
 
     The error (naming the largest item and an option that would fit, :func:`fit_error`) when the
-    plan's device peak exceeds ``max_device_memory`` or, unset, :func:`available_bytes`.
+    plan's device peak exceeds ``max_device_memory`` or, unset, :func:`osscar.devices.available_bytes`.
     """
-    from osscar.devices import resolve_device
+    from osscar.devices import available_bytes, resolve_device
     from osscar.lm.run_config import check_model
     from osscar.lm.sources.models import load_config
 

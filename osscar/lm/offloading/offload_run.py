@@ -111,7 +111,7 @@ class OffloadedModel:
         from osscar.lm.offloading.streaming_eval import streamed_logits
 
         if self.mode == "none":
-            return self.model(ids, use_cache=False).logits
+            return self.model(ids.to(self.device), use_cache=False).logits
         return torch.cat([lg for _, lg in streamed_logits(self.model, self._eval_store(True), ids)])
 
     def finish(self, kept: dict[int, dict[str, Tensor]], tokenizer: Any) -> dict[str, Any]:
