@@ -138,14 +138,14 @@ def load(state: RunState, stack: contextlib.ExitStack, save_to: str | None) -> N
         state.loaded = load_model(c.model, c.cache_dir, dtype=c.dtype)
     model = state.loaded.model.to(state.device) if c.offload == "none" else state.loaded.model
     state.model, state.tok = model, state.loaded.tokenizer
-    state.handle = OffloadedModel(c.offload, model, state.device, getattr(torch, c.dtype), source=state.loaded.source)
+    state.adapter = get_adapter(model, c.attention_unit)  # the run's one adapter: every step gets it
+    state.handle = OffloadedModel(c.offload, model, state.device, getattr(torch, c.dtype), state.adapter,
+                                  source=state.loaded.source)
     state.handle.open_output(stack, save_to, c.output_dir)
     state.timed("load_s", t)
-    model.config.osscar_attention_unit = c.attention_unit  # every adapter of this model reads it
-    state.adapter = get_adapter(model, c.attention_unit)
     state.widths = uniform_widths(state.adapter, *c.fractions(), c.allocation)
     state.events.widths(state.widths)
-    state.dense_params, state.dense_flops = param_count(model), flops_per_token(model)
+    state.dense_params, state.dense_flops = param_count(model), flops_per_token(state.adapter)
     state.dense_config = copy.deepcopy(model.config)  # slicing rewrites model.config
     state.result["config"] = c.to_dict()
 
@@ -258,14 +258,14 @@ def prune(state: RunState, mem: MemoryMonitor) -> None:
 
         state.events.step(f"taking {n_blocks} blocks' weights from the {c.method} candidate database (no solver call)")
         state.outcome = apply_from_database(state.model, open_database(state.result["allocation"]),
-                                            list(zip(state.widths_attn, state.widths_mlp)))
+                                            list(zip(state.widths_attn, state.widths_mlp)), adapter=adapter)
     else:
         state.events.step(f"pruning {n_blocks} blocks with {c.method}")
         state.outcome = prune_model_sequential(
             state.model, state.segments, state.methods, plan_attn, plan_mlp, damping=c.damping,
             layers=list(c.layers) if c.layers is not None else None, inputs_from=c.calibration_inputs,
             heldout=state.heldout, progress=lambda msg: (bar.update(1), bar.set_postfix_str(msg)),
-            blocks=state.handle.prune_store())
+            blocks=state.handle.prune_store(), adapter=adapter)
     state.timed("prune_total_s", t)
     state.timings["prune_solver_s"] = state.outcome.seconds_solver
     state.rss_after = peak_rss_mb()
@@ -288,7 +288,7 @@ def slice_pruned(state: RunState) -> None:
 
         with torch.no_grad():
             before = state.handle.logits(probe)
-        state.manifest = slice_model(state.model, state.outcome.kept)
+        state.manifest = slice_model(state.model, state.outcome.kept, state.adapter)
         with torch.no_grad():
             after = state.handle.logits(probe)
         state.slice_diff = float((before - after).abs().max())
@@ -329,6 +329,7 @@ def measure_latency(state: RunState) -> None:
     state.events.step("timing prefill latency, dense and pruned")
     state.result["latency"], cache_info = prefill_comparison(
         state.dense_config, state.model, (state.widths_attn, state.widths_mlp), list(c.latency_points),
-        lambda: load_model(c.model, c.cache_dir, dtype=c.dtype).model, c.latency_repeats, cache_dir=c.cache_dir)
+        lambda: load_model(c.model, c.cache_dir, dtype=c.dtype).model, c.latency_repeats, cache_dir=c.cache_dir,
+        attention_unit=c.attention_unit)
     state.result["latency_cache"] = {k: cache_info[k] for k in ("cached", "path", "measured_at")}
     state.timed("latency_s", t)

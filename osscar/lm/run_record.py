@@ -41,9 +41,9 @@ def _size(state: RunState) -> dict[str, Any]:
 
     w, dense = state.widths, state.dense_flops
     if w.allocation != "uniform":
-        pruned = flops_per_token(state.adapter.original_config(), state.widths_attn, state.widths_mlp)
+        pruned = flops_per_token(state.adapter.original(), state.widths_attn, state.widths_mlp)
     else:
-        pruned = flops_per_token(state.adapter.original_config(), w.keep_attn, w.keep_mlp)  # if every block is pruned
+        pruned = flops_per_token(state.adapter.original(), w.keep_attn, w.keep_mlp)  # if every block is pruned
     return {"params_dense": state.dense_params, "params_pruned": param_count(state.model),
             "flops_dense": dense, "flops_pruned": pruned,
             "block_flops_ratio": dense["block_flops"] / pruned["block_flops"],

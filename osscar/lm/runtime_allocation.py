@@ -26,18 +26,20 @@ def runtime_allocation(model: Any, segments: Any, config: LMRunConfig, todo: lis
     from osscar.lm.calibrate.calibration import collect_loss_curves
     from osscar.lm.evaluation.latency import latency_table
 
-    adapter = get_adapter(model)
+    adapter = get_adapter(model, config.attention_unit)
     n_all = len(adapter.layers(model))
     n_attn, n_mlp = adapter.n_attn_groups, adapter.ffn_dim
     batch, seqlen = config.allocation_point or (1, config.seqlen)
     table = latency_table(model.config, batch=batch, seqlen=seqlen, threads=config.threads,
                           repeats=config.latency_repeats, mlp_levels=config.allocation_mlp_levels,
-                          device=config.device, dtype=config.dtype, cache_dir=config.cache_dir)
+                          device=config.device, dtype=config.dtype, cache_dir=config.cache_dir,
+                          attention_unit=config.attention_unit)
     floor = {"attn": max(1, math.ceil(config.allocation_min_keep * n_attn - 1e-9)),
              "mlp": max(1, math.ceil(config.allocation_min_keep * n_mlp - 1e-9))}
     levels = {"attn": [k for k in sorted(table.attn) if k >= floor["attn"]],
               "mlp": [k for k in sorted(table.mlp) if k >= floor["mlp"]]}
-    curves = collect_loss_curves(model, segments, levels, damping=config.damping, layers=todo, progress=progress)
+    curves = collect_loss_curves(model, segments, levels, damping=config.damping, layers=todo, progress=progress,
+                                 adapter=adapter)
     losses, lats = [], []
     for i in todo:
         losses += [curves[i]["attn"], curves[i]["mlp"]]

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from osscar.io import atomic_directory
 
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.lm.removed import remove_attention, remove_mlp
 
 MANIFEST = "osscar_pruned.json"
@@ -65,14 +65,16 @@ def kept_from_zero_columns(model: nn.Module) -> dict[int, dict[str, Tensor]]:
 
 
 @torch.no_grad()
-def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]]) -> dict[str, Any]:
-    """Slice ``model`` in place. ``kept[block]["attn" | "mlp"]``: kept group indices.
+def slice_model(model: nn.Module, kept: dict[int, dict[str, Tensor]], adapter: ModelAdapter | None = None
+                ) -> dict[str, Any]:
+    """Slice ``model`` in place. ``kept[block]["attn" | "mlp"]``: kept group indices, in the attention unit of
+    ``adapter`` (the one that pruned them; None: ``get_adapter(model)``, kv-group).
 
     Blocks absent from ``kept`` (or parts absent) keep all their groups. Uniform widths update
     the config; non-uniform widths keep the dense config and record ``per_layer`` widths in the
     manifest (see the module docstring). Returns the manifest (also ``model.config.osscar_pruned``).
     """
-    adapter = get_adapter(model)
+    adapter = adapter or get_adapter(model)
     layers = adapter.layers(model)
     per_layer = kept_widths(adapter, len(layers), kept)
     original = original_widths(adapter)
@@ -185,7 +187,7 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
     config = AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    adapter = get_adapter(model)
+    adapter = get_adapter(model, manifest.get("original", {}).get("attention_unit"))  # the unit it was pruned in
     layers = adapter.layers(model)
     if manifest.get("per_layer") is not None:  # non-uniform: the config holds the dense widths
         widths = [(int(w["attn_groups"]), int(w["neurons"])) for w in manifest["per_layer"]]

@@ -112,14 +112,15 @@ def saved_model_dir(path, config, tokenizer_dir):
     return path
 
 
-def zero_out_groups(model, kept):
+def zero_out_groups(model, kept, adapter=None):
     """Prune without slicing: zero the consumer columns of the groups not kept.
 
-    kept: per block, {"attn": kept group indices, "mlp": kept neuron indices}.
+    kept: per block, {"attn": kept group indices, "mlp": kept neuron indices}, in ``adapter``'s attention unit
+    (None: ``get_adapter(model)``, kv-group).
     """
     from osscar.lm.adapters import get_adapter
 
-    a = get_adapter(model)
+    a = adapter or get_adapter(model)
     for i, layer in enumerate(a.layers(model)):
         for part in ("attn", "mlp"):
             W = a.consumer(layer, part).weight.data

@@ -58,3 +58,18 @@ def test_original_config_of_a_sliced_model_has_the_dense_widths(arch, uniform):
     assert {k: getattr(orig, k) for k in WIDTHS[arch]} == dense
     assert orig is not model.config and getattr(model.config, "osscar_pruned", None)  # the model's own is untouched
     assert get_adapter(before).original_config().to_dict() == before.to_dict()  # unsliced: a copy of itself
+
+
+@pytest.mark.parametrize("unit", ["head", "kv-group"])
+def test_cache_keys_of_runs_that_wrote_the_unit_on_the_config_stay_valid(unit):
+    """Latency tables and candidate databases were keyed by the config with ``osscar_attention_unit`` written on it;
+    the unit now comes from the run, and the key must be the same (or every cached table and database is lost)."""
+    import copy
+
+    from osscar.lm.evaluation.latency import config_hash
+
+    cfg = tiny_llama_config()
+    old = copy.deepcopy(cfg)
+    old.osscar_attention_unit = unit  # what run.py did before the unit moved into the adapter
+    assert config_hash(cfg, unit) == config_hash(old)
+    assert config_hash(cfg) != config_hash(cfg, unit) and config_hash(cfg, "head") != config_hash(cfg, "kv-group")

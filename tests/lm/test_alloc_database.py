@@ -33,9 +33,14 @@ def _model(family: str = "llama"):
     return random_model(_config(family, 6, 3) if family != "opt" else _config("opt", 4, 4))
 
 
+def _head(model):
+    """The models here prune attention per query head (levels 0, 3, 6 on 6 heads in 3 KV groups)."""
+    return get_adapter(model, "head")
+
+
 def _dense_inputs(model):
     """Every consumer's inputs X (rows, p) from the dense model's own forward on SEGS (hooks)."""
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     xs, handles = {}, []
     for i, layer in enumerate(a.layers(model)):
         for part in PARTS:
@@ -52,7 +57,7 @@ def _dense_inputs(model):
 def _reference(model, method, widths):
     """The dense model with each consumer solved by ``method`` at its level on the dense inputs'
     H, pruned columns zero (unsliced); and the relative layer errors ½‖X(W − Ŵ)‖² / ½‖XŴ‖²."""
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     X = _dense_inputs(model)
     ref = copy.deepcopy(model)
     errors = {}
@@ -77,9 +82,10 @@ def _reference(model, method, widths):
 @pytest.mark.parametrize("family, method_name", [("llama", "mp"), ("opt", "ziplm"), ("llama", "osscar")])
 def test_stitched_model_is_the_method_on_dense_inputs(family, method_name, tmp_path, solver_calls):
     model = _model(family)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     method = make_method(method_name)
-    db, report = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, batch_size=2)
+    db, report = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, batch_size=2,
+                                adapter=_head(model))
     levels = {p: list(db.spec.levels(p)) for p in PARTS}
     n_solves = 3 * (len(levels["attn"]) - 2 + len(levels["mlp"]) - 2)
     one_pass = method_name == "ziplm" and family == "opt"  # ZipLM fills an unconstrained ladder in one pass
@@ -114,15 +120,15 @@ def test_a_second_search_with_another_budget_makes_no_solver_call(tmp_path, solv
 
     model = _model()
     method = make_method("ziplm")
-    db, _ = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING)
+    db, _ = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, adapter=_head(model))
     built = len(solver_calls)
     assert built > 0
-    costs = level_costs(model.config, MLP_STEPS, "params")
-    fitness = StitchedFitness(model, db, SEGS, OTHER)
+    costs = level_costs(model.config, MLP_STEPS, "params", "head")
+    fitness = StitchedFitness(model, db, SEGS, OTHER, adapter=_head(model))
     dense_params = 3 * (max(costs["attn"].values()) + max(costs["mlp"].values()))
     chosen = []
     for share in (0.7, 0.4):  # two searches, two budgets, one database
-        again, report = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING)
+        again, report = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, adapter=_head(model))
         assert report.solver_calls == 0 and report.parts_reused == 6 and again.path == db.path
         losses = [again.errors(i, p) for i in range(3) for p in PARTS]
         lats = [costs[p] for _ in range(3) for p in PARTS]
@@ -137,7 +143,7 @@ def test_a_second_search_with_another_budget_makes_no_solver_call(tmp_path, solv
 
 def test_a_database_of_other_data_params_damping_or_weights_is_never_reused(tmp_path, solver_calls):
     model = _model()
-    db, _ = build_database(model, SEGS, make_method("osscar"), tmp_path, mlp_steps=MLP_STEPS)
+    db, _ = build_database(model, SEGS, make_method("osscar"), tmp_path, mlp_steps=MLP_STEPS, adapter=_head(model))
     n = len(solver_calls)
     variants = [(model, OTHER, make_method("osscar"), DAMPING),  # other calibration data
                 (model, SEGS, make_method("osscar", max_iter=3), DAMPING),  # other method parameters
@@ -145,13 +151,13 @@ def test_a_database_of_other_data_params_damping_or_weights_is_never_reused(tmp_
                 (model, SEGS, make_method("osscar"), 0.1)]  # other damping
     other_weights = copy.deepcopy(model)
     with torch.no_grad():
-        a = get_adapter(other_weights)
+        a = get_adapter(other_weights, "head")
         a.consumer(a.layers(other_weights)[2], "mlp").weight[0, 0] += 1.0
     variants.append((other_weights, SEGS, make_method("osscar"), DAMPING))
     paths = {db.path}
     for m, segs, method, damping in variants:
         before = len(solver_calls)
-        other, report = build_database(m, segs, method, tmp_path, mlp_steps=MLP_STEPS, damping=damping)
+        other, report = build_database(m, segs, method, tmp_path, mlp_steps=MLP_STEPS, damping=damping, adapter=_head(m))
         assert report.solver_calls == n and report.parts_reused == 0  # every level solved again
         if method.name != "ziplm":  # ZipLM fills its MLP ladder in one pass, not through prune()
             assert len(solver_calls) - before == n
@@ -162,21 +168,24 @@ def test_a_database_of_other_data_params_damping_or_weights_is_never_reused(tmp_
 def test_a_folder_for_another_spec_or_unreadable_is_an_error(tmp_path):
     model = _model()
     method = make_method("mp")
-    db, _ = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS)
+    db, _ = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, adapter=_head(model))
     index = json.loads((db.path / "index.json").read_text())
     index["spec"]["data"] = "0" * 20
     (db.path / "index.json").write_text(json.dumps(index))
-    spec = make_spec(model, SEGS, method, MLP_STEPS)
+    spec = make_spec(model, SEGS, method, MLP_STEPS, adapter=_head(model))
     with pytest.raises(ValueError, match="was built for another model, data, method or levels"):
         CandidateDatabase.open(tmp_path, spec)
     (db.path / "index.json").write_text("{not json")
     with pytest.raises(ValueError, match="index.json is unreadable"):
         CandidateDatabase.open(tmp_path, spec)
-    fresh, _ = build_database(_model(), SEGS, method, tmp_path / "b", mlp_steps=MLP_STEPS)
+    same, other = _model(), random_model(_config("llama", 6, 3), seed=5)
+    fresh, _ = build_database(same, SEGS, method, tmp_path / "b", mlp_steps=MLP_STEPS, adapter=_head(same))
     with pytest.raises(ValueError, match="was built from another model"):
-        StitchedFitness(random_model(_config("llama", 6, 3), seed=5), fresh, SEGS, OTHER)
+        StitchedFitness(other, fresh, SEGS, OTHER, adapter=_head(other))
+    with pytest.raises(ValueError, match="was built from another model"):  # the same weights in another unit
+        StitchedFitness(same, fresh, SEGS, OTHER, adapter=get_adapter(same, "kv-group"))
     with pytest.raises(ValueError, match="not used to build the database"):
-        StitchedFitness(_model(), fresh, SEGS, SEGS)
+        StitchedFitness(same, fresh, SEGS, SEGS, adapter=_head(same))
 
 
 class _Killed(Exception):
@@ -194,12 +203,12 @@ def test_a_killed_build_continues_where_it_stopped(tmp_path, solver_calls):
             raise _Killed
 
     with pytest.raises(_Killed):
-        build_database(model, SEGS, method, tmp_path / "a", mlp_steps=MLP_STEPS, progress=kill_after_three)
+        build_database(model, SEGS, method, tmp_path / "a", mlp_steps=MLP_STEPS, progress=kill_after_three, adapter=_head(model))
     first = len(solver_calls)
-    db, report = build_database(model, SEGS, method, tmp_path / "a", mlp_steps=MLP_STEPS)
+    db, report = build_database(model, SEGS, method, tmp_path / "a", mlp_steps=MLP_STEPS, adapter=_head(model))
     assert report.parts_reused == 3 and report.parts_solved == 3
     assert report.solver_calls == len(solver_calls) - first and first + report.solver_calls == 3 * (1 + 1)
-    fresh, _ = build_database(model, SEGS, method, tmp_path / "b", mlp_steps=MLP_STEPS)
+    fresh, _ = build_database(model, SEGS, method, tmp_path / "b", mlp_steps=MLP_STEPS, adapter=_head(model))
     for i in range(3):
         for part in PARTS:
             assert db.errors(i, part) == fresh.errors(i, part)
@@ -212,8 +221,8 @@ def test_a_killed_build_continues_where_it_stopped(tmp_path, solver_calls):
 
 def test_fitness_loss_is_hf_loss_and_kl_is_its_definition(tmp_path):
     model = _model()
-    db, _ = build_database(model, SEGS, make_method("mp"), tmp_path, mlp_steps=MLP_STEPS)
-    fitness = StitchedFitness(model, db, SEGS, OTHER, batch_size=2)
+    db, _ = build_database(model, SEGS, make_method("mp"), tmp_path, mlp_steps=MLP_STEPS, adapter=_head(model))
+    fitness = StitchedFitness(model, db, SEGS, OTHER, batch_size=2, adapter=_head(model))
     dense_widths = [(6, 64)] * 3
     widths = [(3, 0), (0, 32), (6, 32)]
     with torch.no_grad():

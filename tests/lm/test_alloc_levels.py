@@ -38,7 +38,6 @@ def _config(family: str, heads: int, kv: int):
            "gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config, "gemma3_text": tf.Gemma3TextConfig,
            "phi3": tf.Phi3Config, "olmo2": tf.Olmo2Config}[family]
     cfg = cls(**common, **extra)
-    cfg.osscar_attention_unit = "head"
     return cfg
 
 
@@ -70,7 +69,7 @@ def zeroed_reference(model, widths):
 
     widths: per block (attention kept, neurons kept); the first heads of every KV group / the
     first neurons are kept, a width of 0 zeroes the whole consumer."""
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     for layer, (ka, km) in zip(a.layers(model), widths):
         for part, k in (("attn", ka), ("mlp", km)):
             W = a.consumer(layer, part).weight.data
@@ -103,7 +102,7 @@ CASES = [("opt", 4, 4), ("llama", 6, 3), ("llama", 4, 4), ("llama", 4, 1), ("mis
 @pytest.mark.parametrize("family, heads, kv", CASES, ids=[f"{f}-{h}q{k}kv" for f, h, k in CASES])
 def test_level0_and_per_head_levels_slice_and_reload_with_the_zeroed_logits(family, heads, kv, tmp_path):
     model = random_model(_config(family, heads, kv))
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     widths = _widths(a)
     with torch.no_grad():
         dense = model(IDS).logits
@@ -111,7 +110,7 @@ def test_level0_and_per_head_levels_slice_and_reload_with_the_zeroed_logits(fami
     with torch.no_grad():
         zeroed = zeroed_model(IDS).logits
     assert (zeroed - dense).abs().max() > 1e-3  # the removal is visible
-    man = slice_model(model, _kept(a, widths))
+    man = slice_model(model, _kept(a, widths), a)
     layers = a.layers(model)
     assert isinstance(layers[0].self_attn, RemovedAttention) and not isinstance(layers[1].self_attn, RemovedAttention)
     assert a.consumer(layers[1], "mlp").weight.shape[1] == 0
@@ -130,12 +129,12 @@ def test_level0_and_per_head_levels_slice_and_reload_with_the_zeroed_logits(fami
 @pytest.mark.parametrize("family", ["opt", "llama", "phi3", "gemma2"])
 def test_a_block_with_both_modules_removed_passes_the_residual_stream(family, tmp_path):
     model = random_model(_config(family, 6 if family != "opt" else 4, 3 if family != "opt" else 4))
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     widths = [(0, 0), (a.n_attn_groups, a.ffn_dim), (a.n_attn_groups, a.ffn_dim)]
     zeroed = zeroed_reference(random_model(model.config), widths)
     with torch.no_grad():
         ref = zeroed(IDS).logits
-    slice_model(model, _kept(a, widths))
+    slice_model(model, _kept(a, widths), a)
     state = model.state_dict()
     block0 = f"{a.layers_path}.0."
     assert not any(k.startswith(block0) and ("q_proj" in k or "qkv_proj" in k) for k in state)
@@ -146,14 +145,12 @@ def test_a_block_with_both_modules_removed_passes_the_residual_stream(family, tm
 
 
 def test_level_ladders():
-    llama = get_adapter(_config("llama", 6, 3))
+    llama = get_adapter(_config("llama", 6, 3), "head")
     assert attention_levels(llama) == [0, 3, 6]  # 0, 1 or 2 query heads in each of the 3 KV groups
-    assert attention_levels(get_adapter(_config("llama", 4, 4))) == [0, 1, 2, 3, 4]  # MHA: every head count
-    assert attention_levels(get_adapter(_config("llama", 4, 1))) == [0, 1, 2, 3, 4]  # MQA: query heads freely
-    kv_unit = _config("llama", 6, 3)
-    kv_unit.osscar_attention_unit = "kv-group"
-    assert attention_levels(get_adapter(kv_unit)) == [0, 1, 2, 3]
-    assert attention_levels(get_adapter(_config("olmo2", 6, 3))) == [0, 6]  # heads not exact; removal is
+    assert attention_levels(get_adapter(_config("llama", 4, 4), "head")) == [0, 1, 2, 3, 4]  # MHA: every head count
+    assert attention_levels(get_adapter(_config("llama", 4, 1), "head")) == [0, 1, 2, 3, 4]  # MQA: query heads freely
+    assert attention_levels(get_adapter(_config("llama", 6, 3), "kv-group")) == [0, 1, 2, 3]
+    assert attention_levels(get_adapter(_config("olmo2", 6, 3), "head")) == [0, 6]  # heads not exact; removal is
     assert mlp_levels(llama, 4) == [0, 16, 32, 48, 64]
     assert ladder(llama, 2) == {"attn": [0, 3, 6], "mlp": [0, 32, 64]}
     with pytest.raises(ValueError, match="mlp steps must be a positive integer"):
@@ -167,22 +164,22 @@ def test_level_costs_match_hand_counts():
 
     llama = _config("llama", 6, 3)
     llama.attention_bias = llama.mlp_bias = False
-    p = level_costs(llama, 2, "params")
+    p = level_costs(llama, 2, "params", "head")
     d, hd, kv = 48, 8, 3
     assert p["attn"] == {0: 0, 3: 2 * d * 3 * hd + 2 * d * kv * hd, 6: 2 * d * 6 * hd + 2 * d * kv * hd}
     assert p["mlp"] == {0: 0, 32: 3 * d * 32, 64: 3 * d * 64}
-    opt = level_costs(_config("opt", 4, 4), 1, "params")
+    opt = level_costs(_config("opt", 4, 4), 1, "params", "head")
     assert opt["attn"] == {k: 4 * 32 * 8 * k + 3 * 8 * k + 32 for k in range(5)}  # q,k,v,out; out_proj bias stays
     assert opt["mlp"] == {0: 32, 64: 2 * 32 * 64 + 64 + 32}  # fc2's bias stays with level 0
-    f = level_costs(llama, 2, "flops")
+    f = level_costs(llama, 2, "flops", "head")
     assert f["attn"] == {0: 0, 3: 2 * (2 * d * 3 * hd + 2 * d * kv * hd), 6: 2 * (2 * d * 6 * hd + 2 * d * kv * hd)}
     assert f["mlp"] == {0: 0, 32: 2 * 3 * d * 32, 64: 2 * 3 * d * 64}
     from osscar.lm.evaluation.measure import flops_per_token
 
-    got = flops_per_token(llama, [0, 6, 3], [0, 64, 32])
+    got = flops_per_token(get_adapter(llama, "head"), [0, 6, 3], [0, 64, 32])  # widths count query heads
     assert (got["attn"], got["mlp"]) == (f["attn"][6] + f["attn"][3], f["mlp"][64] + f["mlp"][32])
     with pytest.raises(ValueError, match="cost kind 'time' is unknown; allowed: params, flops"):
-        level_costs(llama, 2, "time")
+        level_costs(llama, 2, "time", "head")
 
 
 def test_latency_table_times_per_head_levels_and_level0(tmp_path):
@@ -191,16 +188,17 @@ def test_latency_table_times_per_head_levels_and_level0(tmp_path):
     from osscar.lm.evaluation.latency import latency_table
 
     cfg = _config("llama", 6, 3)
-    kw = dict(batch=1, seqlen=4, repeats=1, warmup=0, mlp_levels=2, cache_dir=tmp_path, use_cache=False)
+    kw = dict(batch=1, seqlen=4, repeats=1, warmup=0, mlp_levels=2, cache_dir=tmp_path, use_cache=False,
+              attention_unit="head")
     plain = latency_table(cfg, **kw)
     assert sorted(plain.attn) == [3, 6] and sorted(plain.mlp) == [32, 64]  # per-head levels: 1 or 2 per KV group
     assert plain.key["attn_levels"] == [3, 6] and plain.key["mlp_levels"] == [32, 64]  # keys as before
     with pytest.raises(ValueError, match="no level 0 for attn; measure it with latency_table"):
-        latency_costs(plain, ladder(get_adapter(cfg), 2))
+        latency_costs(plain, ladder(get_adapter(cfg, "head"), 2))
     full = latency_table(cfg, removal=True, **kw)
     assert sorted(full.attn) == [0, 3, 6] and sorted(full.mlp) == [0, 32, 64]
     assert full.key["attn_levels"] == [0, 3, 6] and full.key != plain.key
-    costs = latency_costs(full, ladder(get_adapter(cfg), 2))
+    costs = latency_costs(full, ladder(get_adapter(cfg, "head"), 2))
     assert set(costs["attn"]) == {0, 3, 6} and all(v >= 0 for v in costs["mlp"].values())
     opt = latency_table(_config("opt", 4, 4), removal=True, **kw)  # MHA with biases: every head count
     assert sorted(opt.attn) == [0, 1, 2, 3, 4] and sorted(opt.mlp) == [0, 32, 64]
@@ -209,10 +207,10 @@ def test_latency_table_times_per_head_levels_and_level0(tmp_path):
 def test_the_same_removal_in_every_block_is_written_per_block(tmp_path):
     """Uniform widths with a removed module: no HF config describes it, so the manifest is per block."""
     model = random_model(_config("qwen2", 6, 3))
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     widths = [(6, 0)] * N_LAYERS
     ref = zeroed_reference(random_model(_config("qwen2", 6, 3)), widths)
-    man = slice_model(model, _kept(a, widths))
+    man = slice_model(model, _kept(a, widths), a)
     assert not man["uniform"] and man["needs_load_pruned"] and model.config.intermediate_size == 64
     save_pruned(model, None, tmp_path / "m")
     with torch.no_grad():
@@ -225,10 +223,10 @@ def test_a_removed_attention_keeps_cached_decoding_right(family):
     cache layer never written), positions and masks still come out as in the zeroed model."""
     cfg = _config(family, 6 if family != "opt" else 4, 3 if family != "opt" else 4)
     model = random_model(cfg)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     widths = [(0, 32), (a.n_attn_groups, a.ffn_dim), (attention_levels(a)[1], 0)]
     ref = zeroed_reference(random_model(cfg), widths)
-    slice_model(model, _kept(a, widths))
+    slice_model(model, _kept(a, widths), a)
     with torch.no_grad():
         outs = []
         for m in (model, ref):

@@ -16,7 +16,7 @@ import pytest
 from osscar.lm.allocation.allocate import allocate_lm
 from osscar.methods import make_method
 
-from .test_alloc_database import OTHER, SEGS, _model
+from .test_alloc_database import OTHER, SEGS, _head, _model
 
 
 @dataclass
@@ -91,7 +91,7 @@ def test_allocate_lm_meets_the_budget_and_a_second_budget_calls_no_solver(alloca
     mlp = {0: 0, 32: 3 * d * 32 + 2 * 32, 64: 3 * d * 64 + 2 * 64}
     mlp = {k: v + d for k, v in mlp.items()}  # down_proj's bias stays with level 0
     out = allocate_lm(model, SEGS, OTHER, make_method("mp"), allocator, _Budget("params", 1.5), tmp_path,
-                      mlp_steps=2, batch_size=2)
+                      mlp_steps=2, batch_size=2, adapter=_head(model))
     built = len(solver_calls)
     assert out.database["build"]["solver_calls"] == built > 0
     cost = sum(attn[a] + mlp[m] for a, m in out.widths)
@@ -103,7 +103,7 @@ def test_allocate_lm_meets_the_budget_and_a_second_budget_calls_no_solver(alloca
         assert [lv for w in out.widths for lv in w] == [((0, 3, 6), (0, 32, 64))[j % 2][i] for j, i in enumerate(best[0])]
         assert out.search["stitched_evaluations"] == len(stand_in) == 4
     again = allocate_lm(model, SEGS, OTHER, make_method("mp"), allocator, _Budget("params", 3.0), tmp_path,
-                        mlp_steps=2, batch_size=2)
+                        mlp_steps=2, batch_size=2, adapter=_head(model))
     assert len(solver_calls) == built and again.database["key"] == out.database["key"]
     assert again.database["build"]["solver_calls"] == 0 and again.budget["predicted_cost"] <= dense / 3.0
 
@@ -111,15 +111,15 @@ def test_allocate_lm_meets_the_budget_and_a_second_budget_calls_no_solver(alloca
 def test_bad_allocator_or_unreachable_budget_fails_before_any_work(tmp_path, stand_in, solver_calls):
     model = _model()
     with pytest.raises(ValueError, match="allocation='greedy' is unknown; allowed: runtime, spdy, evolutionary"):
-        allocate_lm(model, SEGS, OTHER, make_method("mp"), "greedy", _Budget("params", 2.0), tmp_path)
+        allocate_lm(model, SEGS, OTHER, make_method("mp"), "greedy", _Budget("params", 2.0), tmp_path, adapter=_head(model))
     costs = {"attn": {0: 1.0, 3: 2.0, 6: 3.0}, "mlp": {0: 1.0, 16: 2.0, 32: 2.5, 48: 3.0, 64: 3.5}}
     with pytest.raises(ValueError, match="fastest reachable is a 2.8× speedup"):  # (3·6.5 + 1.5) / (3·2 + 1.5)
         allocate_lm(model, SEGS, OTHER, make_method("mp"), "runtime", _Budget("latency", 3.0), tmp_path,
-                    mlp_steps=4, costs=costs, fixed=1.5)
+                    mlp_steps=4, costs=costs, fixed=1.5, adapter=_head(model))
     with pytest.raises(ValueError, match="latency budget needs measured per-level costs"):
-        allocate_lm(model, SEGS, OTHER, make_method("mp"), "runtime", _Budget("latency", 2.0), tmp_path)
+        allocate_lm(model, SEGS, OTHER, make_method("mp"), "runtime", _Budget("latency", 2.0), tmp_path, adapter=_head(model))
     with pytest.raises(ValueError, match="evolutionary' scores KL on held-out tokens"):
-        allocate_lm(model, SEGS, None, make_method("mp"), "evolutionary", _Budget("params", 2.0), tmp_path)
+        allocate_lm(model, SEGS, None, make_method("mp"), "evolutionary", _Budget("params", 2.0), tmp_path, adapter=_head(model))
     assert not list(tmp_path.iterdir()) and solver_calls == []
 
 
@@ -133,11 +133,11 @@ def test_allocate_lm_with_the_real_search_package(allocator, tmp_path, solver_ca
     cfg = {"spdy": SpdyConfig(max_evaluations=12, patience=4),
            "evolutionary": EvolutionConfig(generations=3, offspring=4, survivors=(2, 1), tokens=(8, 32))}.get(allocator)
     out = allocate_lm(model, SEGS, OTHER, make_method("mp"), allocator, Budget("params", 1.5, True), tmp_path,
-                      mlp_steps=2, batch_size=2, config=cfg)
+                      mlp_steps=2, batch_size=2, config=cfg, adapter=_head(model))
     built = len(solver_calls)
     assert built > 0 and out.budget["predicted_cost"] <= out.budget["limit"] + 1e-9
     assert out.budget["predicted_speedup"] >= 1.5 - 1e-9
     assert len(out.widths) == 3 and "trace" in out.search
     again = allocate_lm(model, SEGS, OTHER, make_method("mp"), allocator, Budget("params", 2.5, True), tmp_path,
-                        mlp_steps=2, batch_size=2, config=cfg)
+                        mlp_steps=2, batch_size=2, config=cfg, adapter=_head(model))
     assert len(solver_calls) == built and again.budget["predicted_speedup"] >= 2.5 - 1e-9

@@ -40,7 +40,6 @@ def test_database_apply_is_the_stitched_candidate_and_calls_no_solver(family, re
     db = open_database(al)
     widths = list(zip(al["kept_attn_groups"], al["kept_neurons"]))
     dense = load_model(str(model_dir)).model.eval()
-    dense.config.osscar_attention_unit = out["config"]["attention_unit"]  # as the run set it (per-head levels)
     reloaded = load_pruned(tmp_path / "m").eval()
     ids = torch.randint(0, dense.config.vocab_size, (2, 12))
     with torch.no_grad():
@@ -60,20 +59,20 @@ def test_apply_from_database_is_the_method_on_dense_inputs(family, method_name, 
     solved by the method on the dense inputs' H from forward hooks, pruned columns zero), and slices to the
     stored weights; the records carry the kept groups and the database's errors."""
     model = _model(family)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     method = make_method(method_name)
-    db, _ = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, batch_size=2)
+    db, _ = build_database(model, SEGS, method, tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, batch_size=2, adapter=a)
     levels = {p: list(db.spec.levels(p)) for p in PARTS}
     widths = [(levels["attn"][1], 32), (0, 64), (a.n_attn_groups, 0)]
     ref, errors = _reference(model, method, widths)
-    outcome = apply_from_database(model, db, widths)
+    outcome = apply_from_database(model, db, widths, a)
     with torch.no_grad():
         torch.testing.assert_close(model(SEGS).logits, ref(SEGS).logits, atol=1e-6, rtol=1e-6)
     assert outcome.seconds_solver == 0.0 and [r.k for r in outcome.records] == [k for w in widths for k in w]
     for r, (i, part) in zip(outcome.records, [(i, p) for i in range(3) for p in PARTS]):
         assert r.calib_rel_error == pytest.approx(errors[i, part], rel=1e-6, abs=1e-12)
         assert torch.equal(outcome.kept[i][part], torch.as_tensor(r.kept, dtype=torch.long))
-    slice_model(model, outcome.kept)
+    slice_model(model, outcome.kept, a)
     layer = a.layers(model)[0]
     kept, W = db.candidate(0, "attn", levels["attn"][1])
     order = torch.argsort(block_rows(kept, a.group_size("attn")))  # slicing keeps columns in index order
@@ -84,11 +83,14 @@ def test_apply_from_database_is_the_method_on_dense_inputs(family, method_name, 
 
 def test_apply_from_database_refuses_another_model_or_block_count(tmp_path):
     model = _model()
-    db, _ = build_database(model, SEGS, make_method("mp"), tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING)
+    a = get_adapter(model, "head")
+    db, _ = build_database(model, SEGS, make_method("mp"), tmp_path, mlp_steps=MLP_STEPS, damping=DAMPING, adapter=a)
     with pytest.raises(ValueError, match="built from another model"):
         apply_from_database(_model("opt"), db, [(1, 32)] * 3)
+    with pytest.raises(ValueError, match="built from another model"):  # the same model in the other unit
+        apply_from_database(model, db, [(1, 32)] * 3, get_adapter(model, "kv-group"))
     with pytest.raises(ValueError, match="2 widths for 3 blocks"):
-        apply_from_database(model, db, [(1, 32)] * 2)
+        apply_from_database(model, db, [(1, 32)] * 2, a)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ IDS = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(3))
 SLIDING = ["sliding_attention", "full_attention"]  # block 0 sliding (window 5 < 20 tokens), block 1 full
 
 
-def family_config(family: str, heads: int = 6, kv: int = 3, unit: str = "head"):
+def family_config(family: str, heads: int = 6, kv: int = 3):
     import transformers as tf
 
     common = dict(vocab_size=300, hidden_size=48, num_attention_heads=heads, num_key_value_heads=kv, head_dim=8,
@@ -39,14 +39,13 @@ def family_config(family: str, heads: int = 6, kv: int = 3, unit: str = "head"):
     if family in ("phi3", "olmo2"):  # their hub configs derive head_dim = hidden/heads: the slicer must write it
         del common["head_dim"]
     cfg = cls(**common, **extra)
-    cfg.osscar_attention_unit = unit
     return cfg
 
 
-def family_model(family: str, heads: int = 6, kv: int = 3, unit: str = "head"):
+def family_model(family: str, heads: int = 6, kv: int = 3):
     """``make_model``'s weights, built in float64 (as from_pretrained(dtype=float64) builds the reload:
     Gemma's embedding scale buffer is computed in the build dtype)."""
-    cfg = family_config(family, heads, kv, unit)
+    cfg = family_config(family, heads, kv)
     model = make_model(cfg)
     model64 = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64).eval()
     model64.load_state_dict(model.state_dict())
@@ -67,15 +66,15 @@ def _kept_neurons(seed: int, n: int = 40):
     return torch.randperm(64, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def _zero_slice_reload(model, kept, tmp_path):
+def _zero_slice_reload(model, kept, adapter, tmp_path):
     """Zero the pruned groups, slice, save, reload with from_pretrained; return (zeroed, sliced, reloaded) logits."""
     with torch.no_grad():
         dense = model(IDS).logits
-    zero_out_groups(model, kept)
+    zero_out_groups(model, kept, adapter)
     with torch.no_grad():
         zeroed = model(IDS).logits
     assert (zeroed - dense).abs().max() > 1e-3  # pruning changed the function
-    man = slice_model(model, kept)
+    man = slice_model(model, kept, adapter)
     with torch.no_grad():
         sliced = model(IDS).logits
     save_pruned(model, None, tmp_path / "m")
@@ -93,15 +92,16 @@ def _assert_equal(a, b):
 @pytest.mark.parametrize("family, heads, kv", CASES, ids=[f"{f}-{h}q{k}kv" for f, h, k in CASES])
 def test_per_head_slicing_reloads_with_equal_logits(family, heads, kv, tmp_path):
     model = family_model(family, heads, kv)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     assert a.attention_unit == "head" and a.n_attn_groups == heads and a.attn_blocks == kv
     hd = a.head_dim  # 8, or 48 / 4 for a Phi-3 config without head_dim
     per_kv = heads - 1 if kv == 1 else heads // kv - 1  # one KV head: query heads prune freely
     kept = {i: {"attn": _kept_heads(a, per_kv, i), "mlp": _kept_neurons(i)} for i in range(2)}
-    zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, tmp_path)
+    zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, a, tmp_path)
     _assert_equal(sliced, zeroed)
     _assert_equal(reloaded, zeroed)
     assert not man["needs_load_pruned"] and man["attention_unit"] == "head"
+    assert "osscar_attention_unit" not in json.loads((tmp_path / "m" / "config.json").read_text())
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert (saved["num_attention_heads"], saved["num_key_value_heads"], saved["head_dim"],
             saved["intermediate_size"]) == (kv * per_kv, kv, hd, 40)
@@ -111,12 +111,12 @@ def test_per_head_slicing_reloads_with_equal_logits(family, heads, kv, tmp_path)
 
 @pytest.mark.parametrize("family", ATTN_FAMILIES)
 def test_kv_group_slicing_reloads_with_equal_logits(family, tmp_path):
-    model = family_model(family, 6, 3, unit="kv-group")
-    a = get_adapter(model)
+    model = family_model(family, 6, 3)
+    a = get_adapter(model, "kv-group")
     assert a.attention_unit == "kv-group" and a.n_attn_groups == 3 and a.group_size("attn") == 16
     kept = {i: {"attn": torch.tensor([0, 2]) if i == 0 else torch.tensor([1, 2]), "mlp": _kept_neurons(i)}
             for i in range(2)}
-    zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, tmp_path)
+    zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, a, tmp_path)
     _assert_equal(sliced, zeroed)
     _assert_equal(reloaded, zeroed)
     assert (plain.config.num_attention_heads, plain.config.num_key_value_heads, plain.config.head_dim) == (4, 2, 8)
@@ -125,7 +125,7 @@ def test_kv_group_slicing_reloads_with_equal_logits(family, tmp_path):
 def test_phi3_fused_rows_follow_the_kept_groups():
     """The fused matrices keep exactly the rows of the kept heads / neurons, in segment order."""
     model = family_model("phi3", 6, 3)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     layer = a.layers(model)[0]
     qkv, gate_up = layer.self_attn.qkv_proj.weight.clone(), layer.mlp.gate_up_proj.weight.clone()
     a.slice_attention(layer, torch.tensor([1, 2, 5]))  # one query head per KV group
@@ -141,13 +141,13 @@ def test_phi3_non_uniform_widths_run_per_block(tmp_path):
     from osscar.lm.slicing import load_pruned
 
     model = family_model("phi3", 6, 3)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     kept = {0: {"attn": _kept_heads(a, 1, 0), "mlp": _kept_neurons(0)},
             1: {"attn": _kept_heads(a, 2, 1), "mlp": _kept_neurons(1, 30)}}
-    zero_out_groups(model, kept)
+    zero_out_groups(model, kept, a)
     with torch.no_grad():
         zeroed = model(IDS).logits
-    man = slice_model(model, kept)
+    man = slice_model(model, kept, a)
     assert not man["uniform"]
     with torch.no_grad():
         _assert_equal(model(IDS).logits, zeroed)
@@ -165,9 +165,9 @@ def test_phi3_non_uniform_widths_run_per_block(tmp_path):
 
 def test_olmo2_prunes_the_mlp_only(tmp_path):
     model = family_model("olmo2", 6, 3)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     kept = {i: {"attn": torch.arange(6), "mlp": _kept_neurons(i)} for i in range(2)}
-    zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, tmp_path)
+    zeroed, sliced, reloaded, man, plain = _zero_slice_reload(model, kept, a, tmp_path)
     _assert_equal(sliced, zeroed)
     _assert_equal(reloaded, zeroed)
     assert plain.config.intermediate_size == 40 and plain.config.num_attention_heads == 6
@@ -175,7 +175,7 @@ def test_olmo2_prunes_the_mlp_only(tmp_path):
         a.slice_attention(a.layers(model)[0], torch.tensor([0, 2, 4]))
     segments = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="keep_attn < 6: olmo2 attention heads cannot be pruned exactly"):
-        prune_model_sequential(family_model("olmo2"), segments, make_method("mp"), 3, 32)
+        prune_model_sequential(family_model("olmo2"), segments, make_method("mp"), 3, 32, adapter=a)
 
 
 def test_olmo2_head_slicing_would_not_be_exact():
@@ -251,7 +251,7 @@ def test_calibration_gives_each_block_its_own_mask_and_rotary(family):
     """Block 1 (full attention) is calibrated with its own inputs: its H equals XᵀX from the model's
     own forward (a sliding-window mask or local rotary table there would change H)."""
     model = family_model(family)
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     got = {}
     ref = []
     handle = a.consumer(a.layers(model)[1], "attn").register_forward_hook(
@@ -260,7 +260,7 @@ def test_calibration_gives_each_block_its_own_mask_and_rotary(family):
         model(IDS)
     handle.remove()
     X = torch.cat(ref)
-    prune_model_sequential(model, IDS, make_method("mp"), 6, 64, layers=[1], batch_size=2,
+    prune_model_sequential(model, IDS, make_method("mp"), 6, 64, layers=[1], batch_size=2, adapter=a,
                            hessian_hook=lambda i, part, H: got.setdefault((i, part), H.clone()))
     torch.testing.assert_close(got[(1, "attn")], X.T @ X, atol=1e-8, rtol=1e-8)
 
@@ -268,14 +268,15 @@ def test_calibration_gives_each_block_its_own_mask_and_rotary(family):
 @pytest.mark.parametrize("family", FLAG_FAMILIES)
 def test_sequential_pruning_then_slicing_matches_the_zeroed_model(family, tmp_path):
     model = family_model(family)
+    a = get_adapter(model, "head")
     keep_attn = 6 if family == "olmo2" else 3  # one query head per KV group
-    out = prune_model_sequential(model, IDS, make_method("osscar"), keep_attn, 32, batch_size=1)
+    out = prune_model_sequential(model, IDS, make_method("osscar"), keep_attn, 32, batch_size=1, adapter=a)
     if family != "olmo2":
         for parts in out.kept.values():
             assert torch.bincount(parts["attn"] // 2, minlength=3).tolist() == [1, 1, 1]
     with torch.no_grad():
         zeroed = model(IDS).logits
-    slice_model(model, out.kept)
+    slice_model(model, out.kept, a)
     save_pruned(model, None, tmp_path / "m")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float64,
                                                  attn_implementation="eager").eval()
@@ -288,6 +289,6 @@ def test_latency_table_slices_one_block(family, tmp_path):
     """Runtime allocation's table times one sliced block per level (Phi-3: its own head counts)."""
     from osscar.lm.evaluation.latency import latency_table
 
-    table = latency_table(family_config(family, 6, 3, unit="kv-group"), batch=1, seqlen=8, repeats=1, warmup=0,
+    table = latency_table(family_config(family, 6, 3), batch=1, seqlen=8, repeats=1, warmup=0,
                           mlp_levels=2, cache_dir=tmp_path, use_cache=False)
     assert sorted(table.attn) == [1, 2, 3] and sorted(table.mlp) == [32, 64]

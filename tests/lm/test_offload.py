@@ -40,7 +40,6 @@ def _config(family: str):
         cfg = cls(vocab_size=300, hidden_size=48, num_attention_heads=6, num_key_value_heads=3, head_dim=8,
                   intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128, attn_implementation="eager",
                   tie_word_embeddings=family == "qwen3")
-        cfg.osscar_attention_unit = "head"
         return cfg
     return family_config(family)
 
@@ -59,8 +58,13 @@ def _load(src):
     return AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
 
 
+def _adapter(model):
+    """The unit each family's case prunes in: Llama in KV groups, the other GQA families per query head."""
+    return get_adapter(model, "kv-group" if model.config.model_type == "llama" else "head")
+
+
 def _keep(model, frac_attn: float = 0.5):
-    a = get_adapter(model)
+    a = _adapter(model)
     if a.attention_fixed_reason:
         k_attn = a.n_attn_groups
     elif a.attn_blocks > 1:
@@ -73,20 +77,20 @@ def _keep(model, frac_attn: float = 0.5):
 def _prune(model, method: str, blocks=None):
     k_attn, k_mlp = _keep(model)
     return prune_model_sequential(model, SEGMENTS, make_method(method), k_attn, k_mlp, heldout=HELDOUT,
-                                  batch_size=2, blocks=blocks)
+                                  batch_size=2, blocks=blocks, adapter=_adapter(model))
 
 
 def _run_none(src, method):
     m = _load(src)
     out = _prune(m, method)
-    slice_model(m, out.kept)
+    slice_model(m, out.kept, _adapter(m))
     return m, out, perplexity(m, WINDOWS)
 
 
 def _run_cpu(src, method):
     m = _load(src)
-    out = _prune(m, method, HostBlocks(m, CPU))
-    slice_model(m, out.kept)
+    out = _prune(m, method, HostBlocks(m, CPU, _adapter(m)))
+    slice_model(m, out.kept, _adapter(m))
     return m, out, streamed_perplexity(m, HostBlocks(m, CPU), WINDOWS)
 
 
@@ -94,7 +98,7 @@ def _run_disk(src, method, dst):
     sk = build_skeleton(src, torch.float32)
     n = len(get_adapter(sk).layers(sk))
     writer = ShardWriter(dst, n)
-    store = DiskBlocks(sk, LazyCheckpoint(src), CPU, torch.float32, writer)
+    store = DiskBlocks(sk, LazyCheckpoint(src), CPU, torch.float32, writer, _adapter(sk))
     out = _prune(sk, method, store)
     manifest = finish_disk_model(sk, store, writer, out.kept, source=src)
     ppl = streamed_perplexity(sk, DiskBlocks(sk, LazyCheckpoint(dst), CPU, torch.float32), WINDOWS)
@@ -208,6 +212,9 @@ def test_run_lm_offload_modes_agree_and_disk_output_reloads(which, tiny_llama_di
     with torch.no_grad():
         assert torch.equal(disk.model(ids).logits, ref.model(ids).logits)
     assert not list(tmp_path.glob("osscar-disk-*")) and not list(tmp_path.glob(".disk-*"))  # nothing left behind
+    for m in ("none", "cpu", "disk"):  # the attention unit lives in the run's adapter, not in the saved config
+        saved = json.loads((tmp_path / m / "config.json").read_text())
+        assert "osscar_attention_unit" not in saved and saved["model_type"] == which
 
 
 def test_disk_run_without_save_model_leaves_no_folder(tiny_llama_dir, tmp_path):
@@ -313,7 +320,6 @@ def test_offload_none_plan_equals_a_committed_records_plan():
           for k, v in rec["config"].items() if k in names}
     cfg = LMRunConfig(**kw)
     mconf = load_config(cfg.model)
-    mconf.osscar_attention_unit = cfg.attention_unit
     plan = plan_for_run(cfg, model_shape(mconf)).to_dict()
     assert plan["items"] == rec["metrics"]["memory_plan"]["items"]
     assert plan["peak_bytes"] == rec["metrics"]["memory_plan"]["peak_bytes"]

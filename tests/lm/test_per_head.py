@@ -26,7 +26,6 @@ def _config(family: str, heads: int = 6, kv: int = 3):
     cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
            "qwen3": tf.Qwen3Config}[family]
     cfg = cls(**common)
-    cfg.osscar_attention_unit = "head"
     return cfg
 
 
@@ -43,7 +42,7 @@ def _uniform_kept(a, seed: int, per_kv: int):
 @pytest.mark.parametrize("family, heads, kv", FAMILIES, ids=[f"{f}-{h}q{k}kv" for f, h, k in FAMILIES])
 def test_per_head_slicing_reloads_with_from_pretrained_and_equal_logits(family, heads, kv, tmp_path):
     model = make_model(_config(family, heads, kv))
-    a = get_adapter(model)
+    a = get_adapter(model, "head")
     assert a.attention_unit == "head" and a.n_attn_groups == heads and a.group_size("attn") == 8
     assert a.attn_blocks == kv and a.blocks("mlp") == 1
     keep_per = (heads // kv) - 1 if heads // kv > 1 else 1
@@ -55,11 +54,11 @@ def test_per_head_slicing_reloads_with_from_pretrained_and_equal_logits(family, 
     ids = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         dense = model(ids).logits
-    zero_out_groups(model, kept)
+    zero_out_groups(model, kept, a)
     with torch.no_grad():
         zeroed = model(ids).logits
     assert (zeroed - dense).abs().max() > 1e-3
-    man = slice_model(model, kept)
+    man = slice_model(model, kept, a)
     cfg = model.config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (kv * keep_per, kv, 8)
     assert man["attention_unit"] == "head" and not man["needs_load_pruned"]
@@ -78,7 +77,7 @@ def test_per_head_slicing_reloads_with_from_pretrained_and_equal_logits(family, 
 def test_sequential_pruning_keeps_the_same_heads_in_every_kv_group():
     model = make_model(_config("llama", 6, 3))
     segments = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
-    out = prune_model_sequential(model, segments, make_method("osscar"), 3, 32)
+    out = prune_model_sequential(model, segments, make_method("osscar"), 3, 32, adapter=get_adapter(model, "head"))
     for i, parts in out.kept.items():
         per_group = torch.bincount(parts["attn"] // 2, minlength=3)
         assert per_group.tolist() == [1, 1, 1], (i, parts["attn"])

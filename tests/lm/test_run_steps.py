@@ -26,8 +26,7 @@ def test_uniform_widths_of_a_smollm2_shaped_model():
 
     cfg = tiny_llama_config(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
                             intermediate_size=1536)
-    cfg.osscar_attention_unit = "head"
-    w = uniform_widths(get_adapter(cfg), 0.3, 0.3, "uniform")
+    w = uniform_widths(get_adapter(cfg, "head"), 0.3, 0.3, "uniform")
     assert (w.n_attn, w.keep_attn, w.attn_blocks, w.kv_groups) == (9, 6, 3, 3)
     assert (w.n_mlp, w.keep_mlp) == (1536, 1536 - 461)
     assert w.head_fraction_applied == pytest.approx(1 / 3) and w.neuron_fraction_applied == pytest.approx(461 / 1536)

@@ -24,8 +24,9 @@ and the total head count (removing heads changes the kept heads' biases), and ``
 has three layouts (interleaved per KV group, multi-query, per head).
 
 **GQA: the attention unit.** A sliced model must stay a valid config: every KV head must serve
-the same number of query heads. Two units, chosen by ``config.osscar_attention_unit`` (set by the
-LM pipeline from ``LMRunConfig.attention_unit``; absent: ``kv-group``):
+the same number of query heads. Two units, given to the adapter's constructor
+(``get_adapter(model, attention_unit)``; the LM pipeline builds one adapter from ``LMRunConfig.attention_unit`` and
+hands it to every step; None: ``kv-group``):
 
 * ``head`` (the pipeline's default for GQA/MQA models): a group is one query head (``head_dim``
   columns of o_proj, ``head_dim`` rows of q_proj); the layer problem carries the partition

@@ -54,7 +54,7 @@ def get_adapter(model_or_config: Any, attention_unit: str | None = None) -> Mode
     """The adapter for a model or config, by ``config.model_type``; ValueError lists the allowed ones.
 
     ``attention_unit``: ``head`` or ``kv-group`` for grouped-query models (:mod:`osscar.lm.adapters`);
-    None: the unit recorded on the config (``config.osscar_attention_unit``), else ``kv-group``."""
+    None: ``kv-group``. The unit lives in the adapter only: a run builds one and hands it to every step."""
     config = getattr(model_or_config, "config", model_or_config)
     mt = getattr(config, "model_type", None)
     adapters = _adapters()
@@ -103,7 +103,7 @@ class Producer:
 
 class ModelAdapter(ABC):
     """Names the prunable parts of one architecture. Instances hold the model's config and the GQA
-    attention unit (``head`` or ``kv-group``; None: the one recorded on the config, else ``kv-group``)."""
+    attention unit (``head`` or ``kv-group``; None: ``kv-group``)."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
     layers_path: ClassVar[str] = ""
@@ -251,6 +251,10 @@ class ModelAdapter(ABC):
         if manifest:
             self.restore_widths(cfg, manifest["original"])
         return cfg
+
+    def original(self) -> ModelAdapter:
+        """An adapter of the same family and attention unit for :meth:`original_config`."""
+        return type(self)(self.original_config(), self.requested_unit)
 
     # -- FLOPs model -----------------------------------------------------------------------------
     @abstractmethod

@@ -20,7 +20,6 @@ from typing import Any
 from torch import nn
 
 from osscar.lm.adapters.base import ModelAdapter, Producer, register_adapter
-from osscar.options import ATTENTION_UNITS
 
 
 @register_adapter("llama", "mistral", "qwen2", "qwen3", "gemma")
@@ -40,10 +39,7 @@ class LlamaAdapter(ModelAdapter):
 
     @property
     def attention_unit(self) -> str:
-        unit = self.requested_unit or getattr(self.config, "osscar_attention_unit", None) or "kv-group"
-        if unit not in ATTENTION_UNITS:
-            raise ValueError(f"attention_unit={unit!r} is unknown; allowed: {', '.join(ATTENTION_UNITS)}")
-        return "kv-group" if self.n_kv_heads == self.n_heads else unit
+        return "kv-group" if self.n_kv_heads == self.n_heads else (self.requested_unit or "kv-group")
 
     @property
     def n_attn_groups(self) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.lm.allocation.database import CandidateDatabase, build_database
 from osscar.lm.allocation.levels import PARTS, ladder, level_costs
 from osscar.lm.allocation.stitch import StitchedFitness
@@ -85,30 +85,32 @@ def _fitness(allocator: str, fitness: StitchedFitness, choices: Sequence[Any]) -
 def allocate_lm(model: nn.Module, calibration: Tensor, heldout: Tensor | None, method: PruningMethod, allocator: str,
                 budget: Any, root: str | os.PathLike, *, mlp_steps: int = 8, damping: float = 0.01,
                 costs: Costs | None = None, fixed: float = 0.0, config: Any = None, batch_size: int = 8,
-                fitness_rows: int | None = None, progress: Callable[[str], None] | None = None) -> LMAllocation:
+                fitness_rows: int | None = None, progress: Callable[[str], None] | None = None,
+                adapter: ModelAdapter | None = None) -> LMAllocation:
     """Per-block widths of the dense ``model`` for ``budget`` (module docstring).
 
     ``calibration: (n, seqlen)`` builds the database and scores ``spdy``; ``heldout: (h, seqlen')``
     (not the database's tokens) scores ``evolutionary``. ``costs`` / ``fixed``: per-level costs of
     one block and the unprunable cost, required for a ``latency`` budget. ``config``: the allocator's
     settings; ``fitness_rows``: the first rows of ``calibration`` that ``spdy``'s fitness scores (None: all).
+    ``adapter``: the run's, which holds the attention unit (None: ``get_adapter(model)``, kv-group).
     """
     from osscar.allocation import get_allocator, run_allocator
 
     info = get_allocator(allocator)  # an unknown name fails here, before any work
     if allocator == "evolutionary" and heldout is None:
         raise ValueError("allocation='evolutionary' scores KL on held-out tokens: give heldout")
-    adapter = get_adapter(model)
+    adapter = adapter or get_adapter(model)
     n_blocks, levels = len(adapter.layers(model)), ladder(adapter, mlp_steps)
     if costs is None:
         if budget.kind == "latency":
             raise ValueError("a latency budget needs measured per-level costs (levels.latency_costs) and the fixed time")
-        costs = level_costs(model.config, mlp_steps, budget.kind)
+        costs = level_costs(model.config, mlp_steps, budget.kind, adapter.requested_unit)
     dense_cost = fixed + n_blocks * (costs["attn"][levels["attn"][-1]] + costs["mlp"][levels["mlp"][-1]])
     limit = budget.check(layer_choices(n_blocks, levels, costs), dense_cost, fixed)  # unreachable: before work
-    db, report = build_database(model, calibration, method, root, mlp_steps, damping, batch_size, progress)
+    db, report = build_database(model, calibration, method, root, mlp_steps, damping, batch_size, progress, adapter)
     choices = layer_choices(n_blocks, levels, costs, db)
-    fitness = StitchedFitness(model, db, calibration[:fitness_rows], heldout, batch_size)
+    fitness = StitchedFitness(model, db, calibration[:fitness_rows], heldout, batch_size, adapter)
     t0 = time.perf_counter()
     result = run_allocator(allocator, choices, limit, _fitness(allocator, fitness, choices), config)
     search_s = time.perf_counter() - t0

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from osscar.groups import block_rows
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.lm.allocation.database import CandidateDatabase, DatabaseSpec
 from osscar.lm.allocation.levels import PARTS
 from osscar.lm.allocation.stitch import check_model
@@ -61,15 +61,17 @@ def _write_candidate(adapter: Any, layer: nn.Module, part: str, level: int, db: 
     return kept
 
 
-def apply_from_database(model: nn.Module, db: CandidateDatabase, widths: Sequence[tuple[int, int]]) -> PruneOutcome:
+def apply_from_database(model: nn.Module, db: CandidateDatabase, widths: Sequence[tuple[int, int]],
+                        adapter: ModelAdapter | None = None) -> PruneOutcome:
     """Write every block's candidates at ``widths`` ((attention level, MLP level) per block) into ``model`` (the
     dense model the database was built from; modified in place, left unsliced). No solver call.
 
     Each :class:`LayerRecord` carries the database's layer error on the dense calibration inputs (``calib_error``,
-    ``calib_rel_error``); ``objective`` is None (the database stores errors, not objectives)."""
-    check_model(db, model)
+    ``calib_rel_error``); ``objective`` is None (the database stores errors, not objectives). ``adapter``: the
+    run's, which holds the attention unit (None: ``get_adapter(model)``, kv-group); it must be the database's."""
+    adapter = adapter or get_adapter(model)
+    check_model(db, model, adapter)
     t0 = time.perf_counter()
-    adapter = get_adapter(model)
     layers = adapter.layers(model)
     if len(widths) != len(layers):
         raise ValueError(f"{len(widths)} widths for {len(layers)} blocks")

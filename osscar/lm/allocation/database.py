@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from osscar.io import atomic_write_json
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.lm.allocation.levels import PARTS, ladder
 from osscar.lm.calibrate.capture import HessianAccumulator, capture_inputs, run_block, with_block_kwargs
 from osscar.lm.evaluation.latency import config_hash
@@ -55,11 +55,11 @@ def data_fingerprint(segments: Tensor) -> str:
     return hashlib.sha256(json.dumps(list(ids.shape)).encode() + ids.numpy().tobytes()).hexdigest()[:20]
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the config hash and, per parameter, its name, shape, dtype and up to
+def model_fingerprint(model: nn.Module, attention_unit: str | None = None) -> str:
+    """sha256 of the config hash (with the requested ``attention_unit``) and, per parameter, its name, shape, dtype and up to
     :data:`FINGERPRINT_SAMPLES` evenly strided values (a sample: any real change of the weights
     shows, a fine-tune touching only unsampled entries would not)."""
-    h = hashlib.sha256(config_hash(model.config).encode())
+    h = hashlib.sha256(config_hash(model.config, attention_unit).encode())
     for name, p in model.state_dict().items():
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
@@ -95,11 +95,12 @@ class DatabaseSpec:
 
 
 def make_spec(model: nn.Module, segments: Tensor, method: PruningMethod, mlp_steps: int = 8,
-              damping: float = 0.01) -> DatabaseSpec:
-    """The spec of the database of ``model`` pruned by ``method`` on ``segments: (n, seqlen)``."""
-    adapter = get_adapter(model)
+              damping: float = 0.01, adapter: ModelAdapter | None = None) -> DatabaseSpec:
+    """The spec of the database of ``model`` pruned by ``method`` on ``segments: (n, seqlen)``; ``adapter``: the
+    run's (it holds the attention unit; None: ``get_adapter(model)``, kv-group)."""
+    adapter = adapter or get_adapter(model)
     levels = ladder(adapter, mlp_steps)
-    return DatabaseSpec(model=model_fingerprint(model), model_type=model.config.model_type,
+    return DatabaseSpec(model=model_fingerprint(model, adapter.requested_unit), model_type=model.config.model_type,
                         data=data_fingerprint(segments), method=method.name,
                         params=json.dumps(method.params(), sort_keys=True, default=str), damping=float(damping),
                         attn_levels=tuple(levels["attn"]), mlp_levels=tuple(levels["mlp"]),
@@ -229,22 +230,23 @@ def solve_part(problem_at: Callable[[int], LayerProblem], method: PruningMethod,
 @torch.no_grad()
 def build_database(model: nn.Module, segments: Tensor, method: PruningMethod, root: str | os.PathLike,
                    mlp_steps: int = 8, damping: float = 0.01, batch_size: int = 8,
-                   progress: Callable[[str], None] | None = None) -> tuple[CandidateDatabase, BuildReport]:
+                   progress: Callable[[str], None] | None = None, adapter: ModelAdapter | None = None,
+                   ) -> tuple[CandidateDatabase, BuildReport]:
     """Build (or finish, or just open) the candidate database of the *dense* ``model`` under ``root``.
 
     ``segments: (n, seqlen)`` calibration token ids. One dense forward, block by block (module
     docstring); parts already on disk are not solved again, and blocks after the last missing
-    part are not run. ``progress`` is called after each part is stored.
+    part are not run. ``progress`` is called after each part is stored. ``adapter``: the run's (:func:`make_spec`).
     Returns the database and a :class:`BuildReport` (solver calls, seconds, size on disk).
     """
     start = time.perf_counter()
-    spec = make_spec(model, segments, method, mlp_steps, damping)
+    adapter = adapter or get_adapter(model)
+    spec = make_spec(model, segments, method, mlp_steps, damping, adapter)
     db = CandidateDatabase.open(root, spec)
     report = BuildReport(key=spec.key(), path=str(db.path))
     todo = [i for i in range(spec.n_blocks) if not all(db.done(i, part) for part in PARTS)]
     report.parts_reused = 2 * spec.n_blocks - sum(not db.done(i, part) for i in todo for part in PARTS)
     if todo:
-        adapter = get_adapter(model)
         inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
         for i, layer in enumerate(adapter.layers(model)[:todo[-1] + 1]):
             inputs = with_block_kwargs(inputs, per_layer, i)

@@ -3,7 +3,7 @@
 A level is a kept count in the adapter's attention units or in MLP neurons; **0 removes the
 module whole** (:mod:`osscar.lm.removed`).
 
-* Attention: with the ``head`` unit (GQA/MQA, ``config.osscar_attention_unit = "head"``) a level is
+* Attention: with the ``head`` unit (GQA/MQA, ``get_adapter(model, "head")``) a level is
   ``L · num_key_value_heads`` query heads, ``L`` = 1 … heads per KV group: every KV group keeps the
   same ``L`` heads (the partition constraint of :class:`~osscar.problem.LayerProblem`), so a sliced
   block stays a valid attention. With MHA (one unit: a head with its k/v) every head count is a
@@ -54,9 +54,11 @@ def ladder(adapter: Any, mlp_steps: int) -> dict[str, list[int]]:
     return {"attn": attention_levels(adapter), "mlp": mlp_levels(adapter, mlp_steps)}
 
 
-def level_costs(config: Any, mlp_steps: int, kind: str) -> dict[str, dict[int, float]]:
-    """{"attn" | "mlp": {level: cost}} of one block (module docstring); ``config``: the dense model's."""
-    adapter = get_adapter(getattr(config, "config", config))
+def level_costs(config: Any, mlp_steps: int, kind: str, attention_unit: str | None = None
+                ) -> dict[str, dict[int, float]]:
+    """{"attn" | "mlp": {level: cost}} of one block (module docstring); ``config``: the dense model's;
+    ``attention_unit``: the run's (None: kv-group)."""
+    adapter = get_adapter(getattr(config, "config", config), attention_unit)
     levels = ladder(adapter, mlp_steps)
     if kind == "flops":
         return {"attn": {k: float(adapter.layer_flops(kept_attn_groups=k)["attn"]) if k else 0.0 for k in levels["attn"]},

@@ -69,12 +69,13 @@ def _table_costs(model: nn.Module, config: Any) -> tuple[Any, dict[str, list[int
     from osscar.lm.allocation.levels import ladder, latency_costs
     from osscar.lm.evaluation.latency import latency_table
 
-    adapter = get_adapter(model)
+    adapter = get_adapter(model, config.attention_unit)
     batch, seqlen = config.allocation_point or (1, config.seqlen)
     levels = ladder(adapter, config.allocation_mlp_levels)
     table = latency_table(model.config, batch=batch, seqlen=seqlen, threads=config.threads,
                           repeats=config.latency_repeats, mlp_levels=config.allocation_mlp_levels, device=config.device,
-                          dtype=config.dtype, cache_dir=config.cache_dir, removal=True)
+                          dtype=config.dtype, cache_dir=config.cache_dir, removal=True,
+                          attention_unit=config.attention_unit)
     return adapter, levels, latency_costs(table, levels), (batch, seqlen)
 
 
@@ -119,11 +120,11 @@ def global_allocation(model: nn.Module, segments: Tensor, heldout: Tensor | None
 
     if config.layers is not None:
         raise ValueError(f"allocation={config.allocation!r} allocates every block; it cannot be combined with layers")
-    _, _, costs, (batch, seqlen) = _table_costs(model, config)
+    adapter, _, costs, (batch, seqlen) = _table_costs(model, config)
     settings, rows = search_settings(config.allocation, config.allocation_params, config.seed)
     out = allocate_lm(model, segments, heldout, method, config.allocation, Budget("latency", float(config.speedup), True),
                       database_root(config.cache_dir), mlp_steps=config.allocation_mlp_levels, damping=config.damping,
-                      costs=costs, fixed=0.0, config=settings, fitness_rows=rows, progress=progress)
+                      costs=costs, fixed=0.0, config=settings, fitness_rows=rows, progress=progress, adapter=adapter)
     keep_attn = {i: a for i, (a, _) in enumerate(out.widths)}
     keep_mlp = {i: m for i, (_, m) in enumerate(out.widths)}
     then = ("the chosen widths' weights taken from the database" if config.allocation_apply == "database"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 from osscar.lm.allocation.database import CandidateDatabase, data_fingerprint, model_fingerprint
 from osscar.lm.allocation.levels import PARTS
 from osscar.lm.slicing import finish_slicing, original_widths, slice_block
@@ -34,9 +34,9 @@ from osscar.lm.slicing import finish_slicing, original_widths, slice_block
 Allocation = Sequence[tuple[int, int]]  # (attention level, MLP level) per block
 
 
-def check_model(db: CandidateDatabase, model: nn.Module) -> None:
-    """ValueError unless ``db`` was built from this (dense) model."""
-    if db.spec.model != model_fingerprint(model) or db.spec.model_type != model.config.model_type:
+def check_model(db: CandidateDatabase, model: nn.Module, adapter: ModelAdapter) -> None:
+    """ValueError unless ``db`` was built from this (dense) model with ``adapter``'s attention unit."""
+    if db.spec.model != model_fingerprint(model, adapter.requested_unit) or db.spec.model_type != model.config.model_type:
         raise ValueError(f"candidate database {db.path} was built from another model "
                          f"({db.spec.model_type}, fingerprint {db.spec.model}); rebuild it for this one")
 
@@ -55,7 +55,7 @@ def stitch(dense: nn.Module, db: CandidateDatabase, widths: Allocation, share_we
         raise ValueError(f"allocation has {len(widths)} blocks, the database {db.spec.n_blocks}")
     shared = {id(t): t for t in (*dense.parameters(), *dense.buffers())} if share_weights else {}
     model = copy.deepcopy(dense, memo=shared)  # slicing writes new Linears: no shared tensor is written
-    adapter = get_adapter(model)
+    adapter = get_adapter(model, db.spec.attention_unit)
     original = original_widths(adapter)
     for i, (layer, levels) in enumerate(zip(adapter.layers(model), widths)):
         kept: dict[str, Tensor] = {}
@@ -95,11 +95,13 @@ class StitchedFitness:
     calibration: Tensor
     heldout: Tensor | None
     batch_size: int = 8
+    adapter: ModelAdapter | None = None  # the run's, which holds the attention unit (None: kv-group)
     evaluations: int = 0
     _dense_lp: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        check_model(self.db, self.dense)
+        self.adapter = self.adapter or get_adapter(self.dense)
+        check_model(self.db, self.dense, self.adapter)
         if self.heldout is not None and data_fingerprint(self.heldout) == self.db.spec.data:
             raise ValueError("the KL tokens (heldout) are the database's calibration tokens; give tokens "
                              "not used to build the database")

@@ -107,6 +107,7 @@ def collect_loss_curves(
     p_hat: Mapping[str, int] | None = None,
     progress: Callable[[str], None] | None = None,
     batch_size: int = 8,
+    adapter: ModelAdapter | None = None,
 ) -> dict[int, dict[str, dict[int, float]]]:
     """Pass 1 of runtime-aware allocation: normalised loss curves of every consumer, dense model.
 
@@ -123,12 +124,13 @@ def collect_loss_curves(
         levels: {"attn": [...], "mlp": [...]} kept counts to evaluate (each ≥ 1).
         p_hat: groups removed per Stage-A step per part (default: attn 1, mlp ⌈n/128⌉).
         batch_size: calibration segments per block forward.
+        adapter: the model's adapter, which holds the attention unit (None: ``get_adapter(model)``, kv-group).
 
     Returns {block: {"attn" | "mlp": {level: normalised loss}}}.
     """
     from osscar.allocation import loss_at, removal_path
 
-    adapter = get_adapter(model)
+    adapter = adapter or get_adapter(model)
     blocks = adapter.layers(model)
     todo = set(range(len(blocks)) if layers is None else layers)
     inputs, per_layer = capture_inputs(model, adapter, segments, batch_size)
@@ -164,6 +166,19 @@ def collect_loss_curves(
     return out
 
 
+def _check_prune_arguments(model: nn.Module, adapter: ModelAdapter, keep_attn: int | Mapping[int, int],
+                           layers: list[int] | None, shortcut_bytes: int, inputs_from: str) -> set[int]:
+    """:func:`prune_model_sequential`'s checks (ValueError); returns the blocks to prune."""
+    if isinstance(shortcut_bytes, bool) or not isinstance(shortcut_bytes, int) or shortcut_bytes < 0:
+        raise ValueError(f"shortcut_bytes must be an integer ≥ 0, got {shortcut_bytes!r}")
+    if inputs_from not in CALIBRATION_INPUTS:
+        raise ValueError(f"inputs_from must be one of {', '.join(CALIBRATION_INPUTS)}, got {inputs_from!r}")
+    todo = set(range(len(adapter.layers(model))) if layers is None else layers)
+    if adapter.attention_fixed_reason and any(0 < _keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
+        raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
+    return todo
+
+
 @torch.no_grad()
 def prune_model_sequential(
     model: nn.Module,
@@ -180,6 +195,7 @@ def prune_model_sequential(
     inputs_from: str = "pruned",
     heldout: Tensor | None = None,
     blocks: BlockStore | None = None,
+    adapter: ModelAdapter | None = None,
 ) -> PruneOutcome:
     """Prune ``model`` in place, block by block, with ``method``.
 
@@ -206,19 +222,13 @@ def prune_model_sequential(
         blocks: where the blocks wait (:mod:`osscar.lm.offloading.offload`; default: the whole model resident
             on its device). Each block is fetched before its first forward and released after its last with
             its kept groups; activations wait on ``blocks.host``. The same arithmetic runs whatever the store.
+        adapter: the model's adapter, which holds the attention unit (None: ``get_adapter(model)``, kv-group).
 
     Returns the kept group indices per block {block: {"attn": (k,), "mlp": (k,)}} and records.
     """
-    if isinstance(shortcut_bytes, bool) or not isinstance(shortcut_bytes, int) or shortcut_bytes < 0:
-        raise ValueError(f"shortcut_bytes must be an integer ≥ 0, got {shortcut_bytes!r}")
-    if inputs_from not in CALIBRATION_INPUTS:
-        raise ValueError(f"inputs_from must be one of {', '.join(CALIBRATION_INPUTS)}, got {inputs_from!r}")
-    adapter = get_adapter(model)
-    n_blocks = len(adapter.layers(model))
-    todo = set(range(n_blocks) if layers is None else layers)
-    if adapter.attention_fixed_reason and any(0 < _keep_for(keep_attn, i) < adapter.n_attn_groups for i in todo):
-        raise ValueError(f"keep_attn < {adapter.n_attn_groups}: {model.config.model_type} {adapter.attention_fixed_reason}")
-    store = blocks if blocks is not None else ResidentBlocks(model, model_device(model))
+    adapter = adapter or get_adapter(model)
+    todo = _check_prune_arguments(model, adapter, keep_attn, layers, shortcut_bytes, inputs_from)
+    store = blocks if blocks is not None else ResidentBlocks(model, model_device(model), adapter)
     start = time.perf_counter()
     store.fetch_rest()  # the embeddings (and whatever runs before block 0) for the capture
     try:
@@ -231,7 +241,7 @@ def prune_model_sequential(
     run = _Sequential(adapter=adapter, store=store, method=method, damping=damping, inputs_from=inputs_from,
                       shortcut=shortcut, with_heldout=heldout is not None, hessian_hook=hessian_hook, progress=progress)
     kept: dict[int, dict[str, Tensor]] = {}
-    for i in range(n_blocks):
+    for i in range(len(adapter.layers(model))):
         layer = store.fetch(i)
         inputs = with_block_kwargs(inputs, per_layer, i)  # this block's own masks / positions
         h_inputs = with_block_kwargs(h_inputs, h_per_layer, i)

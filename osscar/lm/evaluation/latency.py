@@ -51,9 +51,13 @@ _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "osscar_pruned"
                         "torch_dtype", "dtype", "_attn_implementation_autoset"}
 
 
-def config_hash(config: Any) -> str:
-    """Stable hash of the architecture-relevant config entries (names and versions ignored)."""
+def config_hash(config: Any, attention_unit: str | None = None) -> str:
+    """Stable hash of the architecture-relevant config entries (names and versions ignored) and of the requested
+    attention unit, if any (under the key ``osscar_attention_unit``, where the config carried it before the unit
+    moved into the adapter: the cache keys of earlier runs stay valid)."""
     d = {k: v for k, v in config.to_dict().items() if k not in _IGNORED_CONFIG_KEYS}
+    if attention_unit is not None:
+        d["osscar_attention_unit"] = attention_unit
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -283,18 +287,20 @@ def _fixed_seconds(model: nn.Module, block0: nn.Module, ids: Tensor, warmup: int
 def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int = 1, repeats: int = 5,
                   warmup: int = 2, mlp_levels: int = 16, attn_levels: int | None = None,
                   device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
-                  use_cache: bool = True, dtype: str = "float32", removal: bool = False) -> LatencyTable:
+                  use_cache: bool = True, dtype: str = "float32", removal: bool = False,
+                  attention_unit: str | None = None) -> LatencyTable:
     """Measure (or read from the cache) the latency table of ``config``'s architecture.
 
     ``config``: the *dense* model's config (a model's config or the model itself).
     ``attn_levels``: number of attention levels timed (None: every group count; with the ``head``
     unit, every multiple of the KV-head count: L query heads in each KV group).
     ``removal``: also time level 0 of both parts (the module removed whole, :mod:`osscar.lm.removed`);
-    the key then lists 0 among the levels (tables without it keep their keys).
+    the key then lists 0 among the levels (tables without it keep their keys). ``attention_unit``: the
+    run's (:func:`osscar.lm.adapters.get_adapter`; None: kv-group).
     Returns a :class:`LatencyTable`; ``table.info["cached"]`` says whether it came from the cache.
     """
     config = getattr(config, "config", config)
-    adapter = get_adapter(config)
+    adapter = get_adapter(config, attention_unit)
     for name, v in (("batch", batch), ("seqlen", seqlen), ("threads", threads), ("repeats", repeats),
                     ("mlp_levels", mlp_levels)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -306,7 +312,8 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     m_levels = default_levels(n_mlp, mlp_levels)
     if removal:
         a_levels, m_levels = [0, *a_levels], [0, *m_levels]
-    key = {"config_hash": config_hash(config), "model_type": config.model_type, "device": device_label(device),
+    key = {"config_hash": config_hash(config, attention_unit), "model_type": config.model_type,
+           "device": device_label(device),
            "dtype": dtype, "torch": torch.__version__, "threads": threads, "batch": batch, "seqlen": seqlen,
            "attn_levels": a_levels, "mlp_levels": m_levels, "rounds": ROUNDS}
     path = _path(cache_dir, key)
@@ -318,7 +325,7 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
     sync = device.type == "cuda"
     try:
         model = _one_block_model(config, device, torch_dtype)
-        ad = get_adapter(model)
+        ad = get_adapter(model, attention_unit)
         block0 = ad.layers(model)[0]
         vocab = int(config.vocab_size)
         ids = torch.randint(0, vocab, (batch, seqlen), generator=torch.Generator().manual_seed(0)).to(device)
@@ -349,14 +356,16 @@ def latency_table(config: Any, batch: int = 1, seqlen: int = 128, threads: int =
 def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[int], list[int]],
                        points: list[tuple[int, int]], load_dense: Callable[[], nn.Module], repeats: int = 5,
                        warmup: int = 2, cache_dir: str | os.PathLike | None = None,
-                       use_cache: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                       use_cache: bool = True, attention_unit: str | None = None,
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Dense vs sliced prefill latency (:func:`osscar.lm.evaluation.measure.compare_latency`), cached per architecture.
 
     Latency depends on the architecture, not on the weight values, so runs that slice the same
     dense model (``dense_config``, taken before slicing) to the same ``widths`` (kept attention
     groups and kept neurons, one list entry per block) share one measurement. Cache key: (dense
     config hash, widths, device, torch version, threads = ``torch.get_num_threads()``, points
-    (batch, seqlen), repeats, warmup); entries live under ``cache_root(cache_dir)/latency``.
+    (batch, seqlen), repeats, warmup; the run's ``attention_unit`` in the config hash); entries live under
+    ``cache_root(cache_dir)/latency``.
     ``load_dense()`` builds the dense model (moved to ``sliced``'s device), only on a cache miss.
 
     Returns (rows, info): the rows of ``compare_latency`` and {"cached", "path", "measured_at", "key"}.
@@ -371,7 +380,7 @@ def prefill_comparison(dense_config: Any, sliced: nn.Module, widths: tuple[list[
     if not points or any(len(pt) != 2 for pt in points):
         raise ValueError(f"points must be (batch, seqlen) pairs, got {points!r}")
     device = model_device(sliced)
-    key = {"config_hash": config_hash(dense_config), "model_type": dense_config.model_type,
+    key = {"config_hash": config_hash(dense_config, attention_unit), "model_type": dense_config.model_type,
            "device": device_label(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "kept_attn": attn, "kept_mlp": mlp, "points": [[int(b), int(s)] for b, s in points],
            "repeats": int(repeats), "warmup": int(warmup), "timed": ["model", "blocks"]}

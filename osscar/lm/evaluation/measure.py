@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 
 
 def param_count(model: nn.Module) -> int:
@@ -43,9 +43,10 @@ def flops_per_token(model_or_config: Any, kept_attn_groups: int | Sequence[int] 
                     kept_neurons: int | Sequence[int] | None = None) -> dict[str, int]:
     """FLOPs model above for the model's *original* config and the given kept widths (None: dense).
 
-    Widths may be one count for every block or a sequence with one count per block (non-uniform
-    allocation); 0 is a module removed whole (:mod:`osscar.lm.removed`)."""
-    adapter = get_adapter(model_or_config)
+    ``model_or_config``: a model, a config or a :class:`~osscar.lm.adapters.ModelAdapter` (which holds the attention
+    unit the widths count in; a model or config: ``kv-group``). Widths may be one count for every block or a
+    sequence with one count per block (non-uniform allocation); 0 is a module removed whole (:mod:`osscar.lm.removed`)."""
+    adapter = model_or_config if isinstance(model_or_config, ModelAdapter) else get_adapter(model_or_config)
     cfg = adapter.config
     n = int(cfg.num_hidden_layers)
 
@@ -191,7 +192,7 @@ def _slice_by_magnitude(model: nn.Module, head_fraction: float, neuron_fraction:
             W = a.consumer(layer, part).weight.data
             norms = W.abs().sum(0).reshape(-1, a.group_size(part)).sum(1)
             kept[i][part] = torch.topk(norms, k).indices.sort().values
-    slice_model(model, kept)
+    slice_model(model, kept, a)
     return ka, km
 
 

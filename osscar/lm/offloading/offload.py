@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from osscar.lm.adapters import get_adapter
+from osscar.lm.adapters import ModelAdapter, get_adapter
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -274,9 +274,10 @@ class ResidentBlocks:
 
     host = None
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, adapter: ModelAdapter | None = None) -> None:
         self.model, self.device = model, device
-        self.layers = get_adapter(model).layers(model)
+        self.adapter = adapter or get_adapter(model)  # it slices (DiskBlocks): it must hold the run's attention unit
+        self.layers = self.adapter.layers(model)
 
     def fetch_rest(self) -> None:
         pass
@@ -296,9 +297,9 @@ class HostBlocks(ResidentBlocks):
 
     host = torch.device("cpu")
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        super().__init__(model, device)
-        self.skip = get_adapter(model).layers_path
+    def __init__(self, model: nn.Module, device: torch.device, adapter: ModelAdapter | None = None) -> None:
+        super().__init__(model, device, adapter)
+        self.skip = self.adapter.layers_path
 
     def fetch_rest(self) -> None:
         move(self.model, self.device, skip=self.skip)
@@ -324,9 +325,8 @@ class DiskBlocks(ResidentBlocks):
     host = torch.device("cpu")
 
     def __init__(self, model: nn.Module, ckpt: LazyCheckpoint, device: torch.device, dtype: torch.dtype,
-                 writer: Any = None) -> None:
-        super().__init__(model, device)
-        self.adapter = get_adapter(model)
+                 writer: Any = None, adapter: ModelAdapter | None = None) -> None:
+        super().__init__(model, device, adapter)
         self.ckpt, self.dtype, self.writer = ckpt, dtype, writer
         self.skip = self.adapter.layers_path
 

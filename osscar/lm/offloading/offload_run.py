@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from osscar.lm.adapters import ModelAdapter
 from osscar.lm.offloading.offload import BlockStore, DiskBlocks, HostBlocks, LazyCheckpoint, ResidentBlocks
 from osscar.lm.offloading.shards import ShardWriter
 
@@ -50,13 +51,15 @@ def load_skeleton(model: str, cache_dir: str | None, dtype: str) -> Any:
 
 @dataclass
 class OffloadedModel:
-    """``model`` under ``mode`` on ``device`` (module docstring). ``disk``: ``source`` is the weights'
-    folder, ``output`` the folder the pruned blocks go to (set by :meth:`open_output`)."""
+    """``model`` under ``mode`` on ``device`` (module docstring), described by ``adapter`` (which holds the run's
+    attention unit). ``disk``: ``source`` is the weights' folder, ``output`` the folder the pruned blocks go to
+    (set by :meth:`open_output`)."""
 
     mode: str
     model: nn.Module
     device: torch.device
     dtype: torch.dtype
+    adapter: ModelAdapter
     source: str | None = None
     output: Path | None = None
     writer: ShardWriter | None = None
@@ -67,7 +70,6 @@ class OffloadedModel:
         a temporary folder beside it, renamed when ``stack`` closes) or, not saving, a temporary folder
         under ``scratch`` (deleted when ``stack`` closes)."""
         from osscar.io import atomic_directory
-        from osscar.lm.adapters import get_adapter
 
         if self.mode != "disk":
             return
@@ -77,24 +79,25 @@ class OffloadedModel:
             if scratch is not None:
                 os.makedirs(scratch, exist_ok=True)
             self.output = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="osscar-disk-", dir=scratch)))
-        self.writer = ShardWriter(self.output, len(get_adapter(self.model).layers(self.model)))
+        self.writer = ShardWriter(self.output, len(self.adapter.layers(self.model)))
 
     def _eval_store(self, pruned: bool) -> BlockStore:
         if self.mode == "cpu":
-            return HostBlocks(self.model, self.device)
+            return HostBlocks(self.model, self.device, self.adapter)
         if self.mode == "disk":
             folder = self.output if pruned else self.source
-            return DiskBlocks(self.model, LazyCheckpoint(folder), self.device, self.dtype)
-        return ResidentBlocks(self.model, self.device)
+            return DiskBlocks(self.model, LazyCheckpoint(folder), self.device, self.dtype, adapter=self.adapter)
+        return ResidentBlocks(self.model, self.device, self.adapter)
 
     def prune_store(self) -> BlockStore | None:
         """The calibration's block store (None: the whole model resident, offload ``none``)."""
         if self.mode == "none":
             return None
         if self.mode == "disk":
-            self._store = DiskBlocks(self.model, LazyCheckpoint(self.source), self.device, self.dtype, self.writer)
+            self._store = DiskBlocks(self.model, LazyCheckpoint(self.source), self.device, self.dtype, self.writer,
+                                     self.adapter)
         else:
-            self._store = HostBlocks(self.model, self.device)
+            self._store = HostBlocks(self.model, self.device, self.adapter)
         return self._store
 
     def perplexity(self, windows: Tensor, pruned: bool, progress: Any = None) -> dict[str, Any]:

@@ -93,11 +93,11 @@ def finish_disk_model(model: nn.Module, store: Any, writer: ShardWriter, kept: d
                       tokenizer: Any = None, source: str | os.PathLike | None = None) -> dict[str, Any]:
     """Complete a folder whose blocks a disk store wrote as they were pruned (and sliced): the
     non-block tensors (read through ``store``, written, dropped), the sliced config and manifest
-    (:func:`osscar.lm.slicing.finish_slicing`), the index and tokenizer. Returns the manifest."""
-    from osscar.lm.adapters import get_adapter
+    (:func:`osscar.lm.slicing.finish_slicing`), the index and tokenizer. Returns the manifest. The store's
+    adapter (which holds the run's attention unit) describes the slicing."""
     from osscar.lm.slicing import finish_slicing, kept_widths, original_widths
 
-    adapter = get_adapter(model)
+    adapter = store.adapter
     per_layer = kept_widths(adapter, len(adapter.layers(model)), kept)
     original = original_widths(adapter)
     store.fetch_rest()
