@@ -82,7 +82,7 @@ def test_uniform_opt_manifest_keeps_the_config_head_count(tmp_path):
                      "attention_unit": "kv-group"},
         "uniform": True, "kept_attn_groups": 2, "kept_neurons": 48}
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert (saved["num_attention_heads"], saved["ffn_dim"]) == (4, 48)  # OPT derives head_dim from the head count
+    assert (saved["num_attention_heads"], saved["ffn_dim"], saved["osscar_num_attention_heads"]) == (4, 48, 2)  # OPT: head_dim from the head count
 
 
 def test_original_config_undoes_the_slice():
