@@ -7,7 +7,6 @@ import copy
 import pickle
 
 import pytest
-import torch
 
 from osscar.lm.adapters import available_adapters, get_adapter
 from osscar.lm.adapters.phi3 import BlockConfig

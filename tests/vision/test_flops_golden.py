@@ -4,7 +4,6 @@ output map, a depthwise conv, a Linear applied to 24 positions), and the FLOPs-t
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from osscar.vision.adapters import PruneUnit
