@@ -7,6 +7,7 @@ import copy
 import pickle
 
 import pytest
+import torch
 
 from osscar.lm.adapters import available_adapters, get_adapter
 from osscar.lm.adapters.phi3 import BlockConfig
@@ -68,3 +69,19 @@ def test_phi3_block_config_view():
 def test_every_family_is_registered_by_its_model_type():
     assert {"opt", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"} <= \
         set(available_adapters())
+
+
+@pytest.mark.parametrize("unit, heads, kv, kept, expect", [("head", 4, 1, [0, 1, 3], (3, 1)),
+                                                           ("kv-group", 6, 3, [0, 2], (4, 2))])
+def test_phi3_sliced_block_config_describes_the_block(unit, heads, kv, kept, expect):
+    """Phi-3's attention splits its fused qkv by its config's head counts at every forward: the block's own view
+    must give the heads it has (and the KV heads it has: one shared KV head stays one)."""
+    from .test_families import family_model
+
+    model = family_model("phi3", heads, kv)
+    a = get_adapter(model, unit)
+    layer = a.layers(model)[0]
+    a.slice_attention(layer, torch.tensor(kept))
+    cfg = layer.self_attn.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == expect
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (heads, kv)  # shared config intact

@@ -116,3 +116,11 @@ def test_document_draws_try_100_per_document_wanted():
 
     rng = random.Random(0)
     assert tok.calls == len({rng.randint(0, len(docs) - 1) for _ in range(300)})  # each drawn document tokenized once
+
+
+def test_calibration_windows_default_to_seed_0():
+    ids = torch.arange(100)
+    assert torch.equal(lm_data.calibration_segments("wiki-gensim", None, 4, 8, ids=ids),
+                       lm_data.calibration_segments("wiki-gensim", None, 4, 8, seed=0, ids=ids))
+    assert not torch.equal(lm_data.calibration_segments("wiki-gensim", None, 4, 8, seed=1, ids=ids),
+                           lm_data.calibration_segments("wiki-gensim", None, 4, 8, seed=0, ids=ids))
