@@ -1,0 +1,66 @@
+"""Vision slicing at its edges: the kept-channel checks case by case, a unit kept whole or left out, one channel
+kept, the saved checkpoint's fields and text manifest, a conv's padding mode carried over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from osscar.vision.adapters import prune_units
+from osscar.vision.models import build_model
+from osscar.vision.slicing import SLICED_FORMAT, load_sliced, manifest_lines, save_sliced, slice_conv, slice_model
+
+from .test_slicing import SMALL, _model
+
+
+def test_kept_channels_are_checked_one_rule_at_a_time():
+    model = _model("resnet20")
+    units = prune_units(model)
+    first, second = units[0].name, units[1].name
+    c = units[0].channels(model)  # 16
+    for bad in ([], [0, 0], [-1, 3], [2, c], [c + 5]):
+        with pytest.raises(ValueError, match=f"kept channels of {first} must be distinct indices in \\[0, {c}\\)"):
+            slice_model(model, units, {first: torch.tensor(bad, dtype=torch.long)})
+    with pytest.raises(ValueError, match=f"kept channels of {second}"):  # a later unit is checked too
+        slice_model(model, units, {second: torch.tensor([1, 1])})
+    one = slice_model(model, units, {first: [5]})  # one channel, given as a list of ints
+    assert one.get_submodule(units[0].consumer).in_channels == 1
+    whole = slice_model(model, units, {first: torch.arange(c).flip(0)})  # every channel, unsorted
+    x = torch.randn(1, *SMALL["resnet20"][1])
+    with torch.no_grad():
+        torch.testing.assert_close(whole(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_units_left_out_keep_their_width():
+    model = _model("resnet20")
+    units = prune_units(model)
+    sliced = slice_model(model, units, {units[1].name: torch.arange(4)})
+    widths = [u.channels(sliced) for u in prune_units(sliced)]
+    assert widths[1] == 4 and widths[0] == units[0].channels(model) and widths[2] == units[2].channels(model)
+
+
+def test_slice_conv_keeps_the_padding_mode():
+    conv = nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect")
+    assert slice_conv(conv, out_idx=torch.tensor([0, 5])).padding_mode == "reflect"
+
+
+def test_saved_checkpoint_fields_and_manifest(tmp_path):
+    arch, kwargs = "resnet20", SMALL["resnet20"][0]
+    model = build_model(arch, **kwargs)
+    units = prune_units(model)
+    kept = {units[0].name: torch.tensor([1, 3, 4])}
+    sliced = slice_model(model, units, kept)
+    path = save_sliced(tmp_path / "m.pt", sliced, arch, kwargs, kept, meta={"seed": 3})
+    ck = torch.load(path, weights_only=True)
+    assert (ck["format"], ck["arch"], ck["arch_kwargs"], ck["kept"], ck["meta"]) == \
+        (SLICED_FORMAT, arch, dict(kwargs), {units[0].name: [1, 3, 4]}, {"seed": 3})
+    assert ck["widths"][units[0].name] == 3
+    assert (tmp_path / "m.pt.widths.txt").read_text() == "\n".join(manifest_lines(sliced)) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.widths.txt"]  # no temporary left
+    bare = save_sliced(tmp_path / "b.pt", sliced, arch, kwargs)  # no kept, no meta
+    ck = torch.load(bare, weights_only=True)
+    assert ck["kept"] == {} and ck["meta"] == {}
+    x = torch.randn(1, *SMALL["resnet20"][1])
+    with torch.no_grad():
+        torch.testing.assert_close(load_sliced(path)(x), sliced.eval()(x), rtol=0, atol=0)
