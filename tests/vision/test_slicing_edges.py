@@ -64,3 +64,21 @@ def test_saved_checkpoint_fields_and_manifest(tmp_path):
     x = torch.randn(1, *SMALL["resnet20"][1])
     with torch.no_grad():
         torch.testing.assert_close(load_sliced(path)(x), sliced.eval()(x), rtol=0, atol=0)
+
+
+class _NotATensor:
+    pass
+
+
+def test_load_sliced_refuses_other_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sliced model not found: .*nope.pt"):
+        load_sliced(tmp_path / "nope.pt")
+    torch.save({"format": "something-else", "arch": "resnet20"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=f"other.pt: not an {SLICED_FORMAT} file"):
+        load_sliced(tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not an"):
+        load_sliced(tmp_path / "list.pt")
+    torch.save({"format": SLICED_FORMAT, "payload": _NotATensor()}, tmp_path / "code.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        load_sliced(tmp_path / "code.pt")  # a pickled object is never unpickled (weights_only)
