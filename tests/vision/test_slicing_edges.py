@@ -82,3 +82,34 @@ def test_load_sliced_refuses_other_files(tmp_path):
     torch.save({"format": SLICED_FORMAT, "payload": _NotATensor()}, tmp_path / "code.pt")
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         load_sliced(tmp_path / "code.pt")  # a pickled object is never unpickled (weights_only)
+
+
+def test_slice_bn_carries_its_settings():
+    from osscar.vision.slicing import slice_bn
+
+    bn = nn.BatchNorm2d(6, eps=1e-3, momentum=0.3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.arange(6.0))
+    new = slice_bn(bn, torch.tensor([1, 4]))
+    assert (new.num_features, new.eps, new.momentum, new.affine, new.track_running_stats) == (2, 1e-3, 0.3, True, True)
+    assert new.running_mean.tolist() == [1.0, 4.0]
+    bare = slice_bn(nn.BatchNorm2d(6, affine=False, track_running_stats=False), torch.tensor([0, 2, 3]))
+    assert (bare.num_features, bare.affine, bare.track_running_stats, bare.weight) == (3, False, False, None)
+
+
+def test_a_depthwise_conv_sliced_by_its_input_channels():
+    conv = nn.Conv2d(5, 5, 3, padding=1, groups=5)
+    new = slice_conv(conv, in_idx=torch.tensor([0, 3]), depthwise=True)
+    assert (new.in_channels, new.out_channels, new.groups) == (2, 2, 2)
+    assert torch.equal(new.weight, conv.weight[[0, 3]]) and torch.equal(new.bias, conv.bias[[0, 3]])
+
+
+def test_load_sliced_refuses_a_state_dict_that_does_not_fit(tmp_path):
+    arch, kwargs = "resnet20", SMALL["resnet20"][0]
+    model = build_model(arch, **kwargs)
+    path = save_sliced(tmp_path / "m.pt", model, arch, kwargs)
+    ck = torch.load(path, weights_only=True)
+    ck["state_dict"]["extra.weight"] = torch.zeros(1)
+    torch.save(ck, path)
+    with pytest.raises(RuntimeError, match="extra.weight"):
+        load_sliced(path)
