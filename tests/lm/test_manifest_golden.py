@@ -184,3 +184,16 @@ def test_kept_groups_read_back_from_zeroed_columns():
     got = kept_from_zero_columns(model)  # kv-group: 3 groups of 16 columns
     assert {i: {p: t.tolist() for p, t in parts.items()} for i, parts in got.items()} == \
         {i: {p: t.tolist() for p, t in parts.items()} for i, parts in kept.items()}
+
+
+def test_one_block_model_and_blocks_left_out(tmp_path):
+    """A one-block model slices uniformly; blocks absent from ``kept`` keep their width; an unsliced model saves
+    an empty manifest."""
+    one = make_model(tiny_llama_config(num_hidden_layers=1))
+    manifest = slice_model(one, {0: _kept([0, 2], 16)}, get_adapter(one, "kv-group"))
+    assert manifest["uniform"] and (manifest["kept_attn_groups"], manifest["kept_neurons"]) == (2, 16)
+    model = make_model(tiny_llama_config())
+    manifest = slice_model(model, {1: _kept([1], 8)}, get_adapter(model, "kv-group"))  # block 0 absent: whole
+    assert manifest["per_layer"] == [{"attn_groups": 3, "neurons": 64}, {"attn_groups": 1, "neurons": 8}]
+    save_pruned(make_model(tiny_llama_config()), None, tmp_path / "dense")
+    assert json.loads((tmp_path / "dense" / MANIFEST).read_text()) == {}
