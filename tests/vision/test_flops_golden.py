@@ -70,3 +70,9 @@ def test_solve_keep_counts_is_the_smallest_fraction_that_reaches_the_target():
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="flops_fraction must be in \\(0, 1\\)"):
             solve_keep_counts(SHAPES, [UNIT], {"conv3": 8}, bad)
+
+
+def test_a_unit_without_a_count_does_not_stop_the_others():
+    head_unit = PruneUnit(consumer="head", producer="tokens", producer_bn="")  # tokens' 5 outputs feed head
+    dense_convs = 8 * 3 * 6 * 24 + 8 * 1 * 9 * 24 + 4 * 8 * 1 * 24
+    assert macs(SHAPES, [UNIT, head_unit], {"head": 3}) == dense_convs + 3 * 4 * 24 + 10 * 3  # UNIT has no count
