@@ -85,3 +85,18 @@ def test_phi3_sliced_block_config_describes_the_block(unit, heads, kv, kept, exp
     cfg = layer.self_attn.config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads) == expect
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (heads, kv)  # shared config intact
+
+
+def test_lookup_by_model_type_past_unregistered_subclasses():
+    """An object without ``model_type`` is a clear ValueError listing the families; a subclass of an adapter
+    that registers no model type of its own (a user's extension in progress) leaves the lookup intact."""
+    from osscar.lm.adapters.llama import LlamaAdapter
+
+    with pytest.raises(ValueError, match=r"model_type=None; allowed: .*llama.*, opt"):
+        get_adapter(object())
+
+    class Draft(LlamaAdapter):  # not registered: no model_types in its own namespace
+        pass
+
+    assert type(get_adapter(tiny_llama_config())) is LlamaAdapter and "llama" in available_adapters()
+    del Draft

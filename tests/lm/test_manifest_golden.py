@@ -197,3 +197,16 @@ def test_one_block_model_and_blocks_left_out(tmp_path):
     assert manifest["per_layer"] == [{"attn_groups": 3, "neurons": 64}, {"attn_groups": 1, "neurons": 8}]
     save_pruned(make_model(tiny_llama_config()), None, tmp_path / "dense")
     assert json.loads((tmp_path / "dense" / MANIFEST).read_text()) == {}
+
+
+def test_uniform_widths_of_one_are_a_config_and_a_uniform_removal_is_not(tmp_path):
+    """Every block at one KV group and one neuron: uniform, the config describes it. Every block's MLP removed
+    (0 neurons): no config describes a removed module, so the manifest lists the blocks and needs load_pruned."""
+    model = make_model(tiny_llama_config())
+    manifest = slice_model(model, {i: _kept([1], 1) for i in range(2)}, get_adapter(model, "kv-group"))
+    assert manifest["uniform"] and (manifest["kept_attn_groups"], manifest["kept_neurons"]) == (1, 1)
+    assert not manifest["needs_load_pruned"] and model.config.intermediate_size == 1
+    model = make_model(tiny_llama_config())
+    manifest = slice_model(model, {i: _kept([0, 1, 2], 0) for i in range(2)}, get_adapter(model, "kv-group"))
+    assert not manifest["uniform"] and manifest["needs_load_pruned"]
+    assert manifest["per_layer"] == [{"attn_groups": 3, "neurons": 0}] * 2 and model.config.intermediate_size == 64
