@@ -35,3 +35,16 @@ def test_the_committed_families_match_only_their_own_kind_of_mutant():
     assert family('d[~a] = float("inf")', 'd[~a] = float("INF")') == "inf-spelling"
     assert family("n = H.shape[0] // s", "n = H.shape[1] // s") == "square-matrix"
     assert family("n = W.shape[0] // s", "n = W.shape[1] // s") is None
+
+
+def test_every_module_and_test_the_mutation_run_names_exists():
+    """A pattern of ``only_mutate`` that matches no file silently drops that code from the run (it happened:
+    ``osscar/allocation.py`` after allocation became a package), and a missing test file narrows the selection."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    unmatched = [p for p in config["only_mutate"] if not list(root.glob(p))]
+    assert not unmatched, f"[tool.mutmut] only_mutate names no file: {unmatched}"
+    tests = [t.split("::")[0] for t in config["pytest_add_cli_args_test_selection"]]
+    assert not [t for t in tests if not (root / t).is_file()], "a test file of the selection is missing"
