@@ -118,6 +118,8 @@ class Comparison:
     worst: str = ""
     failures: list[str] = field(default_factory=list)
     time_ratio: float | None = None
+    machines: tuple[str, str] = ("", "")  # (new, reference): the CPU (and GPU) each run was made on
+
 
     @property
     def failed(self) -> bool:
@@ -134,6 +136,14 @@ def run_label(record: RunRecord) -> str:
     if c.get("method_params"):
         parts.append(str(c["method_params"]))
     return " ".join(parts)
+
+
+def machine(record: RunRecord) -> str:
+    """The processor a record was made on, from its provenance ("" when it names none)."""
+    device = record.provenance.get("device") or {}
+    if not device:
+        return ""
+    return str(device.get("cpu") or "unknown CPU") + (f" + {device['gpu']}" if device.get("gpu") else "")
 
 
 def compare_pair(new: RunRecord, ref: RunRecord) -> Comparison:
@@ -162,7 +172,7 @@ def compare_pair(new: RunRecord, ref: RunRecord) -> Comparison:
     t_new, t_ref = timings(new), timings(ref)
     ratios = [t_new[k] / t_ref[k] for k in t_new if k in t_ref and t_ref[k]]
     return Comparison(new.experiment, new.key, run_label(new), status, differing, len(names), worst, failures,
-                      statistics.median(ratios) if ratios else None)
+                      statistics.median(ratios) if ratios else None, (machine(new), machine(ref)))
 
 
 def _index(store: ResultStore) -> dict[tuple[str, str], RunRecord]:
@@ -190,6 +200,22 @@ def compare_stores(new_root: str | Path, ref_root: str | Path, experiments: Iter
 STATUSES = ("reproduced", "reproduced (selection drift)", "DRIFTED", "missing", "new")
 
 
+def _machines_line(rows: list[Comparison]) -> list[str]:
+    """Which processors made the new and the reference runs, with a note when they differ (a flipped selection is
+    then expected: another CPU's kernels sum in another order)."""
+    pairs: dict[tuple[str, str], int] = {}
+    for r in rows:
+        if r.machines != ("", ""):
+            pairs[r.machines] = pairs.get(r.machines, 0) + 1
+    if not pairs:
+        return []
+    text = "; ".join(f"{n} run{'s' * (n > 1)} new on {a}, reference on {b}" for (a, b), n in sorted(pairs.items()))
+    other = any(a != b for a, b in pairs)
+    note = (" Another processor sums floats in another order, so a selection may flip (selection drift)."
+            if other else "")
+    return [f"**Machines:** {text}.{note}", ""]
+
+
 def format_report(rows: list[Comparison], new_root: str | Path, ref_root: str | Path) -> str:
     counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
     lines = ["# Reproduction check", "",
@@ -197,7 +223,7 @@ def format_report(rows: list[Comparison], new_root: str | Path, ref_root: str | 
              "(threads included). Tolerances (same selection / a flipped selection): "
              + "; ".join(f"{k} {a} / {b}" for k, (a, b) in TOLERANCES.items()) + ". "
              "Timing ratios (new/reference, median over the record's timings) are reported, never checked.", "",
-             "**Summary:** " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + ".", ""]
+             "**Summary:** " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + ".", "", *_machines_line(rows)]
     for exp in sorted({r.experiment for r in rows}):
         lines += [f"## {exp}", "", "| run | status | layers with other kept groups | largest difference | time ratio |",
                   "|---|---|---|---|---|"]

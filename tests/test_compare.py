@@ -105,3 +105,18 @@ def test_update_reference_replaces_the_experiments(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "new store" in capsys.readouterr().err
+
+
+def test_the_report_names_the_processors_and_why_a_selection_may_flip():
+    from benchmarks.compare import format_report
+
+    def on(record, cpu, gpu=None):
+        return dataclasses.replace(record, provenance={"device": {"cpu": cpu, **({"gpu": gpu} if gpu else {})}})
+
+    same = compare_pair(on(lm_record(), "AMD EPYC"), on(lm_record(), "AMD EPYC"))
+    text = format_report([same], "new", "ref")
+    assert "**Machines:** 1 run new on AMD EPYC, reference on AMD EPYC." in text and "may flip" not in text
+    flip = compare_pair(on(lm_record(kept=(0, 2), seed=1), "Intel Xeon", "H200"), on(lm_record(seed=1), "AMD EPYC"))
+    text = format_report([same, flip], "new", "ref")
+    assert "1 run new on Intel Xeon + H200, reference on AMD EPYC" in text and "may flip (selection drift)" in text
+    assert "**Machines:**" not in format_report([compare_pair(lm_record(), lm_record())], "new", "ref")
