@@ -23,6 +23,7 @@ import argparse
 import shutil
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,6 @@ class Comparison:
     time_ratio: float | None = None
     machines: tuple[str, str] = ("", "")  # (new, reference): the CPU (and GPU) each run was made on
 
-
     @property
     def failed(self) -> bool:
         return self.status in ("DRIFTED", "missing")
@@ -203,10 +203,7 @@ STATUSES = ("reproduced", "reproduced (selection drift)", "DRIFTED", "missing", 
 def _machines_line(rows: list[Comparison]) -> list[str]:
     """Which processors made the new and the reference runs, with a note when they differ (a flipped selection is
     then expected: another CPU's kernels sum in another order)."""
-    pairs: dict[tuple[str, str], int] = {}
-    for r in rows:
-        if r.machines != ("", ""):
-            pairs[r.machines] = pairs.get(r.machines, 0) + 1
+    pairs = Counter(r.machines for r in rows if r.machines != ("", ""))
     if not pairs:
         return []
     text = "; ".join(f"{n} run{'s' * (n > 1)} new on {a}, reference on {b}" for (a, b), n in sorted(pairs.items()))

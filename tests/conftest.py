@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
+from osscar.allocation import LayerChoices
 from osscar.problem import LayerProblem
 
 
@@ -21,6 +23,19 @@ def random_problem(seed: int, n_groups: int, group_size: int, k: int, m: int = 5
         X = X @ (torch.eye(p, dtype=torch.float64) + 0.5 * torch.randn(p, p, generator=g, dtype=torch.float64) / p**0.5)
     W = torch.randn(p, m, generator=g, dtype=torch.float64)
     return LayerProblem.from_calibration(X.T @ X, W, group_size, k, damping=damping)
+
+
+def allocation_instance(seed: int, n_layers: int = 5, n_options: int = 4) -> tuple[list[LayerChoices], float]:
+    """Allocation layers with level 0 (removed, cost 0) and costlier, more accurate levels; integer costs, so the
+    budget (between the cheapest and the dearest total) lies on the DP's grid. Returns (layers, budget)."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(n_layers):
+        cost = np.concatenate([[0.0], np.sort(rng.choice(np.arange(1, 12), size=n_options - 1, replace=False))])
+        error = np.concatenate([np.sort(rng.uniform(0, 3, size=n_options - 1))[::-1], [0.0]])
+        layers.append(LayerChoices(f"block{i}", tuple(range(0, 2 * n_options, 2)), cost, error))
+    limit = float(round(0.45 * sum(c.cost.max() for c in layers)))
+    return layers, limit
 
 
 def brute_force(problem: LayerProblem) -> tuple[float, tuple[int, ...]]:

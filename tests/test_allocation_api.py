@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
+from conftest import allocation_instance
 import osscar.allocation as allocation
 from osscar.allocation import (AllocationError, Budget, EvolutionConfig, LayerChoices, SearchResult, SpdyConfig,
                                allocate, run_allocator)
@@ -120,8 +122,6 @@ def _maximal(choices, limit, alloc) -> bool:
 
 
 def test_fill_raises_until_no_single_raise_fits():
-    import numpy as np
-
     from osscar.allocation.evolutionary import _fill
 
     choices = _ladder()
@@ -134,8 +134,6 @@ def test_fill_raises_until_no_single_raise_fits():
 
 
 def test_a_mutation_raises_one_layer_when_max_raises_is_one_and_does_not_fill_by_default():
-    import numpy as np
-
     from osscar.allocation.evolutionary import mutate
 
     choices, parent = _ladder(), (1, 1, 1, 1)
@@ -145,8 +143,6 @@ def test_a_mutation_raises_one_layer_when_max_raises_is_one_and_does_not_fill_by
 
 
 def test_a_mutation_from_the_top_lowers_into_the_budget():
-    import numpy as np
-
     from osscar.allocation.evolutionary import mutate
 
     choices, top = _ladder(), (3, 3, 3, 3)  # nothing to raise: the child is lowered until it fits
@@ -156,8 +152,6 @@ def test_a_mutation_from_the_top_lowers_into_the_budget():
 
 
 def test_offspring_are_distinct_differ_from_the_parent_and_fill_when_asked():
-    import numpy as np
-
     from osscar.allocation.evolutionary import _offspring
 
     small = _ladder(2)
@@ -189,17 +183,6 @@ def test_an_evolutionary_trace_records_each_generation_and_scores_the_start_on_t
 
 
 # -- SPDY's steps ------------------------------------------------------------------------------------------------
-def _layers(n: int = 6) -> tuple[list[LayerChoices], float]:
-    """Six layers with uneven integer costs and errors: many DP allocations, so most SPDY steps are new."""
-    import numpy as np
-
-    rng = np.random.default_rng(5)
-    layers = [LayerChoices(f"b{i}", (0, 2, 4, 6), np.concatenate([[0.0], np.sort(rng.choice(np.arange(1, 12), 3,
-                                                                                             replace=False))]),
-                           np.concatenate([np.sort(rng.uniform(0, 3, 3))[::-1], [0.0]])) for i in range(n)]
-    return layers, float(round(0.45 * sum(c.cost.max() for c in layers)))
-
-
 def _hashed(alloc) -> float:
     return float(hash(tuple(alloc)) % 1000) / 1000.0  # a fitness without structure: every new allocation scores anew
 
@@ -210,7 +193,7 @@ def test_spdy_steps_patience_cache_and_evaluation_cap(monkeypatch):
     configured DP resolution is the one used; the first local size is round(fraction · n)."""
     import osscar.allocation.spdy as spdy
 
-    layers, limit = _layers()
+    layers, limit = allocation_instance(5, n_layers=6)
     used = []
     real = spdy.solve_dp
     monkeypatch.setattr(spdy, "solve_dp", lambda *a, **kw: used.append(kw.get("resolution")) or real(*a, **kw))
@@ -271,8 +254,6 @@ def test_uniform_fractions_skip_layers_without_units_and_a_too_small_fraction_ta
 
 # -- the options of a layer and the DP's edges ----------------------------------------------------------------------
 def test_layer_choices_normalise_their_fields_and_name_the_layer_in_errors():
-    import numpy as np
-
     from osscar.allocation import check_allocation
 
     c = LayerChoices("lay", [np.int64(1), 2], [1, 2], [1, 0])  # a list of numpy ints, integer costs and errors
@@ -317,7 +298,7 @@ def test_evolution_config_checks_its_stages():
 def test_spdy_patience_counts_misses_since_the_last_accepted_step():
     """The second new allocation scores best (once); every resampling size then ends with exactly ``patience``
     misses after its last accepted step. A fraction rounding to one resamples one coefficient at a time."""
-    layers, limit = _layers()
+    layers, limit = allocation_instance(5, n_layers=6)
     calls = []
 
     def fitness(alloc):

@@ -10,24 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from osscar.allocation import (AllocationError, EvolutionConfig, LayerChoices, SpdyConfig, search_evolutionary,
+from conftest import allocation_instance
+from osscar.allocation import (AllocationError, EvolutionConfig, SpdyConfig, search_evolutionary,
                                search_spdy, solve_dp, total_cost)
 from osscar.allocation.evolutionary import CachedFitness, select
 
 N_SEEDS = 20
-
-
-def _instance(seed: int, n_layers: int = 5, n_options: int = 4) -> tuple[list[LayerChoices], float]:
-    """Layers with level 0 (removed, cost 0) and costlier, more accurate levels; integer costs, so the
-    budget (between the cheapest and the dearest total) lies on the DP's grid."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i in range(n_layers):
-        cost = np.concatenate([[0.0], np.sort(rng.choice(np.arange(1, 12), size=n_options - 1, replace=False))])
-        error = np.concatenate([np.sort(rng.uniform(0, 3, size=n_options - 1))[::-1], [0.0]])
-        layers.append(LayerChoices(f"block{i}", tuple(range(0, 2 * n_options, 2)), cost, error))
-    limit = float(round(0.45 * sum(c.cost.max() for c in layers)))
-    return layers, limit
 
 
 def _feasible(layers, limit):
@@ -86,7 +74,7 @@ def test_evolutionary_reaches_the_brute_force_optimum_of_a_non_additive_fitness(
     leave a little room for a change of random stream."""
     hits, dp_hits = 0, 0
     for seed in range(N_SEEDS):
-        layers, limit = _instance(seed)
+        layers, limit = allocation_instance(seed)
         f = make(layers, seed)
         best = min(f(a) for a in _feasible(layers, limit))
         log: list = []
@@ -105,7 +93,7 @@ def test_evolutionary_reaches_the_brute_force_optimum_of_a_non_additive_fitness(
 def test_evolutionary_never_scores_or_returns_an_over_budget_allocation():
     """Tight and loose budgets, including the cheapest total; the spy fails on any over-budget call."""
     for seed in range(10):
-        layers, _ = _instance(seed, n_layers=6)
+        layers, _ = allocation_instance(seed, n_layers=6)
         cheapest, dearest = sum(c.cost.min() for c in layers), sum(c.cost.max() for c in layers)
         for limit in (cheapest, cheapest + 3.0, 0.3 * dearest, 0.8 * dearest):
             log: list = []
@@ -125,7 +113,7 @@ def _noisy(base):
 def test_selection_stages_use_growing_token_counts():
     """Offspring scored on tokens[0]; only the best survivors[0] of them by that score, with the parent, are
     scored on tokens[1]; the winner is the best of those on tokens[1]."""
-    layers, limit = _instance(3)
+    layers, limit = allocation_instance(3)
     f = _noisy(_rugged_fitness(layers, 3))
     pool = sorted(set(_feasible(layers, limit)))[::37][:7]
     parent = pool.pop()
@@ -146,7 +134,7 @@ def test_selection_stages_use_growing_token_counts():
 
 
 def test_evolutionary_trace_is_the_parent_fitness_and_never_rises():
-    layers, limit = _instance(3)
+    layers, limit = allocation_instance(3)
     f = _noisy(_rugged_fitness(layers, 3))
     calls: list = []
     cfg = EvolutionConfig(generations=8, offspring=6, survivors=(2, 1), tokens=(1, 50), seed=5)
@@ -160,7 +148,7 @@ def test_evolutionary_trace_is_the_parent_fitness_and_never_rises():
 
 
 def test_evolutionary_is_seeded_and_checks_its_start():
-    layers, limit = _instance(7)
+    layers, limit = allocation_instance(7)
     f = _interacting_fitness(layers, 7)
     a = search_evolutionary(layers, limit, lambda x, n: f(x), config=EvolutionConfig(generations=6, seed=11))
     b = search_evolutionary(layers, limit, lambda x, n: f(x), config=EvolutionConfig(generations=6, seed=11))
@@ -190,7 +178,7 @@ def test_spdy_finds_the_optimum_when_the_layer_errors_are_mis_scaled():
     (the search's first step) misses the optimum, reweighting by the coefficients can reach it."""
     hits, dp_hits = 0, 0
     for seed in range(N_SEEDS):
-        layers, limit = _instance(seed)
+        layers, limit = allocation_instance(seed)
         a = np.random.default_rng(50 + seed).uniform(0.05, 1.0, size=len(layers))
 
         def f(alloc, layers=layers, a=a):
@@ -209,7 +197,7 @@ def test_spdy_finds_the_optimum_when_the_layer_errors_are_mis_scaled():
 
 
 def test_spdy_trace_and_seeding():
-    layers, limit = _instance(7)
+    layers, limit = allocation_instance(7)
     rugged = _rugged_fitness(layers, 7)
     scale = np.random.default_rng(9).uniform(0.05, 1.0, size=len(layers))
 
@@ -260,7 +248,7 @@ def test_searches_through_the_registry_give_json_records(name, fitness, config):
 
     from osscar.allocation import run_allocator
 
-    layers, limit = _instance(2)
+    layers, limit = allocation_instance(2)
     f = _rugged_fitness(layers, 2)
     res = run_allocator(name, layers, limit, fitness=fitness(f), config=config)
     assert res.allocator == name and res.cost == total_cost(layers, res.allocation) <= limit
