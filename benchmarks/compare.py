@@ -14,7 +14,8 @@ of :data:`TOLERANCES`, timings as ratios (reported, never failing). Two tiers:
 
 A run is ``reproduced`` (same selection, within ``same``), ``reproduced (selection drift)``
 (within ``flip``), ``DRIFTED`` (beyond its tolerance), ``missing`` (in the reference, not in the
-new store) or ``new`` (no reference). Exit status 1 when any run drifted or is missing.
+new store) or ``new`` (no reference). Exit status 1 when any run drifted or is missing. The report
+names the processors of the new and the reference runs (from their provenance), with a note when they differ.
 """
 
 from __future__ import annotations
